@@ -1,0 +1,1 @@
+//! `cortexd`: the gateway, the reconciler and the CLI of cortex.

@@ -1,0 +1,162 @@
+//! The desired state: a validated [`Fleet`] of policy, neurons and models (spec §2), and the
+//! serving [`Profile`] that decides how an engine is started.
+//!
+//! Parsing and validation of `fleet/*.toml` live in `fleet/load.rs`; a `Fleet` only exists once
+//! every check has passed (preconditions in types: the planner never sees raw TOML).
+
+use std::collections::BTreeMap;
+
+mod load;
+
+pub use load::{FleetLoad, load};
+
+/// How the planner picks models to unload when a neuron needs room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    /// Least recently used first.
+    #[default]
+    Lru,
+    /// Lowest `priority` first, then least recently used.
+    Priority,
+}
+
+/// Whether the daemon applies plans or only reports drift.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconcileMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+/// Which version of the fleet directory the daemon applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// The files as saved, committed or not.
+    #[default]
+    Worktree,
+    /// Only what is committed at HEAD.
+    Commit,
+}
+
+/// `[policy]`: fleet-wide behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Policy {
+    pub eviction: Eviction,
+    pub reconcile: ReconcileMode,
+    /// Unload models loaded through cortex that no fleet file declares any more.
+    pub prune: bool,
+    /// Unload on-demand models idle this long (milliseconds).
+    pub idle_unload_after_ms: Option<u64>,
+    pub source: SourceMode,
+}
+
+/// Where a declaration came from, for diagnostics raised after loading (e.g. by the planner).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// `[[neuron]]`: a node daemon cortex talks to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NeuronSpec {
+    pub name: String,
+    pub endpoint: String,
+    pub labels: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+/// The fields that decide how an engine is started for a model. Two loads with equal profiles
+/// are the same deployment; a difference means the plan reloads the model (`-/+`).
+/// Also the neuron's wire type: the neuron reports the profile each model was loaded with.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    pub harness: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_size: Option<u32>,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+impl Profile {
+    /// The profile as `(field, value)` lines, in a fixed order, for field-by-field diffs.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let quoted = |s: &str| format!("{s:?}");
+        vec![
+            ("harness", quoted(&self.harness)),
+            ("source", quoted(&self.source)),
+            ("quant", self.quant.as_deref().map_or_else(|| "(unset)".to_owned(), quoted)),
+            ("ctx_size", self.ctx_size.map_or_else(|| "(unset)".to_owned(), |n| n.to_string())),
+            ("args", format!("[{}]", self.args.iter().map(|a| quoted(a)).collect::<Vec<_>>().join(", "))),
+        ]
+    }
+}
+
+/// `[[model]]`: a model the fleet serves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSpec {
+    /// What clients send as `model`.
+    pub id: String,
+    /// Extra names clients may use.
+    pub aliases: Vec<String>,
+    pub profile: Profile,
+    /// Total accelerator memory it needs.
+    pub vram_mb: u64,
+    /// Devices it needs; 0 means it runs on CPU and is accounted against host RAM.
+    pub min_devices: u32,
+    /// Host RAM it needs (what counts for CPU models).
+    pub ram_mb: u64,
+    /// Per-device floor of free VRAM.
+    pub min_device_vram_mb: u64,
+    /// Must be loaded on each of these neurons, and is never evicted there.
+    pub pinned_on: Vec<String>,
+    /// Keep at least this many loaded somewhere (0 = on demand only).
+    pub replicas: u32,
+    /// For `eviction = "priority"`: lower goes first.
+    pub priority: i64,
+    /// Only neurons with all of these labels may run it.
+    pub require_labels: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+impl ModelSpec {
+    /// Whether `name` (an id or an alias) names this model.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.id == name || self.aliases.iter().any(|a| a == name)
+    }
+
+    /// Whether the model runs on CPU only.
+    pub fn is_cpu(&self) -> bool {
+        self.min_devices == 0
+    }
+}
+
+/// A validated fleet: every file merged, every reference resolved. Built only by [`load`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fleet {
+    pub policy: Policy,
+    /// Sorted by name.
+    pub neurons: Vec<NeuronSpec>,
+    /// In declaration order (files sorted by path, then order within a file).
+    pub models: Vec<ModelSpec>,
+    /// `sha256:<hex>` over every file's path and content: identifies this exact fleet.
+    pub digest: String,
+}
+
+impl Fleet {
+    pub fn neuron(&self, name: &str) -> Option<&NeuronSpec> {
+        self.neurons.iter().find(|n| n.name == name)
+    }
+
+    /// The model that `name` (an id or an alias) refers to.
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.answers_to(name))
+    }
+}

