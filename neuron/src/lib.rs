@@ -1,0 +1,1 @@
+//! `neuron`: the node daemon of cortex.
