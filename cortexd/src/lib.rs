@@ -1,1 +1,14 @@
-//! `cortexd`: the gateway, the reconciler and the CLI of cortex.
+//! `cortexd`: the gateway, the reconciler and the CLI of cortex. The only crate that knows the
+//! OpenAI and Anthropic JSON dialects; it depends on `plans` for every decision it acts on.
+
+pub mod anthropic;
+// pending plans::plan: pub mod cli;
+pub mod config;
+// pending plans::plan: pub mod execute;
+// pending plans::plan: pub mod fleetdir;
+// pending plans::plan: pub mod gateway;
+pub mod metrics;
+pub mod neuron_client;
+pub mod poller;
+// pending plans::plan: pub mod serve;
+pub mod sse;

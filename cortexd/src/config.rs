@@ -1,0 +1,188 @@
+//! `cortex.toml`: the daemon's own settings (listen addresses, keys, limits, timings). The
+//! desired state of the fleet is not here: it lives in the fleet directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Daemon settings. Every field has a default, so an absent file means the defaults.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the inference API listens.
+    pub listen: SocketAddr,
+    /// Where Prometheus metrics are served.
+    pub metrics_listen: SocketAddr,
+    /// Client API keys accepted by the inference API; empty means no key is required.
+    pub api_keys: Vec<String>,
+    /// A file with one client API key per line (blank lines and `#` comments ignored).
+    pub api_keys_file: Option<PathBuf>,
+    /// The key for the admin API; without one the admin API is disabled.
+    pub admin_key: Option<String>,
+    /// The bearer token cortex presents to neurons.
+    pub neuron_token: Option<String>,
+    /// A file holding that token (its first line).
+    pub neuron_token_file: Option<PathBuf>,
+    pub gateway: GatewayConfig,
+    pub poll: PollConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 31313)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 31314)),
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            admin_key: None,
+            neuron_token: None,
+            neuron_token_file: None,
+            gateway: GatewayConfig::default(),
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+/// Limits of the inference API.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How many requests may wait for one model to load; past that, 503 with Retry-After.
+    pub max_waiting_per_model: usize,
+    /// How long a request may wait for a model to load before 503.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
+    /// Interval of SSE comment keep-alives sent to streaming requests that wait.
+    #[serde(with = "duration")]
+    pub keepalive_interval: Duration,
+    /// How long cortex waits for a neuron to answer a lifecycle call.
+    #[serde(with = "duration")]
+    pub neuron_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_waiting_per_model: 256,
+            max_wait: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(5),
+            neuron_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the neurons are watched.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Health and models are fetched this often.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// A neuron is unreachable after this many consecutive failed polls.
+    pub unreachable_after: u32,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { interval: Duration::from_secs(2), unreachable_after: 3 }
+    }
+}
+
+impl Config {
+    /// Read `path`; errors name the file and, for TOML mistakes, the line and column.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The client keys from `api_keys` and `api_keys_file`.
+    pub fn client_keys(&self) -> anyhow::Result<Vec<String>> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read api_keys_file {}: {e}", path.display()))?;
+            keys.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The token for neurons: `neuron_token`, else `neuron_token_file`, else `$CORTEX_NEURON_TOKEN`.
+    pub fn neuron_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.neuron_token {
+            return Ok(Some(token.clone()));
+        }
+        if let Some(path) = &self.neuron_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read neuron_token_file {}: {e}", path.display()))?;
+            return Ok(text.lines().next().map(|l| l.trim().to_owned()));
+        }
+        Ok(std::env::var("CORTEX_NEURON_TOKEN").ok())
+    }
+}
+
+/// Durations written the way people write them: "500ms", "30s", "5m", "1h30m".
+pub mod duration {
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let mut total = Duration::ZERO;
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err("empty duration; write e.g. \"30s\", \"5m\" or \"1h30m\"".into());
+        }
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("invalid duration {text:?}; write e.g. \"30s\", \"5m\" or \"1h30m\""))?;
+            rest = &rest[digits..];
+            let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let part = match &rest[..unit] {
+                "ms" => Duration::from_millis(number),
+                "s" => Duration::from_secs(number),
+                "m" => Duration::from_secs(number * 60),
+                "h" => Duration::from_secs(number * 3600),
+                other => return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m or h")),
+            };
+            total += part;
+            rest = &rest[unit..];
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_durations() {
+        let config = Config::parse("[gateway]\nmax_wait = \"1m30s\"\n[poll]\ninterval = \"500ms\"\n").expect("valid");
+        assert_eq!(config.listen.port(), 31313);
+        assert_eq!(config.gateway.max_wait, Duration::from_secs(90));
+        assert_eq!(config.poll.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors_with_position() {
+        let err = Config::parse("lisen = \"x\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let err = Config::parse("[poll]\ninterval = \"5 parsecs\"\n").expect_err("bad unit");
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

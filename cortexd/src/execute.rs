@@ -1,0 +1,104 @@
+//! Performing plan actions against neurons: the one place that turns a `plans::plan::Action`
+//! into neuron API calls. Used by `cortex apply`, the reconciler and the router's cold loads.
+
+use std::time::Duration;
+
+use plans::plan::{Action, ActionKind};
+use plans::topology::ModelState;
+use plans::wire::{LoadRequest, UnloadRequest};
+
+use crate::neuron_client::{NeuronClient, NeuronError};
+
+/// Why an action did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Neuron(#[from] NeuronError),
+    #[error("{model} failed to load on {neuron}: {reason}")]
+    LoadFailed { model: String, neuron: String, reason: String },
+    #[error("{model} was not ready on {neuron} within {waited:?}")]
+    NotReady { model: String, neuron: String, waited: Duration },
+    #[error("action {id} has no profile to load")]
+    NoProfile { id: String },
+}
+
+/// Timeouts for lifecycle calls.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecTimeouts {
+    /// For one neuron API call (unloads include the drain, so they get `ready` too).
+    pub call: Duration,
+    /// For a load to become ready.
+    pub ready: Duration,
+}
+
+/// Perform `action` on `client`, requiring the neuron to still be at `if_generation` when given.
+/// Loads wait until the engine is ready. Returns the neuron's generation afterwards, which is
+/// the precondition for the next action this caller performs on the same neuron.
+pub async fn run(
+    client: &NeuronClient,
+    action: &Action,
+    if_generation: Option<u64>,
+    timeouts: ExecTimeouts,
+) -> Result<u64, ExecError> {
+    match action.kind {
+        ActionKind::Unload => unload(client, &action.model, if_generation, timeouts).await,
+        ActionKind::Load => load(client, action, if_generation, timeouts).await,
+        ActionKind::Reload => {
+            let generation = unload(client, &action.model, if_generation, timeouts).await?;
+            load(client, action, Some(generation), timeouts).await
+        }
+    }
+}
+
+async fn unload(
+    client: &NeuronClient,
+    model: &str,
+    if_generation: Option<u64>,
+    timeouts: ExecTimeouts,
+) -> Result<u64, ExecError> {
+    let request = UnloadRequest { model: model.to_owned(), if_generation };
+    Ok(client.unload(&request, timeouts.call + timeouts.ready).await?.generation)
+}
+
+async fn load(
+    client: &NeuronClient,
+    action: &Action,
+    if_generation: Option<u64>,
+    timeouts: ExecTimeouts,
+) -> Result<u64, ExecError> {
+    let profile = action.profile.clone().ok_or_else(|| ExecError::NoProfile { id: action.id.clone() })?;
+    let request = LoadRequest {
+        model: action.model.clone(),
+        profile,
+        devices: action.devices.clone(),
+        vram_mb: action.vram_mb,
+        ram_mb: action.ram_mb,
+        if_generation,
+    };
+    client.load(&request, timeouts.call).await?;
+    let started = tokio::time::Instant::now();
+    loop {
+        let remaining = timeouts.ready.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(ExecError::NotReady {
+                model: action.model.clone(),
+                neuron: client.name.clone(),
+                waited: timeouts.ready,
+            });
+        }
+        let model = client.wait(&action.model, remaining).await?;
+        match model.status {
+            ModelState::Loaded => break,
+            ModelState::Failed => {
+                return Err(ExecError::LoadFailed {
+                    model: action.model.clone(),
+                    neuron: client.name.clone(),
+                    reason: model.error.unwrap_or_else(|| "the engine stopped".to_owned()),
+                });
+            }
+            // The long-poll returned on its own timeout; go round until ours runs out.
+            ModelState::Loading | ModelState::Unloading => {}
+        }
+    }
+    Ok(client.models(timeouts.call).await?.generation)
+}

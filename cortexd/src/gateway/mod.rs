@@ -1,0 +1,93 @@
+//! The inference API (spec §7): one OpenAI- and Anthropic-compatible front over the fleet.
+//!
+//! `app(state)` builds the router without binding, so tests drive it in-process; `serve` runs
+//! it on an already-bound listener until the shutdown token fires.
+
+pub mod auth;
+pub mod error;
+pub mod messages;
+pub mod models;
+pub mod proxy;
+pub mod route;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use plans::fleet::Fleet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::gateway::auth::ApiKeys;
+use crate::gateway::route::ColdLoads;
+use crate::poller::{Observed, PollerHandle};
+
+/// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
+#[derive(Clone)]
+pub struct AppState {
+    /// The desired state in force (last good fleet); written by the fleet loader.
+    pub fleet: watch::Receiver<Arc<Fleet>>,
+    /// The observed state; written by the poller only.
+    pub poller: PollerHandle,
+    /// Accepted client keys (read-only after start).
+    pub keys: Arc<ApiKeys>,
+    pub limits: Arc<GatewayConfig>,
+    /// Loads the router started, shared by every request waiting for the same model.
+    pub cold_loads: Arc<ColdLoads>,
+    /// Requests this gateway has in flight per (model, neuron): picks the least busy replica.
+    pub inflight: Arc<route::InFlight>,
+    /// Client for forwarding to neurons (connection pool shared by all requests).
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(
+        fleet: watch::Receiver<Arc<Fleet>>,
+        poller: PollerHandle,
+        keys: ApiKeys,
+        limits: GatewayConfig,
+        http: reqwest::Client,
+    ) -> Self {
+        AppState {
+            fleet,
+            poller,
+            keys: Arc::new(keys),
+            limits: Arc::new(limits),
+            cold_loads: Arc::new(ColdLoads::default()),
+            inflight: Arc::new(route::InFlight::default()),
+            http,
+        }
+    }
+
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.borrow().clone()
+    }
+
+    pub fn observed(&self) -> Arc<Observed> {
+        self.poller.observed.borrow().clone()
+    }
+}
+
+/// The inference API's routes.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/embeddings", post(routes::embeddings))
+        .route("/v1/messages", post(routes::messages))
+        .route("/v1/messages/count_tokens", post(routes::count_tokens))
+        .route("/v1/models", get(models::list))
+        .route("/health", get(routes::health))
+        // Bodies are read by the handlers themselves so that a too-large body is a 413 in
+        // the route's dialect; axum's own limit is set just above ours as a backstop.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))
+        .with_state(state)
+}
+
+/// Serve the inference API on `listener` until `shutdown` fires.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

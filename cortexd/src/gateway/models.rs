@@ -1,0 +1,98 @@
+//! `GET /v1/models`: one OpenAI-shaped list of every model the fleet can serve (loaded
+//! anywhere, or declared and feasible somewhere), with cortex's extension fields.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use plans::topology::ModelState;
+
+use crate::gateway::AppState;
+use crate::gateway::error::{ApiError, Dialect};
+
+/// One entry of the list.
+#[derive(Debug, serde::Serialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    pub aliases: Vec<String>,
+    /// Loaded and ready on at least one neuron.
+    pub loaded: bool,
+    /// Neurons where it is loaded and ready.
+    pub locations: Vec<String>,
+    /// Neurons where it could be loaded (enough devices and memory, harness, labels).
+    pub feasible_on: Vec<String>,
+    pub pinned: Vec<String>,
+    /// Declared in the fleet (false: loaded outside it).
+    pub declared: bool,
+    /// Expected time to load it, from the last measured load, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_cold_start_ms: Option<u64>,
+}
+
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.keys.allows(&headers) {
+        return ApiError::Unauthorized.in_dialect(Dialect::OpenAi).into_response();
+    }
+    axum::Json(serde_json::json!({"object": "list", "data": entries(&state)})).into_response()
+}
+
+/// The list, fleet models first (in declaration order), then models loaded outside the fleet.
+pub fn entries(state: &AppState) -> Vec<ModelEntry> {
+    let fleet = state.fleet();
+    let observed = state.observed();
+    let topology = &observed.topology;
+    let locations = |id: &str| -> Vec<String> {
+        topology
+            .neurons
+            .iter()
+            .filter(|n| n.reachable && n.model(id).is_some_and(|m| m.status == ModelState::Loaded))
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    let cold_start = |id: &str| topology.neurons.iter().filter_map(|n| n.model(id)?.load_duration_ms).max();
+    let mut entries: Vec<ModelEntry> = fleet
+        .models
+        .iter()
+        .map(|model| {
+            let locations = locations(&model.id);
+            ModelEntry {
+                id: model.id.clone(),
+                object: "model",
+                created: 0,
+                owned_by: "cortex",
+                aliases: model.aliases.clone(),
+                loaded: !locations.is_empty(),
+                locations,
+                feasible_on: plans::plan::feasible_neurons(&fleet, topology, model),
+                pinned: model.pinned_on.clone(),
+                declared: true,
+                estimated_cold_start_ms: cold_start(&model.id),
+            }
+        })
+        .collect();
+    let mut undeclared: Vec<&str> = topology
+        .neurons
+        .iter()
+        .flat_map(|n| n.models.iter())
+        .filter(|m| m.status == ModelState::Loaded && fleet.model(&m.id).is_none())
+        .map(|m| m.id.as_str())
+        .collect();
+    undeclared.sort_unstable();
+    undeclared.dedup();
+    entries.extend(undeclared.into_iter().map(|id| ModelEntry {
+        id: id.to_owned(),
+        object: "model",
+        created: 0,
+        owned_by: "cortex",
+        aliases: Vec::new(),
+        loaded: true,
+        locations: locations(id),
+        feasible_on: Vec::new(),
+        pinned: Vec::new(),
+        declared: false,
+        estimated_cold_start_ms: None,
+    }));
+    entries
+}

@@ -1,0 +1,331 @@
+//! Forwarding to a neuron's inference routes: the response streams through as it arrives,
+//! event by event, without re-serialising what the engine sent. Streams are watched on the way
+//! for the first token and the usage chunk (for metrics), and the usage chunk cortex asked for
+//! on the client's behalf is removed again.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+
+use crate::gateway::AppState;
+use crate::gateway::error::{ApiError, Dialect};
+use crate::gateway::route::{InFlightGuard, Target};
+
+/// What to do with a streamed response on its way to the client.
+pub enum StreamEdit {
+    /// Forward every event unchanged.
+    None,
+    /// Drop the usage-only chunk (`"choices":[]`): cortex asked for it, the client did not.
+    StripUsageChunk,
+    /// Hand each complete event to a transformer (Anthropic pass-through fixes, translation).
+    Transform(Box<dyn EventTransform>),
+}
+
+/// Rewrites complete SSE events; used for the Anthropic routes.
+pub trait EventTransform: Send {
+    /// Append what the client should get for `event` (one complete SSE event, separator
+    /// included) to `out`.
+    fn event(&mut self, event: &[u8], out: &mut BytesMut);
+    /// The upstream ended cleanly; append any closing events.
+    fn finish(&mut self, out: &mut BytesMut);
+    /// The upstream failed midway; append an error event the client will raise.
+    fn fail(&mut self, error: &ApiError, out: &mut BytesMut);
+}
+
+/// Labels and context of one forwarded request, for metrics.
+pub struct Exchange {
+    pub route: &'static str,
+    pub dialect: Dialect,
+    pub target: Target,
+    pub started: Instant,
+    pub guard: InFlightGuard,
+}
+
+/// Send `body` to `path` on the target's neuron and return the upstream response, or an
+/// error if it could not be reached or refused the request.
+pub async fn send(state: &AppState, target: &Target, path: &str, body: Bytes) -> Result<reqwest::Response, ApiError> {
+    let response = target
+        .neuron
+        .request(reqwest::Method::POST, path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name)))?;
+    let _ = state;
+    Ok(response)
+}
+
+/// The message of an upstream error body (OpenAI, Anthropic or neuron shape), else the text.
+pub fn upstream_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message").or_else(|| v.pointer("/message")).and_then(|m| m.as_str()).map(str::to_owned)
+    });
+    message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
+}
+
+/// Map a non-success upstream answer to the client's error, keeping the engine's message and,
+/// for client mistakes (4xx), its status.
+pub async fn upstream_error(response: reqwest::Response) -> ApiError {
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    let message = upstream_message(&body);
+    match status.as_u16() {
+        404 => ApiError::Upstream(format!("the engine does not serve this: {message}")),
+        400..=499 if status != reqwest::StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),
+        429 | 503 => ApiError::Overloaded { message, retry_after_s: 1 },
+        504 => ApiError::UpstreamTimeout(message),
+        _ => ApiError::Upstream(format!("the engine failed: {message}")),
+    }
+}
+
+/// Turn a successful upstream response into the client's response, streaming its body.
+pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, edit: StreamEdit) -> Response {
+    let status = upstream.status();
+    let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
+    let watcher = Watcher {
+        upstream: Box::pin(upstream.bytes_stream()),
+        buffer: BytesMut::new(),
+        stream,
+        edit,
+        exchange,
+        first_event_at: None,
+        usage: None,
+        copy: BytesMut::new(),
+        finished: false,
+        failed: false,
+    };
+    let mut response = Response::new(Body::from_stream(watcher));
+    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::OK);
+    let content_type = if stream {
+        HeaderValue::from_static("text/event-stream")
+    } else {
+        content_type.unwrap_or_else(|| HeaderValue::from_static("application/json"))
+    };
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    if stream {
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// The response body: forwards upstream bytes, event by event for streams, and records the
+/// request's metrics when it ends (completed, failed or dropped by the client).
+struct Watcher {
+    upstream: Upstream,
+    /// Bytes of an incomplete SSE event carried to the next read.
+    buffer: BytesMut,
+    stream: bool,
+    edit: StreamEdit,
+    exchange: Exchange,
+    first_event_at: Option<Instant>,
+    /// (prompt, completion) tokens, from the engine's usage.
+    usage: Option<(u64, u64)>,
+    /// A copy of a non-streaming body (bounded), to read its usage at the end.
+    copy: BytesMut,
+    finished: bool,
+    failed: bool,
+}
+
+/// Non-streaming bodies larger than this are not inspected for usage.
+const COPY_LIMIT: usize = 4 * 1024 * 1024;
+
+impl Watcher {
+    /// Handle one upstream chunk; returns what to send to the client now (maybe nothing).
+    fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        if !self.stream {
+            if self.copy.len() + chunk.len() <= COPY_LIMIT {
+                self.copy.extend_from_slice(&chunk);
+            }
+            self.first_event_at.get_or_insert_with(Instant::now);
+            return chunk;
+        }
+        // The common case: the chunk is exactly whole events and nothing needs rewriting.
+        // Forward the very same bytes (no copy), only looking into them.
+        if self.buffer.is_empty() && ends_event(&chunk) && !matches!(self.edit, StreamEdit::Transform(_)) {
+            let mut keep = true;
+            for_each_event(&chunk, |event| keep &= self.inspect(event));
+            if keep {
+                return chunk;
+            }
+        }
+        self.buffer.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.buffer) {
+            let event = self.buffer.split_to(end).freeze();
+            if let StreamEdit::Transform(transform) = &mut self.edit {
+                self.first_event_at.get_or_insert_with(Instant::now);
+                record_usage(&event, &mut self.usage);
+                transform.event(&event, &mut out);
+            } else if self.inspect(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Look at one complete event: note the first token and the usage; returns whether to
+    /// forward it.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        let usage_only = contains(event, b"\"choices\":[]");
+        if !usage_only {
+            self.first_event_at.get_or_insert_with(Instant::now);
+        }
+        if contains(event, b"\"usage\"") {
+            record_usage(event, &mut self.usage);
+        }
+        !(usage_only && matches!(self.edit, StreamEdit::StripUsageChunk))
+    }
+
+    fn end(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if let StreamEdit::Transform(transform) = &mut self.edit {
+            transform.finish(&mut out);
+        }
+        if !self.stream {
+            record_usage(&self.copy, &mut self.usage);
+        }
+        out.freeze()
+    }
+
+    fn fail(&mut self, error: &reqwest::Error) -> Bytes {
+        self.failed = true;
+        let error = ApiError::Upstream(format!("the engine's stream broke off: {error}"));
+        tracing::warn!(model = %self.exchange.target.model, neuron = %self.exchange.target.neuron.name, %error, "stream failed");
+        let mut out = BytesMut::new();
+        match &mut self.edit {
+            StreamEdit::Transform(transform) => transform.fail(&error, &mut out),
+            _ => out.extend_from_slice(error.sse_event(self.exchange.dialect).as_bytes()),
+        }
+        out.freeze()
+    }
+}
+
+impl Stream for Watcher {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            let next = match self.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            let out = match next {
+                Some(Ok(chunk)) => self.chunk(chunk),
+                Some(Err(error)) if self.stream => {
+                    self.finished = true;
+                    self.fail(&error)
+                }
+                Some(Err(error)) => {
+                    // Headers are sent: all we can do for a plain body is to cut it, which the
+                    // client sees as a broken response rather than a silently short one.
+                    self.finished = true;
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other(error))));
+                }
+                None => {
+                    self.finished = true;
+                    self.end()
+                }
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let exchange = &self.exchange;
+        let model = exchange.target.model.clone();
+        let neuron = exchange.target.neuron.name.clone();
+        let status = if self.failed {
+            "upstream_error"
+        } else if self.finished {
+            "ok"
+        } else {
+            "client_closed"
+        };
+        metrics::counter!("cortex_requests_total", "model" => model.clone(), "neuron" => neuron, "route" => exchange.route, "status" => status)
+            .increment(1);
+        let elapsed = exchange.started.elapsed();
+        metrics::histogram!("cortex_request_duration_seconds", "model" => model.clone(), "route" => exchange.route)
+            .record(elapsed.as_secs_f64());
+        if let Some(first) = self.first_event_at {
+            metrics::histogram!("cortex_time_to_first_token_seconds", "model" => model.clone(), "route" => exchange.route)
+                .record(first.duration_since(exchange.started).as_secs_f64());
+            if let Some((_, completion)) = self.usage {
+                let generating = exchange.started.elapsed().saturating_sub(first.duration_since(exchange.started));
+                if completion > 0 && self.stream && !generating.is_zero() {
+                    metrics::histogram!("cortex_tokens_per_second", "model" => model.clone())
+                        .record(completion as f64 / generating.as_secs_f64());
+                }
+            }
+        }
+        if let Some((prompt, completion)) = self.usage {
+            metrics::counter!("cortex_tokens_total", "model" => model.clone(), "kind" => "prompt").increment(prompt);
+            metrics::counter!("cortex_tokens_total", "model" => model, "kind" => "completion").increment(completion);
+        }
+    }
+}
+
+/// Read `usage` from a JSON body or an SSE event (OpenAI or Anthropic names).
+fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
+    let json = match bytes.iter().position(|&b| b == b'{') {
+        Some(start) => &bytes[start..],
+        None => return,
+    };
+    let end = json.iter().rposition(|&b| b == b'}').map_or(json.len(), |i| i + 1);
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json[..end]) else { return };
+    let found = value.get("usage").or_else(|| value.pointer("/message/usage"));
+    let Some(found) = found.filter(|u| u.is_object()) else { return };
+    let number = |keys: &[&str]| keys.iter().find_map(|k| found.get(*k).and_then(serde_json::Value::as_u64));
+    let prompt = number(&["prompt_tokens", "input_tokens"]);
+    let completion = number(&["completion_tokens", "output_tokens"]);
+    let (old_prompt, old_completion) = usage.unwrap_or((0, 0));
+    *usage = Some((prompt.unwrap_or(old_prompt), completion.unwrap_or(old_completion)));
+}
+
+/// Whether `chunk` ends at an event boundary.
+fn ends_event(chunk: &[u8]) -> bool {
+    chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
+}
+
+/// The length of the first complete event in `buffer` (separator included), if any.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let lf = find(buffer, b"\n\n").map(|i| i + 2);
+    let crlf = find(buffer, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Call `f` on each complete event of `chunk`.
+fn for_each_event(mut chunk: &[u8], mut f: impl FnMut(&[u8])) {
+    while let Some(end) = event_end(chunk) {
+        f(&chunk[..end]);
+        chunk = &chunk[end..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}

@@ -1,0 +1,108 @@
+//! The client side of the neuron API (spec §8): discovery, health, models, load, unload and
+//! waiting for readiness, with the wire types from `plans::wire`.
+
+use std::time::Duration;
+
+use plans::topology::LoadedModel;
+use plans::wire::{Discovery, ErrorBody, Health, LifecycleResponse, LoadRequest, Models, UnloadRequest};
+
+/// Why a neuron call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NeuronError {
+    #[error("neuron {neuron} is unreachable at {endpoint}: {source}")]
+    Unreachable { neuron: String, endpoint: String, source: reqwest::Error },
+    /// The neuron's generation moved on since the caller looked (409).
+    #[error("neuron {neuron} changed since it was observed (generation is now {current})")]
+    Stale { neuron: String, current: u64 },
+    #[error("neuron {neuron} refused: {code}: {message}")]
+    Refused { neuron: String, status: u16, code: String, message: String },
+    #[error("neuron {neuron} answered something unexpected: {source}")]
+    Protocol { neuron: String, #[source] source: reqwest::Error },
+}
+
+/// A handle on one neuron: its name, endpoint and the token to present. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct NeuronClient {
+    pub name: String,
+    pub endpoint: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl NeuronClient {
+    pub fn new(name: &str, endpoint: &str, token: Option<String>, http: reqwest::Client) -> Self {
+        NeuronClient { name: name.to_owned(), endpoint: endpoint.trim_end_matches('/').to_owned(), token, http }
+    }
+
+    /// A request to `path` on this neuron, authenticated.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.endpoint));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn discovery(&self, timeout: Duration) -> Result<Discovery, NeuronError> {
+        self.get_json("/discovery", timeout).await
+    }
+
+    pub async fn health(&self, timeout: Duration) -> Result<Health, NeuronError> {
+        self.get_json("/health", timeout).await
+    }
+
+    pub async fn models(&self, timeout: Duration) -> Result<Models, NeuronError> {
+        self.get_json("/models", timeout).await
+    }
+
+    /// Ask for a load; returns as soon as the neuron accepted it (the model is `loading`).
+    pub async fn load(&self, request: &LoadRequest, timeout: Duration) -> Result<LifecycleResponse, NeuronError> {
+        let response = self.send(self.request(reqwest::Method::POST, "/models/load").json(request), timeout).await?;
+        self.decode(response).await
+    }
+
+    /// Unload (the neuron drains in-flight requests first); returns once it is gone.
+    pub async fn unload(&self, request: &UnloadRequest, timeout: Duration) -> Result<LifecycleResponse, NeuronError> {
+        let response = self.send(self.request(reqwest::Method::POST, "/models/unload").json(request), timeout).await?;
+        self.decode(response).await
+    }
+
+    /// Long-poll until `model` is no longer loading (or `wait` passes); returns its state then.
+    pub async fn wait(&self, model: &str, wait: Duration) -> Result<LoadedModel, NeuronError> {
+        let timeout_ms = wait.as_millis().to_string();
+        let request = self
+            .request(reqwest::Method::GET, "/models/wait")
+            .query(&[("model", model), ("timeout_ms", timeout_ms.as_str())]);
+        let response = self.send(request, wait + Duration::from_secs(5)).await?;
+        self.decode(response).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> Result<T, NeuronError> {
+        let response = self.send(self.request(reqwest::Method::GET, path), timeout).await?;
+        self.decode(response).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, timeout: Duration) -> Result<reqwest::Response, NeuronError> {
+        request.timeout(timeout).send().await.map_err(|source| NeuronError::Unreachable {
+            neuron: self.name.clone(),
+            endpoint: self.endpoint.clone(),
+            source,
+        })
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, NeuronError> {
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(|source| NeuronError::Protocol { neuron: self.name.clone(), source });
+        }
+        let body: Option<ErrorBody> = response.json().await.ok();
+        let (code, message, generation) = match body {
+            Some(ErrorBody { error }) => (error.code, error.message, error.generation),
+            None => ("http_error".to_owned(), format!("HTTP {status}"), None),
+        };
+        if status == reqwest::StatusCode::CONFLICT && code == "generation_mismatch" {
+            return Err(NeuronError::Stale { neuron: self.name.clone(), current: generation.unwrap_or_default() });
+        }
+        Err(NeuronError::Refused { neuron: self.name.clone(), status: status.as_u16(), code, message })
+    }
+}

@@ -1,0 +1,90 @@
+//! `cortex serve`: wires the daemon together (fleet, poller, gateway, metrics) and owns its
+//! shutdown: one cancellation token, fired by SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ServeArgs, load_config, load_fleet};
+use crate::fleetdir::FleetSource;
+use crate::gateway::auth::ApiKeys;
+use crate::gateway::{self, AppState};
+
+pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let config = load_config(&args.config)?;
+    let source = FleetSource::choose(args.fleet.fleet.clone());
+    let fleet = load_fleet(&source)?;
+    tracing::info!(fleet = %source.describe(), digest = %fleet.digest, models = fleet.models.len(), neurons = fleet.neurons.len(), "fleet loaded");
+    let prometheus = crate::metrics::install()?;
+
+    let shutdown = CancellationToken::new();
+    let (_fleet_sender, fleet_receiver) = watch::channel(Arc::new(fleet));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let (poller, poller_task) =
+        crate::poller::spawn(fleet_receiver.clone(), config.neuron_token()?, http.clone(), config.poll.clone(), shutdown.clone());
+    let mut gauges = poller.observed.clone();
+    let gauge_shutdown = shutdown.clone();
+    let gauge_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = gauge_shutdown.cancelled() => return,
+                changed = gauges.changed() => {
+                    if changed.is_err() { return; }
+                    let observed = gauges.borrow_and_update().clone();
+                    crate::metrics::record_topology(&observed.topology);
+                }
+            }
+        }
+    });
+
+    let state = AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone(), http);
+    let api = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
+    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, "cortex is serving");
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+    let (api_result, metrics_result) = tokio::join!(
+        gateway::serve(api, state, shutdown.clone()),
+        crate::metrics::serve(metrics, prometheus, shutdown.clone())
+    );
+    shutdown.cancel();
+    let _ = tokio::join!(poller_task, gauge_task);
+    api_result.context("the inference API failed")?;
+    metrics_result.context("the metrics listener failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,214 @@
+//! The gateway against fake neurons: routing, single-flight cold loads, bounded queues,
+//! eviction, streaming edits and errors in both dialects.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::fake_neuron::FakeNeuron;
+use support::gateway::{limits, start};
+
+fn fleet(endpoint: &str, models: &str) -> String {
+    format!("[[neuron]]\nname = \"fake\"\nendpoint = \"{endpoint}\"\n\n{models}")
+}
+
+const ONE_MODEL: &str = r#"
+[[model]]
+id = "m"
+aliases = ["m-alias"]
+harness = "llamacpp"
+source = "m.gguf"
+vram_mb = 1000
+min_devices = 1
+"#;
+
+fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn post(url: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new().post(url).json(body).send().await.expect("request sent")
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_cold_model_share_one_load() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::from_millis(300));
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let requests = (0..6).map(|_| post(&url, &chat("m", false)));
+    let responses = futures_util::future::join_all(requests).await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["choices"][0]["message"]["content"], "Hello from the fake engine.");
+    }
+    assert_eq!(fake.load_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::from_secs(2));
+    let endpoint = fake.start().await;
+    let mut limits = limits();
+    limits.max_waiting_per_model = 2;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let responses = futures_util::future::join_all((0..5).map(|_| post(&url, &chat("m", false)))).await;
+    let refused: Vec<_> = responses.iter().filter(|r| r.status() == 503).collect();
+    assert_eq!(refused.len(), 3, "two wait, three are turned away");
+    assert!(refused.iter().all(|r| r.headers().contains_key("retry-after")));
+    assert_eq!(responses.iter().filter(|r| r.status() == 200).count(), 2);
+}
+
+#[tokio::test]
+async fn errors_come_in_the_dialect_of_the_route() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &["sekrit"], limits()).await;
+    let client = reqwest::Client::new();
+    let openai = format!("{}/v1/chat/completions", gateway.url);
+    let anthropic = format!("{}/v1/messages", gateway.url);
+    let messages = serde_json::json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+
+    let response = client.post(&openai).bearer_auth("sekrit").json(&chat("nope", false)).send().await.expect("sent");
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "not_found_error");
+
+    let response = client.post(&anthropic).header("x-api-key", "sekrit").json(&messages).send().await.expect("sent");
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "not_found_error");
+
+    let response = client.post(&openai).bearer_auth("sekrit").body("{not json").send().await.expect("sent");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    let response = client.post(&anthropic).header("x-api-key", "sekrit").body("{not json").send().await.expect("sent");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    let response = client.post(&openai).bearer_auth("wrong").json(&chat("m", false)).send().await.expect("sent");
+    assert_eq!(response.status(), 401);
+    let response = client.post(&anthropic).json(&messages).send().await.expect("sent");
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "authentication_error");
+
+    let huge = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let response = client.post(&openai).bearer_auth("sekrit").json(&huge).send().await.expect("sent");
+    assert_eq!(response.status(), 413);
+    assert_eq!(fake.load_calls.load(Ordering::SeqCst), 0, "no bad request reached a neuron");
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_off_ends_with_an_error_event() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("m", "m.gguf", 1000, 1);
+    fake.break_streams.store(true, Ordering::SeqCst);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let response = post(&format!("{}/v1/chat/completions", gateway.url), &chat("m", true)).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let last = text.trim_end().rsplit("\n\n").next().expect("an event");
+    assert!(last.starts_with("data: {\"error\""), "last event is an error: {text}");
+}
+
+#[tokio::test]
+async fn usage_is_asked_for_and_removed_unless_the_client_wanted_it() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("m", "m.gguf", 1000, 1);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+
+    let text = post(&url, &chat("m-alias", true)).await.text().await.expect("body");
+    assert!(!text.contains("\"choices\":[]"), "usage chunk removed: {text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(text.matches("data: ").count(), 7, "six content chunks and [DONE], none coalesced");
+    {
+        let seen = fake.requests.lock().expect("lock");
+        let upstream = seen.last().expect("a request");
+        assert_eq!(upstream["model"], "m", "the alias is resolved to the fleet id");
+        assert_eq!(upstream["stream_options"]["include_usage"], true);
+    }
+
+    let mut asked = chat("m", true);
+    asked["stream_options"] = serde_json::json!({"include_usage": true});
+    let text = post(&url, &asked).await.text().await.expect("body");
+    assert!(text.contains("\"choices\":[]"), "usage chunk kept when asked for: {text}");
+}
+
+#[tokio::test]
+async fn a_streaming_request_that_waits_gets_keepalives() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::from_millis(500));
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let response = post(&format!("{}/v1/chat/completions", gateway.url), &chat("m", true)).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(text.starts_with(": cortex: loading model\n\n"), "keep-alive first: {text}");
+    assert!(text.contains("\"content\":\"Hello\""));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn a_cold_load_evicts_the_least_recently_used_model_but_never_a_pinned_one() {
+    let fake = FakeNeuron::new("fake", 10_000, Duration::from_millis(50));
+    // `p` is the least recently used, but pinned here; `a` must go instead.
+    fake.preload("p", "p.gguf", 4000, 1);
+    fake.preload("a", "a.gguf", 4000, 2);
+    let endpoint = fake.start().await;
+    let models = r#"
+[[model]]
+id = "p"
+harness = "llamacpp"
+source = "p.gguf"
+vram_mb = 4000
+min_devices = 1
+pinned_on = ["fake"]
+
+[[model]]
+id = "a"
+harness = "llamacpp"
+source = "a.gguf"
+vram_mb = 4000
+min_devices = 1
+
+[[model]]
+id = "b"
+harness = "llamacpp"
+source = "b.gguf"
+vram_mb = 4000
+min_devices = 1
+"#;
+    let gateway = start(&fleet(&endpoint, models), &[], limits()).await;
+    let response = post(&format!("{}/v1/chat/completions", gateway.url), &chat("b", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(*fake.unload_calls.lock().expect("lock"), vec!["a".to_owned()]);
+    let loaded: Vec<String> = fake.models.lock().expect("lock").iter().map(|m| m.id.clone()).collect();
+    assert_eq!(loaded, ["p", "b"]);
+}
+
+#[tokio::test]
+async fn models_lists_declared_and_loaded_models() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("m", "m.gguf", 1000, 1);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let body: serde_json::Value =
+        reqwest::get(format!("{}/v1/models", gateway.url)).await.expect("sent").json().await.expect("json");
+    assert_eq!(body["object"], "list");
+    let entry = &body["data"][0];
+    assert_eq!(entry["id"], "m");
+    assert_eq!(entry["loaded"], true);
+    assert_eq!(entry["locations"], serde_json::json!(["fake"]));
+    assert_eq!(entry["feasible_on"], serde_json::json!(["fake"]));
+    assert_eq!(entry["estimated_cold_start_ms"], 100);
+}

@@ -1,0 +1,66 @@
+//! Runs cortex's gateway in-process on a loopback port against the neurons of a fleet given
+//! as TOML text, with a fast poller; waits (with a deadline) until every neuron is observed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortexd::config::{GatewayConfig, PollConfig};
+use cortexd::gateway::auth::ApiKeys;
+use cortexd::gateway::{self, AppState};
+use cortexd::poller::PollerHandle;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub struct Gateway {
+    pub url: String,
+    pub poller: PollerHandle,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Start the gateway for `fleet_toml` with client `keys` and `limits`.
+pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Gateway {
+    let load = plans::fleet::load(&[("fleet.toml".to_owned(), fleet_toml.to_owned())]);
+    let fleet = load.fleet.unwrap_or_else(|| panic!("test fleet is invalid: {:?}", load.diagnostics));
+    let neurons = fleet.neurons.len();
+    let (_sender, fleet) = watch::channel(Arc::new(fleet));
+    // Keep the sender alive for the test's duration by leaking it into the shutdown task.
+    let shutdown = CancellationToken::new();
+    let http = reqwest::Client::new();
+    let poll = PollConfig { interval: Duration::from_millis(100), unreachable_after: 2 };
+    let (poller, _task) = cortexd::poller::spawn(fleet.clone(), None, http.clone(), poll, shutdown.clone());
+    let held = shutdown.clone();
+    tokio::spawn(async move {
+        held.cancelled().await;
+        drop(_sender);
+    });
+    let state = AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits, http);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(gateway::serve(listener, state, shutdown.clone()));
+    let mut observed = poller.observed.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        observed.wait_for(|o| o.topology.neurons.len() == neurons && o.topology.neurons.iter().all(|n| n.reachable)),
+    )
+    .await
+    .expect("neurons observed within 10 s")
+    .expect("poller running");
+    Gateway { url, poller, shutdown }
+}
+
+/// Limits suitable for tests: short waits, small queues.
+pub fn limits() -> GatewayConfig {
+    GatewayConfig {
+        max_body_bytes: 64 * 1024,
+        max_waiting_per_model: 8,
+        max_wait: Duration::from_secs(10),
+        keepalive_interval: Duration::from_millis(100),
+        neuron_timeout: Duration::from_secs(5),
+    }
+}

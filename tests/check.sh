@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (cached), then runs every check CI runs:
+# formatting, clippy with -D warnings, the Rust tests of the whole workspace, and the Python
+# client tests with the official openai and anthropic SDKs against real cortex and neuron binaries.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=tests/env.sh
+source tests/env.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CORTEX_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies (cached under $CORTEX_CACHE)"
+bash tests/install.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+step "cargo build --workspace --bins (for the client tests)"
+cargo build --workspace --bins --locked
+
+step "Python client tests (official openai and anthropic SDKs)"
+export NEURON_BIN="$CARGO_TARGET_DIR/debug/neuron" CORTEX_BIN="$CARGO_TARGET_DIR/debug/cortex"
+"$CORTEX_VENV/bin/python" -m pytest -q tests/clients
