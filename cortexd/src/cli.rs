@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use plans::fleet::Fleet;
-use plans::plan::{PlanFile, PlanOptions, Revision};
+use plans::plan::{PlanFile, PlanOptions};
 use plans::topology::Topology;
 
 use crate::config::Config;
@@ -30,8 +30,12 @@ pub enum Command {
     Topology(TopologyArgs),
     /// Show what it would take to make the fleet match fleet/
     Plan(PlanArgs),
-    /// Run the daemon: the inference gateway (and the reconciler)
+    /// Make the fleet match fleet/: plan, show, ask, apply (or apply a saved plan file)
+    Apply(crate::cli_apply::ApplyArgs),
+    /// Run the daemon: the inference gateway and the reconciler
     Serve(ServeArgs),
+    /// Show the daemon's view: neurons, models, sync state, conditions, recent runs
+    Status(crate::cli_apply::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -170,15 +174,11 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         print!("{}", plans::plan::render_text(&plan, &topology, &fleet, &revision, now));
     }
     if let Some(path) = &args.out {
-        let file = PlanFile::new(plan.clone(), &topology, revision_of(&revision), env!("CARGO_PKG_VERSION"), now);
+        let file = PlanFile::new(plan.clone(), &topology, revision.clone(), env!("CARGO_PKG_VERSION"), now);
         std::fs::write(path, file.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("Saved the plan to {}. To perform exactly these actions, run: cortex apply {}", path.display(), path.display());
     } else if !plan.is_empty() && !args.json {
         eprintln!("Note: you didn't use --out, so cortex can't guarantee to take exactly these actions if you run `cortex apply` now.");
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
-}
-
-fn revision_of(revision: &Revision) -> Revision {
-    revision.clone()
 }

@@ -25,6 +25,7 @@ pub struct Config {
     pub neuron_token_file: Option<PathBuf>,
     pub gateway: GatewayConfig,
     pub poll: PollConfig,
+    pub reconcile: ReconcileSettings,
 }
 
 impl Default for Config {
@@ -39,6 +40,7 @@ impl Default for Config {
             neuron_token_file: None,
             gateway: GatewayConfig::default(),
             poll: PollConfig::default(),
+            reconcile: ReconcileSettings::default(),
         }
     }
 }
@@ -88,6 +90,37 @@ pub struct PollConfig {
 impl Default for PollConfig {
     fn default() -> Self {
         PollConfig { interval: Duration::from_secs(2), unreachable_after: 3 }
+    }
+}
+
+/// How the daemon reconciles (whether it acts at all is the fleet's `policy.reconcile`).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// A pass runs at least this often, even when nothing triggers one.
+    #[serde(with = "duration")]
+    pub resync: Duration,
+    /// How many neurons are acted on at once.
+    pub parallelism: usize,
+    /// Backoff after a failed action on a (model, neuron): doubles from `backoff_base` up to `backoff_max`.
+    #[serde(with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
+    /// How long a load may take to become ready.
+    #[serde(with = "duration")]
+    pub load_timeout: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            resync: Duration::from_secs(30),
+            parallelism: 4,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            load_timeout: Duration::from_secs(600),
+        }
     }
 }
 

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
             Command::Validate(args) => cli::validate(args),
             Command::Topology(args) => cli::topology(args).await,
             Command::Plan(args) => cli::plan(args).await,
+            Command::Apply(args) => cortexd::cli_apply::apply(args).await,
             Command::Serve(args) => cortexd::serve::run(args).await,
+            Command::Status(args) => cortexd::cli_apply::status(args).await,
         }
     });
     match result {

@@ -1,28 +1,38 @@
-//! `cortex serve`: wires the daemon together (fleet, poller, gateway, metrics) and owns its
-//! shutdown: one cancellation token, fired by SIGINT or SIGTERM.
+//! `cortex serve`: wires the daemon together (fleet watcher, poller, reconciler, gateway,
+//! metrics) and owns its shutdown: one cancellation token, fired by SIGINT or SIGTERM.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ServeArgs, load_config, load_fleet};
+use crate::cli::{ServeArgs, load_config};
+use crate::execute::ExecTimeouts;
 use crate::fleetdir::FleetSource;
+use crate::fleetwatch;
+use crate::gateway::admin::Admin;
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::{self, AppState};
+use crate::reconcile::ReconcileConfig;
 
 pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     let config = load_config(&args.config)?;
     let source = FleetSource::choose(args.fleet.fleet.clone());
-    let fleet = load_fleet(&source)?;
-    tracing::info!(fleet = %source.describe(), digest = %fleet.digest, models = fleet.models.len(), neurons = fleet.neurons.len(), "fleet loaded");
+    let loaded = fleetwatch::load(&source)?;
+    for diagnostic in &loaded.status.diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    if let Some(fleet) = &loaded.fleet {
+        tracing::info!(fleet = %source.describe(), digest = %fleet.digest, models = fleet.models.len(), neurons = fleet.neurons.len(), "fleet loaded");
+    }
     let prometheus = crate::metrics::install()?;
 
     let shutdown = CancellationToken::new();
-    let (_fleet_sender, fleet_receiver) = watch::channel(Arc::new(fleet));
+    let fleet = fleetwatch::spawn(source.clone(), loaded, shutdown.clone())
+        .with_context(|| format!("cannot serve the fleet in {}", source.describe()))?;
+    let fleet_receiver = fleet.fleet.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
@@ -45,7 +55,23 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let state = AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone(), http);
+    let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
+    let reconcile_config = ReconcileConfig {
+        resync: config.reconcile.resync,
+        parallelism: config.reconcile.parallelism,
+        timeouts,
+        backoff_base: config.reconcile.backoff_base,
+        backoff_max: config.reconcile.backoff_max,
+    };
+    let (status, reconcile_task) = crate::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+
+    let mut state = AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone(), http);
+    state.admin = config.admin_key.clone().map(|key| Admin {
+        key: Arc::new(key),
+        status,
+        timeouts,
+        parallelism: config.reconcile.parallelism,
+    });
     let api = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
@@ -63,7 +89,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         crate::metrics::serve(metrics, prometheus, shutdown.clone())
     );
     shutdown.cancel();
-    let _ = tokio::join!(poller_task, gauge_task);
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task);
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 //! `app(state)` builds the router without binding, so tests drive it in-process; `serve` runs
 //! it on an already-bound listener until the shutdown token fires.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod messages;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub inflight: Arc<route::InFlight>,
     /// Client for forwarding to neurons (connection pool shared by all requests).
     pub http: reqwest::Client,
+    /// The admin API, when an admin key is configured.
+    pub admin: Option<admin::Admin>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             cold_loads: Arc::new(ColdLoads::default()),
             inflight: Arc::new(route::InFlight::default()),
             http,
+            admin: None,
         }
     }
 
@@ -81,6 +85,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages/count_tokens", post(routes::count_tokens))
         .route("/v1/models", get(models::list))
         .route("/health", get(routes::health))
+        .route("/admin/status", get(admin::status))
+        .route("/admin/apply", post(admin::apply))
         // Bodies are read by the handlers themselves so that a too-large body is a 413 in
         // the route's dialect; axum's own limit is set just above ours as a backstop.
         .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))

@@ -1,0 +1,154 @@
+//! Applying a plan: actions run in dependency order, one at a time per neuron (each neuron's
+//! generation precondition chains from one action to the next), neurons in parallel up to a
+//! bound. A failed action skips what depends on it; independent branches go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plans::plan::{Action, ActionKind, Plan};
+use tokio::sync::Semaphore;
+
+use crate::execute::{self, ExecError, ExecTimeouts};
+use crate::neuron_client::NeuronClient;
+
+/// What happened to one action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done { elapsed: Duration },
+    Failed { error: String },
+    /// Not attempted because an action it waits for failed or was skipped.
+    Skipped { because: String },
+}
+
+/// Progress while applying, for the CLI's output and the daemon's logs.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Started(Action),
+    Finished(Action, Outcome),
+}
+
+/// The result of applying a plan, one outcome per action, in plan order.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyReport {
+    pub outcomes: Vec<(Action, Outcome)>,
+}
+
+impl ApplyReport {
+    pub fn succeeded(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Done { .. }))
+    }
+
+    fn count(&self, kind: ActionKind) -> usize {
+        self.outcomes.iter().filter(|(a, o)| a.kind == kind && matches!(o, Outcome::Done { .. })).count()
+    }
+
+    /// `Apply complete! Loaded N, reloaded M, unloaded K.` or the failure summary.
+    pub fn summary(&self) -> String {
+        let (loaded, reloaded, unloaded) =
+            (self.count(ActionKind::Load), self.count(ActionKind::Reload), self.count(ActionKind::Unload));
+        if self.succeeded() {
+            return format!("Apply complete! Loaded {loaded}, reloaded {reloaded}, unloaded {unloaded}.");
+        }
+        let done = self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Done { .. })).count();
+        let failed = self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Failed { .. })).count();
+        let skipped = self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Skipped { .. })).count();
+        format!(
+            "Apply failed: {done} done, {failed} failed, {skipped} skipped (loaded {loaded}, reloaded {reloaded}, unloaded {unloaded})."
+        )
+    }
+}
+
+/// Apply `plan` through `clients`. `progress` is called as actions start and finish.
+pub async fn apply(
+    plan: &Plan,
+    clients: &BTreeMap<String, NeuronClient>,
+    parallelism: usize,
+    timeouts: ExecTimeouts,
+    progress: Arc<dyn Fn(Progress) + Send + Sync>,
+) -> ApplyReport {
+    // Actions are independent across neurons; within a neuron they run in plan order, which
+    // is a topological order of the plan's DAG.
+    let mut chains: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+    for action in &plan.actions {
+        chains.entry(action.neuron.clone()).or_default().push(action.clone());
+    }
+    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (neuron, chain) in chains {
+        let client = clients.get(&neuron).cloned();
+        let permits = permits.clone();
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return Vec::new();
+            };
+            run_chain(client, chain, timeouts, progress.as_ref()).await
+        });
+    }
+    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(chain) => outcomes.extend(chain),
+            Err(error) => tracing::error!(%error, "an apply task died"),
+        }
+    }
+    let outcomes = plan
+        .actions
+        .iter()
+        .map(|a| {
+            let outcome =
+                outcomes.remove(&a.id).unwrap_or(Outcome::Failed { error: "the apply task stopped".to_owned() });
+            (a.clone(), outcome)
+        })
+        .collect();
+    ApplyReport { outcomes }
+}
+
+/// Run one neuron's actions in order, chaining the generation precondition.
+async fn run_chain(
+    client: Option<NeuronClient>,
+    chain: Vec<Action>,
+    timeouts: ExecTimeouts,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Vec<(String, Outcome)> {
+    let mut outcomes = Vec::with_capacity(chain.len());
+    let mut not_done: BTreeSet<String> = BTreeSet::new();
+    // The plan's precondition holds for the first action; after that, the generation our own
+    // previous action left behind.
+    let mut generation = chain.first().map(|a| a.if_generation);
+    for action in chain {
+        if let Some(blocker) = action.after.iter().find(|id| not_done.contains(*id)) {
+            let outcome = Outcome::Skipped { because: format!("{blocker} did not complete") };
+            not_done.insert(action.id.clone());
+            progress(Progress::Finished(action.clone(), outcome.clone()));
+            outcomes.push((action.id, outcome));
+            continue;
+        }
+        progress(Progress::Started(action.clone()));
+        let started = Instant::now();
+        let result = match &client {
+            Some(client) => execute::run(client, &action, generation, timeouts).await,
+            None => Err(ExecError::NoProfile { id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron) }),
+        };
+        let outcome = match result {
+            Ok(next) => {
+                generation = Some(next);
+                Outcome::Done { elapsed: started.elapsed() }
+            }
+            Err(error) => {
+                not_done.insert(action.id.clone());
+                // Our chain of preconditions is broken; the next independent action may only
+                // proceed on what the neuron says now.
+                generation = match &client {
+                    Some(client) => client.models(timeouts.call).await.ok().map(|m| m.generation),
+                    None => None,
+                };
+                Outcome::Failed { error: error.to_string() }
+            }
+        };
+        progress(Progress::Finished(action.clone(), outcome.clone()));
+        outcomes.push((action.id, outcome));
+    }
+    outcomes
+}

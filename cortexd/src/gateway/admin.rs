@@ -1,0 +1,94 @@
+//! The admin API (admin key required): `GET /admin/status` (the daemon's status, as
+//! `cortex status` shows it) and `POST /admin/apply` (apply a saved plan file, refused when stale).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use plans::plan::PlanFile;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::apply::{self, Outcome};
+use crate::execute::ExecTimeouts;
+use crate::gateway::AppState;
+use crate::status::DaemonStatus;
+
+/// What the admin routes need besides the gateway's state.
+#[derive(Clone)]
+pub struct Admin {
+    pub key: Arc<String>,
+    pub status: watch::Receiver<Arc<DaemonStatus>>,
+    pub timeouts: ExecTimeouts,
+    pub parallelism: usize,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({"error": {"message": message.into()}}))).into_response()
+}
+
+/// The admin settings if the request carries the admin key, else the response to send.
+fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin, Response> {
+    let Some(admin) = state.admin.as_ref() else {
+        return Err(error(StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
+    };
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(admin.key.as_bytes().ct_eq(presented.as_bytes())) {
+        Ok(admin)
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "invalid admin key"))
+    }
+}
+
+pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match authorised(&state, &headers) {
+        Ok(admin) => axum::Json(admin.status.borrow().as_ref().clone()).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The answer to `POST /admin/apply`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ApplyResponse {
+    pub succeeded: bool,
+    pub summary: String,
+    /// `(action id, outcome text)` in plan order.
+    pub outcomes: Vec<(String, String)>,
+}
+
+pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    let admin = match authorised(&state, &headers) {
+        Ok(admin) => admin.clone(),
+        Err(response) => return response,
+    };
+    let file = match PlanFile::from_json(&body) {
+        Ok(file) => file,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
+    };
+    let fleet = state.fleet();
+    let observed = state.observed();
+    let stale = file.staleness(&fleet.digest, &observed.topology);
+    if !stale.is_empty() {
+        return error(StatusCode::CONFLICT, format!("the saved plan is stale:\n  {}", stale.join("\n  ")));
+    }
+    let report = apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {})).await;
+    state.poller.kick();
+    let outcomes = report
+        .outcomes
+        .iter()
+        .map(|(action, outcome)| {
+            let text = match outcome {
+                Outcome::Done { elapsed } => format!("done in {:.1}s", elapsed.as_secs_f64()),
+                Outcome::Failed { error } => format!("failed: {error}"),
+                Outcome::Skipped { because } => format!("skipped: {because}"),
+            };
+            (action.id.clone(), text)
+        })
+        .collect();
+    axum::Json(ApplyResponse { succeeded: report.succeeded(), summary: report.summary(), outcomes }).into_response()
+}
