@@ -159,26 +159,44 @@ fn utf8(bytes: &[u8]) -> Cow<'_, str> {
 /// A comment line clients ignore, sent while a request waits so that idle timeouts do not fire.
 pub const KEEP_ALIVE: &str = ": keep-alive\n\n";
 
+/// Where encoded events go: a `String`, or the `BytesMut` of a response body so that the
+/// gateway's hot path writes events straight into what it sends.
+pub trait SseBuffer {
+    fn push_str(&mut self, text: &str);
+}
+
+impl SseBuffer for String {
+    fn push_str(&mut self, text: &str) {
+        String::push_str(self, text);
+    }
+}
+
+impl SseBuffer for bytes::BytesMut {
+    fn push_str(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+}
+
 /// Appends `event: <event>\ndata: <data>\n\n`; a multi-line `data` becomes several `data:` lines.
-pub fn write_event(out: &mut String, event: &str, data: &str) {
+pub fn write_event(out: &mut impl SseBuffer, event: &str, data: &str) {
     out.push_str("event: ");
     out.push_str(event);
-    out.push('\n');
+    out.push_str("\n");
     write_data(out, data);
 }
 
 /// Appends an event without a name (`data: <data>\n\n`), the OpenAI streaming dialect.
-pub fn write_data(out: &mut String, data: &str) {
+pub fn write_data(out: &mut impl SseBuffer, data: &str) {
     for line in data.split('\n') {
         out.push_str("data: ");
         out.push_str(line.strip_suffix('\r').unwrap_or(line));
-        out.push('\n');
+        out.push_str("\n");
     }
-    out.push('\n');
+    out.push_str("\n");
 }
 
 /// Appends a comment (`: <text>\n\n`); `text` must not contain a newline.
-pub fn write_comment(out: &mut String, text: &str) {
+pub fn write_comment(out: &mut impl SseBuffer, text: &str) {
     out.push_str(": ");
     out.push_str(text);
     out.push_str("\n\n");

@@ -4,7 +4,7 @@
 //! official anthropic SDK and Claude Code rely on.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::anthropic::{StreamTranslator, fix_native_event};
+use cortexd::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
 use cortexd::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
@@ -609,6 +609,30 @@ fn native_message_tool_use_gets_its_input() {
     assert!(!cortexd::anthropic::fix_native_message(&mut message));
 }
 
+/// Runs raw upstream bytes (fed in `pieces`) through `push_event` into a `BytesMut`, as the
+/// gateway's proxy does.
+fn translate_raw(pieces: &[&[u8]]) -> String {
+    let mut translator = StreamTranslator::new("qwen3:8b");
+    let mut out = bytes::BytesMut::new();
+    for piece in pieces {
+        translator.push_event(piece, &mut out);
+    }
+    let _ = translator.finish(&mut out);
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[test]
+fn native_raw_events_are_fixed_or_left_alone() {
+    let text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+    assert_eq!(fix_native_raw_event(text.as_bytes()), None);
+    let tool = "event: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"call_x\",\"name\":\"f\"}}\r\n\r\n";
+    expect![[r#"
+        event: content_block_start
+        data: {"content_block":{"id":"call_x","input":{},"name":"f","type":"tool_use"},"index":1,"type":"content_block_start"}
+
+    "#]].assert_eq(&fix_native_raw_event(tool.as_bytes()).unwrap());
+}
+
 /// Cuts `bytes` at the given positions (taken modulo the length).
 fn split_at_positions<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (bytes.len() + 1)).collect();
@@ -645,6 +669,8 @@ proptest! {
         let bytes = upstream.as_bytes();
         let pieces = split_at_positions(bytes, &cuts);
         prop_assert_eq!(parse_events(&pieces), parse_events(&[bytes]));
-        prop_assert_eq!(translate(&pieces), translate(&[bytes]));
+        let whole = translate(&[bytes]);
+        prop_assert_eq!(translate(&pieces), whole.clone());
+        prop_assert_eq!(translate_raw(&pieces), whole);
     }
 }

@@ -4,8 +4,8 @@
 //! clock. The gateway calls them from its `/v1/messages` handler:
 //! - translated engines: [`request_to_chat`] on the way in, then [`chat_to_message`] (non-streaming)
 //!   or a [`StreamTranslator`] fed every `data:` payload of the upstream stream;
-//! - native engines: forward bytes, passing each event through [`fix_native_event`] (and
-//!   non-streaming bodies through [`fix_native_message`]).
+//! - native engines: forward bytes, passing each event through [`fix_native_event`] or
+//!   [`fix_native_raw_event`] (and non-streaming bodies through [`fix_native_message`]).
 //!
 //! Architecture invariant: every stream a [`StreamTranslator`] writes is one the official
 //! anthropic SDK accepts (message_start first, contiguous block indices each started and
@@ -18,7 +18,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use native::{fix_native_event, fix_native_message};
+pub use native::{fix_native_event, fix_native_message, fix_native_raw_event};
 pub use request::request_to_chat;
 pub use response::chat_to_message;
 pub use stream::StreamTranslator;

@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::sse::{self, SseParser};
+
 /// The corrected `data` of one event from a native engine, or `None` to forward it unchanged.
 /// Re-serialised output may order keys differently; JSON clients do not care.
 pub fn fix_native_event(event: &str, data: &str) -> Option<String> {
@@ -21,6 +23,33 @@ pub fn fix_native_event(event: &str, data: &str) -> Option<String> {
     }
     Some(parsed.to_string())
 }
+
+/// [`fix_native_event`] for raw SSE bytes holding whole events (as a proxy that splits the
+/// stream holds them): `None` to forward the bytes unchanged, or all of their events re-encoded
+/// with the fixes applied (comments and `id:` lines are dropped then; clients ignore them).
+pub fn fix_native_raw_event(raw_events: &[u8]) -> Option<String> {
+    if !raw_events.windows(TOOL_USE.len()).any(|window| window == TOOL_USE) {
+        return None;
+    }
+    let mut encoded = String::with_capacity(raw_events.len() + 16);
+    let mut changed = false;
+    let mut parser = SseParser::new();
+    let mut on_event = |event: sse::SseEvent<'_>| -> Result<(), ()> {
+        match fix_native_event(event.event, event.data) {
+            Some(data) => {
+                changed = true;
+                sse::write_event(&mut encoded, event.event, &data);
+            }
+            None => sse::write_event(&mut encoded, event.event, event.data),
+        }
+        Ok(())
+    };
+    let _ = parser.feed(raw_events, &mut on_event);
+    let _ = parser.finish(&mut on_event);
+    changed.then_some(encoded)
+}
+
+const TOOL_USE: &[u8] = b"\"tool_use\"";
 
 /// Fixes a non-streaming response of a native engine in place; returns whether it changed.
 pub fn fix_native_message(message: &mut Value) -> bool {

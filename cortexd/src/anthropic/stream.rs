@@ -25,7 +25,7 @@
 //! - An upstream chunk with an `error` key, a malformed chunk, or the end of the stream before a
 //!   finish reason or `[DONE]` ends the stream with `event: error` (`api_error`).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde_json::{Value, json};
 
@@ -34,11 +34,12 @@ use crate::anthropic::openai::{
     upstream_error_message, usage_json,
 };
 use crate::anthropic::{TranslateError, error_body};
-use crate::sse;
+use crate::sse::{self, SseBuffer, SseParser};
 
 /// Translates one upstream stream. Create one per request; feed every `data:` payload to
-/// [`StreamTranslator::push`], then call [`StreamTranslator::finish`] at the end of the upstream
-/// body. Output is appended to the caller's buffer as complete SSE events, ready to send.
+/// [`StreamTranslator::push`] (or every raw event to [`StreamTranslator::push_event`]), then call
+/// [`StreamTranslator::finish`] at the end of the upstream body. Output is appended to the
+/// caller's buffer (`String` or `BytesMut`) as complete SSE events, ready to send.
 #[derive(Debug)]
 pub struct StreamTranslator {
     /// The model name the client asked for, echoed in `message_start`.
@@ -62,6 +63,10 @@ pub struct StreamTranslator {
     early_input: Option<InputUsage>,
     /// Chunks that carried generated content, the output-token count when no usage arrives.
     content_chunks: u64,
+    /// Reused to format per-token deltas without allocating.
+    scratch: Vec<u8>,
+    /// Splits raw events given to `push_event`.
+    parser: SseParser,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,8 @@ impl StreamTranslator {
             usage: None,
             early_input: None,
             content_chunks: 0,
+            scratch: Vec::new(),
+            parser: SseParser::new(),
         }
     }
 
@@ -95,7 +102,7 @@ impl StreamTranslator {
 
     /// Translates one `data:` payload of the upstream stream (a chunk, or `[DONE]`).
     /// On `Err`, `out` already ends with an `event: error`: stop reading the upstream.
-    pub fn push(&mut self, data: &str, out: &mut String) -> Result<(), TranslateError> {
+    pub fn push(&mut self, data: &str, out: &mut impl SseBuffer) -> Result<(), TranslateError> {
         if self.ended {
             return Ok(());
         }
@@ -114,10 +121,18 @@ impl StreamTranslator {
         result
     }
 
+    /// Translates raw upstream SSE bytes (for a proxy that already splits the stream into
+    /// events; any split works). Errors are rendered into `out` as with [`StreamTranslator::push`].
+    pub fn push_event(&mut self, raw_event: &[u8], out: &mut impl SseBuffer) {
+        let mut parser = std::mem::take(&mut self.parser);
+        let _ = parser.feed(raw_event, |event| self.push(event.data, out));
+        self.parser = parser;
+    }
+
     /// Call at the end of the upstream body. Completes the message if the engine sent a finish
     /// reason but no `[DONE]`; otherwise the stream was cut short and `Err` comes back with
     /// `out` ending in an `event: error`.
-    pub fn finish(&mut self, out: &mut String) -> Result<(), TranslateError> {
+    pub fn finish(&mut self, out: &mut impl SseBuffer) -> Result<(), TranslateError> {
         if self.ended {
             return Ok(());
         }
@@ -133,13 +148,13 @@ impl StreamTranslator {
 
     /// Ends the stream with `event: error` (`api_error`) for an upstream failure the caller saw
     /// (connection reset, read timeout). Does nothing once the stream has ended.
-    pub fn fail(&mut self, message: &str, out: &mut String) {
+    pub fn fail(&mut self, message: &str, out: &mut impl SseBuffer) {
         if !self.ended {
             self.write_error(message, out);
         }
     }
 
-    fn chunk(&mut self, chunk: &ChatChunk<'_>, out: &mut String) -> Result<(), TranslateError> {
+    fn chunk(&mut self, chunk: &ChatChunk<'_>, out: &mut impl SseBuffer) -> Result<(), TranslateError> {
         if let Some(error) = &chunk.error {
             return Err(TranslateError::Upstream(upstream_error_message(error)));
         }
@@ -167,7 +182,7 @@ impl StreamTranslator {
         Ok(())
     }
 
-    fn delta(&mut self, delta: &Delta<'_>, out: &mut String) -> Result<(), TranslateError> {
+    fn delta(&mut self, delta: &Delta<'_>, out: &mut impl SseBuffer) -> Result<(), TranslateError> {
         let reasoning = delta.reasoning_content.as_deref().or(delta.reasoning.as_deref());
         let mut produced = false;
         if let Some(thinking) = reasoning.filter(|text| !text.is_empty()) {
@@ -202,7 +217,7 @@ impl StreamTranslator {
         &mut self,
         call: &ToolCallDelta<'_>,
         position: u64,
-        out: &mut String,
+        out: &mut impl SseBuffer,
     ) -> Result<bool, TranslateError> {
         let upstream_index = call.index.unwrap_or(position);
         let function = call.function.as_ref();
@@ -230,7 +245,7 @@ impl StreamTranslator {
         }
     }
 
-    fn start(&mut self, upstream_id: Option<&str>, out: &mut String) {
+    fn start(&mut self, upstream_id: Option<&str>, out: &mut impl SseBuffer) {
         if self.started {
             return;
         }
@@ -253,7 +268,7 @@ impl StreamTranslator {
         sse::write_event(out, "message_start", &message_start.to_string());
     }
 
-    fn open_block(&mut self, kind: OpenBlock, content_block: &Value, out: &mut String) {
+    fn open_block(&mut self, kind: OpenBlock, content_block: &Value, out: &mut impl SseBuffer) {
         self.close_block(out);
         let start =
             json!({"type": "content_block_start", "index": self.next_index, "content_block": content_block});
@@ -262,31 +277,37 @@ impl StreamTranslator {
         self.next_index += 1;
     }
 
-    fn close_block(&mut self, out: &mut String) {
+    fn close_block(&mut self, out: &mut impl SseBuffer) {
         let Some(kind) = self.open.take() else { return };
         if kind == OpenBlock::Thinking {
             self.write_delta(out, "signature_delta", "signature", "");
         }
         let index = self.next_index - 1;
+        self.scratch.clear();
         let _ = write!(
-            out,
+            self.scratch,
             "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"
         );
+        out.push_str(std::str::from_utf8(&self.scratch).unwrap_or_default());
     }
 
     /// Writes a `content_block_delta` for the open block. Formatted by hand: this is the
     /// per-token path, and only the text needs JSON escaping.
-    fn write_delta(&self, out: &mut String, delta_type: &str, field: &str, text: &str) {
+    fn write_delta(&mut self, out: &mut impl SseBuffer, delta_type: &str, field: &str, text: &str) {
         let index = self.next_index.saturating_sub(1);
-        let escaped = Value::from(text);
+        self.scratch.clear();
         let _ = write!(
-            out,
+            self.scratch,
             "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\
-             \"delta\":{{\"type\":\"{delta_type}\",\"{field}\":{escaped}}}}}\n\n"
+             \"delta\":{{\"type\":\"{delta_type}\",\"{field}\":"
         );
+        // Writing a str into a Vec cannot fail; the bytes are UTF-8 by construction.
+        let _ = serde_json::to_writer(&mut self.scratch, text);
+        self.scratch.extend_from_slice(b"}}\n\n");
+        out.push_str(std::str::from_utf8(&self.scratch).unwrap_or_default());
     }
 
-    fn complete(&mut self, out: &mut String) {
+    fn complete(&mut self, out: &mut impl SseBuffer) {
         self.start(None, out);
         self.close_block(out);
         let (reason, sequence) = self.finish.take().unwrap_or(("end_turn", None));
@@ -306,7 +327,7 @@ impl StreamTranslator {
         self.ended = true;
     }
 
-    fn write_error(&mut self, message: &str, out: &mut String) {
+    fn write_error(&mut self, message: &str, out: &mut impl SseBuffer) {
         sse::write_event(out, "error", &error_body("api_error", message).to_string());
         self.ended = true;
     }
