@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use crate::anthropic;
 use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
-use crate::gateway::proxy::{EventTransform, StreamEdit};
+use crate::gateway::proxy::{self, EventTransform, StreamEdit};
+use crate::sse::{self, SseParser};
 use crate::gateway::route::{self, Resolution, Target};
 use crate::gateway::routes::{self, Checked};
 
@@ -39,15 +40,21 @@ async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Resu
         let requested = checked.model.clone();
         if native(&state, &target) {
             let body = with_model(&checked.body, &requested, &target.model)?;
-            let edit = if stream { StreamEdit::Transform(Box::new(NativeFix)) } else { StreamEdit::None };
-            return routes::forward(&state, target, "/v1/messages", body, "messages", Dialect::Anthropic, stream, checked.started, edit)
-                .await;
+            if stream {
+                let edit = StreamEdit::Transform(Box::<NativeFix>::default());
+                return routes::forward(&state, target, "/v1/messages", body, "messages", Dialect::Anthropic, true, checked.started, edit)
+                    .await;
+            }
+            let response = routes::forward(&state, target, "/v1/messages", body, "messages", Dialect::Anthropic, false, checked.started, StreamEdit::None)
+                .await?;
+            return fix_native_body(response).await;
         }
         let mut chat = anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         chat["model"] = target.model.clone().into();
         let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
         if stream {
-            let edit = StreamEdit::Transform(Box::new(Translate(anthropic::StreamTranslator::new(&requested))));
+            let translator = anthropic::StreamTranslator::new(&requested);
+            let edit = StreamEdit::Transform(Box::new(Translate { parser: SseParser::new(), translator, usage: None }));
             return routes::forward(&state, target, "/v1/chat/completions", body, "messages", Dialect::Anthropic, true, checked.started, edit)
                 .await;
         }
@@ -93,26 +100,50 @@ fn with_model(body: &Bytes, requested: &str, id: &str) -> Result<Bytes, ApiError
     serde_json::to_vec(&value).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// Translate a complete (small, non-streaming) Chat Completions answer into a Message.
-async fn translate_body(response: Response, requested: &str) -> Result<Response, ApiError> {
+/// A native engine's complete (small, non-streaming) Message, with known deviations fixed.
+async fn fix_native_body(response: Response) -> Result<Response, ApiError> {
+    let message = read_json(response).await?;
+    let mut message = message;
+    anthropic::fix_native_message(&mut message);
+    Ok(axum::Json(message).into_response())
+}
+
+async fn read_json(response: Response) -> Result<serde_json::Value, ApiError> {
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|e| ApiError::Upstream(format!("the engine's answer broke off: {e}")))?;
-    let chat: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Upstream(format!("the engine answered invalid JSON: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Upstream(format!("the engine answered invalid JSON: {e}")))
+}
+
+/// Translate a complete (small, non-streaming) Chat Completions answer into a Message.
+async fn translate_body(response: Response, requested: &str) -> Result<Response, ApiError> {
+    let chat = read_json(response).await?;
     let message = anthropic::chat_to_message(&chat, requested).map_err(|e| ApiError::Upstream(e.to_string()))?;
     Ok(axum::Json(message).into_response())
 }
 
 /// Pass-through of a native Anthropic stream, fixing known engine deviations.
-struct NativeFix;
+#[derive(Default)]
+struct NativeFix {
+    parser: SseParser,
+    usage: Option<(u64, u64)>,
+}
 
 impl EventTransform for NativeFix {
-    fn event(&mut self, event: &[u8], out: &mut BytesMut) {
-        match anthropic::fix_native_event(event) {
-            Some(fixed) => out.extend_from_slice(fixed.as_bytes()),
-            None => out.extend_from_slice(event),
-        }
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        let mut text = String::new();
+        let usage = &mut self.usage;
+        let _ = self.parser.feed(chunk, |event| {
+            if event.data.contains("\"usage\"") {
+                proxy::record_usage(event.data.as_bytes(), usage);
+            }
+            match anthropic::fix_native_event(event.event, event.data) {
+                Some(fixed) => sse::write_event(&mut text, event.event, &fixed),
+                None => sse::write_event(&mut text, event.event, event.data),
+            }
+            Ok::<(), ()>(())
+        });
+        out.extend_from_slice(text.as_bytes());
     }
 
     fn finish(&mut self, _out: &mut BytesMut) {}
@@ -120,22 +151,47 @@ impl EventTransform for NativeFix {
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
         out.extend_from_slice(error.sse_event(Dialect::Anthropic).as_bytes());
     }
+
+    fn usage(&self) -> Option<(u64, u64)> {
+        self.usage
+    }
 }
 
 /// Translation of a Chat Completions stream into Anthropic events.
-struct Translate(anthropic::StreamTranslator);
+struct Translate {
+    parser: SseParser,
+    translator: anthropic::StreamTranslator,
+    usage: Option<(u64, u64)>,
+}
 
 impl EventTransform for Translate {
-    fn event(&mut self, event: &[u8], out: &mut BytesMut) {
-        self.0.push_event(event, out);
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        let mut text = String::new();
+        let translator = &mut self.translator;
+        let usage = &mut self.usage;
+        // An Err means the translator already wrote `event: error`: the rest is dropped.
+        let _ = self.parser.feed(chunk, |event| {
+            if event.data.contains("\"usage\"") {
+                proxy::record_usage(event.data.as_bytes(), usage);
+            }
+            translator.push(event.data, &mut text)
+        });
+        out.extend_from_slice(text.as_bytes());
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        self.0.finish(out);
+        let mut text = String::new();
+        let _ = self.translator.finish(&mut text);
+        out.extend_from_slice(text.as_bytes());
     }
 
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
-        self.0.fail(&error.to_string(), out);
+        let mut text = String::new();
+        self.translator.fail(&error.to_string(), &mut text);
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    fn usage(&self) -> Option<(u64, u64)> {
+        self.usage
     }
 }
-

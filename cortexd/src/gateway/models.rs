@@ -38,6 +38,21 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response
     axum::Json(serde_json::json!({"object": "list", "data": entries(&state)})).into_response()
 }
 
+/// The neurons where `id` could be loaded now (evicting by policy if need be): the planner's
+/// `place_one` asked about each neuron alone, so the answer is the router's own.
+fn feasible_on(fleet: &plans::fleet::Fleet, topology: &plans::topology::Topology, id: &str) -> Vec<String> {
+    let options = plans::plan::PlanOptions { now_unix_ms: crate::poller::now_unix_ms(), prune: false };
+    topology
+        .neurons
+        .iter()
+        .filter(|neuron| {
+            let alone = plans::topology::Topology::new(topology.observed_at_unix_ms, vec![(*neuron).clone()]);
+            plans::plan::place_one(fleet, &alone, id, &options).is_ok()
+        })
+        .map(|neuron| neuron.name.clone())
+        .collect()
+}
+
 /// The list, fleet models first (in declaration order), then models loaded outside the fleet.
 pub fn entries(state: &AppState) -> Vec<ModelEntry> {
     let fleet = state.fleet();
@@ -65,7 +80,7 @@ pub fn entries(state: &AppState) -> Vec<ModelEntry> {
                 aliases: model.aliases.clone(),
                 loaded: !locations.is_empty(),
                 locations,
-                feasible_on: plans::plan::feasible_neurons(&fleet, topology, model),
+                feasible_on: feasible_on(&fleet, topology, &model.id),
                 pinned: model.pinned_on.clone(),
                 declared: true,
                 estimated_cold_start_ms: cold_start(&model.id),

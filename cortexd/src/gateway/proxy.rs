@@ -27,15 +27,17 @@ pub enum StreamEdit {
     Transform(Box<dyn EventTransform>),
 }
 
-/// Rewrites complete SSE events; used for the Anthropic routes.
+/// Rewrites a stream on its way to the client (the Anthropic routes): gets every upstream
+/// chunk as it arrives and writes what the client should get.
 pub trait EventTransform: Send {
-    /// Append what the client should get for `event` (one complete SSE event, separator
-    /// included) to `out`.
-    fn event(&mut self, event: &[u8], out: &mut BytesMut);
+    /// Handle one upstream chunk (any size; events may span chunks).
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut);
     /// The upstream ended cleanly; append any closing events.
     fn finish(&mut self, out: &mut BytesMut);
     /// The upstream failed midway; append an error event the client will raise.
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut);
+    /// `(prompt, completion)` tokens seen so far, for metrics.
+    fn usage(&self) -> Option<(u64, u64)>;
 }
 
 /// Labels and context of one forwarded request, for metrics.
@@ -158,15 +160,16 @@ impl Watcher {
                 return chunk;
             }
         }
-        self.buffer.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
+        if let StreamEdit::Transform(transform) = &mut self.edit {
+            self.first_event_at.get_or_insert_with(Instant::now);
+            transform.chunk(&chunk, &mut out);
+            return out.freeze();
+        }
+        self.buffer.extend_from_slice(&chunk);
         while let Some(end) = event_end(&self.buffer) {
             let event = self.buffer.split_to(end).freeze();
-            if let StreamEdit::Transform(transform) = &mut self.edit {
-                self.first_event_at.get_or_insert_with(Instant::now);
-                record_usage(&event, &mut self.usage);
-                transform.event(&event, &mut out);
-            } else if self.inspect(&event) {
+            if self.inspect(&event) {
                 out.extend_from_slice(&event);
             }
         }
@@ -190,6 +193,7 @@ impl Watcher {
         let mut out = BytesMut::new();
         if let StreamEdit::Transform(transform) = &mut self.edit {
             transform.finish(&mut out);
+            self.usage = transform.usage().or(self.usage);
         }
         if !self.stream {
             record_usage(&self.copy, &mut self.usage);
@@ -283,7 +287,7 @@ impl Drop for Watcher {
 }
 
 /// Read `usage` from a JSON body or an SSE event (OpenAI or Anthropic names).
-fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
+pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
     let json = match bytes.iter().position(|&b| b == b'{') {
         Some(start) => &bytes[start..],
         None => return,
