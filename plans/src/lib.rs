@@ -7,5 +7,6 @@
 
 pub mod diagnostic;
 pub mod fleet;
+pub mod plan;
 pub mod topology;
 pub mod wire;
