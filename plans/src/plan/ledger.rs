@@ -334,7 +334,7 @@ impl<'a> NeuronLedger<'a> {
         if !protected.is_empty() && fit(&all_free, &self.device_index, all_ram, need).is_some() {
             return (
                 Dimension::PinConflict,
-                format!("{name} would have room only by evicting models pinned there or kept as replicas"),
+                format!("{name} would have room only by evicting models pinned there"),
             );
         }
         if ram < need.ram {

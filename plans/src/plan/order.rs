@@ -1,6 +1,6 @@
 //! Action ordering: a petgraph DAG in which an action that frees devices (or host RAM) on a
 //! neuron precedes the later loads on that neuron that use them; actions on different neurons
-//! are independent. Ids (`a1`, `a2`, …) follow planning order, which is a topological order.
+//! are independent, and loads sharing a device keep their planning order. Ids (`a1`, `a2`, …) follow planning order, which is a topological order.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -60,6 +60,14 @@ fn dependencies(drafts: &[Draft]) -> Vec<Vec<usize>> {
     // Per (neuron, device): drafts so far that freed it; per neuron: drafts that freed RAM.
     let mut freed_device: HashMap<(&str, u32), Vec<usize>> = HashMap::new();
     let mut freed_ram: HashMap<&str, Vec<usize>> = HashMap::new();
+    // Per (neuron, device): the last draft that loaded onto it. Loads sharing a device are
+    // chained in planning order because a later one may have been placed only on what the
+    // earlier one left, and an earlier one's `min_device_vram_mb` floor may need the room the
+    // later one takes.
+    let mut last_load: HashMap<(&str, u32), usize> = HashMap::new();
+    // Per (neuron, model): the last draft that unloaded it. A neuron serves one copy per id,
+    // so a model evicted from one device and placed again on another must go first.
+    let mut unloaded: HashMap<(&str, &str), usize> = HashMap::new();
     let mut all = Vec::with_capacity(drafts.len());
     for (i, draft) in drafts.iter().enumerate() {
         let action = &draft.action;
@@ -68,10 +76,14 @@ fn dependencies(drafts: &[Draft]) -> Vec<Vec<usize>> {
         if action.kind != ActionKind::Unload {
             for device in &action.devices {
                 before.extend(freed_device.get(&(neuron, *device)).into_iter().flatten().copied());
+                before.extend(last_load.insert((neuron, *device), i));
             }
             if action.ram_mb > 0 {
                 before.extend(freed_ram.get(neuron).into_iter().flatten().copied());
             }
+            before.extend(unloaded.get(&(neuron, action.model.as_str())).copied());
+        } else {
+            unloaded.insert((neuron, action.model.as_str()), i);
         }
         all.push(before.into_iter().collect());
         if draft.frees {

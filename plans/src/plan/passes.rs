@@ -141,7 +141,8 @@ impl<'a> Planner<'a> {
             }
             for r in 0..self.neurons[n].residents.len() {
                 let copy = &self.neurons[n].residents[r];
-                if copy.role != role || copy.gone || copy.touched || copy.status == ModelState::Unloading {
+                // A copy still loading (or unloading) is left to finish; the next pass sees it.
+                if copy.role != role || copy.gone || copy.touched || !settled(copy.status) {
                     continue;
                 }
                 match self.reload_reason(copy) {
@@ -214,8 +215,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Marks up to `replicas` live copies of model `m` (pinned ones first, then healthy, then
-    /// most recently used) as kept; returns how many live copies count.
+    /// Marks up to `replicas` live copies of model `m` (pinned ones first, then healthy ones,
+    /// then by neuron name) as kept; returns how many live copies count.
     fn promote_replicas(&mut self, m: usize, reload: bool) -> usize {
         let wanted = self.fleet.models[m].replicas as usize;
         if wanted == 0 {
@@ -232,10 +233,10 @@ impl<'a> Planner<'a> {
         let mut have =
             live.iter().filter(|&&(n, r)| self.neurons[n].residents[r].role == Role::Pinned).count();
         live.retain(|&(n, r)| self.neurons[n].residents[r].role != Role::Pinned);
-        live.sort_by_key(|&(n, r)| {
-            let copy = &self.neurons[n].residents[r];
-            (copy.status == ModelState::Failed, Reverse(copy.last_used), n)
-        });
+        // Healthy copies first, then by neuron name. Not by recency: a reload or a new request
+        // would change that ranking after apply, demote a kept copy and unload it as idle on
+        // the next pass (flapping). This key survives apply unchanged.
+        live.sort_by_key(|&(n, r)| (self.neurons[n].residents[r].status == ModelState::Failed, n));
         for (n, r) in live {
             if have >= wanted {
                 break;
@@ -243,7 +244,7 @@ impl<'a> Planner<'a> {
             have += 1;
             self.neurons[n].residents[r].role = Role::Replica;
             let copy = &self.neurons[n].residents[r];
-            if reload && !copy.touched {
+            if reload && !copy.touched && settled(copy.status) {
                 if let Some(reason) = self.reload_reason(copy) {
                     self.reload(n, r, reason, false);
                 }
@@ -436,7 +437,7 @@ impl<'a> Planner<'a> {
         let protected: Vec<usize> = (0..ledger.residents.len())
             .filter(|&r| {
                 let copy = &ledger.residents[r];
-                matches!(copy.role, Role::Pinned | Role::Replica)
+                copy.role == Role::Pinned
                     && !copy.gone
                     && matches!(copy.status, ModelState::Loaded | ModelState::Failed)
                     && !candidates.contains(&r)
@@ -573,6 +574,11 @@ impl<'a> Planner<'a> {
             detail,
         });
     }
+}
+
+/// Loaded or failed: not in the middle of a lifecycle change.
+fn settled(status: ModelState) -> bool {
+    matches!(status, ModelState::Loaded | ModelState::Failed)
 }
 
 /// One dimension for a failed placement over many neurons (the most common, ties by the
