@@ -15,10 +15,16 @@ use crate::neuron_client::NeuronClient;
 /// What happened to one action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Done { elapsed: Duration },
-    Failed { error: String },
+    Done {
+        elapsed: Duration,
+    },
+    Failed {
+        error: String,
+    },
     /// Not attempted because an action it waits for failed or was skipped.
-    Skipped { because: String },
+    Skipped {
+        because: String,
+    },
 }
 
 /// Progress while applying, for the CLI's output and the daemon's logs.
@@ -97,8 +103,9 @@ pub async fn apply(
         .actions
         .iter()
         .map(|a| {
-            let outcome =
-                outcomes.remove(&a.id).unwrap_or(Outcome::Failed { error: "the apply task stopped".to_owned() });
+            let outcome = outcomes
+                .remove(&a.id)
+                .unwrap_or(Outcome::Failed { error: "the apply task stopped".to_owned() });
             (a.clone(), outcome)
         })
         .collect();
@@ -129,7 +136,9 @@ async fn run_chain(
         let started = Instant::now();
         let result = match &client {
             Some(client) => execute::run(client, &action, generation, timeouts).await,
-            None => Err(ExecError::NoProfile { id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron) }),
+            None => Err(ExecError::NoProfile {
+                id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron),
+            }),
         };
         let outcome = match result {
             Ok(next) => {

@@ -16,7 +16,11 @@ use crate::fleetdir::FleetSource;
 use crate::poller::now_unix_ms;
 
 #[derive(Debug, Parser)]
-#[command(name = "cortex", version, about = "Plan, apply and serve a self-hosted LLM fleet declared in fleet/")]
+#[command(
+    name = "cortex",
+    version,
+    about = "Plan, apply and serve a self-hosted LLM fleet declared in fleet/"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -133,13 +137,21 @@ pub async fn topology(args: &TopologyArgs) -> anyhow::Result<ExitCode> {
     let fleet = load_fleet(&FleetSource::choose(args.fleet.fleet.clone()))?;
     let observed = crate::poller::observe(&fleet, config.neuron_token()?.as_deref(), &config.poll).await;
     for neuron in observed.topology.neurons.iter().filter(|n| !n.reachable) {
-        eprintln!("warning: neuron {} is unreachable: {}", neuron.name, neuron.error.as_deref().unwrap_or("no answer"));
+        eprintln!(
+            "warning: neuron {} is unreachable: {}",
+            neuron.name,
+            neuron.error.as_deref().unwrap_or("no answer")
+        );
     }
     let json = observed.topology.to_json();
     match &args.out {
         Some(path) => {
             std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("Saved the topology of {} neuron(s) to {}.", observed.topology.neurons.len(), path.display());
+            eprintln!(
+                "Saved the topology of {} neuron(s) to {}.",
+                observed.topology.neurons.len(),
+                path.display()
+            );
         }
         None => print!("{json}"),
     }
@@ -147,14 +159,20 @@ pub async fn topology(args: &TopologyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The topology to plan against: a snapshot file, or the live neurons.
-async fn topology_for(fleet: &Fleet, snapshot: Option<&PathBuf>, config: &Config) -> anyhow::Result<Topology> {
+async fn topology_for(
+    fleet: &Fleet,
+    snapshot: Option<&PathBuf>,
+    config: &Config,
+) -> anyhow::Result<Topology> {
     match snapshot {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             Topology::from_json(&text).with_context(|| format!("in {}", path.display()))
         }
         None => {
-            let observed = crate::poller::observe(fleet, config.neuron_token()?.as_deref(), &config.poll).await;
+            let observed =
+                crate::poller::observe(fleet, config.neuron_token()?.as_deref(), &config.poll).await;
             Ok(observed.topology)
         }
     }
@@ -174,11 +192,18 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         print!("{}", plans::plan::render_text(&plan, &topology, &fleet, &revision, now));
     }
     if let Some(path) = &args.out {
-        let file = PlanFile::new(plan.clone(), &topology, revision.clone(), env!("CARGO_PKG_VERSION"), now);
+        let options = PlanOptions { now_unix_ms: now, prune: args.prune };
+        let file = PlanFile::new(plan.clone(), &topology, revision.clone(), options, now);
         std::fs::write(path, file.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("Saved the plan to {}. To perform exactly these actions, run: cortex apply {}", path.display(), path.display());
+        eprintln!(
+            "Saved the plan to {}. To perform exactly these actions, run: cortex apply {}",
+            path.display(),
+            path.display()
+        );
     } else if !plan.is_empty() && !args.json {
-        eprintln!("Note: you didn't use --out, so cortex can't guarantee to take exactly these actions if you run `cortex apply` now.");
+        eprintln!(
+            "Note: you didn't use --out, so cortex can't guarantee to take exactly these actions if you run `cortex apply` now."
+        );
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }

@@ -59,8 +59,10 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     let observed = crate::poller::observe(&fleet, token.as_deref(), &config.poll).await;
     let plan: Plan = match &args.plan_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let file = PlanFile::from_json(&text).with_context(|| format!("{} is not a cortex plan file", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let file = PlanFile::from_json(&text)
+                .with_context(|| format!("{} is not a cortex plan file", path.display()))?;
             let stale = file.staleness(&fleet.digest, &observed.topology);
             if !stale.is_empty() {
                 anyhow::bail!(
@@ -73,8 +75,15 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let now = now_unix_ms();
-            let plan = plans::plan::plan(&fleet, &observed.topology, &PlanOptions { now_unix_ms: now, prune: args.prune });
-            print!("{}", plans::plan::render_text(&plan, &observed.topology, &fleet, &source.revision(), now));
+            let plan = plans::plan::plan(
+                &fleet,
+                &observed.topology,
+                &PlanOptions { now_unix_ms: now, prune: args.prune },
+            );
+            print!(
+                "{}",
+                plans::plan::render_text(&plan, &observed.topology, &fleet, &source.revision(), now)
+            );
             if plan.actions.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -90,7 +99,8 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let terminal = std::io::stdout().is_terminal();
-    let progress: Arc<dyn Fn(Progress) + Send + Sync> = Arc::new(move |event| print_progress(&event, terminal));
+    let progress: Arc<dyn Fn(Progress) + Send + Sync> =
+        Arc::new(move |event| print_progress(&event, terminal));
     let ticker = tokio::spawn(async move {
         let mut elapsed = 0u64;
         loop {
@@ -107,7 +117,9 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn confirm() -> anyhow::Result<bool> {
-    print!("\nDo you want to perform these actions?\n  cortex will perform the actions described above.\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    print!(
+        "\nDo you want to perform these actions?\n  cortex will perform the actions described above.\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    );
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -126,13 +138,32 @@ fn print_progress(event: &Progress, terminal: bool) {
             println!("{bold}{}{reset}: {verb} {} on {}...", action.id, action.model, action.neuron);
         }
         Progress::Finished(action, Outcome::Done { elapsed }) => {
-            println!("{bold}{}{reset}: {} {} on {} complete after {:.1}s", action.id, action.kind.as_str(), action.model, action.neuron, elapsed.as_secs_f64());
+            println!(
+                "{bold}{}{reset}: {} {} on {} complete after {:.1}s",
+                action.id,
+                action.kind.as_str(),
+                action.model,
+                action.neuron,
+                elapsed.as_secs_f64()
+            );
         }
         Progress::Finished(action, Outcome::Failed { error }) => {
-            println!("{bold}{}{reset}: {} {} on {} FAILED: {error}", action.id, action.kind.as_str(), action.model, action.neuron);
+            println!(
+                "{bold}{}{reset}: {} {} on {} FAILED: {error}",
+                action.id,
+                action.kind.as_str(),
+                action.model,
+                action.neuron
+            );
         }
         Progress::Finished(action, Outcome::Skipped { because }) => {
-            println!("{bold}{}{reset}: {} {} on {} skipped: {because}", action.id, action.kind.as_str(), action.model, action.neuron);
+            println!(
+                "{bold}{}{reset}: {} {} on {} skipped: {because}",
+                action.id,
+                action.kind.as_str(),
+                action.model,
+                action.neuron
+            );
         }
     }
 }
@@ -155,9 +186,13 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     if !response.status().is_success() {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        anyhow::bail!("cortex at {url} answered {status}: {}", crate::gateway::proxy::upstream_message(body.as_bytes()));
+        anyhow::bail!(
+            "cortex at {url} answered {status}: {}",
+            crate::gateway::proxy::upstream_message(body.as_bytes())
+        );
     }
-    let status: DaemonStatus = response.json().await.context("cortex answered an unexpected status document")?;
+    let status: DaemonStatus =
+        response.json().await.context("cortex answered an unexpected status document")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -143,7 +143,10 @@ impl Config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("cannot read api_keys_file {}: {e}", path.display()))?;
             keys.extend(
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
             );
         }
         Ok(keys)
@@ -190,7 +193,9 @@ pub mod duration {
                 "s" => Duration::from_secs(number),
                 "m" => Duration::from_secs(number * 60),
                 "h" => Duration::from_secs(number * 3600),
-                other => return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m or h")),
+                other => {
+                    return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m or h"));
+                }
             };
             total += part;
             rest = &rest[unit..];
@@ -205,7 +210,8 @@ mod tests {
 
     #[test]
     fn defaults_and_durations() {
-        let config = Config::parse("[gateway]\nmax_wait = \"1m30s\"\n[poll]\ninterval = \"500ms\"\n").expect("valid");
+        let config =
+            Config::parse("[gateway]\nmax_wait = \"1m30s\"\n[poll]\ninterval = \"500ms\"\n").expect("valid");
         assert_eq!(config.listen.port(), 31313);
         assert_eq!(config.gateway.max_wait, Duration::from_secs(90));
         assert_eq!(config.poll.interval, Duration::from_millis(500));

@@ -37,7 +37,9 @@ impl FleetSource {
     pub fn read(&self) -> anyhow::Result<Vec<(String, String)>> {
         match self {
             FleetSource::Dir(dir) => read_dir(dir),
-            FleetSource::Embedded => Ok(EMBEDDED.iter().map(|(p, t)| ((*p).to_owned(), (*t).to_owned())).collect()),
+            FleetSource::Embedded => {
+                Ok(EMBEDDED.iter().map(|(p, t)| ((*p).to_owned(), (*t).to_owned())).collect())
+            }
         }
     }
 
@@ -53,12 +55,14 @@ impl FleetSource {
 /// Every `*.toml` under `dir`, recursively, sorted by path. Hidden entries are skipped.
 pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut paths = Vec::new();
-    collect(dir, &mut paths).map_err(|e| anyhow::anyhow!("cannot read fleet directory {}: {e}", dir.display()))?;
+    collect(dir, &mut paths)
+        .map_err(|e| anyhow::anyhow!("cannot read fleet directory {}: {e}", dir.display()))?;
     paths.sort();
     paths
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             Ok((path.display().to_string(), text))
         })
         .collect()
@@ -89,6 +93,7 @@ pub fn git_revision(dir: &Path) -> Revision {
     let Some(commit) = git(&["rev-parse", "HEAD"]) else {
         return Revision { commit: None, dirty: false };
     };
-    let dirty = git(&["status", "--porcelain", "--untracked-files=all", "--", "."]).is_some_and(|s| !s.is_empty());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=all", "--", "."]).is_some_and(|s| !s.is_empty());
     Revision { commit: Some(commit), dirty }
 }

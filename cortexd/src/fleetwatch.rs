@@ -106,7 +106,11 @@ pub struct FleetHandle {
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watch `source` (a directory) and publish each new valid fleet until `shutdown`.
-pub fn spawn(source: FleetSource, initial: Loaded, shutdown: CancellationToken) -> anyhow::Result<FleetHandle> {
+pub fn spawn(
+    source: FleetSource,
+    initial: Loaded,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FleetHandle> {
     let fleet = initial.fleet.ok_or_else(|| anyhow::anyhow!("the fleet is invalid; nothing to serve"))?;
     let (fleet_sender, fleet_receiver) = watch::channel(Arc::new(fleet));
     let (status_sender, status_receiver) = watch::channel(Arc::new(initial.status));
@@ -116,11 +120,15 @@ pub fn spawn(source: FleetSource, initial: Loaded, shutdown: CancellationToken) 
         return Ok(handle);
     };
     let (events, mut triggers) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |result: notify_debouncer_full::DebounceEventResult| {
-        if result.is_ok_and(|events| !events.is_empty()) {
-            let _ = events.send(());
-        }
-    })?;
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        DEBOUNCE,
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = events.send(());
+            }
+        },
+    )?;
     debouncer.watch(&dir, RecursiveMode::Recursive)?;
     // New commits change files under the git directory, not the fleet directory.
     if let Some(git_dir) = git_dir(&dir) {
@@ -146,7 +154,11 @@ pub fn spawn(source: FleetSource, initial: Loaded, shutdown: CancellationToken) 
 }
 
 /// Reload once; publish the fleet only when it is valid and differs from the one in force.
-pub fn reload(source: &FleetSource, fleet: &watch::Sender<Arc<Fleet>>, status: &watch::Sender<Arc<FleetStatus>>) {
+pub fn reload(
+    source: &FleetSource,
+    fleet: &watch::Sender<Arc<Fleet>>,
+    status: &watch::Sender<Arc<FleetStatus>>,
+) {
     let loaded = match load(source) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -186,6 +198,7 @@ pub fn reload(source: &FleetSource, fleet: &watch::Sender<Arc<Fleet>>, status: &
 }
 
 fn git_dir(dir: &Path) -> Option<PathBuf> {
-    let output = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "--absolute-git-dir"]).output().ok()?;
+    let output =
+        Command::new("git").arg("-C").arg(dir).args(["rev-parse", "--absolute-git-dir"]).output().ok()?;
     output.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }

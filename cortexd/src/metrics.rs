@@ -5,9 +5,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Seconds buckets from 1 ms to 10 min: wide enough for proxy latency and cold loads alike.
 const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
 ];
-const TOKENS_PER_SECOND: &[f64] = &[1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 400.0, 1000.0];
+const TOKENS_PER_SECOND: &[f64] =
+    &[1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 400.0, 1000.0];
 
 /// Install the process-wide recorder. Call once, before any metric is recorded.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -23,11 +25,23 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!("cortex_requests_total", "Inference requests by model, neuron, route and outcome");
     describe_histogram!("cortex_request_duration_seconds", "Time from request to the end of the response");
-    describe_histogram!("cortex_time_to_first_token_seconds", "Time from request to the first token (first event for streams)");
-    describe_counter!("cortex_tokens_total", "Tokens by model and kind (prompt, completion), from the engine's usage");
-    describe_histogram!("cortex_tokens_per_second", "Completion tokens per second of generation, per streamed request");
+    describe_histogram!(
+        "cortex_time_to_first_token_seconds",
+        "Time from request to the first token (first event for streams)"
+    );
+    describe_counter!(
+        "cortex_tokens_total",
+        "Tokens by model and kind (prompt, completion), from the engine's usage"
+    );
+    describe_histogram!(
+        "cortex_tokens_per_second",
+        "Completion tokens per second of generation, per streamed request"
+    );
     describe_counter!("cortex_cold_starts_total", "Models loaded because a request asked for them");
-    describe_histogram!("cortex_cold_start_duration_seconds", "Time to place, evict, load and ready a requested model");
+    describe_histogram!(
+        "cortex_cold_start_duration_seconds",
+        "Time to place, evict, load and ready a requested model"
+    );
     describe_histogram!("cortex_queue_wait_seconds", "Time requests waited for a model to load");
     describe_gauge!("cortex_inflight_requests", "Requests in flight through the gateway");
     describe_counter!("cortex_evictions_total", "Models unloaded to make room, by reason");
@@ -39,7 +53,11 @@ fn describe() {
 /// Publish the fleet gauges from one observation.
 pub fn record_topology(topology: &plans::topology::Topology) {
     for neuron in &topology.neurons {
-        metrics::gauge!("cortex_neuron_up", "neuron" => neuron.name.clone()).set(if neuron.reachable { 1.0 } else { 0.0 });
+        metrics::gauge!("cortex_neuron_up", "neuron" => neuron.name.clone()).set(if neuron.reachable {
+            1.0
+        } else {
+            0.0
+        });
         for device in &neuron.devices {
             let used = device.vram_total_mb.saturating_sub(device.vram_free_mb) as f64 * 1024.0 * 1024.0;
             metrics::gauge!("cortex_device_vram_used_bytes", "neuron" => neuron.name.clone(), "device" => device.index.to_string())
@@ -54,7 +72,11 @@ pub fn record_topology(topology: &plans::topology::Topology) {
 }
 
 /// Serve `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

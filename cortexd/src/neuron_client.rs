@@ -17,7 +17,11 @@ pub enum NeuronError {
     #[error("neuron {neuron} refused: {code}: {message}")]
     Refused { neuron: String, status: u16, code: String, message: String },
     #[error("neuron {neuron} answered something unexpected: {source}")]
-    Protocol { neuron: String, #[source] source: reqwest::Error },
+    Protocol {
+        neuron: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// A handle on one neuron: its name, endpoint and the token to present. Cheap to clone.
@@ -31,7 +35,12 @@ pub struct NeuronClient {
 
 impl NeuronClient {
     pub fn new(name: &str, endpoint: &str, token: Option<String>, http: reqwest::Client) -> Self {
-        NeuronClient { name: name.to_owned(), endpoint: endpoint.trim_end_matches('/').to_owned(), token, http }
+        NeuronClient {
+            name: name.to_owned(),
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        }
     }
 
     /// A request to `path` on this neuron, authenticated.
@@ -56,14 +65,24 @@ impl NeuronClient {
     }
 
     /// Ask for a load; returns as soon as the neuron accepted it (the model is `loading`).
-    pub async fn load(&self, request: &LoadRequest, timeout: Duration) -> Result<LifecycleResponse, NeuronError> {
-        let response = self.send(self.request(reqwest::Method::POST, "/models/load").json(request), timeout).await?;
+    pub async fn load(
+        &self,
+        request: &LoadRequest,
+        timeout: Duration,
+    ) -> Result<LifecycleResponse, NeuronError> {
+        let response =
+            self.send(self.request(reqwest::Method::POST, "/models/load").json(request), timeout).await?;
         self.decode(response).await
     }
 
     /// Unload (the neuron drains in-flight requests first); returns once it is gone.
-    pub async fn unload(&self, request: &UnloadRequest, timeout: Duration) -> Result<LifecycleResponse, NeuronError> {
-        let response = self.send(self.request(reqwest::Method::POST, "/models/unload").json(request), timeout).await?;
+    pub async fn unload(
+        &self,
+        request: &UnloadRequest,
+        timeout: Duration,
+    ) -> Result<LifecycleResponse, NeuronError> {
+        let response =
+            self.send(self.request(reqwest::Method::POST, "/models/unload").json(request), timeout).await?;
         self.decode(response).await
     }
 
@@ -77,12 +96,20 @@ impl NeuronClient {
         self.decode(response).await
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> Result<T, NeuronError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, NeuronError> {
         let response = self.send(self.request(reqwest::Method::GET, path), timeout).await?;
         self.decode(response).await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, timeout: Duration) -> Result<reqwest::Response, NeuronError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, NeuronError> {
         request.timeout(timeout).send().await.map_err(|source| NeuronError::Unreachable {
             neuron: self.name.clone(),
             endpoint: self.endpoint.clone(),
@@ -90,10 +117,16 @@ impl NeuronClient {
         })
     }
 
-    async fn decode<T: serde::de::DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, NeuronError> {
+    async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, NeuronError> {
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|source| NeuronError::Protocol { neuron: self.name.clone(), source });
+            return response
+                .json()
+                .await
+                .map_err(|source| NeuronError::Protocol { neuron: self.name.clone(), source });
         }
         let body: Option<ErrorBody> = response.json().await.ok();
         let (code, message, generation) = match body {
@@ -101,7 +134,10 @@ impl NeuronClient {
             None => ("http_error".to_owned(), format!("HTTP {status}"), None),
         };
         if status == reqwest::StatusCode::CONFLICT && code == "generation_mismatch" {
-            return Err(NeuronError::Stale { neuron: self.name.clone(), current: generation.unwrap_or_default() });
+            return Err(NeuronError::Stale {
+                neuron: self.name.clone(),
+                current: generation.unwrap_or_default(),
+            });
         }
         Err(NeuronError::Refused { neuron: self.name.clone(), status: status.as_u16(), code, message })
     }

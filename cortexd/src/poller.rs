@@ -34,7 +34,9 @@ impl Observed {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Per-neuron memory of the poller between cycles.
@@ -54,7 +56,8 @@ async fn poll_once(
 ) -> Observed {
     let timeout = config.interval.max(Duration::from_secs(1));
     let polls = clients.values().map(|client| {
-        let known_boot = memory.get(&client.name).and_then(|m| m.discovery.as_ref()).map(|d| d.boot_id.clone());
+        let known_boot =
+            memory.get(&client.name).and_then(|m| m.discovery.as_ref()).map(|d| d.boot_id.clone());
         async move {
             let result = async {
                 let health = client.health(timeout).await?;
@@ -91,7 +94,9 @@ async fn poll_once(
                     devices: health.devices,
                     ram_total_mb: health.ram_total_mb,
                     ram_free_mb: health.ram_free_mb,
-                    harnesses: discovery.map(|d| d.harnesses.iter().map(|h| h.name.clone()).collect()).unwrap_or_default(),
+                    harnesses: discovery
+                        .map(|d| d.harnesses.iter().map(|h| h.name.clone()).collect())
+                        .unwrap_or_default(),
                     models: models.models,
                     error: None,
                 };
@@ -100,7 +105,10 @@ async fn poll_once(
             }
             Err(error) => {
                 slot.failures = slot.failures.saturating_add(1);
-                let mut status = slot.last.clone().unwrap_or_else(|| NeuronStatus { name: name.clone(), ..NeuronStatus::default() });
+                let mut status = slot
+                    .last
+                    .clone()
+                    .unwrap_or_else(|| NeuronStatus { name: name.clone(), ..NeuronStatus::default() });
                 // One failed poll is a blip; only repeated failures make a neuron unreachable.
                 if slot.failures >= config.unreachable_after || slot.last.is_none() {
                     status.reachable = false;
@@ -119,11 +127,17 @@ async fn poll_once(
 }
 
 /// Clients for the neurons `fleet` declares.
-pub fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> BTreeMap<String, NeuronClient> {
+pub fn clients_for(
+    fleet: &Fleet,
+    token: Option<&str>,
+    http: &reqwest::Client,
+) -> BTreeMap<String, NeuronClient> {
     fleet
         .neurons
         .iter()
-        .map(|n| (n.name.clone(), NeuronClient::new(&n.name, &n.endpoint, token.map(str::to_owned), http.clone())))
+        .map(|n| {
+            (n.name.clone(), NeuronClient::new(&n.name, &n.endpoint, token.map(str::to_owned), http.clone()))
+        })
         .collect()
 }
 

@@ -49,7 +49,8 @@ impl Backoff {
     fn failed(&mut self, action: &Action, config: &ReconcileConfig) {
         let entry = self.entries.entry(Self::key(action)).or_insert((0, Instant::now()));
         entry.0 = entry.0.saturating_add(1);
-        let delay = config.backoff_base.saturating_mul(2u32.saturating_pow(entry.0 - 1)).min(config.backoff_max);
+        let delay =
+            config.backoff_base.saturating_mul(2u32.saturating_pow(entry.0 - 1)).min(config.backoff_max);
         entry.1 = Instant::now() + delay;
     }
 
@@ -60,7 +61,12 @@ impl Backoff {
 
 /// What decides whether the observed state changed in a way worth a pass.
 fn fingerprint(observed: &Observed) -> Vec<(String, bool, String, u64)> {
-    observed.topology.neurons.iter().map(|n| (n.name.clone(), n.reachable, n.boot_id.clone(), n.generation)).collect()
+    observed
+        .topology
+        .neurons
+        .iter()
+        .map(|n| (n.name.clone(), n.reachable, n.boot_id.clone(), n.generation))
+        .collect()
 }
 
 /// Start the reconciler. Returns the status it keeps up to date.
@@ -70,9 +76,17 @@ pub fn spawn(
     config: ReconcileConfig,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<Arc<DaemonStatus>>, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) = watch::channel(Arc::new(DaemonStatus { format_version: 1, ..DaemonStatus::default() }));
+    let (sender, receiver) =
+        watch::channel(Arc::new(DaemonStatus { format_version: 1, ..DaemonStatus::default() }));
     let task = tokio::spawn(async move {
-        let mut reconciler = Reconciler { fleet, poller, config, status: sender, backoff: Backoff::default(), runs: Vec::new() };
+        let mut reconciler = Reconciler {
+            fleet,
+            poller,
+            config,
+            status: sender,
+            backoff: Backoff::default(),
+            runs: Vec::new(),
+        };
         reconciler.run(shutdown).await;
     });
     (receiver, task)
@@ -138,16 +152,31 @@ impl Reconciler {
         let fleet: Arc<Fleet> = self.fleet.fleet.borrow().clone();
         let fleet_status = self.fleet.status.borrow().clone();
         let observed = self.poller.observed.borrow().clone();
-        let plan = plans::plan::plan(&fleet, &observed.topology, &PlanOptions { now_unix_ms: started_unix_ms, prune: false });
+        let plan = plans::plan::plan(
+            &fleet,
+            &observed.topology,
+            &PlanOptions { now_unix_ms: started_unix_ms, prune: false },
+        );
         let revision = fleet_status.revision.short(&fleet.digest);
-        let record = RevisionRecord { revision: fleet_status.revision.clone(), digest: fleet.digest.clone(), at_unix_ms: started_unix_ms };
+        let record = RevisionRecord {
+            revision: fleet_status.revision.clone(),
+            digest: fleet.digest.clone(),
+            at_unix_ms: started_unix_ms,
+        };
 
         if plan.actions.is_empty() {
             // Nothing to do is a successful pass only the first time it is noticed; repeats are
             // not worth a line in the history.
             let result = if plan.is_empty() { "no_changes" } else { "nothing_feasible" };
             if self.runs.last().is_none_or(|r| r.result != result || r.revision != revision) {
-                self.record(Run { started_unix_ms, duration_ms: elapsed_ms(started), revision, result: result.into(), summary: summary(&plan), errors: Vec::new() });
+                self.record(Run {
+                    started_unix_ms,
+                    duration_ms: elapsed_ms(started),
+                    revision,
+                    result: result.into(),
+                    summary: summary(&plan),
+                    errors: Vec::new(),
+                });
             }
             metrics::counter!("cortex_reconcile_runs_total", "result" => result).increment(1);
             self.publish(Some(plan), Some((record.clone(), Some(record))));
@@ -155,7 +184,14 @@ impl Reconciler {
         }
         if fleet.policy.reconcile == ReconcileMode::Off {
             if self.runs.last().is_none_or(|r| r.result != "drift" || r.revision != revision) {
-                self.record(Run { started_unix_ms, duration_ms: elapsed_ms(started), revision, result: "drift".into(), summary: summary(&plan), errors: Vec::new() });
+                self.record(Run {
+                    started_unix_ms,
+                    duration_ms: elapsed_ms(started),
+                    revision,
+                    result: "drift".into(),
+                    summary: summary(&plan),
+                    errors: Vec::new(),
+                });
             }
             metrics::counter!("cortex_reconcile_runs_total", "result" => "drift").increment(1);
             self.publish(Some(plan), None);
@@ -170,25 +206,48 @@ impl Reconciler {
         self.publish_health(Health::Progressing);
         tracing::info!(revision = %revision, actions = runnable.actions.len(), "reconciling");
         let progress: Arc<dyn Fn(Progress) + Send + std::marker::Sync> = Arc::new(log_progress);
-        let report = apply::apply(&runnable, &observed.clients, self.config.parallelism, self.config.timeouts, progress).await;
+        let report = apply::apply(
+            &runnable,
+            &observed.clients,
+            self.config.parallelism,
+            self.config.timeouts,
+            progress,
+        )
+        .await;
         let mut errors = Vec::new();
         for (action, outcome) in &report.outcomes {
             match outcome {
                 Outcome::Done { .. } => self.backoff.succeeded(action),
                 Outcome::Failed { error } => {
                     self.backoff.failed(action, &self.config);
-                    errors.push(format!("{} {} on {}: {error}", action.kind.as_str(), action.model, action.neuron));
+                    errors.push(format!(
+                        "{} {} on {}: {error}",
+                        action.kind.as_str(),
+                        action.model,
+                        action.neuron
+                    ));
                 }
                 Outcome::Skipped { .. } => {}
             }
         }
         let result = if report.succeeded() { "applied" } else { "failed" };
         metrics::counter!("cortex_reconcile_runs_total", "result" => result).increment(1);
-        self.record(Run { started_unix_ms, duration_ms: elapsed_ms(started), revision, result: result.into(), summary: report.summary(), errors });
+        self.record(Run {
+            started_unix_ms,
+            duration_ms: elapsed_ms(started),
+            revision,
+            result: result.into(),
+            summary: report.summary(),
+            errors,
+        });
         // Look again at what the neurons say now, so that status reflects the result.
         self.poller.refreshed().await;
         let observed = self.poller.observed.borrow().clone();
-        let after = plans::plan::plan(&fleet, &observed.topology, &PlanOptions { now_unix_ms: now_unix_ms(), prune: false });
+        let after = plans::plan::plan(
+            &fleet,
+            &observed.topology,
+            &PlanOptions { now_unix_ms: now_unix_ms(), prune: false },
+        );
         let applied = report.succeeded().then(|| record.clone());
         self.publish(Some(after), Some((record, applied)));
     }
@@ -199,7 +258,8 @@ impl Reconciler {
         let mut dropped: Vec<String> = Vec::new();
         let mut runnable = plan.clone();
         runnable.actions.retain(|action| {
-            let keep = !self.backoff.waiting(action, now) && !action.after.iter().any(|id| dropped.contains(id));
+            let keep =
+                !self.backoff.waiting(action, now) && !action.after.iter().any(|id| dropped.contains(id));
             if !keep {
                 dropped.push(action.id.clone());
             }
@@ -298,11 +358,7 @@ fn health(conditions: &[Condition], observed: &Observed) -> Health {
         .neurons
         .iter()
         .any(|n| n.models.iter().any(|m| m.status == plans::topology::ModelState::Failed));
-    if conditions.iter().any(|c| !c.ok) || failed_models {
-        Health::Degraded
-    } else {
-        Health::Healthy
-    }
+    if conditions.iter().any(|c| !c.ok) || failed_models { Health::Degraded } else { Health::Healthy }
 }
 
 fn summary(plan: &Plan) -> String {
@@ -343,7 +399,8 @@ fn elapsed_ms(started: Instant) -> u64 {
 
 /// Up to `max` of jitter, from the clock's low bits (no randomness crate needed for this).
 fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(0).max(1);
     Duration::from_millis(u64::from(nanos) % max_ms)
 }

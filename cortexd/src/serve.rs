@@ -38,8 +38,13 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .tcp_nodelay(true)
         .build()
         .context("cannot build the HTTP client")?;
-    let (poller, poller_task) =
-        crate::poller::spawn(fleet_receiver.clone(), config.neuron_token()?, http.clone(), config.poll.clone(), shutdown.clone());
+    let (poller, poller_task) = crate::poller::spawn(
+        fleet_receiver.clone(),
+        config.neuron_token()?,
+        http.clone(),
+        config.poll.clone(),
+        shutdown.clone(),
+    );
     let mut gauges = poller.observed.clone();
     let gauge_shutdown = shutdown.clone();
     let gauge_task = tokio::spawn(async move {
@@ -63,16 +68,25 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         backoff_base: config.reconcile.backoff_base,
         backoff_max: config.reconcile.backoff_max,
     };
-    let (status, reconcile_task) = crate::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+    let (status, reconcile_task) =
+        crate::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
 
-    let mut state = AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone(), http);
+    let mut state = AppState::new(
+        fleet_receiver,
+        poller,
+        ApiKeys::new(config.client_keys()?),
+        config.gateway.clone(),
+        http,
+    );
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
         timeouts,
         parallelism: config.reconcile.parallelism,
     });
-    let api = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
@@ -111,6 +125,7 @@ async fn wait_for_signal() {
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -90,12 +90,27 @@ pub fn render(status: &DaemonStatus) -> String {
         Some(ReconcileMode::Off) => "off (plan and report only)",
         None => "unknown",
     };
-    out.push_str(&format!("Fleet:   {revision} ({}, source {:?})\n", plans::plan::short_digest(&status.fleet.digest), status.fleet.source));
-    out.push_str(&format!("Sync:    {:?}    Health: {:?}    Reconcile: {mode}\n", status.sync, status.health));
-    let record = |r: &Option<RevisionRecord>| r.as_ref().map_or_else(|| "never".to_owned(), |r| r.revision.short(&r.digest));
-    out.push_str(&format!("Applied: {}    Attempted: {}\n", record(&status.last_applied), record(&status.last_attempted)));
+    out.push_str(&format!(
+        "Fleet:   {revision} ({}, source {:?})\n",
+        plans::plan::short_digest(&status.fleet.digest),
+        status.fleet.source
+    ));
+    out.push_str(&format!(
+        "Sync:    {:?}    Health: {:?}    Reconcile: {mode}\n",
+        status.sync, status.health
+    ));
+    let record = |r: &Option<RevisionRecord>| {
+        r.as_ref().map_or_else(|| "never".to_owned(), |r| r.revision.short(&r.digest))
+    };
+    out.push_str(&format!(
+        "Applied: {}    Attempted: {}\n",
+        record(&status.last_applied),
+        record(&status.last_attempted)
+    ));
     if status.fleet.pending {
-        out.push_str("Pending: uncommitted edits in the fleet directory are not applied (source = \"commit\")\n");
+        out.push_str(
+            "Pending: uncommitted edits in the fleet directory are not applied (source = \"commit\")\n",
+        );
     }
     out.push('\n');
     out.push_str("NEURON      STATE        DEVICES  VRAM USED/TOTAL       RAM FREE/TOTAL\n");
@@ -105,7 +120,14 @@ pub fn render(status: &DaemonStatus) -> String {
         let free: u64 = neuron.devices.iter().map(|d| d.vram_free_mb).sum();
         let vram = format!("{} / {} MB", total - free.min(total), total);
         let ram = format!("{} / {} MB", neuron.ram_free_mb, neuron.ram_total_mb);
-        out.push_str(&format!("{:<11} {:<12} {:<8} {:<21} {}\n", neuron.name, state, neuron.devices.len(), vram, ram));
+        out.push_str(&format!(
+            "{:<11} {:<12} {:<8} {:<21} {}\n",
+            neuron.name,
+            state,
+            neuron.devices.len(),
+            vram,
+            ram
+        ));
     }
     out.push('\n');
     out.push_str("MODEL                        NEURON      STATUS     DEVICES  PINNED\n");
@@ -164,7 +186,10 @@ pub fn render(status: &DaemonStatus) -> String {
         out.push_str("  none yet\n");
     }
     for run in &status.runs {
-        out.push_str(&format!("  {:<10} {:<12} {:>6} ms  {}\n", run.revision, run.result, run.duration_ms, run.summary));
+        out.push_str(&format!(
+            "  {:<10} {:<12} {:>6} ms  {}\n",
+            run.revision, run.result, run.duration_ms, run.summary
+        ));
         for error in &run.errors {
             out.push_str(&format!("    error: {error}\n"));
         }

@@ -37,7 +37,8 @@ async fn concurrent_requests_for_a_cold_model_share_one_load() {
     let endpoint = fake.start().await;
     let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
     let url = format!("{}/v1/chat/completions", gateway.url);
-    let requests = (0..6).map(|_| post(&url, &chat("m", false)));
+    let body = chat("m", false);
+    let requests = (0..6).map(|_| post(&url, &body));
     let responses = futures_util::future::join_all(requests).await;
     for response in responses {
         assert_eq!(response.status(), 200);
@@ -55,7 +56,8 @@ async fn a_full_queue_answers_503_with_retry_after() {
     limits.max_waiting_per_model = 2;
     let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits).await;
     let url = format!("{}/v1/chat/completions", gateway.url);
-    let responses = futures_util::future::join_all((0..5).map(|_| post(&url, &chat("m", false)))).await;
+    let body = chat("m", false);
+    let responses = futures_util::future::join_all((0..5).map(|_| post(&url, &body))).await;
     let refused: Vec<_> = responses.iter().filter(|r| r.status() == 503).collect();
     assert_eq!(refused.len(), 3, "two wait, three are turned away");
     assert!(refused.iter().all(|r| r.headers().contains_key("retry-after")));
@@ -72,12 +74,14 @@ async fn errors_come_in_the_dialect_of_the_route() {
     let anthropic = format!("{}/v1/messages", gateway.url);
     let messages = serde_json::json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
 
-    let response = client.post(&openai).bearer_auth("sekrit").json(&chat("nope", false)).send().await.expect("sent");
+    let response =
+        client.post(&openai).bearer_auth("sekrit").json(&chat("nope", false)).send().await.expect("sent");
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["type"], "not_found_error");
 
-    let response = client.post(&anthropic).header("x-api-key", "sekrit").json(&messages).send().await.expect("sent");
+    let response =
+        client.post(&anthropic).header("x-api-key", "sekrit").json(&messages).send().await.expect("sent");
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["type"], "error");
@@ -88,19 +92,22 @@ async fn errors_come_in_the_dialect_of_the_route() {
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["type"], "invalid_request_error");
 
-    let response = client.post(&anthropic).header("x-api-key", "sekrit").body("{not json").send().await.expect("sent");
+    let response =
+        client.post(&anthropic).header("x-api-key", "sekrit").body("{not json").send().await.expect("sent");
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["type"], "invalid_request_error");
 
-    let response = client.post(&openai).bearer_auth("wrong").json(&chat("m", false)).send().await.expect("sent");
+    let response =
+        client.post(&openai).bearer_auth("wrong").json(&chat("m", false)).send().await.expect("sent");
     assert_eq!(response.status(), 401);
     let response = client.post(&anthropic).json(&messages).send().await.expect("sent");
     assert_eq!(response.status(), 401);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["type"], "authentication_error");
 
-    let huge = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let huge =
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
     let response = client.post(&openai).bearer_auth("sekrit").json(&huge).send().await.expect("sent");
     assert_eq!(response.status(), 413);
     assert_eq!(fake.load_calls.load(Ordering::SeqCst), 0, "no bad request reached a neuron");

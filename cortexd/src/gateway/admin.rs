@@ -76,7 +76,9 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
     if !stale.is_empty() {
         return error(StatusCode::CONFLICT, format!("the saved plan is stale:\n  {}", stale.join("\n  ")));
     }
-    let report = apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {})).await;
+    let report =
+        apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {}))
+            .await;
     state.poller.kick();
     let outcomes = report
         .outcomes
@@ -90,5 +92,6 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
             (action.id.clone(), text)
         })
         .collect();
-    axum::Json(ApplyResponse { succeeded: report.succeeded(), summary: report.summary(), outcomes }).into_response()
+    axum::Json(ApplyResponse { succeeded: report.succeeded(), summary: report.summary(), outcomes })
+        .into_response()
 }

@@ -22,12 +22,19 @@ impl ApiKeys {
         let presented = headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
-            .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
+            .or_else(|| {
+                headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            })
             .map(str::trim);
         let Some(presented) = presented else { return false };
         // Compare against every key, without stopping early, so timing says nothing about which
         // key (or how much of one) matched.
-        self.keys.iter().fold(false, |found, key| found | bool::from(key.as_slice().ct_eq(presented.as_bytes())))
+        self.keys
+            .iter()
+            .fold(false, |found, key| found | bool::from(key.as_slice().ct_eq(presented.as_bytes())))
     }
 }
 

@@ -58,7 +58,9 @@ impl ApiError {
             (Dialect::OpenAi, ApiError::Overloaded { .. }) => "unavailable_error",
             (Dialect::OpenAi, ApiError::Unsupported(_)) => "not_supported_error",
             (Dialect::OpenAi, _) => "server_error",
-            (Dialect::Anthropic, ApiError::BadRequest(_) | ApiError::Unsupported(_)) => "invalid_request_error",
+            (Dialect::Anthropic, ApiError::BadRequest(_) | ApiError::Unsupported(_)) => {
+                "invalid_request_error"
+            }
             (Dialect::Anthropic, ApiError::Unauthorized) => "authentication_error",
             (Dialect::Anthropic, ApiError::UnknownModel(_)) => "not_found_error",
             (Dialect::Anthropic, ApiError::TooLarge { .. }) => "request_too_large",

@@ -12,16 +12,20 @@ use crate::anthropic;
 use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::proxy::{self, EventTransform, StreamEdit};
-use crate::sse::{self, SseParser};
 use crate::gateway::route::{self, Resolution, Target};
 use crate::gateway::routes::{self, Checked};
+use crate::sse::{self, SseParser};
 
 pub async fn messages(state: AppState, headers: HeaderMap, body: Body) -> Response {
-    messages_inner(state, headers, body).await.unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
+    messages_inner(state, headers, body)
+        .await
+        .unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
 }
 
 pub async fn count_tokens(state: AppState, headers: HeaderMap, body: Body) -> Response {
-    count_tokens_inner(state, headers, body).await.unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
+    count_tokens_inner(state, headers, body)
+        .await
+        .unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
 }
 
 /// Whether the engine behind `target` serves `/v1/messages` itself.
@@ -32,8 +36,8 @@ fn native(state: &AppState, target: &Target) -> bool {
 async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let checked = routes::check(&state, &headers, body).await?;
     // Validate before any load starts: a bad request must not cost a cold start.
-    let request: serde_json::Value =
-        serde_json::from_slice(&checked.body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let request: serde_json::Value = serde_json::from_slice(&checked.body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = checked.envelope.stream;
     let forward = move |state: AppState, target: Target, checked: Checked| async move {
@@ -42,24 +46,69 @@ async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Resu
             let body = with_model(&checked.body, &requested, &target.model)?;
             if stream {
                 let edit = StreamEdit::Transform(Box::<NativeFix>::default());
-                return routes::forward(&state, target, "/v1/messages", body, "messages", Dialect::Anthropic, true, checked.started, edit)
-                    .await;
+                return routes::forward(
+                    &state,
+                    target,
+                    "/v1/messages",
+                    body,
+                    "messages",
+                    Dialect::Anthropic,
+                    true,
+                    checked.started,
+                    edit,
+                )
+                .await;
             }
-            let response = routes::forward(&state, target, "/v1/messages", body, "messages", Dialect::Anthropic, false, checked.started, StreamEdit::None)
-                .await?;
+            let response = routes::forward(
+                &state,
+                target,
+                "/v1/messages",
+                body,
+                "messages",
+                Dialect::Anthropic,
+                false,
+                checked.started,
+                StreamEdit::None,
+            )
+            .await?;
             return fix_native_body(response).await;
         }
-        let mut chat = anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let mut chat =
+            anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         chat["model"] = target.model.clone().into();
         let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
         if stream {
             let translator = anthropic::StreamTranslator::new(&requested);
-            let edit = StreamEdit::Transform(Box::new(Translate { parser: SseParser::new(), translator, usage: None }));
-            return routes::forward(&state, target, "/v1/chat/completions", body, "messages", Dialect::Anthropic, true, checked.started, edit)
-                .await;
+            let edit = StreamEdit::Transform(Box::new(Translate {
+                parser: SseParser::new(),
+                translator,
+                usage: None,
+            }));
+            return routes::forward(
+                &state,
+                target,
+                "/v1/chat/completions",
+                body,
+                "messages",
+                Dialect::Anthropic,
+                true,
+                checked.started,
+                edit,
+            )
+            .await;
         }
-        let response = routes::forward(&state, target, "/v1/chat/completions", body, "messages", Dialect::Anthropic, false, checked.started, StreamEdit::None)
-            .await?;
+        let response = routes::forward(
+            &state,
+            target,
+            "/v1/chat/completions",
+            body,
+            "messages",
+            Dialect::Anthropic,
+            false,
+            checked.started,
+            StreamEdit::None,
+        )
+        .await?;
         translate_body(response, &requested).await
     };
     match route::resolve(&state, &checked.model)? {
@@ -68,7 +117,9 @@ async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Resu
             let target = routes::wait(ticket, checked.started, &checked.model).await?;
             forward(state, target, checked).await
         }
-        Resolution::Waiting(ticket) => Ok(routes::waiting_stream(state, ticket, checked, Dialect::Anthropic, forward)),
+        Resolution::Waiting(ticket) => {
+            Ok(routes::waiting_stream(state, ticket, checked, Dialect::Anthropic, forward))
+        }
     }
 }
 
@@ -85,8 +136,18 @@ async fn count_tokens_inner(state: AppState, headers: HeaderMap, body: Body) -> 
         )));
     }
     let body = with_model(&checked.body, &checked.model, &target.model)?;
-    routes::forward(&state, target, "/v1/messages/count_tokens", body, "count_tokens", Dialect::Anthropic, false, checked.started, StreamEdit::None)
-        .await
+    routes::forward(
+        &state,
+        target,
+        "/v1/messages/count_tokens",
+        body,
+        "count_tokens",
+        Dialect::Anthropic,
+        false,
+        checked.started,
+        StreamEdit::None,
+    )
+    .await
 }
 
 /// The body with `model` set to the fleet id when the client used an alias.
@@ -112,13 +173,15 @@ async fn read_json(response: Response) -> Result<serde_json::Value, ApiError> {
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|e| ApiError::Upstream(format!("the engine's answer broke off: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Upstream(format!("the engine answered invalid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Upstream(format!("the engine answered invalid JSON: {e}")))
 }
 
 /// Translate a complete (small, non-streaming) Chat Completions answer into a Message.
 async fn translate_body(response: Response, requested: &str) -> Result<Response, ApiError> {
     let chat = read_json(response).await?;
-    let message = anthropic::chat_to_message(&chat, requested).map_err(|e| ApiError::Upstream(e.to_string()))?;
+    let message =
+        anthropic::chat_to_message(&chat, requested).map_err(|e| ApiError::Upstream(e.to_string()))?;
     Ok(axum::Json(message).into_response())
 }
 

@@ -94,6 +94,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serve the inference API on `listener` until `shutdown` fires.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -46,6 +46,9 @@ fn feasible_on(fleet: &plans::fleet::Fleet, topology: &plans::topology::Topology
         .neurons
         .iter()
         .filter(|neuron| {
+            if neuron.model(id).is_some_and(|m| m.status == ModelState::Loaded) {
+                return true;
+            }
             let alone = plans::topology::Topology::new(topology.observed_at_unix_ms, vec![(*neuron).clone()]);
             plans::plan::place_one(fleet, &alone, id, &options).is_ok()
         })

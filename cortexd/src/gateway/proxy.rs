@@ -51,7 +51,12 @@ pub struct Exchange {
 
 /// Send `body` to `path` on the target's neuron and return the upstream response, or an
 /// error if it could not be reached or refused the request.
-pub async fn send(state: &AppState, target: &Target, path: &str, body: Bytes) -> Result<reqwest::Response, ApiError> {
+pub async fn send(
+    state: &AppState,
+    target: &Target,
+    path: &str,
+    body: Bytes,
+) -> Result<reqwest::Response, ApiError> {
     let response = target
         .neuron
         .request(reqwest::Method::POST, path)
@@ -68,7 +73,10 @@ pub async fn send(state: &AppState, target: &Target, path: &str, body: Bytes) ->
 pub fn upstream_message(body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let message = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message").or_else(|| v.pointer("/message")).and_then(|m| m.as_str()).map(str::to_owned)
+        v.pointer("/error/message")
+            .or_else(|| v.pointer("/message"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
     });
     message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
 }
@@ -272,7 +280,8 @@ impl Drop for Watcher {
             metrics::histogram!("cortex_time_to_first_token_seconds", "model" => model.clone(), "route" => exchange.route)
                 .record(first.duration_since(exchange.started).as_secs_f64());
             if let Some((_, completion)) = self.usage {
-                let generating = exchange.started.elapsed().saturating_sub(first.duration_since(exchange.started));
+                let generating =
+                    exchange.started.elapsed().saturating_sub(first.duration_since(exchange.started));
                 if completion > 0 && self.stream && !generating.is_zero() {
                     metrics::histogram!("cortex_tokens_per_second", "model" => model.clone())
                         .record(completion as f64 / generating.as_secs_f64());
@@ -280,8 +289,10 @@ impl Drop for Watcher {
             }
         }
         if let Some((prompt, completion)) = self.usage {
-            metrics::counter!("cortex_tokens_total", "model" => model.clone(), "kind" => "prompt").increment(prompt);
-            metrics::counter!("cortex_tokens_total", "model" => model, "kind" => "completion").increment(completion);
+            metrics::counter!("cortex_tokens_total", "model" => model.clone(), "kind" => "prompt")
+                .increment(prompt);
+            metrics::counter!("cortex_tokens_total", "model" => model, "kind" => "completion")
+                .increment(completion);
         }
     }
 }

@@ -43,7 +43,8 @@ impl InFlight {
     pub fn enter(self: &Arc<Self>, model: &str, neuron: &str) -> InFlightGuard {
         let key = (model.to_owned(), neuron.to_owned());
         *self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default() += 1;
-        metrics::gauge!("cortex_inflight_requests", "model" => key.0.clone(), "neuron" => key.1.clone()).increment(1.0);
+        metrics::gauge!("cortex_inflight_requests", "model" => key.0.clone(), "neuron" => key.1.clone())
+            .increment(1.0);
         InFlightGuard { inflight: self.clone(), key }
     }
 }
@@ -87,7 +88,9 @@ impl LoadTicket {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::time::timeout(remaining, self.receiver.wait_for(Option::is_some)).await;
         match outcome {
-            Ok(Ok(result)) => result.clone().unwrap_or_else(|| Err(ApiError::Internal("load vanished".into()))),
+            Ok(Ok(result)) => {
+                result.clone().unwrap_or_else(|| Err(ApiError::Internal("load vanished".into())))
+            }
             Ok(Err(_)) => Err(ApiError::Internal("the load task stopped without an answer".into())),
             Err(_) => Err(ApiError::Overloaded {
                 message: "the model is still loading; try again shortly".into(),
@@ -198,7 +201,8 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
         let observed = state.observed();
         // Someone else (the reconciler, another gateway) may have loaded it meanwhile.
         if let Some(neuron) = observed.topology.neurons.iter().find(|n| {
-            n.reachable && n.model(id).is_some_and(|m| matches!(m.status, ModelState::Loaded | ModelState::Loading))
+            n.reachable
+                && n.model(id).is_some_and(|m| matches!(m.status, ModelState::Loaded | ModelState::Loading))
         }) && let Some(client) = observed.clients.get(&neuron.name)
         {
             let model = client.wait(id, state.limits.max_wait).await.map_err(upstream)?;
@@ -208,8 +212,12 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
             }
         }
         let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
-        let placement = place_one(&fleet, &observed.topology, id, &options)
-            .map_err(|infeasible| ApiError::Overloaded { message: format!("{id} cannot be placed now: {infeasible}"), retry_after_s: 30 })?;
+        let placement = place_one(&fleet, &observed.topology, id, &options).map_err(|infeasible| {
+            ApiError::Overloaded {
+                message: format!("{id} cannot be placed now: {}", infeasible.detail),
+                retry_after_s: 30,
+            }
+        })?;
         let client = observed
             .clients
             .get(&placement.neuron)
@@ -232,7 +240,11 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
         match outcome {
             Ok(()) => {
                 state.poller.refreshed().await;
-                return Ok(Target { model: id.to_owned(), neuron: client.clone(), harness: placement.load.profile.map(|p| p.harness).unwrap_or_default() });
+                return Ok(Target {
+                    model: id.to_owned(),
+                    neuron: client.clone(),
+                    harness: placement.load.profile.map(|p| p.harness).unwrap_or_default(),
+                });
             }
             Err(execute::ExecError::Neuron(NeuronError::Stale { .. })) if attempt < ATTEMPTS => {
                 // The neuron changed since we looked: look again and re-place.
@@ -241,7 +253,10 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
             Err(error) => return Err(ApiError::Upstream(error.to_string())),
         }
     }
-    Err(ApiError::Overloaded { message: format!("{id}: the fleet kept changing while placing it"), retry_after_s: 5 })
+    Err(ApiError::Overloaded {
+        message: format!("{id}: the fleet kept changing while placing it"),
+        retry_after_s: 5,
+    })
 }
 
 fn upstream(error: NeuronError) -> ApiError {

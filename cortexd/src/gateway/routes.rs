@@ -48,7 +48,8 @@ pub async fn check(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         return Err(ApiError::Unauthorized);
     }
     let limit = state.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit_bytes: limit })?;
+    let body =
+        axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit_bytes: limit })?;
     let envelope: Envelope = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON for this route: {e}")))?;
     let model = envelope
@@ -75,8 +76,16 @@ pub async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn openai(state: AppState, headers: HeaderMap, body: Body, path: &'static str, route: &'static str) -> Response {
-    openai_inner(state, headers, body, path, route).await.unwrap_or_else(|e| e.in_dialect(Dialect::OpenAi).into_response())
+async fn openai(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    path: &'static str,
+    route: &'static str,
+) -> Response {
+    openai_inner(state, headers, body, path, route)
+        .await
+        .unwrap_or_else(|e| e.in_dialect(Dialect::OpenAi).into_response())
 }
 
 async fn openai_inner(
@@ -90,8 +99,9 @@ async fn openai_inner(
     let stream = checked.envelope.stream;
     // cortex always wants usage for its metrics; when the client did not ask for it, ask on its
     // behalf and remove that chunk again on the way back.
-    let add_usage =
-        stream && route != "embeddings" && !checked.envelope.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let add_usage = stream
+        && route != "embeddings"
+        && !checked.envelope.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let edit = move || if add_usage { StreamEdit::StripUsageChunk } else { StreamEdit::None };
     let forward = move |state: AppState, target: Target, checked: Checked| async move {
         let body = rewrite(checked.body, &checked.model, &target.model, add_usage)?;
@@ -110,7 +120,8 @@ async fn openai_inner(
 /// Wait for a cold load, recording how long the request queued.
 pub async fn wait(ticket: LoadTicket, started: Instant, model: &str) -> Result<Target, ApiError> {
     let result = ticket.wait().await;
-    metrics::histogram!("cortex_queue_wait_seconds", "model" => model.to_owned()).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("cortex_queue_wait_seconds", "model" => model.to_owned())
+        .record(started.elapsed().as_secs_f64());
     result
 }
 
@@ -163,7 +174,13 @@ fn rewrite(body: Bytes, requested: &str, id: &str, add_usage: bool) -> Result<By
 /// A streaming response for a request that must wait for a cold load: SSE comment
 /// keep-alives go out while it waits, so clients do not time out, then the upstream stream
 /// follows (or an error event in the route's dialect).
-pub fn waiting_stream<F, Fut>(state: AppState, ticket: LoadTicket, checked: Checked, dialect: Dialect, forward: F) -> Response
+pub fn waiting_stream<F, Fut>(
+    state: AppState,
+    ticket: LoadTicket,
+    checked: Checked,
+    dialect: Dialect,
+    forward: F,
+) -> Response
 where
     F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response, ApiError>> + Send,

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plans::topology::{DeviceStatus, LoadedModel, ModelState};
 use plans::wire::{
-    Discovery, ErrorBody, ErrorDetail, HarnessInfo, Health, LifecycleResponse, LoadRequest, Models, UnloadRequest,
+    Discovery, ErrorBody, ErrorDetail, HarnessInfo, Health, LifecycleResponse, LoadRequest, Models,
+    UnloadRequest,
 };
 use tokio::sync::watch;
 
@@ -149,7 +150,11 @@ async fn models(State(fake): Fake) -> Json<Models> {
 
 fn conflict(current: u64) -> Response {
     let body = ErrorBody {
-        error: ErrorDetail { code: "generation_mismatch".into(), message: "stale".into(), generation: Some(current) },
+        error: ErrorDetail {
+            code: "generation_mismatch".into(),
+            message: "stale".into(),
+            generation: Some(current),
+        },
     };
     (StatusCode::CONFLICT, Json(body)).into_response()
 }
@@ -178,7 +183,9 @@ async fn load(State(fake): Fake, Json(request): Json<LoadRequest>) -> Response {
     let background = fake.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        if let Some(model) = background.models.lock().expect("lock").iter_mut().find(|m| m.id == request.model) {
+        if let Some(model) =
+            background.models.lock().expect("lock").iter_mut().find(|m| m.id == request.model)
+        {
             model.status = ModelState::Loaded;
             model.load_duration_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(0));
         }
@@ -225,9 +232,13 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
     let request: serde_json::Value = serde_json::from_slice(&body).expect("json body");
     fake.requests.lock().expect("lock").push(request.clone());
     let model = request["model"].as_str().unwrap_or_default().to_owned();
-    let loaded = fake.models.lock().expect("lock").iter().any(|m| m.id == model && m.status == ModelState::Loaded);
+    let loaded =
+        fake.models.lock().expect("lock").iter().any(|m| m.id == model && m.status == ModelState::Loaded);
     if !loaded {
-        return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": {"message": "no such model", "code": 404}})))
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": {"message": "no such model", "code": 404}})),
+        )
             .into_response();
     }
     let words = ["Hello", " from", " the", " fake", " engine", "."];
@@ -262,11 +273,17 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
         events.push(Ok(Bytes::from(format!("data: {chunk}\n\n"))));
     }
     events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
-    if broken {
+    let stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = if broken {
         events.truncate(2);
-        events.push(Err(std::io::Error::other("engine crashed")));
-    }
-    let stream = futures_util::stream::iter(events);
+        // The crash comes after the first chunks went out, as a real one would.
+        let crash = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(std::io::Error::other("engine crashed"))
+        });
+        Box::pin(futures_util::StreamExt::chain(futures_util::stream::iter(events), crash))
+    } else {
+        Box::pin(futures_util::stream::iter(events))
+    };
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))

@@ -39,14 +39,22 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
         held.cancelled().await;
         drop(_sender);
     });
-    let state = AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits, http);
+    let state = AppState::new(
+        fleet,
+        poller.clone(),
+        ApiKeys::new(keys.iter().map(|k| (*k).to_owned())),
+        limits,
+        http,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(gateway::serve(listener, state, shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),
-        observed.wait_for(|o| o.topology.neurons.len() == neurons && o.topology.neurons.iter().all(|n| n.reachable)),
+        observed.wait_for(|o| {
+            o.topology.neurons.len() == neurons && o.topology.neurons.iter().all(|n| n.reachable)
+        }),
     )
     .await
     .expect("neurons observed within 10 s")
