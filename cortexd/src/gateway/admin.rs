@@ -29,9 +29,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// The admin settings if the request carries the admin key, else the response to send.
-fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin, Response> {
+fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin, (StatusCode, &'static str)> {
     let Some(admin) = state.admin.as_ref() else {
-        return Err(error(StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
+        return Err((StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
     };
     let presented = headers
         .get("authorization")
@@ -41,14 +41,14 @@ fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin,
     if bool::from(admin.key.as_bytes().ct_eq(presented.as_bytes())) {
         Ok(admin)
     } else {
-        Err(error(StatusCode::UNAUTHORIZED, "invalid admin key"))
+        Err((StatusCode::UNAUTHORIZED, "invalid admin key"))
     }
 }
 
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match authorised(&state, &headers) {
         Ok(admin) => axum::Json(admin.status.borrow().as_ref().clone()).into_response(),
-        Err(response) => response,
+        Err((status, message)) => error(status, message),
     }
 }
 
@@ -64,7 +64,7 @@ pub struct ApplyResponse {
 pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
     let admin = match authorised(&state, &headers) {
         Ok(admin) => admin.clone(),
-        Err(response) => return response,
+        Err((status, message)) => return error(status, message),
     };
     let file = match PlanFile::from_json(&body) {
         Ok(file) => file,
