@@ -1,0 +1,346 @@
+//! `neuron.toml`: the node's local settings, parsed raw (`deny_unknown_fields`) then validated
+//! into [`Config`]. Harness binaries, their default arguments and whether a load request may
+//! add arguments come only from here (spec §8, security).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default API address: loopback, the neuron's well-known port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:13131";
+
+/// Why neuron.toml could not be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Canonical (symlinks resolved) models directory; every model source must resolve inside it.
+    pub models_dir: PathBuf,
+    pub token_file: Option<PathBuf>,
+    /// Inclusive range of loopback ports engines are started on.
+    pub port_range: (u16, u16),
+    pub drain_timeout: Duration,
+    pub stop_grace: Duration,
+    pub load_timeout: Duration,
+    pub log_dir: PathBuf,
+    pub capacity: Capacity,
+    pub harnesses: BTreeMap<String, HarnessConfig>,
+}
+
+/// Figures the node reports instead of the measured ones (e.g. to reserve room for other work).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Host RAM offered to CPU models.
+    pub ram_mb: Option<u64>,
+    /// VRAM offered per device, by device index.
+    #[serde(default)]
+    pub device_vram_mb: Vec<u64>,
+}
+
+/// One `[harness.<name>]` table.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HarnessConfig {
+    /// llama.cpp's `llama-server`, one process per model.
+    Llamacpp {
+        binary: PathBuf,
+        /// Whether a load request's `profile.args` may add engine arguments.
+        #[serde(default)]
+        allow_args: bool,
+        /// Arguments passed to every engine of this harness, before the profile's.
+        #[serde(default)]
+        default_args: Vec<String>,
+    },
+    /// A simulated engine (no GPU, no model file needed), labelled as simulation everywhere.
+    Sim {
+        #[serde(default = "default_sim_load_ms")]
+        load_ms: u64,
+        #[serde(default = "default_sim_ttft_ms")]
+        ttft_ms: u64,
+        #[serde(default = "default_sim_tokens_per_second")]
+        tokens_per_second: f64,
+        /// Simulated devices; when any sim harness declares some, the node reports them
+        /// instead of real GPUs.
+        #[serde(default)]
+        devices: Vec<SimDevice>,
+        #[serde(default)]
+        allow_args: bool,
+    },
+}
+
+impl HarnessConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HarnessConfig::Llamacpp { .. } => "llamacpp",
+            HarnessConfig::Sim { .. } => "sim",
+        }
+    }
+}
+
+fn default_sim_load_ms() -> u64 {
+    1000
+}
+fn default_sim_ttft_ms() -> u64 {
+    50
+}
+fn default_sim_tokens_per_second() -> f64 {
+    50.0
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimDevice {
+    pub name: String,
+    pub vram_mb: u64,
+}
+
+/// The file as written; validated by [`Config::from_toml`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: String,
+    #[serde(default)]
+    listen: Option<String>,
+    models_dir: PathBuf,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    port_range: Option<String>,
+    #[serde(default)]
+    drain_timeout: Option<String>,
+    #[serde(default)]
+    stop_grace: Option<String>,
+    #[serde(default)]
+    load_timeout: Option<String>,
+    #[serde(default)]
+    log_dir: Option<PathBuf>,
+    #[serde(default)]
+    capacity: Capacity,
+    #[serde(default)]
+    harness: BTreeMap<String, HarnessConfig>,
+}
+
+impl Config {
+    /// Read and validate `path`. Relative paths inside are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Validate `text` as if read from `path`.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|err| invalid(err.to_string().trim().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let absolute = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+        if raw.name.trim().is_empty() {
+            return Err(invalid("`name` must not be empty".to_owned()));
+        }
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(format!("`listen`: {listen_text:?} is not an address like 127.0.0.1:13131"))
+        })?;
+        let models_dir_given = absolute(&raw.models_dir);
+        let models_dir = std::fs::canonicalize(&models_dir_given)
+            .map_err(|err| invalid(format!("`models_dir`: {}: {err}", models_dir_given.display())))?;
+        if !models_dir.is_dir() {
+            return Err(invalid(format!("`models_dir`: {} is not a directory", models_dir.display())));
+        }
+        let port_range = parse_port_range(raw.port_range.as_deref().unwrap_or("40000-40999"))
+            .map_err(|message| invalid(format!("`port_range`: {message}")))?;
+        let duration = |key: &str, value: Option<&str>, default: &str| {
+            parse_duration(value.unwrap_or(default)).map_err(|message| invalid(format!("`{key}`: {message}")))
+        };
+        let drain_timeout = duration("drain_timeout", raw.drain_timeout.as_deref(), "30s")?;
+        let stop_grace = duration("stop_grace", raw.stop_grace.as_deref(), "10s")?;
+        let load_timeout = duration("load_timeout", raw.load_timeout.as_deref(), "10m")?;
+        let log_dir = absolute(&raw.log_dir.unwrap_or_else(|| PathBuf::from("logs")));
+
+        let mut harnesses = BTreeMap::new();
+        for (name, harness) in raw.harness {
+            let harness = match harness {
+                HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
+                    HarnessConfig::Llamacpp { binary: absolute(&binary), allow_args, default_args }
+                }
+                HarnessConfig::Sim { tokens_per_second, .. }
+                    if !tokens_per_second.is_finite() || tokens_per_second <= 0.0 =>
+                {
+                    return Err(invalid(format!("`harness.{name}.tokens_per_second` must be > 0")));
+                }
+                sim @ HarnessConfig::Sim { .. } => sim,
+            };
+            harnesses.insert(name, harness);
+        }
+        if harnesses.is_empty() {
+            return Err(invalid("no `[harness.<name>]` table: define at least one engine".to_owned()));
+        }
+
+        Ok(Config {
+            name: raw.name,
+            listen,
+            models_dir,
+            token_file: raw.token_file.map(|p| absolute(&p)),
+            port_range,
+            drain_timeout,
+            stop_grace,
+            load_timeout,
+            log_dir,
+            capacity: raw.capacity,
+            harnesses,
+        })
+    }
+
+    /// The simulated devices declared by sim harnesses, in harness-name order.
+    pub fn sim_devices(&self) -> Vec<SimDevice> {
+        self.harnesses
+            .values()
+            .flat_map(|h| match h {
+                HarnessConfig::Sim { devices, .. } => devices.clone(),
+                HarnessConfig::Llamacpp { .. } => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Whether anything on this node is simulated.
+    pub fn simulated(&self) -> bool {
+        self.harnesses.values().any(|h| matches!(h, HarnessConfig::Sim { .. }))
+    }
+}
+
+/// The bearer token: `env_token` (from `NEURON_TOKEN`) wins over the token file.
+pub fn resolve_token(config: &Config, env_token: Option<String>) -> Result<String, ConfigError> {
+    let token = match (env_token, &config.token_file) {
+        (Some(token), _) => token,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { path: file.clone(), source })?,
+        (None, None) => {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::from("neuron.toml"),
+                message: "no API token: set `token_file` or the NEURON_TOKEN environment variable".to_owned(),
+            });
+        }
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: config.token_file.clone().unwrap_or_else(|| PathBuf::from("NEURON_TOKEN")),
+            message: "the API token is empty".to_owned(),
+        });
+    }
+    Ok(token)
+}
+
+/// `"40000-40999"` → `(40000, 40999)`.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} is not a range like \"40000-40999\"");
+    let (low, high) = text.split_once('-').ok_or_else(bad)?;
+    let low: u16 = low.trim().parse().map_err(|_| bad())?;
+    let high: u16 = high.trim().parse().map_err(|_| bad())?;
+    if low == 0 || low > high {
+        return Err(bad());
+    }
+    Ok((low, high))
+}
+
+/// `"500ms"`, `"30s"`, `"10m"`, `"1h"` → a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{text:?} is not a duration like \"500ms\", \"30s\", \"10m\" or \"1h\"");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.saturating_mul(1000),
+        "m" => number.saturating_mul(60_000),
+        "h" => number.saturating_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = text.replace("MODELS", &dir.path().display().to_string());
+        Config::from_toml(&dir.path().join("neuron.toml"), &text)
+    }
+
+    #[test]
+    fn a_full_config_parses_with_defaults() {
+        let config = parse(
+            r#"
+name = "n1"
+models_dir = "MODELS"
+[capacity]
+ram_mb = 8000
+[harness.llamacpp]
+kind = "llamacpp"
+binary = "/usr/bin/llama-server"
+default_args = ["--jinja"]
+[harness.sim]
+kind = "sim"
+devices = [{ name = "SimGPU 24G", vram_mb = 24000 }]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.port_range, (40000, 40999));
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.stop_grace, Duration::from_secs(10));
+        assert_eq!(config.capacity.ram_mb, Some(8000));
+        assert_eq!(config.sim_devices().len(), 1);
+        assert!(config.simulated());
+        assert!(matches!(config.harnesses["llamacpp"], HarnessConfig::Llamacpp { allow_args: false, .. }));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_file() {
+        let err = parse("name = \"n\"\nmodels_dir = \"MODELS\"\nfoo = 1\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("neuron.toml") && text.contains("foo"), "{text}");
+        let err = parse(
+            "name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.x]\nkind = \"sim\"\nbinary = \"/bin/x\"\n",
+        )
+        .expect_err("binary is not a sim key");
+        assert!(err.to_string().contains("binary"), "{err}");
+        let err = parse("name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.x]\nkind = \"vllm\"\n")
+            .expect_err("unknown kind");
+        assert!(err.to_string().contains("vllm"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_models_dir_is_reported() {
+        let err = parse("name = \"n\"\nmodels_dir = \"/nonexistent/models\"\n[harness.s]\nkind = \"sim\"\n")
+            .expect_err("missing dir");
+        assert!(err.to_string().contains("models_dir"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_port_ranges_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(parse_port_range("40000-40999"), Ok((40000, 40999)));
+        assert!(parse_port_range("5-1").is_err());
+        assert!(parse_port_range("x").is_err());
+    }
+}

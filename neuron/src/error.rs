@@ -1,0 +1,110 @@
+//! `ApiError`: every refusal of the neuron API, with its HTTP status and stable code, rendered
+//! as [`plans::wire::ErrorBody`].
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use plans::wire::{ErrorBody, ErrorDetail};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "model source {0:?} is outside models_dir (absolute paths, `..` and symlinks leaving it are refused)"
+    )]
+    PathOutsideModelsDir(String),
+    #[error("model source {0:?} does not exist in models_dir")]
+    SourceNotFound(String),
+    #[error("harness {0:?} is not defined in neuron.toml")]
+    UnknownHarness(String),
+    /// The message says which harness and which argument.
+    #[error("{0}")]
+    ArgsNotAllowed(String),
+    #[error("device {0} does not exist on this neuron")]
+    UnknownDevice(u32),
+    #[error("the neuron changed since it was observed (generation is now {current})")]
+    GenerationMismatch { current: u64 },
+    #[error("model {0:?} is already loaded with a different profile; unload it first")]
+    ProfileConflict(String),
+    #[error("model {0:?} is being unloaded")]
+    ModelUnloading(String),
+    /// An inference request for a model that is draining before it stops.
+    #[error("model {0:?} is being unloaded")]
+    ModelDraining(String),
+    #[error("model {0:?} is not loaded on this neuron")]
+    ModelNotFound(String),
+    #[error("model {0:?} is still loading")]
+    ModelLoading(String),
+    #[error("model {model:?} failed: {error}")]
+    ModelFailed { model: String, error: String },
+    #[error("no free engine port in the configured port_range")]
+    NoFreePort,
+    #[error("the engine did not answer: {0}")]
+    Upstream(String),
+    #[error("the neuron is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_)
+            | ApiError::PathOutsideModelsDir(_)
+            | ApiError::SourceNotFound(_)
+            | ApiError::UnknownHarness(_)
+            | ApiError::ArgsNotAllowed(_)
+            | ApiError::UnknownDevice(_) => StatusCode::BAD_REQUEST,
+            ApiError::GenerationMismatch { .. }
+            | ApiError::ProfileConflict(_)
+            | ApiError::ModelUnloading(_) => StatusCode::CONFLICT,
+            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelLoading(_)
+            | ApiError::ModelDraining(_)
+            | ApiError::ModelFailed { .. }
+            | ApiError::NoFreePort
+            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The stable machine-readable code (documented in docs/neuron.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PathOutsideModelsDir(_) => "path_outside_models_dir",
+            ApiError::SourceNotFound(_) => "source_not_found",
+            ApiError::UnknownHarness(_) => "unknown_harness",
+            ApiError::ArgsNotAllowed(_) => "args_not_allowed",
+            ApiError::UnknownDevice(_) => "unknown_device",
+            ApiError::GenerationMismatch { .. } => "generation_mismatch",
+            ApiError::ProfileConflict(_) => "profile_conflict",
+            ApiError::ModelUnloading(_) | ApiError::ModelDraining(_) => "model_unloading",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::ModelLoading(_) => "model_loading",
+            ApiError::ModelFailed { .. } => "model_failed",
+            ApiError::NoFreePort => "no_free_port",
+            ApiError::Upstream(_) => "upstream_error",
+            ApiError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let generation = match self {
+            ApiError::GenerationMismatch { current } => Some(*current),
+            _ => None,
+        };
+        ErrorBody {
+            error: ErrorDetail { code: self.code().to_owned(), message: self.to_string(), generation },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}

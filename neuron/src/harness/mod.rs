@@ -1,0 +1,107 @@
+//! Harnesses (engine kinds) behind one trait, and the running-engine handle the lifecycle
+//! supervises. Each harness only knows how to start its engine; readiness, crash watching,
+//! draining and stopping are the same for all (see `crate::supervise` and `crate::state`).
+
+pub mod llamacpp;
+pub mod sim;
+pub mod sim_server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use plans::fleet::Profile;
+use plans::wire::HarnessInfo;
+use tokio::sync::watch;
+
+use crate::config::{Config, HarnessConfig};
+use crate::supervise::PortLease;
+
+/// Why an engine could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Spawn(String),
+}
+
+/// Everything a harness needs to start one engine for one model.
+pub struct Launch {
+    /// The fleet id; the engine serves it under this name.
+    pub model: String,
+    /// The model source, resolved inside models_dir (symlinks resolved).
+    pub source: PathBuf,
+    pub profile: Profile,
+    /// Device indices; empty for CPU.
+    pub devices: Vec<u32>,
+    /// The loopback port the engine must listen on; released when the engine is dropped.
+    pub port: PortLease,
+    /// Where the engine's stdout/stderr go.
+    pub log_path: PathBuf,
+}
+
+/// An engine kind configured in neuron.toml.
+pub trait Harness: Send + Sync {
+    /// What it is and what its engine can do, for discovery.
+    fn info(&self, name: &str) -> HarnessInfo;
+    /// Refuse extra engine arguments this harness does not allow; the message is shown to the caller.
+    fn check_args(&self, name: &str, args: &[String]) -> Result<(), String>;
+    /// Whether the model source must exist as a file or folder (a simulator reads nothing).
+    fn needs_source_file(&self) -> bool {
+        true
+    }
+    /// The path answering 200 once the engine is ready.
+    fn health_path(&self) -> &'static str {
+        "/health"
+    }
+    /// Start the engine (not waiting for readiness).
+    fn start(&self, launch: Launch) -> Result<Box<dyn Engine>, EngineError>;
+}
+
+/// A started engine, process or in-process. Dropping it releases its port.
+pub trait Engine: Send + Sync {
+    /// `http://127.0.0.1:PORT`: engines listen on loopback only.
+    fn base_url(&self) -> String;
+    /// `Some(how it ended)` once the engine has stopped, for whatever reason.
+    fn exited(&self) -> watch::Receiver<Option<String>>;
+    /// Stop gracefully, forcefully after `grace`; returns once it has ended.
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, ()>;
+    /// The engine's last log lines, for failure reports.
+    fn log_tail(&self, lines: usize) -> String;
+    /// The OS process id, when it is a process.
+    fn pid(&self) -> Option<u32>;
+}
+
+/// The harnesses defined in neuron.toml, by name.
+pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
+    config
+        .harnesses
+        .iter()
+        .map(|(name, harness)| {
+            let harness: Arc<dyn Harness> = match harness {
+                HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
+                    Arc::new(llamacpp::LlamaCpp::new(binary.clone(), *allow_args, default_args.clone()))
+                }
+                HarnessConfig::Sim { load_ms, ttft_ms, tokens_per_second, allow_args, .. } => {
+                    Arc::new(sim::Sim {
+                        load: Duration::from_millis(*load_ms),
+                        ttft: Duration::from_millis(*ttft_ms),
+                        tokens_per_second: *tokens_per_second,
+                        allow_args: *allow_args,
+                    })
+                }
+            };
+            (name.clone(), harness)
+        })
+        .collect()
+}
+
+/// A file name for a model's log: the id with anything unusual replaced.
+pub fn log_file_name(model: &str) -> String {
+    let safe: String = model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    format!("{}.log", safe.trim_start_matches('.'))
+}

@@ -1,0 +1,260 @@
+//! Engine process supervision, independent of any engine's flags: loopback port leases, spawning
+//! with stdout/stderr captured to a per-model log, readiness polling with backoff and a deadline,
+//! exit (crash) watching, and stopping with SIGTERM then SIGKILL after a grace period.
+//! Harnesses (llama.cpp today; mistral.rs and command templates later) build an argv and reuse
+//! this module for everything else.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::harness::{Engine, EngineError};
+
+/// Loopback ports in the configured range, each leased to at most one engine at a time.
+pub struct PortPool {
+    range: (u16, u16),
+    /// Leased ports and the next port to try (rotating, so a just-freed port is reused last).
+    /// Held only for the scan; never across `.await`.
+    taken: Mutex<(BTreeSet<u16>, u16)>,
+}
+
+impl PortPool {
+    pub fn new(range: (u16, u16)) -> Arc<PortPool> {
+        Arc::new(PortPool { range, taken: Mutex::new((BTreeSet::new(), range.0)) })
+    }
+
+    /// A port in the range that nothing listens on; `None` when the range is exhausted.
+    pub fn lease(self: &Arc<Self>) -> Option<PortLease> {
+        let mut guard = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let (taken, cursor) = &mut *guard;
+        let (low, high) = self.range;
+        let span = u32::from(high - low) + 1;
+        for step in 0..span {
+            let offset = (u32::from(cursor.saturating_sub(low)) + step) % span;
+            let port = low + u16::try_from(offset).unwrap_or(0);
+            if taken.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                continue;
+            }
+            taken.insert(port);
+            *cursor = if port == high { low } else { port + 1 };
+            return Some(PortLease { port, pool: Arc::clone(self) });
+        }
+        None
+    }
+}
+
+/// A leased port; returned to the pool when dropped (after the engine on it has stopped).
+pub struct PortLease {
+    pub port: u16,
+    pool: Arc<PortPool>,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        let mut guard = self.pool.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.0.remove(&self.port);
+    }
+}
+
+/// What to run: the program (from neuron.toml only), its arguments and extra environment.
+pub struct ProcessSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log_path: PathBuf,
+    pub port: PortLease,
+}
+
+/// A supervised engine process. The child is owned by a watcher task that reaps it and
+/// publishes how it ended; `kill_on_drop` is a last-resort safety net if that task is dropped.
+pub struct ProcessEngine {
+    pid: u32,
+    port: PortLease,
+    log_path: PathBuf,
+    exited: watch::Receiver<Option<String>>,
+}
+
+impl ProcessEngine {
+    pub fn spawn(spec: ProcessSpec) -> Result<ProcessEngine, EngineError> {
+        let program = spec.program.display().to_string();
+        if let Some(dir) = spec.log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|err| {
+                EngineError::Spawn(format!("cannot create log dir {}: {err}", dir.display()))
+            })?;
+        }
+        let log = std::fs::File::create(&spec.log_path).map_err(|err| {
+            EngineError::Spawn(format!("cannot create log {}: {err}", spec.log_path.display()))
+        })?;
+        let log_err = log.try_clone().map_err(|err| EngineError::Spawn(format!("log file: {err}")))?;
+        let mut command = tokio::process::Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        let mut child =
+            command.spawn().map_err(|err| EngineError::Spawn(format!("cannot start {program}: {err}")))?;
+        let pid = child.id().ok_or_else(|| EngineError::Spawn(format!("{program} exited at once")))?;
+        tracing::info!(pid, port = spec.port.port, log = %spec.log_path.display(), "started {program} {}", spec.args.join(" "));
+        let (exit_tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let how = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(err) => format!("could not be waited for: {err}"),
+            };
+            tracing::info!(pid, "engine process {how}");
+            exit_tx.send_replace(Some(how));
+        });
+        Ok(ProcessEngine { pid, port: spec.port, log_path: spec.log_path, exited })
+    }
+
+    fn signal(&self, signal: Signal) {
+        // Only signal a child that has not been reaped yet, so the pid cannot have been reused.
+        if self.exited.borrow().is_some() {
+            return;
+        }
+        let Ok(raw) = i32::try_from(self.pid) else { return };
+        if let Err(err) = kill(Pid::from_raw(raw), signal) {
+            tracing::debug!(pid = self.pid, "{signal}: {err}");
+        }
+    }
+}
+
+impl Engine for ProcessEngine {
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port.port)
+    }
+
+    fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exited.clone()
+    }
+
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut exited = self.exited.clone();
+            self.signal(Signal::SIGTERM);
+            if tokio::time::timeout(grace, exited.wait_for(Option::is_some)).await.is_err() {
+                tracing::warn!(pid = self.pid, "engine ignored SIGTERM for {grace:?}: sending SIGKILL");
+                self.signal(Signal::SIGKILL);
+                // SIGKILL cannot be ignored; the bound only guards against a wedged reaper.
+                let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some)).await;
+            }
+        })
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, lines)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "exited".to_owned(),
+    }
+}
+
+/// The last `lines` lines of a log file (reading at most its last 64 KiB).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    const WINDOW: u64 = 64 * 1024;
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(length.saturating_sub(WINDOW))).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Why an engine did not become ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The engine ended while loading; how it ended.
+    Exited(String),
+    /// The deadline passed.
+    Timeout,
+}
+
+/// Poll `url` until it answers 200, with exponential backoff (25 ms → 500 ms), until `deadline`
+/// or until the engine exits (noticed at once through `exited`, not at the next poll).
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    deadline: Instant,
+    mut exited: watch::Receiver<Option<String>>,
+) -> Result<(), NotReady> {
+    let mut delay = Duration::from_millis(25);
+    loop {
+        if let Some(how) = exited.borrow().clone() {
+            return Err(NotReady::Exited(how));
+        }
+        let attempt = http.get(url).timeout(Duration::from_secs(2)).send();
+        if let Ok(Ok(response)) = tokio::time::timeout_at(deadline, attempt).await {
+            if response.status() == reqwest::StatusCode::OK {
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(NotReady::Timeout);
+        }
+        let wake = (now + delay).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            _ = exited.changed() => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_leased_once_and_returned_on_drop() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let busy = listener.local_addr().expect("addr").port();
+        let pool = PortPool::new((busy, busy));
+        assert!(pool.lease().is_none(), "a port something listens on is not leased");
+        drop(listener);
+        let lease = pool.lease().expect("free now");
+        assert_eq!(lease.port, busy);
+        assert!(pool.lease().is_none(), "leased ports are not leased twice");
+        drop(lease);
+        assert!(pool.lease().is_some());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).expect("write");
+        let tail = log_tail(&path, 3);
+        assert_eq!(tail, "line 28\nline 29\nline 30");
+        assert_eq!(log_tail(&dir.path().join("missing.log"), 3), "");
+    }
+}
