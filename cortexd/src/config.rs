@@ -166,41 +166,18 @@ impl Config {
     }
 }
 
-/// Durations written the way people write them: "500ms", "30s", "5m", "1h30m".
+/// Durations written the way people write them ("500ms", "30s", "5m", "1h30m"), read with
+/// the same rules as the fleet's durations.
 pub mod duration {
     use std::time::Duration;
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = <String as serde::Deserialize>::deserialize(deserializer)?;
-        parse(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let mut total = Duration::ZERO;
-        let mut rest = text.trim();
-        if rest.is_empty() {
-            return Err("empty duration; write e.g. \"30s\", \"5m\" or \"1h30m\"".into());
-        }
-        while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("invalid duration {text:?}; write e.g. \"30s\", \"5m\" or \"1h30m\""))?;
-            rest = &rest[digits..];
-            let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-            let part = match &rest[..unit] {
-                "ms" => Duration::from_millis(number),
-                "s" => Duration::from_secs(number),
-                "m" => Duration::from_secs(number * 60),
-                "h" => Duration::from_secs(number * 3600),
-                other => {
-                    return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m or h"));
-                }
-            };
-            total += part;
-            rest = &rest[unit..];
-        }
-        Ok(total)
+        plans::duration::parse_ms(&text).map(Duration::from_millis).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h30m\""
+            ))
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! The current time is an input (`now_unix_ms`) like any other, so output is reproducible.
 
 pub mod diagnostic;
+pub mod duration;
 pub mod fleet;
 pub mod plan;
 pub mod topology;

@@ -10,7 +10,6 @@
 mod checks;
 mod decode;
 mod decode_model;
-mod duration;
 mod fields;
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use toml_edit::{Document, Item, TableLike, Value};
 
+use crate::duration;
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
 use crate::fleet::load::fields::Fields;
-use crate::fleet::load::{Located, Sink, Site, duration};
+use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{Eviction, NeuronSpec, Policy, ReconcileMode, SourceMode};
 
 /// The tables a fleet file may contain, as written in messages.

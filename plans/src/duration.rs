@@ -1,11 +1,11 @@
-//! Durations as operators write them: `"90s"`, `"30m"`, `"2h"`, `"1h30m"`, `"500ms"`, `"1d"`.
+//! Durations as operators write them: `"90s"`, `"30m"`, `"2h"`, `"1h30m"`, `"500ms"`, `"1d"`; one parser for the fleet, cortex.toml and neuron.toml.
 
 /// The units a duration may use, longest spelling first so that `ms` is not read as `m`.
 const UNITS: [(&str, u64); 5] = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)];
 
 /// Milliseconds in `text`: one or more `<integer><unit>` parts, summed. `None` when the text is
 /// not of that form, or the total does not fit 64 bits.
-pub(super) fn parse_ms(text: &str) -> Option<u64> {
+pub fn parse_ms(text: &str) -> Option<u64> {
     let mut rest = text;
     let mut total: u64 = 0;
     if rest.is_empty() {
