@@ -417,7 +417,7 @@ pinned_on = ["small"]
 id = "wide"
 harness = "llamacpp"
 source = "wide.gguf"
-vram_mb = 16000
+vram_mb = 24000
 min_devices = 2
 min_device_vram_mb = 12000
 pinned_on = ["small"]
@@ -461,7 +461,7 @@ pinned_on = ["small"]
 
             Infeasible: not placed now; the rest of the plan still applies.
               huge (pinned on small): dimension "total_vram" exhausted: needs 2 devices with 20000 MB free each (40000 MB in total); small has GPU0 16000 MB, GPU1 8000 MB free even after evicting every evictable model
-              wide (pinned on small): dimension "per_device_vram" exhausted: needs 2 devices with 12000 MB free each (16000 MB in total); small has GPU0 16000 MB, GPU1 8000 MB free even after evicting every evictable model
+              wide (pinned on small): dimension "per_device_vram" exhausted: needs 2 devices with 12000 MB free each (24000 MB in total); small has GPU0 16000 MB, GPU1 8000 MB free even after evicting every evictable model
               tiny (pinned on small): dimension "devices" exhausted: needs 3 devices; small has 2
 
             Plan: 1 to load, 0 to reload, 0 to unload (0 evictions).
@@ -520,7 +520,7 @@ pinned_on = ["small"]
                   "neuron": "small",
                   "want": "pin",
                   "dimension": "per_device_vram",
-                  "detail": "needs 2 devices with 12000 MB free each (16000 MB in total); small has GPU0 16000 MB, GPU1 8000 MB free even after evicting every evictable model"
+                  "detail": "needs 2 devices with 12000 MB free each (24000 MB in total); small has GPU0 16000 MB, GPU1 8000 MB free even after evicting every evictable model"
                 },
                 {
                   "model": "tiny",
