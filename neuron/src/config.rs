@@ -145,7 +145,8 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|err| invalid(err.to_string().trim().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let absolute = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let absolute = |p: &Path| expand_path(base, home.as_deref(), p);
 
         if raw.name.trim().is_empty() {
             return Err(invalid("`name` must not be empty".to_owned()));
@@ -222,14 +223,18 @@ impl Config {
 }
 
 /// The bearer token: `env_token` (from `NEURON_TOKEN`) wins over the token file.
-pub fn resolve_token(config: &Config, env_token: Option<String>) -> Result<String, ConfigError> {
+pub fn resolve_token(
+    config: &Config,
+    config_path: &Path,
+    env_token: Option<String>,
+) -> Result<String, ConfigError> {
     let token = match (env_token, &config.token_file) {
         (Some(token), _) => token,
         (None, Some(file)) => std::fs::read_to_string(file)
             .map_err(|source| ConfigError::Read { path: file.clone(), source })?,
         (None, None) => {
             return Err(ConfigError::Invalid {
-                path: PathBuf::from("neuron.toml"),
+                path: config_path.to_owned(),
                 message: "no API token: set `token_file` or the NEURON_TOKEN environment variable".to_owned(),
             });
         }
@@ -242,6 +247,15 @@ pub fn resolve_token(config: &Config, env_token: Option<String>) -> Result<Strin
         });
     }
     Ok(token)
+}
+
+/// `~/x` → `$HOME/x`; a relative path is taken relative to `base` (the config file's folder).
+fn expand_path(base: &Path, home: Option<&Path>, path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), home) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ if path.is_absolute() => path.to_owned(),
+        _ => base.join(path),
+    }
 }
 
 /// `"40000-40999"` → `(40000, 40999)`.
@@ -331,6 +345,32 @@ devices = [{ name = "SimGPU 24G", vram_mb = 24000 }]
         let err = parse("name = \"n\"\nmodels_dir = \"/nonexistent/models\"\n[harness.s]\nkind = \"sim\"\n")
             .expect_err("missing dir");
         assert!(err.to_string().contains("models_dir"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_with_and_without_the_sim_harness() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let example = include_str!("../neuron.example.toml")
+            .replace("models_dir = \"~/.cache/cortex/models\"", &format!("models_dir = {:?}", dir.path()));
+        let path = dir.path().join("neuron.toml");
+        let config = Config::from_toml(&path, &example).expect("example parses");
+        assert_eq!(config.harnesses.len(), 1);
+        assert!(!config.simulated());
+        let (before, after) = example.split_once("# [harness.sim]").expect("sim section");
+        let uncommented: String =
+            after.lines().map(|l| format!("{}\n", l.trim_start_matches("# "))).collect();
+        let with_sim = format!("{before}[harness.sim]{uncommented}");
+        let config = Config::from_toml(&path, &with_sim).expect("example with sim parses");
+        assert_eq!(config.sim_devices().len(), 2);
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file_or_home() {
+        let (base, home) = (Path::new("/etc/cortex"), Some(Path::new("/home/n")));
+        assert_eq!(expand_path(base, home, Path::new("logs")), PathBuf::from("/etc/cortex/logs"));
+        assert_eq!(expand_path(base, home, Path::new("/var/log")), PathBuf::from("/var/log"));
+        assert_eq!(expand_path(base, home, Path::new("~/models")), PathBuf::from("/home/n/models"));
+        assert_eq!(expand_path(base, None, Path::new("~/models")), PathBuf::from("/etc/cortex/~/models"));
     }
 
     #[test]

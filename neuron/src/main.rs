@@ -23,7 +23,18 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the context chain on one line, without a backtrace.
+            eprintln!("neuron: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
-    let token = neuron::config::resolve_token(&config, cli.token)?;
+    let token = neuron::config::resolve_token(&config, &cli.config, cli.token)?;
     let listen = config.listen;
     let neuron = neuron::Neuron::from_config(config, token)?;
     let listener =
