@@ -1,0 +1,263 @@
+//! Support for cortex's end-to-end tests: real `neuron` and `cortex` processes on free loopback
+//! ports in temporary directories, and polling with deadlines (never fixed sleeps).
+
+#![allow(clippy::unwrap_used, reason = "test support: a failed setup step should stop the test loudly")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary: `$<ENV>`, else `$CARGO_TARGET_DIR/debug/<name>`, else the
+/// workspace's `target/debug/<name>`. Fails with how to build it when missing.
+pub fn binary(env: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("debug").join(name)
+    });
+    assert!(
+        path.is_file(),
+        "{name} is not built at {}: run `cargo build --workspace --bins` (or set {env})",
+        path.display()
+    );
+    path
+}
+
+pub fn cortex_bin() -> PathBuf {
+    binary("CORTEX_BIN", "cortex")
+}
+
+pub fn neuron_bin() -> PathBuf {
+    binary("NEURON_BIN", "neuron")
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `check` until it returns `Some`, or fail after `deadline` saying what was awaited.
+pub async fn eventually<T>(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        ticks.tick().await;
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+    }
+}
+
+/// Write `text` to `path` the way editors save: a temporary file renamed over the original.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped; its output goes to a log file.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const NEURON_TOKEN: &str = "e2e-neuron-token";
+pub const ADMIN_KEY: &str = "e2e-admin-key";
+
+/// A neuron process with a `sim` harness (simulated devices and engine) and, optionally, the
+/// real llama.cpp harness.
+pub struct Neuron {
+    pub name: String,
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Neuron {
+    /// Start a neuron named `name` in `dir` with simulated devices of `device_vram_mb` each.
+    pub async fn start_sim(dir: &Path, name: &str, device_vram_mb: &[u64], load_ms: u64) -> Neuron {
+        let devices: Vec<String> =
+            device_vram_mb.iter().map(|mb| format!("{{ name = \"SimGPU\", vram_mb = {mb} }}")).collect();
+        let harness = format!(
+            "[harness.sim]\nkind = \"sim\"\nload_ms = {load_ms}\nttft_ms = 5\ntokens_per_second = 500\ndevices = [{}]\n",
+            devices.join(", ")
+        );
+        Neuron::start(dir, name, &harness).await
+    }
+
+    /// Start a neuron named `name` in `dir` with the given `[harness.*]` tables.
+    pub async fn start(dir: &Path, name: &str, harnesses: &str) -> Neuron {
+        let root = dir.join(name);
+        std::fs::create_dir_all(root.join("models")).unwrap();
+        std::fs::write(root.join("token"), NEURON_TOKEN).unwrap();
+        let port = free_port();
+        let engines = free_port();
+        let config = format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
+             log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\nstop_grace = \"3s\"\ndrain_timeout = \"5s\"\n\n{harnesses}",
+            models = std::env::var("CORTEX_MODELS_DIR")
+                .unwrap_or_else(|_| root.join("models").display().to_string()),
+            token = root.join("token").display(),
+            logs = root.join("logs").display(),
+            end = engines + 50,
+        );
+        std::fs::write(root.join("neuron.toml"), config).unwrap();
+        let process = Process::spawn(
+            Command::new(neuron_bin()).arg("--config").arg(root.join("neuron.toml")),
+            root.join("neuron.log"),
+        );
+        let url = format!("http://127.0.0.1:{port}/livez");
+        eventually(&format!("neuron {name} to listen"), Duration::from_secs(20), async || {
+            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        Neuron { name: name.to_owned(), port, process }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET /models` on the neuron.
+    pub async fn models(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/models", self.endpoint()))
+            .bearer_auth(NEURON_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Ids of the models loaded (status `loaded`) on the neuron.
+    pub async fn loaded(&self) -> Vec<String> {
+        let models = self.models().await;
+        let mut ids: Vec<String> = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["status"] == "loaded")
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// A `[[neuron]]` table for `neuron`.
+pub fn neuron_table(neuron: &Neuron) -> String {
+    format!("[[neuron]]\nname = \"{}\"\nendpoint = \"{}\"\n\n", neuron.name, neuron.endpoint())
+}
+
+/// A pinned sim model table.
+pub fn sim_model(id: &str, vram_mb: u64, pinned_on: &[&str], source: &str) -> String {
+    let pins: Vec<String> = pinned_on.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[[model]]\nid = \"{id}\"\nharness = \"sim\"\nsource = \"{source}\"\nvram_mb = {vram_mb}\nmin_devices = 1\npinned_on = [{}]\n\n",
+        pins.join(", ")
+    )
+}
+
+/// The cortex.toml for tests: free ports, the neurons' token, the admin key, fast polling.
+pub fn cortex_config(dir: &Path) -> (PathBuf, u16) {
+    let port = free_port();
+    let path = dir.join("cortex.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nadmin_key = \"{ADMIN_KEY}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\n\
+             [poll]\ninterval = \"200ms\"\n\n[reconcile]\nresync = \"5s\"\nbackoff_base = \"500ms\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    (path, port)
+}
+
+/// Run the `cortex` CLI to completion.
+pub fn cortex(args: &[&str], config: &Path, cwd: &Path) -> Output {
+    Command::new(cortex_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `cortex serve` running on a fleet directory.
+pub struct Daemon {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Daemon {
+    pub async fn start(fleet: &Path, config: &Path, port: u16, log: PathBuf) -> Daemon {
+        let process = Process::spawn(
+            Command::new(cortex_bin()).arg("serve").arg("--fleet").arg(fleet).arg("--config").arg(config),
+            log,
+        );
+        let url = format!("http://127.0.0.1:{port}/health");
+        eventually("cortex serve to listen", Duration::from_secs(20), async || {
+            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        Daemon { port, process }
+    }
+
+    /// The admin status document.
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/admin/status", self.port))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
