@@ -186,7 +186,9 @@ async fn unloading_lets_a_running_stream_finish_then_stops_the_engine() {
     load_and_wait(&node, model).await;
     let pid = engine_pid(model).expect("llama-server process");
 
-    let mut body = chat(model, true, 96);
+    // Long enough (and EOS ignored) that the unload surely starts while tokens still flow.
+    let mut body = chat(model, true, 200);
+    body["ignore_eos"] = json!(true);
     body["messages"][0]["content"] = json!("Count from one to one hundred in words.");
     let response = node.post("/v1/chat/completions", &body).send().await.expect("stream");
     assert_eq!(response.status(), 200);
