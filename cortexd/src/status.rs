@@ -196,3 +196,112 @@ pub fn render(status: &DaemonStatus) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plans::topology::{DeviceStatus, LoadedModel, NeuronStatus};
+
+    fn model(id: &str, status: ModelState, devices: Vec<u32>, managed: bool) -> LoadedModel {
+        LoadedModel {
+            id: id.into(),
+            harness: "llamacpp".into(),
+            status,
+            devices,
+            vram_mb: 8000,
+            ram_mb: 0,
+            last_used_unix_ms: 0,
+            in_flight: 0,
+            profile: managed.then(|| plans::fleet::Profile {
+                harness: "llamacpp".into(),
+                source: format!("{id}.gguf"),
+                quant: None,
+                ctx_size: None,
+                args: Vec::new(),
+            }),
+            load_duration_ms: None,
+            error: None,
+        }
+    }
+
+    fn device(index: u32, total: u64, free: u64) -> DeviceStatus {
+        DeviceStatus { index, name: "RTX 5090".into(), vram_total_mb: total, vram_free_mb: free, ..DeviceStatus::default() }
+    }
+
+    #[test]
+    fn status_renders_as_a_table() {
+        let topology = Topology::new(
+            1_700_000_000_000,
+            vec![
+                NeuronStatus {
+                    name: "beast".into(),
+                    reachable: true,
+                    generation: 7,
+                    devices: vec![device(0, 32_000, 16_000), device(1, 32_000, 24_000)],
+                    ram_total_mb: 128_000,
+                    ram_free_mb: 100_000,
+                    models: vec![
+                        model("coder", ModelState::Loaded, vec![0, 1], true),
+                        model("hand-started", ModelState::Loaded, vec![0], false),
+                    ],
+                    ..NeuronStatus::default()
+                },
+                NeuronStatus { name: "quad".into(), reachable: false, ..NeuronStatus::default() },
+            ],
+        );
+        let revision = Revision { commit: Some("0123456789abcdef".into()), dirty: false };
+        let record = RevisionRecord { revision: revision.clone(), digest: "sha256:ab12".into(), at_unix_ms: 1 };
+        let status = DaemonStatus {
+            format_version: 1,
+            sync: Sync::OutOfSync,
+            health: Health::Degraded,
+            mode: Some(ReconcileMode::Auto),
+            fleet: FleetStatus {
+                revision,
+                digest: "sha256:ab12cd34ef56ab12cd34".into(),
+                valid: true,
+                ..FleetStatus::default()
+            },
+            last_applied: Some(record.clone()),
+            last_attempted: Some(record),
+            conditions: vec![Condition {
+                kind: "NeuronsReachable".into(),
+                ok: false,
+                reason: "Unreachable".into(),
+                message: "unreachable: quad".into(),
+            }],
+            topology,
+            pinned: vec![("coder".into(), vec!["beast".into()])],
+            plan: Plan::default(),
+            runs: vec![Run {
+                started_unix_ms: 1,
+                duration_ms: 1520,
+                revision: "0123456".into(),
+                result: "applied".into(),
+                summary: "Apply complete! Loaded 1, reloaded 0, unloaded 0.".into(),
+                errors: Vec::new(),
+            }],
+        };
+        expect_test::expect![[r#"
+            Fleet:   0123456 (ab12cd34ef56, source Worktree)
+            Sync:    OutOfSync    Health: Degraded    Reconcile: auto
+            Applied: 0123456    Attempted: 0123456
+
+            NEURON      STATE        DEVICES  VRAM USED/TOTAL       RAM FREE/TOTAL
+            beast       up           2        24000 / 64000 MB      100000 / 128000 MB
+            quad        unreachable  0        0 / 0 MB              0 / 0 MB
+
+            MODEL                        NEURON      STATUS     DEVICES  PINNED
+            coder                        beast       loaded     0,1      yes
+            hand-started                 beast       loaded     0        no (unmanaged)
+
+            CONDITIONS
+              NeuronsReachable   False Unreachable: unreachable: quad
+
+            PLAN: 0 to load, 0 to reload, 0 to unload, 0 infeasible, 0 drifted
+
+            RECENT RUNS (newest last)
+              0123456    applied        1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.
+        "#]].assert_eq(&render(&status));
+    }
+}
