@@ -225,7 +225,13 @@ mod tests {
     }
 
     fn device(index: u32, total: u64, free: u64) -> DeviceStatus {
-        DeviceStatus { index, name: "RTX 5090".into(), vram_total_mb: total, vram_free_mb: free, ..DeviceStatus::default() }
+        DeviceStatus {
+            index,
+            name: "RTX 5090".into(),
+            vram_total_mb: total,
+            vram_free_mb: free,
+            ..DeviceStatus::default()
+        }
     }
 
     #[test]
@@ -250,7 +256,8 @@ mod tests {
             ],
         );
         let revision = Revision { commit: Some("0123456789abcdef".into()), dirty: false };
-        let record = RevisionRecord { revision: revision.clone(), digest: "sha256:ab12".into(), at_unix_ms: 1 };
+        let record =
+            RevisionRecord { revision: revision.clone(), digest: "sha256:ab12".into(), at_unix_ms: 1 };
         let status = DaemonStatus {
             format_version: 1,
             sync: Sync::OutOfSync,
@@ -302,6 +309,7 @@ mod tests {
 
             RECENT RUNS (newest last)
               0123456    applied        1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.
-        "#]].assert_eq(&render(&status));
+        "#]]
+        .assert_eq(&render(&status));
     }
 }
