@@ -20,12 +20,18 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build --workspace --bins (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked
-
-step "cargo build --workspace --bins (for the client tests)"
-cargo build --workspace --bins --locked
 
 step "Python client tests (official openai and anthropic SDKs)"
 export NEURON_BIN="$CARGO_TARGET_DIR/debug/neuron" CORTEX_BIN="$CARGO_TARGET_DIR/debug/cortex"
 "$CORTEX_VENV/bin/python" -m pytest -q tests/clients
+
+step "the newcomer path: scripts/up.sh brings up the default fleet, scripts/down.sh stops it"
+trap 'CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/down.sh >/dev/null 2>&1 || true' EXIT
+CORTEX_UP_PROFILE=debug CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/up.sh
+CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/down.sh
+trap - EXIT
