@@ -62,6 +62,8 @@ pub enum HarnessConfig {
         #[serde(default)]
         default_args: Vec<String>,
     },
+    /// Any OpenAI-compatible server started per model from an argv template (vLLM, SGLang, ...).
+    Command(CommandSettings),
     /// A simulated engine (no GPU, no model file needed), labelled as simulation everywhere.
     Sim {
         #[serde(default = "default_sim_load_ms")]
@@ -83,9 +85,54 @@ impl HarnessConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             HarnessConfig::Llamacpp { .. } => "llamacpp",
+            HarnessConfig::Command(_) => "command",
             HarnessConfig::Sim { .. } => "sim",
         }
     }
+}
+
+/// `kind = "command"`: one process per loaded model from `command`, an argv (never a shell) whose
+/// elements may contain the placeholders `{port}`, `{source}`, `{model}`, `{devices}` and
+/// `{device_count}` (see `crate::harness::command`).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSettings {
+    /// The program and its arguments; the program is looked up on `PATH` unless it has a `/`.
+    pub command: Vec<String>,
+    /// Extra environment for the engine; values may use the same placeholders.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Readiness: `GET <health_path>` answering `health_status`.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default = "default_health_status")]
+    pub health_status: u16,
+    /// The variable that gets `{devices}` (empty for a CPU model); `""` sets none.
+    #[serde(default = "default_devices_env")]
+    pub devices_env: String,
+    /// Appended when the profile sets `ctx_size`; must contain `{ctx_size}`.
+    #[serde(default)]
+    pub ctx_size_args: Vec<String>,
+    /// What the engine serves natively, reported in discovery (the gateway translates the rest).
+    #[serde(default)]
+    pub anthropic_messages: bool,
+    #[serde(default)]
+    pub count_tokens: bool,
+    #[serde(default)]
+    pub embeddings: bool,
+    /// Whether a load request's `profile.args` may add arguments (never the template's flags).
+    #[serde(default)]
+    pub allow_args: bool,
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+fn default_health_status() -> u16 {
+    200
+}
+fn default_devices_env() -> String {
+    "CUDA_VISIBLE_DEVICES".to_owned()
 }
 
 fn default_sim_load_ms() -> u64 {
@@ -177,6 +224,17 @@ impl Config {
                 HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
                     HarnessConfig::Llamacpp { binary: absolute(&binary), allow_args, default_args }
                 }
+                HarnessConfig::Command(mut settings) => {
+                    crate::harness::command::validate(&settings)
+                        .map_err(|message| invalid(format!("`harness.{name}`: {message}")))?;
+                    // A bare program name is looked up on PATH; a path is taken like other paths.
+                    if let Some(program) = settings.command.first_mut() {
+                        if program.contains('/') || program.starts_with('~') {
+                            *program = absolute(Path::new(program.as_str())).display().to_string();
+                        }
+                    }
+                    HarnessConfig::Command(settings)
+                }
                 HarnessConfig::Sim { tokens_per_second, .. }
                     if !tokens_per_second.is_finite() || tokens_per_second <= 0.0 =>
                 {
@@ -211,7 +269,7 @@ impl Config {
             .values()
             .flat_map(|h| match h {
                 HarnessConfig::Sim { devices, .. } => devices.clone(),
-                HarnessConfig::Llamacpp { .. } => Vec::new(),
+                HarnessConfig::Llamacpp { .. } | HarnessConfig::Command(_) => Vec::new(),
             })
             .collect()
     }
@@ -338,6 +396,38 @@ devices = [{ name = "SimGPU 24G", vram_mb = 24000 }]
         let err = parse("name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.x]\nkind = \"vllm\"\n")
             .expect_err("unknown kind");
         assert!(err.to_string().contains("vllm"), "{err}");
+    }
+
+    #[test]
+    fn a_command_harness_parses_with_defaults_and_its_template_is_checked() {
+        let config = parse(
+            r#"
+name = "n"
+models_dir = "MODELS"
+[harness.vllm]
+kind = "command"
+command = ["vllm", "serve", "{source}", "--host", "127.0.0.1", "--port", "{port}", "--served-model-name", "{model}"]
+[harness.local]
+kind = "command"
+command = ["bin/server", "--port", "{port}"]
+env = { HIP_VISIBLE_DEVICES = "{devices}" }
+devices_env = ""
+embeddings = true
+"#,
+        )
+        .expect("valid");
+        let HarnessConfig::Command(vllm) = &config.harnesses["vllm"] else { panic!("command") };
+        assert_eq!(vllm.command[0], "vllm", "a bare program is looked up on PATH");
+        assert_eq!((vllm.health_path.as_str(), vllm.health_status), ("/health", 200));
+        assert_eq!(vllm.devices_env, "CUDA_VISIBLE_DEVICES");
+        assert!(!vllm.anthropic_messages && !vllm.allow_args);
+        let HarnessConfig::Command(local) = &config.harnesses["local"] else { panic!("command") };
+        assert!(Path::new(&local.command[0]).is_absolute(), "a path is relative to the file");
+        let err = parse(
+            "name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.x]\nkind = \"command\"\ncommand = [\"x\", \"{gpu}\"]\n",
+        )
+        .expect_err("unknown placeholder");
+        assert!(err.to_string().contains("harness.x") && err.to_string().contains("{gpu}"), "{err}");
     }
 
     #[test]

@@ -266,35 +266,39 @@ impl Supervisor {
         stopped: watch::Sender<bool>,
     ) {
         let started = Instant::now();
-        match harness.start(launch) {
-            Ok(engine) => self.supervise(harness.as_ref(), engine.as_ref(), started, &stop).await,
-            Err(err) => {
+        let starting = tokio::select! {
+            result = harness.start(launch) => Some(result),
+            () = stop.cancelled() => None,
+        };
+        match starting {
+            Some(Ok(engine)) => self.supervise(engine.as_ref(), started, &stop).await,
+            Some(Err(err)) => {
                 self.fail(format!("engine did not start: {err}"));
             }
+            // Unloaded while starting: dropping the start future abandons it.
+            None => {}
         }
         // The engine (and its port) is dropped before anyone learns it has stopped.
         stopped.send_replace(true);
     }
 
-    async fn supervise(
-        &self,
-        harness: &dyn Harness,
-        engine: &dyn Engine,
-        started: Instant,
-        stop: &CancellationToken,
-    ) {
+    async fn supervise(&self, engine: &dyn Engine, started: Instant, stop: &CancellationToken) {
         let config = &self.neuron.shared.config;
-        let url = format!("{}{}", engine.base_url(), harness.health_path());
         let mut exited = engine.exited();
         let deadline = started + config.load_timeout;
         let ready = tokio::select! {
-            ready = wait_ready(&self.neuron.shared.http, &url, deadline, exited.clone()) => Some(ready),
+            ready = wait_ready(engine, &self.neuron.shared.http, deadline) => Some(ready),
             () = stop.cancelled() => None,
         };
         match ready {
             None => return engine.stop(config.stop_grace).await,
             Some(Err(NotReady::Exited(how))) => {
                 return self.crashed(engine, &format!("engine {how} while loading"));
+            }
+            Some(Err(NotReady::Failed(why))) => {
+                engine.stop(config.stop_grace).await;
+                self.fail(format!("engine cannot become ready: {why}"));
+                return;
             }
             Some(Err(NotReady::Timeout)) => {
                 engine.stop(config.stop_grace).await;

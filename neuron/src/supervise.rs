@@ -1,8 +1,8 @@
 //! Engine process supervision, independent of any engine's flags: loopback port leases, spawning
 //! with stdout/stderr captured to a per-model log, readiness polling with backoff and a deadline,
 //! exit (crash) watching, and stopping with SIGTERM then SIGKILL after a grace period.
-//! Harnesses (llama.cpp today; mistral.rs and command templates later) build an argv and reuse
-//! this module for everything else.
+//! Harnesses (llama.cpp, command templates, a mistral.rs the neuron starts) build an argv and
+//! reuse this module for everything else.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::harness::{Engine, EngineError};
+use crate::harness::{Engine, EngineError, Readiness};
 
 /// Loopback ports in the configured range, each leased to at most one engine at a time.
 pub struct PortPool {
@@ -72,6 +72,34 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     pub log_path: PathBuf,
     pub port: PortLease,
+    /// How the engine says it is ready.
+    pub ready: HttpReady,
+}
+
+/// Readiness by one HTTP GET: ready when `path` answers `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpReady {
+    pub path: String,
+    pub status: u16,
+}
+
+impl Default for HttpReady {
+    /// `GET /health` answering 200 (llama.cpp, vLLM, SGLang, the simulator).
+    fn default() -> Self {
+        HttpReady { path: "/health".to_owned(), status: 200 }
+    }
+}
+
+impl HttpReady {
+    /// One look: `Ready` on the expected status, `NotYet` on anything else (including a refused
+    /// connection: engines may listen only once loaded).
+    pub async fn probe(&self, http: &reqwest::Client, base_url: &str) -> Readiness {
+        let url = format!("{base_url}{}", self.path);
+        match http.get(&url).timeout(Duration::from_secs(2)).send().await {
+            Ok(response) if response.status().as_u16() == self.status => Readiness::Ready,
+            _ => Readiness::NotYet,
+        }
+    }
 }
 
 /// A supervised engine process. The child is owned by a watcher task that reaps it and
@@ -80,6 +108,7 @@ pub struct ProcessEngine {
     pid: u32,
     port: PortLease,
     log_path: PathBuf,
+    ready: HttpReady,
     exited: watch::Receiver<Option<String>>,
 }
 
@@ -116,7 +145,7 @@ impl ProcessEngine {
             tracing::info!(pid, "engine process {how}");
             exit_tx.send_replace(Some(how));
         });
-        Ok(ProcessEngine { pid, port: spec.port, log_path: spec.log_path, exited })
+        Ok(ProcessEngine { pid, port: spec.port, log_path: spec.log_path, ready: spec.ready, exited })
     }
 
     fn signal(&self, signal: Signal) {
@@ -138,6 +167,10 @@ impl Engine for ProcessEngine {
 
     fn exited(&self) -> watch::Receiver<Option<String>> {
         self.exited.clone()
+    }
+
+    fn probe_ready<'a>(&'a self, http: &'a reqwest::Client) -> BoxFuture<'a, Readiness> {
+        Box::pin(async move { self.ready.probe(http, &self.base_url()).await })
     }
 
     fn stop(&self, grace: Duration) -> BoxFuture<'_, ()> {
@@ -193,28 +226,29 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 pub enum NotReady {
     /// The engine ended while loading; how it ended.
     Exited(String),
+    /// The engine said it cannot become ready; its words.
+    Failed(String),
     /// The deadline passed.
     Timeout,
 }
 
-/// Poll `url` until it answers 200, with exponential backoff (25 ms → 500 ms), until `deadline`
-/// or until the engine exits (noticed at once through `exited`, not at the next poll).
+/// Ask `engine` whether it is ready with exponential backoff (25 ms → 500 ms), until `deadline`
+/// or until the engine exits (noticed at once through `Engine::exited`, not at the next look).
 pub async fn wait_ready(
+    engine: &dyn Engine,
     http: &reqwest::Client,
-    url: &str,
     deadline: Instant,
-    mut exited: watch::Receiver<Option<String>>,
 ) -> Result<(), NotReady> {
+    let mut exited = engine.exited();
     let mut delay = Duration::from_millis(25);
     loop {
         if let Some(how) = exited.borrow().clone() {
             return Err(NotReady::Exited(how));
         }
-        let attempt = http.get(url).timeout(Duration::from_secs(2)).send();
-        if let Ok(Ok(response)) = tokio::time::timeout_at(deadline, attempt).await {
-            if response.status() == reqwest::StatusCode::OK {
-                return Ok(());
-            }
+        match tokio::time::timeout_at(deadline, engine.probe_ready(http)).await {
+            Ok(Readiness::Ready) => return Ok(()),
+            Ok(Readiness::Failed(why)) => return Err(NotReady::Failed(why)),
+            Ok(Readiness::NotYet) | Err(_) => {}
         }
         let now = Instant::now();
         if now >= deadline {

@@ -120,8 +120,15 @@ impl Neuron {
         Neuron::start(dir, name, &harness).await
     }
 
-    /// Start a neuron named `name` in `dir` with the given `[harness.*]` tables.
+    /// Start a neuron named `name` in `dir` with the given `[harness.*]` tables; its models_dir
+    /// is `$CORTEX_MODELS_DIR`, else a fresh empty folder.
     pub async fn start(dir: &Path, name: &str, harnesses: &str) -> Neuron {
+        let models = std::env::var_os("CORTEX_MODELS_DIR").map(PathBuf::from);
+        Neuron::start_in(dir, name, harnesses, models.as_deref()).await
+    }
+
+    /// As [`Neuron::start`], with models_dir `models` when given.
+    pub async fn start_in(dir: &Path, name: &str, harnesses: &str, models: Option<&Path>) -> Neuron {
         let root = dir.join(name);
         std::fs::create_dir_all(root.join("models")).unwrap();
         std::fs::write(root.join("token"), NEURON_TOKEN).unwrap();
@@ -130,8 +137,7 @@ impl Neuron {
         let config = format!(
             "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
              log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\nstop_grace = \"3s\"\ndrain_timeout = \"5s\"\n\n{harnesses}",
-            models = std::env::var("CORTEX_MODELS_DIR")
-                .unwrap_or_else(|_| root.join("models").display().to_string()),
+            models = models.map_or_else(|| root.join("models"), Path::to_path_buf).display(),
             token = root.join("token").display(),
             logs = root.join("logs").display(),
             end = engines + 50,
@@ -179,6 +185,54 @@ impl Neuron {
         ids.sort();
         ids
     }
+}
+
+/// The folder cortex's installed test dependencies live in (as `tests/env.sh` says).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("CORTEX_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cortex")))
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cortex"))
+}
+
+pub const GEMMA_GGUF: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// `(llama-server, models_dir holding the gemma GGUF)`, or a failure saying how to install them.
+pub fn installed_llama_server() -> (PathBuf, PathBuf) {
+    let server = std::env::var_os("LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llama.cpp/11434.0.0/bin/llama-server"));
+    let models = std::env::var_os("CORTEX_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"));
+    assert!(
+        server.is_file(),
+        "llama-server not found at {} (set LLAMA_SERVER): run `bash tests/install.sh` first",
+        server.display()
+    );
+    assert!(
+        models.join(GEMMA_GGUF).is_file(),
+        "{GEMMA_GGUF} not found in {} (set CORTEX_MODELS_DIR): run `bash tests/install.sh` first",
+        models.display()
+    );
+    (server, models)
+}
+
+/// The pid of a process whose argv contains `flag value` and whose program ends with `program`.
+pub fn find_process(program: &str, flag: &str, value: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let has = args.windows(2).any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes());
+        let is_program = args.first().is_some_and(|a| a.ends_with(program.as_bytes()));
+        (has && is_program).then_some(pid)
+    })
+}
+
+/// Whether process `pid` has ended (and been reaped).
+pub fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// A `[[neuron]]` table for `neuron`.

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use futures_util::future::BoxFuture;
 use plans::wire::HarnessInfo;
 
 use crate::harness::{Engine, EngineError, Harness, Launch};
-use crate::supervise::{ProcessEngine, ProcessSpec};
+use crate::supervise::{HttpReady, ProcessEngine, ProcessSpec};
 
 /// Flags a load request may never pass: they would move the engine off loopback, swap its model
 /// or name, or make it fetch files, all of which the neuron alone decides.
@@ -104,16 +105,18 @@ impl Harness for LlamaCpp {
         Ok(())
     }
 
-    fn start(&self, launch: Launch) -> Result<Box<dyn Engine>, EngineError> {
+    fn start(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Engine>, EngineError>> {
         let (args, env) = self.command(&launch);
-        let engine = ProcessEngine::spawn(ProcessSpec {
+        let spawned = ProcessEngine::spawn(ProcessSpec {
             program: self.binary.clone(),
             args,
             env,
             log_path: launch.log_path,
             port: launch.port,
-        })?;
-        Ok(Box::new(engine))
+            // 503 while loading, 200 once ready.
+            ready: HttpReady::default(),
+        });
+        Box::pin(async move { spawned.map(|engine| Box::new(engine) as Box<dyn Engine>) })
     }
 }
 

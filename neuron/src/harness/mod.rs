@@ -1,7 +1,9 @@
 //! Harnesses (engine kinds) behind one trait, and the running-engine handle the lifecycle
-//! supervises. Each harness only knows how to start its engine; readiness, crash watching,
-//! draining and stopping are the same for all (see `crate::supervise` and `crate::state`).
+//! supervises. Each harness only knows how to start its engine and how to tell that it is ready;
+//! the readiness loop, crash watching, draining and stopping are the same for all (see
+//! `crate::supervise` and `crate::lifecycle`).
 
+pub mod command;
 pub mod llamacpp;
 pub mod sim;
 pub mod sim_server;
@@ -51,12 +53,19 @@ pub trait Harness: Send + Sync {
     fn needs_source_file(&self) -> bool {
         true
     }
-    /// The path answering 200 once the engine is ready.
-    fn health_path(&self) -> &'static str {
-        "/health"
-    }
-    /// Start the engine (not waiting for readiness).
-    fn start(&self, launch: Launch) -> Result<Box<dyn Engine>, EngineError>;
+    /// Start the engine (not waiting for readiness). Async, because some harnesses start an
+    /// engine by asking a running server (mistral.rs) rather than by spawning a process.
+    fn start(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Engine>, EngineError>>;
+}
+
+/// One look at whether an engine is ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not yet (still loading, not listening yet): look again later.
+    NotYet,
+    /// It never will be; the engine's own words.
+    Failed(String),
 }
 
 /// A started engine, process or in-process. Dropping it releases its port.
@@ -65,6 +74,9 @@ pub trait Engine: Send + Sync {
     fn base_url(&self) -> String;
     /// `Some(how it ended)` once the engine has stopped, for whatever reason.
     fn exited(&self) -> watch::Receiver<Option<String>>;
+    /// One readiness check (an HTTP call with a short timeout); `crate::supervise::wait_ready`
+    /// repeats it with backoff.
+    fn probe_ready<'a>(&'a self, http: &'a reqwest::Client) -> BoxFuture<'a, Readiness>;
     /// Stop gracefully, forcefully after `grace`; returns once it has ended.
     fn stop(&self, grace: Duration) -> BoxFuture<'_, ()>;
     /// The engine's last log lines, for failure reports.
@@ -83,6 +95,7 @@ pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
                 HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
                     Arc::new(llamacpp::LlamaCpp::new(binary.clone(), *allow_args, default_args.clone()))
                 }
+                HarnessConfig::Command(settings) => Arc::new(command::CommandHarness::new(settings.clone())),
                 HarnessConfig::Sim { load_ms, ttft_ms, tokens_per_second, allow_args, .. } => {
                     Arc::new(sim::Sim {
                         load: Duration::from_millis(*load_ms),

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::sim_server::{self, SimSettings};
-use crate::harness::{Engine, EngineError, Harness, Launch};
-use crate::supervise::PortLease;
+use crate::harness::{Engine, EngineError, Harness, Launch, Readiness};
+use crate::supervise::{HttpReady, PortLease};
 
 pub struct Sim {
     pub load: Duration,
@@ -47,7 +47,14 @@ impl Harness for Sim {
         false
     }
 
-    fn start(&self, launch: Launch) -> Result<Box<dyn Engine>, EngineError> {
+    fn start(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Engine>, EngineError>> {
+        let started = self.start_now(launch);
+        Box::pin(async move { started })
+    }
+}
+
+impl Sim {
+    fn start_now(&self, launch: Launch) -> Result<Box<dyn Engine>, EngineError> {
         let port = launch.port.port;
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -91,6 +98,10 @@ impl Engine for SimEngine {
 
     fn exited(&self) -> watch::Receiver<Option<String>> {
         self.exited.clone()
+    }
+
+    fn probe_ready<'a>(&'a self, http: &'a reqwest::Client) -> BoxFuture<'a, Readiness> {
+        Box::pin(async move { HttpReady::default().probe(http, &self.base_url()).await })
     }
 
     fn stop(&self, grace: Duration) -> BoxFuture<'_, ()> {
