@@ -306,3 +306,52 @@ async fn commit_mode_applies_only_what_is_committed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_a_real_engine_and_a_sim_neuron_heals_a_killed_engine() {
+    let (binary, models) = cortex_e2e::installed_llama_server();
+    let dir = tempfile::tempdir().unwrap();
+    let harness = format!("[harness.llamacpp]\nkind = \"llamacpp\"\nbinary = \"{}\"\n", binary.display());
+    let real = Neuron::start_in(dir.path(), "real", &harness, Some(&models)).await;
+    let sim = Neuron::start_sim(dir.path(), "sim", &[10_000], 50).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let (config, port) = cortex_config(dir.path());
+    let gemma = "[[model]]\nid = \"gemma\"\nharness = \"llamacpp\"\nsource = \"gemma-3-270m-q4_k_m.gguf\"\nmin_devices = 0\nram_mb = 400\nctx_size = 1024\npinned_on = [\"real\"]\n\n";
+    write_atomic(
+        &fleet.join("fleet.toml"),
+        &format!(
+            "{}{}{gemma}{}",
+            neuron_table(&real),
+            neuron_table(&sim),
+            sim_model("echo", 2_000, &["sim"], "echo.bin")
+        ),
+    );
+    let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
+    eventually("both pins loaded", Duration::from_secs(60), async || {
+        (real.loaded().await == ["gemma"] && sim.loaded().await == ["echo"]).then_some(())
+    })
+    .await;
+
+    // Kill the engine behind everyone's back: the neuron reports it failed, and the next pass
+    // loads it again.
+    let pid = cortex_e2e::find_process("llama-server", "--alias", "gemma").expect("the engine process");
+    let before = real.models().await["generation"].as_u64().unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    eventually("the engine to be reloaded after the crash", Duration::from_secs(60), async || {
+        let models = real.models().await;
+        let generation = models["generation"].as_u64().unwrap();
+        (generation > before + 1 && models["models"][0]["status"] == "loaded").then_some(())
+    })
+    .await;
+    let status = daemon.status().await;
+    let runs = status["runs"].to_string();
+    assert!(runs.contains("reloaded 1") || runs.contains("Loaded 1"), "a pass healed it: {runs}");
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gemma", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the healed model answers");
+}
