@@ -71,13 +71,8 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (status, reconcile_task) =
         crate::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
 
-    let mut state = AppState::new(
-        fleet_receiver,
-        poller,
-        ApiKeys::new(config.client_keys()?),
-        config.gateway.clone(),
-        http,
-    );
+    let mut state =
+        AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,

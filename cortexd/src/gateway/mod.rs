@@ -39,8 +39,6 @@ pub struct AppState {
     pub cold_loads: Arc<ColdLoads>,
     /// Requests this gateway has in flight per (model, neuron): picks the least busy replica.
     pub inflight: Arc<route::InFlight>,
-    /// Client for forwarding to neurons (connection pool shared by all requests).
-    pub http: reqwest::Client,
     /// The admin API, when an admin key is configured.
     pub admin: Option<admin::Admin>,
 }
@@ -51,7 +49,6 @@ impl AppState {
         poller: PollerHandle,
         keys: ApiKeys,
         limits: GatewayConfig,
-        http: reqwest::Client,
     ) -> Self {
         AppState {
             fleet,
@@ -60,7 +57,6 @@ impl AppState {
             limits: Arc::new(limits),
             cold_loads: Arc::new(ColdLoads::default()),
             inflight: Arc::new(route::InFlight::default()),
-            http,
             admin: None,
         }
     }

@@ -13,7 +13,6 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::route::{InFlightGuard, Target};
 
@@ -51,12 +50,7 @@ pub struct Exchange {
 
 /// Send `body` to `path` on the target's neuron and return the upstream response, or an
 /// error if it could not be reached or refused the request.
-pub async fn send(
-    state: &AppState,
-    target: &Target,
-    path: &str,
-    body: Bytes,
-) -> Result<reqwest::Response, ApiError> {
+pub async fn send(target: &Target, path: &str, body: Bytes) -> Result<reqwest::Response, ApiError> {
     let response = target
         .neuron
         .request(reqwest::Method::POST, path)
@@ -65,7 +59,6 @@ pub async fn send(
         .send()
         .await
         .map_err(|e| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name)))?;
-    let _ = state;
     Ok(response)
 }
 
@@ -127,6 +120,10 @@ pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, ed
 }
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+// Pass-through streams are split at event boundaries by hand (`event_end`) rather than through
+// `crate::sse::SseParser`: forwarding needs the raw bytes of each event, untouched, and the
+// parser yields decoded fields. Transforms (the Anthropic routes) use the parser.
 
 /// The response body: forwards upstream bytes, event by event for streams, and records the
 /// request's metrics when it ends (completed, failed or dropped by the client).

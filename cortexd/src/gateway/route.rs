@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use plans::plan::{PlanOptions, place_one};
 use plans::topology::ModelState;
@@ -261,9 +261,4 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
 
 fn upstream(error: NeuronError) -> ApiError {
     ApiError::Upstream(error.to_string())
-}
-
-/// The deadline-free keep-alive cadence for streaming requests that wait.
-pub fn keepalive_every(state: &AppState) -> Duration {
-    state.limits.keepalive_interval
 }

@@ -139,7 +139,7 @@ pub async fn forward(
     edit: StreamEdit,
 ) -> Result<Response, ApiError> {
     let guard = state.inflight.enter(&target.model, &target.neuron.name);
-    let upstream = proxy::send(state, &target, path, body).await?;
+    let upstream = proxy::send(&target, path, body).await?;
     if !upstream.status().is_success() {
         let status = upstream.status().as_u16().to_string();
         metrics::counter!("cortex_requests_total", "model" => target.model.clone(), "neuron" => target.neuron.name.clone(), "route" => route, "status" => status)

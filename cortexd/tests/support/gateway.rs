@@ -39,13 +39,8 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
         held.cancelled().await;
         drop(_sender);
     });
-    let state = AppState::new(
-        fleet,
-        poller.clone(),
-        ApiKeys::new(keys.iter().map(|k| (*k).to_owned())),
-        limits,
-        http,
-    );
+    let state =
+        AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(gateway::serve(listener, state, shutdown.clone()));
