@@ -46,8 +46,15 @@ fn describe() {
     describe_gauge!("cortex_inflight_requests", "Requests in flight through the gateway");
     describe_counter!("cortex_evictions_total", "Models unloaded to make room, by reason");
     describe_gauge!("cortex_neuron_up", "1 when the neuron answers, 0 when it is unreachable");
+    describe_histogram!(
+        "cortex_poll_cycle_seconds",
+        "Time to poll every neuron once (health, models, discovery on a new boot id)"
+    );
     describe_gauge!("cortex_device_vram_used_bytes", "VRAM in use per neuron device");
     describe_gauge!("cortex_model_loaded", "1 when a model is loaded and ready on a neuron");
+    describe_counter!("cortex_reconcile_runs_total", "Reconciler passes by result");
+    describe_gauge!("cortex_fleet_in_sync", "1 when the observed fleet matches the fleet directory");
+    describe_gauge!("cortex_fleet_info", "1 for the fleet revision the daemon serves (label revision)");
 }
 
 /// Publish the fleet gauges from one observation.

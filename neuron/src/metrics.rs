@@ -34,6 +34,7 @@ impl NeuronMetrics {
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
+        describe(&recorder);
         NeuronMetrics { recorder, handle, seen_models: Mutex::new(BTreeSet::new()) }
     }
 
@@ -90,5 +91,28 @@ impl NeuronMetrics {
         }
         drop(seen);
         self.handle.render()
+    }
+}
+
+/// HELP lines, so that the exposition passes `promtool check metrics`.
+fn describe(recorder: &PrometheusRecorder) {
+    let help: [(&'static str, &'static str); 7] = [
+        ("neuron_device_vram_used_bytes", "VRAM in use per device"),
+        ("neuron_device_vram_total_bytes", "VRAM per device"),
+        ("neuron_model_loaded", "1 when the model is loaded and ready, 0 otherwise"),
+        ("neuron_inflight_requests", "Inference requests being proxied to the model's engine"),
+        ("neuron_generation", "Lifecycle generation of this neuron process"),
+        ("neuron_load_duration_seconds", "Time from a load request to the engine being ready"),
+        ("neuron_engine_crashes_total", "Engines that exited while loaded"),
+    ];
+    for (name, text) in help {
+        let (name, text) = (metrics::KeyName::from(name), metrics::SharedString::from(text));
+        if name.as_str().ends_with("_total") {
+            recorder.describe_counter(name, None, text);
+        } else if name.as_str().ends_with("_seconds") {
+            recorder.describe_histogram(name, None, text);
+        } else {
+            recorder.describe_gauge(name, None, text);
+        }
     }
 }
