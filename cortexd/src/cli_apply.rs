@@ -1,14 +1,15 @@
 //! `cortex apply` and `cortex status`: the commands that act on, or report from, a live fleet.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use plans::plan::{Plan, PlanFile, PlanOptions};
+use plans::plan::{ActionKind, Plan, PlanFile, PlanOptions};
 
 use crate::apply::{self, Outcome, Progress};
 use crate::cli::{ConfigArgs, FleetArgs, load_config, load_fleet};
@@ -98,20 +99,23 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the plan has errors and cannot be applied: {}", plan.errors.join("; "));
     }
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
-    let terminal = std::io::stdout().is_terminal();
-    let progress: Arc<dyn Fn(Progress) + Send + Sync> =
-        Arc::new(move |event| print_progress(&event, terminal));
+    let view = Arc::new(ProgressView::new(plan.actions.len(), std::io::stdout().is_terminal()));
+    let events = view.clone();
+    let progress: Arc<dyn Fn(Progress) + Send + Sync> = Arc::new(move |event| events.event(&event));
+    let ticking = view.clone();
     let ticker = tokio::spawn(async move {
-        let mut elapsed = 0u64;
+        // A live bar on a terminal; a plain line now and then otherwise (logs, CI).
+        let every = if ticking.terminal { Duration::from_millis(250) } else { Duration::from_secs(10) };
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            elapsed += 10;
-            println!("Still applying... [{elapsed}s elapsed]");
+            ticks.tick().await;
+            ticking.tick();
         }
     });
     println!();
     let report = apply::apply(&plan, &observed.clients, args.parallelism, timeouts, progress).await;
     ticker.abort();
+    view.clear();
     println!("\n{}", report.summary());
     Ok(if report.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -126,44 +130,105 @@ fn confirm() -> anyhow::Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-fn print_progress(event: &Progress, terminal: bool) {
-    let (bold, reset) = if terminal { ("\x1b[1m", "\x1b[0m") } else { ("", "") };
-    match event {
-        Progress::Started(action) => {
-            let verb = match action.kind {
-                plans::plan::ActionKind::Load => "Loading",
-                plans::plan::ActionKind::Unload => "Unloading",
-                plans::plan::ActionKind::Reload => "Reloading",
-            };
-            println!("{bold}{}{reset}: {verb} {} on {}...", action.id, action.model, action.neuron);
+/// What `cortex apply` shows while it works: a line per action event, and either a live bar
+/// (terminal) or a periodic "still applying" line naming what runs.
+struct ProgressView {
+    terminal: bool,
+    total: usize,
+    started: Instant,
+    state: Mutex<Tally>,
+}
+
+/// Actions finished, and those running (by id) with what they do and since when.
+type Tally = (usize, BTreeMap<String, (String, Instant)>);
+
+impl ProgressView {
+    fn new(total: usize, terminal: bool) -> Self {
+        ProgressView { terminal, total, started: Instant::now(), state: Mutex::new((0, BTreeMap::new())) }
+    }
+
+    fn event(&self, event: &Progress) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (bold, reset) = if self.terminal { ("\x1b[1m", "\x1b[0m") } else { ("", "") };
+        let line = match event {
+            Progress::Started(action) => {
+                let verb = match action.kind {
+                    ActionKind::Load => "Loading",
+                    ActionKind::Unload => "Unloading",
+                    ActionKind::Reload => "Reloading",
+                };
+                let what = format!("{} {} on {}", verb.to_lowercase(), action.model, action.neuron);
+                state.1.insert(action.id.clone(), (what, Instant::now()));
+                format!("{bold}{}{reset}: {verb} {} on {}...", action.id, action.model, action.neuron)
+            }
+            Progress::Finished(action, outcome) => {
+                state.0 += 1;
+                state.1.remove(&action.id);
+                let what = format!("{} {} on {}", action.kind.as_str(), action.model, action.neuron);
+                match outcome {
+                    Outcome::Done { elapsed } => {
+                        format!(
+                            "{bold}{}{reset}: {what} complete after {:.1}s",
+                            action.id,
+                            elapsed.as_secs_f64()
+                        )
+                    }
+                    Outcome::Failed { error } => {
+                        format!("{bold}{}{reset}: {what} FAILED: {error}", action.id)
+                    }
+                    Outcome::Skipped { because } => {
+                        format!("{bold}{}{reset}: {what} skipped: {because}", action.id)
+                    }
+                }
+            }
+        };
+        if self.terminal {
+            println!("\r\x1b[K{line}");
+            self.draw(&state);
+        } else {
+            println!("{line}");
         }
-        Progress::Finished(action, Outcome::Done { elapsed }) => {
+    }
+
+    fn tick(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.terminal {
+            self.draw(&state);
+        } else if let Some((what, since)) = state.1.values().next() {
             println!(
-                "{bold}{}{reset}: {} {} on {} complete after {:.1}s",
-                action.id,
-                action.kind.as_str(),
-                action.model,
-                action.neuron,
-                elapsed.as_secs_f64()
+                "Still applying... [{}s elapsed; {what} for {}s]",
+                self.started.elapsed().as_secs(),
+                since.elapsed().as_secs()
             );
         }
-        Progress::Finished(action, Outcome::Failed { error }) => {
-            println!(
-                "{bold}{}{reset}: {} {} on {} FAILED: {error}",
-                action.id,
-                action.kind.as_str(),
-                action.model,
-                action.neuron
-            );
-        }
-        Progress::Finished(action, Outcome::Skipped { because }) => {
-            println!(
-                "{bold}{}{reset}: {} {} on {} skipped: {because}",
-                action.id,
-                action.kind.as_str(),
-                action.model,
-                action.neuron
-            );
+    }
+
+    /// The live bar: `[######----] 3/5 · 12s · loading m on n (4s)`.
+    fn draw(&self, state: &Tally) {
+        const WIDTH: usize = 20;
+        let filled = (state.0 * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let running = state
+            .1
+            .values()
+            .map(|(what, since)| format!("{what} ({}s)", since.elapsed().as_secs()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        print!(
+            "\r\x1b[K[{}{}] {}/{} · {}s · {running}",
+            "#".repeat(filled),
+            "-".repeat(WIDTH - filled),
+            state.0,
+            self.total,
+            self.started.elapsed().as_secs()
+        );
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Remove the live bar before the summary.
+    fn clear(&self) {
+        if self.terminal {
+            print!("\r\x1b[K");
+            let _ = std::io::stdout().flush();
         }
     }
 }
