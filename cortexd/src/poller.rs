@@ -188,7 +188,13 @@ pub fn spawn(
         let mut memory = BTreeMap::new();
         loop {
             let clients = clients_for(&fleet.borrow(), token.as_deref(), &http);
+            let cycle = std::time::Instant::now();
             let observed = poll_once(&clients, &mut memory, &config).await;
+            // How long one cycle over every neuron takes: the figure that says whether the
+            // poller keeps up with the fleet's size (spec §10; docs/scale.md).
+            let seconds = cycle.elapsed().as_secs_f64();
+            metrics::histogram!("cortex_poll_cycle_seconds").record(seconds);
+            tracing::debug!(neurons = clients.len(), "poll cycle took {:.1} ms", seconds * 1000.0);
             sender.send_replace(Arc::new(observed));
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -5,7 +5,8 @@
 //! Code map: `config` (neuron.toml), `probe` (GPU discovery), `harness` (engine kinds),
 //! `supervise` (process supervision shared by harnesses), `source` (models_dir confinement),
 //! `state` (shared state, read side), `lifecycle` (load/unload/wait/supervisor), `proxy`
-//! (inference forwarding), `api` (router and serve), `metrics`, `error`.
+//! (inference forwarding), `api` (router and serve), `metrics`, `error`, `swarm` (many
+//! simulated neurons in one process, for scale tests).
 
 pub mod api;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod proxy;
 pub mod source;
 pub mod state;
 pub mod supervise;
+pub mod swarm;
 
 pub use api::{app, serve};
 pub use config::Config;

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, reason = "test support: a failed setup step should stop the test loudly")]
 
+pub mod scale;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

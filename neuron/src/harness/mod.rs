@@ -118,3 +118,48 @@ pub fn log_file_name(model: &str) -> String {
         .collect();
     format!("{}.log", safe.trim_start_matches('.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway picks pass-through or translation from these flags, so each kind must report
+    /// what its engine really serves.
+    #[test]
+    fn every_harness_reports_what_its_engine_serves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            r#"
+name = "n"
+models_dir = {:?}
+[harness.llama]
+kind = "llamacpp"
+binary = "/bin/llama-server"
+[harness.llama_embed]
+kind = "llamacpp"
+binary = "/bin/llama-server"
+default_args = ["--embeddings"]
+[harness.vllm]
+kind = "command"
+command = ["vllm", "serve", "{{source}}", "--port", "{{port}}"]
+embeddings = true
+[harness.sim]
+kind = "sim"
+"#,
+            dir.path().display().to_string()
+        );
+        let config = Config::from_toml(&dir.path().join("neuron.toml"), &text).expect("config");
+        let flags: BTreeMap<String, (String, bool, bool, bool)> = from_config(&config)
+            .iter()
+            .map(|(name, harness)| {
+                let info = harness.info(name);
+                (name.clone(), (info.kind, info.anthropic_messages, info.count_tokens, info.embeddings))
+            })
+            .collect();
+        let expect = |kind: &str, messages, count, embed| (kind.to_owned(), messages, count, embed);
+        assert_eq!(flags["llama"], expect("llamacpp", true, true, false));
+        assert_eq!(flags["llama_embed"], expect("llamacpp", true, true, true));
+        assert_eq!(flags["vllm"], expect("command", false, false, true));
+        assert_eq!(flags["sim"], expect("sim", false, false, true));
+    }
+}
