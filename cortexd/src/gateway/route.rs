@@ -188,8 +188,15 @@ async fn run_cold_load(state: AppState, id: String, slot: Arc<LoadSlot>) {
         }
         Err(error) => tracing::warn!(model = %id, %error, "cold load failed"),
     }
-    state.cold_loads.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    let loaded = result.is_ok();
+    // Answer the waiting requests at once; the slot stays (answering newcomers immediately)
+    // until the poller has seen the model loaded, so that no request starts a second load in
+    // between.
     slot.result.send_replace(Some(result));
+    if loaded {
+        state.poller.refreshed().await;
+    }
+    state.cold_loads.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
 }
 
 /// Place, evict, load and wait for `id`, retrying a few times when a neuron changed under us.
@@ -239,7 +246,6 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
         }
         match outcome {
             Ok(()) => {
-                state.poller.refreshed().await;
                 return Ok(Target {
                     model: id.to_owned(),
                     neuron: client.clone(),
