@@ -64,6 +64,8 @@ pub enum HarnessConfig {
     },
     /// Any OpenAI-compatible server started per model from an argv template (vLLM, SGLang, ...).
     Command(CommandSettings),
+    /// A mistral.rs server hosting several models, driven through its lifecycle API.
+    Mistralrs(MistralrsSettings),
     /// A simulated engine (no GPU, no model file needed), labelled as simulation everywhere.
     Sim {
         #[serde(default = "default_sim_load_ms")]
@@ -86,6 +88,7 @@ impl HarnessConfig {
         match self {
             HarnessConfig::Llamacpp { .. } => "llamacpp",
             HarnessConfig::Command(_) => "command",
+            HarnessConfig::Mistralrs(_) => "mistralrs",
             HarnessConfig::Sim { .. } => "sim",
         }
     }
@@ -123,6 +126,28 @@ pub struct CommandSettings {
     /// Whether a load request's `profile.args` may add arguments (never the template's flags).
     #[serde(default)]
     pub allow_args: bool,
+}
+
+/// `kind = "mistralrs"`: a mistral.rs server (see `crate::harness::mistralrs`).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MistralrsSettings {
+    /// Where the server listens (loopback), e.g. `http://127.0.0.1:1234`.
+    pub url: String,
+    /// When set, the neuron starts the server itself (at the first load) and stops it at
+    /// shutdown, e.g. `["mistralrs", "from-config", "-f", "mistralrs.toml"]`; `{port}` is the
+    /// port of `url`. When empty, the server is started by someone else.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A load's `profile.source` → the `model_id` mistral.rs knows the model by; a source not
+    /// listed is used as the model_id itself.
+    #[serde(default)]
+    pub model_ids: BTreeMap<String, String>,
+    /// The server serves `/v1/embeddings` for models of this harness.
+    #[serde(default)]
+    pub embeddings: bool,
 }
 
 fn default_health_path() -> String {
@@ -235,6 +260,16 @@ impl Config {
                     }
                     HarnessConfig::Command(settings)
                 }
+                HarnessConfig::Mistralrs(mut settings) => {
+                    crate::harness::mistralrs::validate(&settings)
+                        .map_err(|message| invalid(format!("`harness.{name}`: {message}")))?;
+                    if let Some(program) = settings.command.first_mut() {
+                        if program.contains('/') || program.starts_with('~') {
+                            *program = absolute(Path::new(program.as_str())).display().to_string();
+                        }
+                    }
+                    HarnessConfig::Mistralrs(settings)
+                }
                 HarnessConfig::Sim { tokens_per_second, .. }
                     if !tokens_per_second.is_finite() || tokens_per_second <= 0.0 =>
                 {
@@ -269,7 +304,9 @@ impl Config {
             .values()
             .flat_map(|h| match h {
                 HarnessConfig::Sim { devices, .. } => devices.clone(),
-                HarnessConfig::Llamacpp { .. } | HarnessConfig::Command(_) => Vec::new(),
+                HarnessConfig::Llamacpp { .. } | HarnessConfig::Command(_) | HarnessConfig::Mistralrs(_) => {
+                    Vec::new()
+                }
             })
             .collect()
     }

@@ -105,6 +105,7 @@ impl Neuron {
             status: ModelState::Loading,
             error: None,
             base_url: None,
+            served_model: None,
             load_duration_ms: None,
             usage: Usage::new(),
             stop: stop.clone(),
@@ -227,6 +228,9 @@ impl Neuron {
         }
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        for harness in self.shared.harnesses.values() {
+            harness.shutdown(self.shared.config.stop_grace).await;
+        }
     }
 
     /// Apply `change` to the model's slot if it is still the load `epoch` in one of `states`;
@@ -313,9 +317,11 @@ impl Supervisor {
         }
         let elapsed = started.elapsed();
         let base_url = engine.base_url();
+        let served_model = engine.served_model();
         let loaded = self.neuron.transition(&self.model, self.epoch, &[ModelState::Loading], |slot| {
             slot.status = ModelState::Loaded;
             slot.base_url = Some(base_url);
+            slot.served_model = served_model;
             slot.load_duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         });
         if loaded {

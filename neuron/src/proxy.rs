@@ -1,7 +1,8 @@
 //! The inference routes: parse only the request's `model`, forward the original bytes to the
 //! engine serving it, and stream the answer back chunk by chunk while the request counts as in
 //! flight (the guard lives in the response body stream, so it ends when the body ends or is
-//! dropped).
+//! dropped). For an engine that knows the model by another name (mistral.rs), the request's
+//! `model` is replaced by that name: the only case where the request body is re-serialised.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -37,7 +38,12 @@ async fn forward_inner(
     let envelope: Envelope = serde_json::from_slice(&body).map_err(|err| {
         ApiError::BadRequest(format!("the body must be JSON with a \"model\" string: {err}"))
     })?;
-    let (base_url, guard) = neuron.route(&envelope.model)?;
+    let route = neuron.route(&envelope.model)?;
+    let (base_url, guard) = (route.base_url, route.guard);
+    let body = match route.served_model {
+        Some(served) if served != envelope.model => with_model(&body, &served)?,
+        _ => body,
+    };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let mut request = neuron.shared.http.post(format!("{base_url}{path_and_query}")).body(body);
     for name in FORWARDED_REQUEST_HEADERS {
@@ -67,4 +73,12 @@ async fn forward_inner(
         response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     }
     Ok(response)
+}
+
+/// `body` with its `model` set to `served`.
+fn with_model(body: &Bytes, served: &str) -> Result<Bytes, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|err| ApiError::BadRequest(format!("the body must be JSON: {err}")))?;
+    value["model"] = served.into();
+    serde_json::to_vec(&value).map(Bytes::from).map_err(|err| ApiError::BadRequest(err.to_string()))
 }

@@ -95,6 +95,8 @@ pub(crate) struct Slot {
     pub(crate) error: Option<String>,
     /// Where the engine listens, once loaded.
     pub(crate) base_url: Option<String>,
+    /// The model name the engine expects in requests, when not the fleet id.
+    pub(crate) served_model: Option<String>,
     pub(crate) load_duration_ms: Option<u64>,
     /// In-flight requests and last use, updated by proxy guards without the registry lock.
     pub(crate) usage: Arc<Usage>,
@@ -144,6 +146,14 @@ impl Usage {
         self.last_used_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         InFlightGuard { usage: Arc::clone(self) }
     }
+}
+
+/// Where to send one inference request.
+pub struct Route {
+    pub base_url: String,
+    /// Put this in the body's `model` when set (the engine knows the model by another name).
+    pub served_model: Option<String>,
+    pub guard: InFlightGuard,
 }
 
 /// Counts one request in flight until dropped (when the response body ends or is dropped).
@@ -313,11 +323,15 @@ impl Neuron {
 
     /// The engine serving `model` and a guard counting the request in flight. Taken under the
     /// registry lock, so an unload that has started draining can never miss a request.
-    pub fn route(&self, model: &str) -> Result<(String, InFlightGuard), ApiError> {
+    pub fn route(&self, model: &str) -> Result<Route, ApiError> {
         let registry = self.registry();
         let slot = registry.models.get(model).ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
         match (slot.status, &slot.base_url) {
-            (ModelState::Loaded, Some(base_url)) => Ok((base_url.clone(), slot.usage.enter())),
+            (ModelState::Loaded, Some(base_url)) => Ok(Route {
+                base_url: base_url.clone(),
+                served_model: slot.served_model.clone(),
+                guard: slot.usage.enter(),
+            }),
             (ModelState::Loading, _) | (ModelState::Loaded, None) => {
                 Err(ApiError::ModelLoading(model.to_owned()))
             }

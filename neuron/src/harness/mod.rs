@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod llamacpp;
+pub mod mistralrs;
 pub mod sim;
 pub mod sim_server;
 
@@ -56,6 +57,10 @@ pub trait Harness: Send + Sync {
     /// Start the engine (not waiting for readiness). Async, because some harnesses start an
     /// engine by asking a running server (mistral.rs) rather than by spawning a process.
     fn start(&self, launch: Launch) -> BoxFuture<'_, Result<Box<dyn Engine>, EngineError>>;
+    /// Stop what the harness itself runs (a shared server), after every engine has stopped.
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// One look at whether an engine is ready.
@@ -83,6 +88,11 @@ pub trait Engine: Send + Sync {
     fn log_tail(&self, lines: usize) -> String;
     /// The OS process id, when it is a process.
     fn pid(&self) -> Option<u32>;
+    /// The name requests must use for this model when the engine does not serve it under its
+    /// fleet id (mistral.rs's `model_id`); the proxy puts it in the forwarded body.
+    fn served_model(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The harnesses defined in neuron.toml, by name.
@@ -96,6 +106,11 @@ pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
                     Arc::new(llamacpp::LlamaCpp::new(binary.clone(), *allow_args, default_args.clone()))
                 }
                 HarnessConfig::Command(settings) => Arc::new(command::CommandHarness::new(settings.clone())),
+                HarnessConfig::Mistralrs(settings) => Arc::new(mistralrs::MistralRs::new(
+                    settings.clone(),
+                    &config.log_dir,
+                    config.load_timeout,
+                )),
                 HarnessConfig::Sim { load_ms, ttft_ms, tokens_per_second, allow_args, .. } => {
                     Arc::new(sim::Sim {
                         load: Duration::from_millis(*load_ms),
@@ -143,6 +158,9 @@ default_args = ["--embeddings"]
 kind = "command"
 command = ["vllm", "serve", "{{source}}", "--port", "{{port}}"]
 embeddings = true
+[harness.mrs]
+kind = "mistralrs"
+url = "http://127.0.0.1:1234"
 [harness.sim]
 kind = "sim"
 "#,
@@ -161,5 +179,7 @@ kind = "sim"
         assert_eq!(flags["llama_embed"], expect("llamacpp", true, true, true));
         assert_eq!(flags["vllm"], expect("command", false, false, true));
         assert_eq!(flags["sim"], expect("sim", false, false, true));
+        // mistral.rs 0.8.1 answers 404 on /v1/messages (docs: shared engine facts).
+        assert_eq!(flags["mrs"], expect("mistralrs", false, false, false));
     }
 }

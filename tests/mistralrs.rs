@@ -1,0 +1,166 @@
+//! The `mistralrs` harness end to end with a real `neuron` process: against a fake mistral.rs
+//! that follows the documented lifecycle protocol (load/unload/status/readiness through the
+//! neuron API, the fleet id mapped to mistral.rs's model id, chat through the neuron and through
+//! `cortex serve`, a failed reload reported with the engine's error, a model unloaded behind the
+//! neuron's back), and against the real mistral.rs 0.8.1 (`mistralrs_real.rs`).
+
+#![allow(clippy::unwrap_used, reason = "a failed setup step should stop the test loudly")]
+
+use std::time::Duration;
+
+use cortex_e2e::fake_mistralrs::FakeMistralrs;
+use cortex_e2e::{Daemon, NEURON_TOKEN, Neuron, cortex_config, eventually, neuron_table, write_atomic};
+use serde_json::{Value, json};
+
+async fn call(neuron: &Neuron, path: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", neuron.endpoint()))
+        .bearer_auth(NEURON_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(neuron: &Neuron, path: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", neuron.endpoint()))
+        .bearer_auth(NEURON_TOKEN)
+        .send()
+        .await;
+    response.unwrap().json().await.unwrap()
+}
+
+fn harness(url: &str) -> String {
+    format!(
+        "[harness.mrs]\nkind = \"mistralrs\"\nurl = \"{url}\"\nmodel_ids = {{ other = \"/models/other-llama\" }}\n"
+    )
+}
+
+/// Load `model` from mistral.rs's `source` and long-poll until it is no longer loading.
+async fn load(neuron: &Neuron, model: &str, source: &str) -> Value {
+    let body = json!({"model": model, "profile": {"harness": "mrs", "source": source}});
+    let (status, answer) = call(neuron, "/models/load", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    get(neuron, &format!("/models/wait?model={model}&timeout_ms=30000")).await
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
+    let fake = FakeMistralrs::start(
+        &["tiny", "/models/other-llama"],
+        &[("broken", "cannot load weights: tensor blk.0.attn_q.weight is truncated")],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let neuron = Neuron::start(dir.path(), "mrs-node", &harness(&fake.url)).await;
+
+    let discovery = get(&neuron, "/discovery").await;
+    let info = &discovery["harnesses"][0];
+    assert_eq!(info["kind"], "mistralrs", "{discovery}");
+    assert_eq!(info["anthropic_messages"], false, "mistral.rs 0.8.1 has no /v1/messages");
+
+    // Load = reload in mistral.rs; ready once /v1/models says loaded.
+    let ready = load(&neuron, "tiny-chat", "tiny").await;
+    assert_eq!(ready["status"], "loaded", "{ready}\n{}", neuron.process.log_text());
+    assert_eq!(fake.status("tiny").as_deref(), Some("loaded"));
+    assert!(ready["load_duration_ms"].as_u64().is_some_and(|ms| ms >= 300), "waited for the reload: {ready}");
+
+    // The fleet id is mapped to mistral.rs's model id in what is forwarded.
+    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat("tiny-chat")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from the fake mistral.rs.");
+    assert_eq!(fake.chats(), ["tiny"]);
+
+    // `model_ids` maps a source to an id that is not a relative path.
+    let ready = load(&neuron, "other-chat", "other").await;
+    assert_eq!(ready["status"], "loaded", "{ready}");
+    assert_eq!(fake.status("/models/other-llama").as_deref(), Some("loaded"));
+
+    // Unload = unload in mistral.rs.
+    let (status, answer) = call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(fake.status("tiny").as_deref(), Some("unloaded"));
+    let ids: Vec<Value> =
+        get(&neuron, "/models").await["models"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, [json!("other-chat")]);
+
+    // A failed reload is reported with the engine's own error; an unknown model as not_found.
+    let failed = load(&neuron, "broken-chat", "broken").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("internal_error") && error.contains("blk.0.attn_q.weight is truncated"),
+        "{error}"
+    );
+    let ghost = load(&neuron, "ghost-chat", "ghost").await;
+    assert_eq!(ghost["status"], "failed", "{ghost}");
+    assert!(ghost["error"].as_str().unwrap().contains("not_found"), "{ghost}");
+
+    // Unloaded behind the neuron's back: reported failed, like a crash.
+    fake.set_status("/models/other-llama", "unloaded");
+    let gone = eventually("the lost model to be reported", Duration::from_secs(15), async || {
+        let models = get(&neuron, "/models").await;
+        let entry = models["models"].as_array()?.iter().find(|m| m["id"] == "other-chat")?.clone();
+        (entry["status"] == "failed").then_some(entry)
+    })
+    .await;
+    assert!(gone["error"].as_str().unwrap().contains("unloaded"), "{gone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistralrs_model_is_served_through_cortex_with_anthropic_translated() {
+    let fake = FakeMistralrs::start(&["tiny"], &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let neuron = Neuron::start(dir.path(), "mrs-node", &harness(&fake.url)).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    write_atomic(
+        &fleet.join("fleet.toml"),
+        &format!(
+            "{}[[model]]\nid = \"tiny-chat\"\nharness = \"mrs\"\nsource = \"tiny\"\nmin_devices = 0\nram_mb = 100\n\
+             pinned_on = [\"mrs-node\"]\n",
+            neuron_table(&neuron)
+        ),
+    );
+    let (config, port) = cortex_config(dir.path());
+    let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
+    eventually("cortex to load the pinned model", Duration::from_secs(30), async || {
+        (neuron.loaded().await == ["tiny-chat"]).then_some(())
+    })
+    .await;
+    assert_eq!(fake.status("tiny").as_deref(), Some("loaded"));
+
+    let client = reqwest::Client::new();
+    let gateway = format!("http://127.0.0.1:{}", daemon.port);
+    let response =
+        client.post(format!("{gateway}/v1/chat/completions")).json(&chat("tiny-chat")).send().await;
+    let answer: Value = response.unwrap().json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from the fake mistral.rs.", "{answer}");
+
+    // The harness says no native /v1/messages: cortex translates to Chat Completions and back.
+    let messages =
+        json!({"model": "tiny-chat", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
+    let response = client
+        .post(format!("{gateway}/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(answer["content"][0]["text"], "Hello from the fake mistral.rs.", "{answer}");
+    assert!(
+        fake.chats().iter().all(|m| m == "tiny"),
+        "mistral.rs only ever saw its own id: {:?}",
+        fake.chats()
+    );
+}
