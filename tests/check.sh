@@ -35,3 +35,9 @@ trap 'CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/down.sh >/dev/null 2>&
 CORTEX_UP_PROFILE=debug CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/up.sh
 CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/down.sh
 trap - EXIT
+
+step "packaging: both RPMs, their installed layout, systemd units, sysusers/tmpfiles (tests/packaging.sh)"
+bash tests/packaging.sh
+
+step "observability: promtool, a real Prometheus scraping cortex and neuron, the dashboard's metrics (tests/observability.sh)"
+bash tests/observability.sh
