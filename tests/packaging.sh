@@ -107,7 +107,8 @@ require_files "$cortex_rpm" /usr/share/licenses/cortex/LICENSE /usr/share/doc/co
   /usr/share/doc/cortex/examples/prometheus/cortex-alerts.yml
 require_files "$neuron_rpm" /usr/share/licenses/neuron/LICENSE /usr/share/doc/neuron/operations.md \
   /usr/share/doc/neuron/neuron.md /usr/share/doc/neuron/examples/neuron-llamacpp.toml \
-  /usr/share/doc/neuron/examples/neuron-sim.toml /usr/share/doc/neuron/examples/neuron-vllm.toml
+  /usr/share/doc/neuron/examples/neuron-sim.toml /usr/share/doc/neuron/examples/neuron-vllm.toml \
+  /usr/share/doc/neuron/examples/neuron-mistralrs.toml /usr/share/doc/neuron/examples/mistralrs-server.toml
 ok "docs, licenses and examples are packaged"
 
 # 3. Scriptlets and dependencies.

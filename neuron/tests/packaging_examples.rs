@@ -60,5 +60,5 @@ fn every_example_parses_and_fits_the_unit_stop_timeout() {
     }
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds, ["command", "llamacpp", "sim"], "one example per harness kind");
+    assert_eq!(kinds, ["command", "llamacpp", "mistralrs", "sim"], "one example per harness kind");
 }

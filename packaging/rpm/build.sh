@@ -76,7 +76,7 @@ cp "$p/sysusers/neuron.conf" "$stage/neuron.sysusers"
 cp "$p/tmpfiles/neuron.conf" "$stage/neuron.tmpfiles"
 cp "$p/neuron/neuron-llamacpp.toml" "$stage/neuron-llamacpp.toml"
 tarball "$stage/neuron-docs.tar" docs "$repo/README.md" "$repo/docs/operations.md" "$repo/docs/neuron.md"
-tarball "$stage/neuron-examples.tar" examples "$p"/neuron/*.toml
+tarball "$stage/neuron-examples.tar" examples "$p"/neuron/*.toml "$p/examples/mistralrs-server.toml"
 
 for spec in cortex neuron; do
   rpmbuild -bb --quiet \
