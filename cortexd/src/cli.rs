@@ -45,7 +45,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     /// The fleet directory [default: ./fleet, else the embedded default fleet]
-    #[arg(long)]
+    #[arg(long, env = "CORTEX_FLEET")]
     pub fleet: Option<PathBuf>,
 }
 

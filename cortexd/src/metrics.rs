@@ -44,7 +44,10 @@ fn describe() {
     );
     describe_histogram!("cortex_queue_wait_seconds", "Time requests waited for a model to load");
     describe_gauge!("cortex_inflight_requests", "Requests in flight through the gateway");
-    describe_counter!("cortex_evictions_total", "Models unloaded to make room, by reason");
+    describe_counter!(
+        "cortex_evictions_total",
+        "Models cortex unloaded, by reason (evict: to make room, prune, idle)"
+    );
     describe_gauge!("cortex_neuron_up", "1 when the neuron answers, 0 when it is unreachable");
     describe_histogram!(
         "cortex_poll_cycle_seconds",
@@ -57,24 +60,47 @@ fn describe() {
     describe_gauge!("cortex_fleet_info", "1 for the fleet revision the daemon serves (label revision)");
 }
 
-/// Publish the fleet gauges from one observation.
-pub fn record_topology(topology: &plans::topology::Topology) {
-    for neuron in &topology.neurons {
-        metrics::gauge!("cortex_neuron_up", "neuron" => neuron.name.clone()).set(if neuron.reachable {
-            1.0
-        } else {
-            0.0
-        });
-        for device in &neuron.devices {
-            let used = device.vram_total_mb.saturating_sub(device.vram_free_mb) as f64 * 1024.0 * 1024.0;
-            metrics::gauge!("cortex_device_vram_used_bytes", "neuron" => neuron.name.clone(), "device" => device.index.to_string())
-                .set(used);
+/// Publishes the fleet gauges from each observation, and zeroes the series of neurons,
+/// devices and models that are no longer there (a gauge otherwise keeps its last value).
+#[derive(Default)]
+pub struct TopologyGauges {
+    /// `(neuron, model)` pairs loaded at the last observation.
+    loaded: std::collections::BTreeSet<(String, String)>,
+    neurons: std::collections::BTreeSet<String>,
+}
+
+impl TopologyGauges {
+    pub fn record(&mut self, topology: &plans::topology::Topology) {
+        let mut loaded = std::collections::BTreeSet::new();
+        let mut neurons = std::collections::BTreeSet::new();
+        for neuron in &topology.neurons {
+            neurons.insert(neuron.name.clone());
+            metrics::gauge!("cortex_neuron_up", "neuron" => neuron.name.clone()).set(if neuron.reachable {
+                1.0
+            } else {
+                0.0
+            });
+            for device in &neuron.devices {
+                let used = device.vram_total_mb.saturating_sub(device.vram_free_mb) as f64 * 1024.0 * 1024.0;
+                metrics::gauge!("cortex_device_vram_used_bytes", "neuron" => neuron.name.clone(), "device" => device.index.to_string())
+                    .set(used);
+            }
+            for model in &neuron.models {
+                let ready = model.status == plans::topology::ModelState::Loaded;
+                metrics::gauge!("cortex_model_loaded", "neuron" => neuron.name.clone(), "model" => model.id.clone())
+                    .set(if ready { 1.0 } else { 0.0 });
+                loaded.insert((neuron.name.clone(), model.id.clone()));
+            }
         }
-        for model in &neuron.models {
-            let loaded = model.status == plans::topology::ModelState::Loaded;
-            metrics::gauge!("cortex_model_loaded", "neuron" => neuron.name.clone(), "model" => model.id.clone())
-                .set(if loaded { 1.0 } else { 0.0 });
+        for (neuron, model) in self.loaded.difference(&loaded) {
+            metrics::gauge!("cortex_model_loaded", "neuron" => neuron.clone(), "model" => model.clone())
+                .set(0.0);
         }
+        for neuron in self.neurons.difference(&neurons) {
+            metrics::gauge!("cortex_neuron_up", "neuron" => neuron.clone()).set(0.0);
+        }
+        self.loaded = loaded;
+        self.neurons = neurons;
     }
 }
 

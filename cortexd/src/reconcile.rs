@@ -217,7 +217,13 @@ impl Reconciler {
         let mut errors = Vec::new();
         for (action, outcome) in &report.outcomes {
             match outcome {
-                Outcome::Done { .. } => self.backoff.succeeded(action),
+                Outcome::Done { .. } => {
+                    self.backoff.succeeded(action);
+                    if action.kind == plans::plan::ActionKind::Unload {
+                        metrics::counter!("cortex_evictions_total", "reason" => action.reason.code())
+                            .increment(1);
+                    }
+                }
                 Outcome::Failed { error } => {
                     self.backoff.failed(action, &self.config);
                     errors.push(format!(

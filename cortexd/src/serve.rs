@@ -48,13 +48,14 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut gauges = poller.observed.clone();
     let gauge_shutdown = shutdown.clone();
     let gauge_task = tokio::spawn(async move {
+        let mut recorded = crate::metrics::TopologyGauges::default();
         loop {
             tokio::select! {
                 () = gauge_shutdown.cancelled() => return,
                 changed = gauges.changed() => {
                     if changed.is_err() { return; }
                     let observed = gauges.borrow_and_update().clone();
-                    crate::metrics::record_topology(&observed.topology);
+                    recorded.record(&observed.topology);
                 }
             }
         }

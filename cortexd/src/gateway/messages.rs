@@ -19,13 +19,13 @@ use crate::sse::{self, SseParser};
 pub async fn messages(state: AppState, headers: HeaderMap, body: Body) -> Response {
     messages_inner(state, headers, body)
         .await
-        .unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
+        .unwrap_or_else(|e| routes::rejected(e, "messages", Dialect::Anthropic))
 }
 
 pub async fn count_tokens(state: AppState, headers: HeaderMap, body: Body) -> Response {
     count_tokens_inner(state, headers, body)
         .await
-        .unwrap_or_else(|e| e.in_dialect(Dialect::Anthropic).into_response())
+        .unwrap_or_else(|e| routes::rejected(e, "count_tokens", Dialect::Anthropic))
 }
 
 /// Whether the engine behind `target` serves `/v1/messages` itself.

@@ -232,9 +232,12 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
         let mut generation = Some(placement.load.if_generation);
         let mut outcome = Ok(());
         for eviction in &placement.evictions {
-            metrics::counter!("cortex_evictions_total", "reason" => "capacity").increment(1);
             match execute::run(client, eviction, generation, timeouts).await {
-                Ok(next) => generation = Some(next),
+                Ok(next) => {
+                    generation = Some(next);
+                    metrics::counter!("cortex_evictions_total", "reason" => eviction.reason.code())
+                        .increment(1);
+                }
                 Err(error) => {
                     outcome = Err(error);
                     break;

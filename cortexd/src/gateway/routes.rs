@@ -85,7 +85,17 @@ async fn openai(
 ) -> Response {
     openai_inner(state, headers, body, path, route)
         .await
-        .unwrap_or_else(|e| e.in_dialect(Dialect::OpenAi).into_response())
+        .unwrap_or_else(|e| rejected(e, route, Dialect::OpenAi))
+}
+
+/// The error response for a request that did not get a response from an engine, counted in
+/// `cortex_requests_total` with its status (model and neuron labels empty: they may be unknown,
+/// and arbitrary names from clients must not create series).
+pub fn rejected(error: ApiError, route: &'static str, dialect: Dialect) -> Response {
+    let status = error.status().as_u16().to_string();
+    metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => status)
+        .increment(1);
+    error.in_dialect(dialect).into_response()
 }
 
 async fn openai_inner(
@@ -141,9 +151,6 @@ pub async fn forward(
     let guard = state.inflight.enter(&target.model, &target.neuron.name);
     let upstream = proxy::send(&target, path, body).await?;
     if !upstream.status().is_success() {
-        let status = upstream.status().as_u16().to_string();
-        metrics::counter!("cortex_requests_total", "model" => target.model.clone(), "neuron" => target.neuron.name.clone(), "route" => route, "status" => status)
-            .increment(1);
         return Err(proxy::upstream_error(upstream).await);
     }
     let exchange = Exchange { route, dialect, target, started, guard };
