@@ -219,3 +219,79 @@ async fn models_lists_declared_and_loaded_models() {
     assert_eq!(entry["feasible_on"], serde_json::json!(["fake"]));
     assert_eq!(entry["estimated_cold_start_ms"], 100);
 }
+
+/// The `event:` names of an SSE body, in order.
+fn event_names(text: &str) -> Vec<&str> {
+    text.lines().filter_map(|l| l.strip_prefix("event: ")).collect()
+}
+
+#[tokio::test]
+async fn anthropic_requests_are_translated_for_engines_without_the_messages_api() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("m", "m.gguf", 1000, 1);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let request = serde_json::json!({"model": "m-alias", "max_tokens": 16, "stream": true, "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let text = post(&format!("{}/v1/messages", gateway.url), &request).await.text().await.expect("body");
+    assert_eq!(
+        event_names(&text),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ],
+        "{text}"
+    );
+    assert!(text.contains(r#""output_tokens":6"#), "usage mapped from the engine's usage chunk: {text}");
+    let seen = fake.requests.lock().expect("lock").last().cloned().expect("a request");
+    assert_eq!(seen["model"], "m");
+    assert_eq!(seen["messages"][0], serde_json::json!({"role": "system", "content": "Be brief."}));
+
+    let request =
+        serde_json::json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    let message: serde_json::Value =
+        post(&format!("{}/v1/messages", gateway.url), &request).await.json().await.expect("json");
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["content"][0]["text"], "Hello from the fake engine.");
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["model"], "m");
+}
+
+#[tokio::test]
+async fn anthropic_requests_pass_through_to_native_engines_with_tool_use_fixed() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.anthropic_native.store(true, Ordering::SeqCst);
+    fake.preload("m", "m.gguf", 1000, 1);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, ONE_MODEL), &[], limits()).await;
+    let request = serde_json::json!({"model": "m", "max_tokens": 16, "stream": true,
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let text = post(&format!("{}/v1/messages", gateway.url), &request).await.text().await.expect("body");
+    assert_eq!(
+        event_names(&text),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let start =
+        text.lines().find(|l| l.contains("content_block_start") && l.starts_with("data:")).expect("start");
+    assert!(start.contains(r#""input":{}"#), "the missing input was added: {start}");
+    assert!(
+        fake.requests.lock().expect("lock").last().is_some_and(|r| r.get("messages").is_some()),
+        "forwarded as is"
+    );
+}

@@ -42,74 +42,45 @@ async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Resu
     let stream = checked.envelope.stream;
     let forward = move |state: AppState, target: Target, checked: Checked| async move {
         let requested = checked.model.clone();
-        if native(&state, &target) {
-            let body = with_model(&checked.body, &requested, &target.model)?;
-            if stream {
-                let edit = StreamEdit::Transform(Box::<NativeFix>::default());
-                return routes::forward(
-                    &state,
-                    target,
-                    "/v1/messages",
-                    body,
-                    "messages",
-                    Dialect::Anthropic,
-                    true,
-                    checked.started,
-                    edit,
-                )
-                .await;
-            }
-            let response = routes::forward(
-                &state,
-                target,
-                "/v1/messages",
-                body,
-                "messages",
-                Dialect::Anthropic,
-                false,
-                checked.started,
-                StreamEdit::None,
-            )
-            .await?;
-            return fix_native_body(response).await;
-        }
-        let mut chat =
-            anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        chat["model"] = target.model.clone().into();
-        let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
-        if stream {
-            let translator = anthropic::StreamTranslator::new(&requested);
-            let edit = StreamEdit::Transform(Box::new(Translate {
-                parser: SseParser::new(),
-                translator,
-                usage: None,
-            }));
-            return routes::forward(
-                &state,
-                target,
-                "/v1/chat/completions",
-                body,
-                "messages",
-                Dialect::Anthropic,
-                true,
-                checked.started,
-                edit,
-            )
-            .await;
-        }
+        let native = native(&state, &target);
+        let (path, body, edit) = if native {
+            let edit =
+                if stream { StreamEdit::Transform(Box::<NativeFix>::default()) } else { StreamEdit::None };
+            ("/v1/messages", with_model(&checked.body, &requested, &target.model)?, edit)
+        } else {
+            let mut chat =
+                anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            chat["model"] = target.model.clone().into();
+            let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
+            let edit = if stream {
+                let translator = anthropic::StreamTranslator::new(&requested);
+                StreamEdit::Transform(Box::new(Translate {
+                    parser: SseParser::new(),
+                    translator,
+                    usage: None,
+                }))
+            } else {
+                StreamEdit::None
+            };
+            ("/v1/chat/completions", body, edit)
+        };
         let response = routes::forward(
             &state,
             target,
-            "/v1/chat/completions",
+            path,
             body,
             "messages",
             Dialect::Anthropic,
-            false,
+            stream,
             checked.started,
-            StreamEdit::None,
+            edit,
         )
         .await?;
-        translate_body(response, &requested).await
+        match (stream, native) {
+            (true, _) => Ok(response),
+            (false, true) => fix_native_body(response).await,
+            (false, false) => translate_body(response, &requested).await,
+        }
     };
     match route::resolve(&state, &checked.model)? {
         Resolution::Ready(target) => forward(state, target, checked).await,

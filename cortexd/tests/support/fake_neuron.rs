@@ -32,7 +32,8 @@ pub struct FakeNeuron {
     pub break_streams: AtomicBool,
     /// Chat requests seen, as JSON.
     pub requests: Mutex<Vec<serde_json::Value>>,
-    pub anthropic_native: bool,
+    /// Whether its engine speaks the Anthropic Messages API natively (discovery says so).
+    pub anthropic_native: AtomicBool,
 }
 
 impl FakeNeuron {
@@ -47,7 +48,7 @@ impl FakeNeuron {
             unload_calls: Mutex::new(Vec::new()),
             break_streams: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
-            anthropic_native: false,
+            anthropic_native: AtomicBool::new(false),
         })
     }
 
@@ -100,6 +101,7 @@ impl FakeNeuron {
             .route("/models/unload", post(unload))
             .route("/models/wait", get(wait))
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/messages", post(messages))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
@@ -123,7 +125,7 @@ async fn discovery(State(fake): Fake) -> Json<Discovery> {
         harnesses: vec![HarnessInfo {
             name: "llamacpp".to_owned(),
             kind: "llamacpp".to_owned(),
-            anthropic_messages: fake.anthropic_native,
+            anthropic_messages: fake.anthropic_native.load(Ordering::SeqCst),
             count_tokens: true,
             embeddings: true,
         }],
@@ -288,4 +290,34 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))
         .expect("response")
+}
+
+/// A native Anthropic stream as llama.cpp sends it: its `tool_use` block start has no `input`.
+async fn messages(State(fake): Fake, body: Bytes) -> Response {
+    let request: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    fake.requests.lock().expect("lock").push(request.clone());
+    let model = request["model"].as_str().unwrap_or_default();
+    let events = [
+        (
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 7, "output_tokens": 0}}}),
+        ),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather"}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
+        ),
+        ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
+        (
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ("message_stop", serde_json::json!({"type": "message_stop"})),
+    ];
+    let text: String =
+        events.iter().map(|(event, data)| format!("event: {event}\ndata: {data}\n\n")).collect();
+    Response::builder().header("content-type", "text/event-stream").body(Body::from(text)).expect("response")
 }
