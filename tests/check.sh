@@ -36,6 +36,11 @@ CORTEX_UP_PROFILE=debug CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/up.s
 CORTEX_UP_DIR="$CORTEX_CACHE/up-check" bash scripts/down.sh
 trap - EXIT
 
+step "benchmark suite smoke run (every scenario at tiny scale; writes the JSON report)"
+bench_out="$(mktemp -d)"
+bash bench/run.sh --smoke --out "$bench_out"
+test -s "$(ls "$bench_out"/*.json)"
+
 step "packaging: both RPMs, their installed layout, systemd units, sysusers/tmpfiles (tests/packaging.sh)"
 bash tests/packaging.sh
 

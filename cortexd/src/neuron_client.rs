@@ -29,23 +29,41 @@ pub enum NeuronError {
 pub struct NeuronClient {
     pub name: String,
     pub endpoint: String,
+    /// `endpoint` parsed once: parsing a URL per forwarded request was a measurable share of
+    /// the gateway's cost (spec §10).
+    base: Option<reqwest::Url>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl NeuronClient {
     pub fn new(name: &str, endpoint: &str, token: Option<String>, http: reqwest::Client) -> Self {
-        NeuronClient {
-            name: name.to_owned(),
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
-            token,
-            http,
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let base = reqwest::Url::parse(&endpoint)
+            .ok()
+            .filter(|url| url.query().is_none() && url.fragment().is_none());
+        NeuronClient { name: name.to_owned(), endpoint, base, token, http }
+    }
+
+    /// The URL of `path` on this neuron, from the parsed endpoint (`None`: parse it per call).
+    fn url(&self, path: &str) -> Option<reqwest::Url> {
+        let base = self.base.as_ref().filter(|_| !path.contains(['?', '#']))?;
+        let mut url = base.clone();
+        if base.path() == "/" {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{}{path}", base.path()));
         }
+        Some(url)
     }
 
     /// A request to `path` on this neuron, authenticated.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.endpoint));
+        let builder = match self.url(path) {
+            Some(url) => self.http.request(method, url),
+            // An endpoint that does not parse fails when the request is sent, as always.
+            None => self.http.request(method, format!("{}{path}", self.endpoint)),
+        };
         match &self.token {
             Some(token) => builder.bearer_auth(token),
             None => builder,

@@ -296,13 +296,23 @@ impl Drop for Watcher {
 
 /// Read `usage` from a JSON body or an SSE event (OpenAI or Anthropic names).
 pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
+    /// Only the two fields that may hold usage are kept; the rest of the document (choices,
+    /// content) is skipped without building a tree: this runs once per response.
+    #[derive(serde::Deserialize)]
+    struct Top {
+        #[serde(default)]
+        usage: Option<serde_json::Value>,
+        #[serde(default)]
+        message: Option<serde_json::Value>,
+    }
     let json = match bytes.iter().position(|&b| b == b'{') {
         Some(start) => &bytes[start..],
         None => return,
     };
     let end = json.iter().rposition(|&b| b == b'}').map_or(json.len(), |i| i + 1);
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json[..end]) else { return };
-    let found = value.get("usage").or_else(|| value.pointer("/message/usage"));
+    let Ok(top) = serde_json::from_slice::<Top>(&json[..end]) else { return };
+    let found =
+        top.usage.or_else(|| top.message.and_then(|mut m| m.get_mut("usage").map(serde_json::Value::take)));
     let Some(found) = found.filter(|u| u.is_object()) else { return };
     let number = |keys: &[&str]| keys.iter().find_map(|k| found.get(*k).and_then(serde_json::Value::as_u64));
     let prompt = number(&["prompt_tokens", "input_tokens"]);
@@ -334,10 +344,55 @@ fn for_each_event(mut chunk: &[u8], mut f: impl FnMut(&[u8])) {
     }
 }
 
+/// Substring search: scan for the needle's first byte, then compare the rest. Several times
+/// cheaper than comparing a window at every position; it runs a few times per stream event.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(offset) = haystack.get(from..)?.iter().position(|&b| b == first) {
+        let at = from + offset;
+        if haystack.get(at + 1..).is_some_and(|tail| tail.starts_with(rest)) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_matches_a_naive_search() {
+        let haystack = b"data: {\"choices\":[],\"usage\":{}}\n\ndata: x\r\n\r\n";
+        for needle in
+            [&b"\n\n"[..], b"\r\n\r\n", b"\"choices\":[]", b"\"usage\"", b"d", b"}\n", b"absent", b"x\r"]
+        {
+            let naive = haystack.windows(needle.len()).position(|w| w == needle);
+            assert_eq!(find(haystack, needle), naive, "{}", String::from_utf8_lossy(needle));
+        }
+        assert_eq!(find(b"aab", b"ab"), Some(1));
+        assert_eq!(find(b"a", b"ab"), None);
+        assert_eq!(find(b"", b"a"), None);
+    }
+
+    #[test]
+    fn usage_is_read_in_both_dialects() {
+        let mut usage = None;
+        record_usage(br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#, &mut usage);
+        assert_eq!(usage, Some((3, 5)));
+        let mut usage = None;
+        record_usage(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n", &mut usage);
+        assert_eq!(usage, Some((7, 1)));
+        record_usage(br#"data: {"type":"message_delta","usage":{"output_tokens":9}}"#, &mut usage);
+        assert_eq!(usage, Some((7, 9)));
+        let mut usage = None;
+        record_usage(br#"{"message":"not an object","usage":null}"#, &mut usage);
+        assert_eq!(usage, None);
+    }
 }

@@ -43,9 +43,11 @@ impl InFlight {
     pub fn enter(self: &Arc<Self>, model: &str, neuron: &str) -> InFlightGuard {
         let key = (model.to_owned(), neuron.to_owned());
         *self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default() += 1;
-        metrics::gauge!("cortex_inflight_requests", "model" => key.0.clone(), "neuron" => key.1.clone())
-            .increment(1.0);
-        InFlightGuard { inflight: self.clone(), key }
+        // One registry lookup per request: the guard keeps the handle for the decrement.
+        let gauge =
+            metrics::gauge!("cortex_inflight_requests", "model" => key.0.clone(), "neuron" => key.1.clone());
+        gauge.increment(1.0);
+        InFlightGuard { inflight: self.clone(), key, gauge }
     }
 }
 
@@ -53,6 +55,7 @@ impl InFlight {
 pub struct InFlightGuard {
     inflight: Arc<InFlight>,
     key: (String, String),
+    gauge: metrics::Gauge,
 }
 
 impl Drop for InFlightGuard {
@@ -64,8 +67,7 @@ impl Drop for InFlightGuard {
                 counts.remove(&self.key);
             }
         }
-        metrics::gauge!("cortex_inflight_requests", "model" => self.key.0.clone(), "neuron" => self.key.1.clone())
-            .decrement(1.0);
+        self.gauge.decrement(1.0);
     }
 }
 

@@ -163,6 +163,20 @@ fn rewrite(body: Bytes, requested: &str, id: &str, add_usage: bool) -> Result<By
     if requested == id && !add_usage {
         return Ok(body);
     }
+    // Only usage to ask for, and no `stream_options` key at all: splice the field in after the
+    // opening brace (a copy of the bytes) rather than parse and re-serialise the whole body,
+    // which for a long conversation costs milliseconds of time to first token.
+    if requested == id && !contains_bytes(&body, b"\"stream_options\"") {
+        let open = body.iter().position(|b| !b.is_ascii_whitespace());
+        if let Some(open) = open.filter(|&i| body[i] == b'{') {
+            const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+            let mut spliced = Vec::with_capacity(body.len() + FIELD.len());
+            spliced.extend_from_slice(&body[..=open]);
+            spliced.extend_from_slice(FIELD);
+            spliced.extend_from_slice(&body[open + 1..]);
+            return Ok(Bytes::from(spliced));
+        }
+    }
     let mut value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let Some(object) = value.as_object_mut() else {
@@ -171,11 +185,18 @@ fn rewrite(body: Bytes, requested: &str, id: &str, add_usage: bool) -> Result<By
     object.insert("model".into(), id.into());
     if add_usage {
         let options = object.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+        if options.is_null() {
+            *options = serde_json::json!({});
+        }
         if let Some(options) = options.as_object_mut() {
             options.insert("include_usage".into(), true.into());
         }
     }
     serde_json::to_vec(&value).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A streaming response for a request that must wait for a cold load: SSE comment
@@ -244,4 +265,32 @@ pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: B
 
 pub async fn count_tokens(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     crate::gateway::messages::count_tokens(state, headers, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(body: &str, requested: &str, id: &str, add_usage: bool) -> serde_json::Value {
+        let bytes = rewrite(Bytes::from(body.to_owned()), requested, id, add_usage).expect("rewrite");
+        serde_json::from_slice(&bytes).expect("valid JSON")
+    }
+
+    #[test]
+    fn usage_is_requested_without_touching_the_rest() {
+        let body = r#" {"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let value = rewritten(body, "m", "m", true);
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["messages"][0]["content"], "hi");
+        // An explicit stream_options (here null) is rewritten through the parser instead.
+        let value = rewritten(r#"{"model":"m","stream_options":null}"#, "m", "m", true);
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        let value = rewritten(r#"{"model":"alias","stream":true}"#, "alias", "m", true);
+        assert_eq!(
+            (value["model"].as_str(), value["stream_options"]["include_usage"].as_bool()),
+            (Some("m"), Some(true))
+        );
+        let untouched = rewrite(Bytes::from_static(b"{\"model\":\"m\"}"), "m", "m", false).expect("rewrite");
+        assert_eq!(untouched, Bytes::from_static(b"{\"model\":\"m\"}"));
+    }
 }

@@ -1,0 +1,261 @@
+//! The processes a benchmark runs: the mock, `neuron`, `cortex serve` and LiteLLM's proxy, each
+//! with its output in a log file and stopped (SIGTERM, then SIGKILL) when dropped; plus their
+//! configuration files, readiness waits and memory readings.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The token the benchmark's neurons accept.
+pub const NEURON_TOKEN: &str = "bench-neuron-token";
+
+/// A child process stopped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {command:?}"))?;
+        Ok(Proc { name: name.to_owned(), child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "last lines of {} ({}):\n{}",
+            self.name,
+            self.log.display(),
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    let kib = line.split_whitespace().nth(1).context("no VmRSS value")?;
+    Ok(kib.parse()?)
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Poll `check` every 50 ms until it is true, or fail after `deadline` naming `what`.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    proc: Option<&Proc>,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            let tail = proc.map(Proc::log_tail).unwrap_or_default();
+            bail!("timed out after {deadline:?} waiting for {what}\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether GET `url` answers 2xx.
+pub async fn get_ok(http: &reqwest::Client, url: String) -> bool {
+    http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+/// Whether a chat request for `model` at `base` answers 2xx.
+pub async fn chat_ok(http: &reqwest::Client, base: &str, model: &str) -> bool {
+    let body =
+        serde_json::json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+    http.post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// The mock, as its own process (this binary's `mock` subcommand).
+pub fn start_mock(dir: &Path, name: &str, port: u16, models: &[String]) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe()?;
+    Proc::spawn(
+        name,
+        Command::new(exe)
+            .arg("mock")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--name")
+            .arg(name)
+            .arg("--models")
+            .arg(models.join(",")),
+        dir,
+    )
+}
+
+/// A neuron with a `sim` harness whose engine listens on `engine_port` exactly.
+pub fn start_sim_neuron(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    engine_port: u16,
+    ttft_ms: u64,
+    tokens_per_second: f64,
+) -> anyhow::Result<Proc> {
+    let root = dir.join("neuron-sim");
+    std::fs::create_dir_all(root.join("models"))?;
+    std::fs::write(root.join("token"), NEURON_TOKEN)?;
+    let config = format!(
+        "name = \"simnode\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
+         log_dir = \"{logs}\"\nport_range = \"{engine_port}-{engine_port}\"\n\n\
+         [harness.sim]\nkind = \"sim\"\nload_ms = 10\nttft_ms = {ttft_ms}\ntokens_per_second = {tokens_per_second}\n\
+         devices = [{{ name = \"SimGPU\", vram_mb = 80000 }}]\n",
+        models = root.join("models").display(),
+        token = root.join("token").display(),
+        logs = root.join("logs").display(),
+    );
+    std::fs::write(root.join("neuron.toml"), config)?;
+    Proc::spawn("neuron-sim", Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
+}
+
+/// A neuron with the real llama.cpp harness.
+pub fn start_llama_neuron(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    llama_server: &Path,
+    models: &Path,
+) -> anyhow::Result<Proc> {
+    let root = dir.join("neuron-llama");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("token"), NEURON_TOKEN)?;
+    let engines = free_port()?;
+    let config = format!(
+        "name = \"llamanode\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
+         log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\n\n\
+         [harness.llamacpp]\nkind = \"llamacpp\"\nbinary = \"{server}\"\n",
+        models = models.display(),
+        token = root.join("token").display(),
+        logs = root.join("logs").display(),
+        end = engines.saturating_add(20),
+        server = llama_server.display(),
+    );
+    std::fs::write(root.join("neuron.toml"), config)?;
+    Proc::spawn("neuron-llama", Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
+}
+
+/// `cortex serve` on `fleet_toml`, listening on `port`.
+pub fn start_cortex(bin: &Path, dir: &Path, name: &str, port: u16, fleet_toml: &str) -> anyhow::Result<Proc> {
+    let root = dir.join(name);
+    std::fs::create_dir_all(root.join("fleet"))?;
+    std::fs::write(root.join("fleet").join("fleet.toml"), fleet_toml)?;
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\n\
+         [poll]\ninterval = \"1s\"\n",
+        free_port()?
+    );
+    std::fs::write(root.join("cortex.toml"), config)?;
+    Proc::spawn(
+        name,
+        Command::new(bin)
+            .arg("serve")
+            .arg("--fleet")
+            .arg(root.join("fleet"))
+            .arg("--config")
+            .arg(root.join("cortex.toml"))
+            .env("RUST_LOG", "warn"),
+        dir,
+    )
+}
+
+/// LiteLLM's proxy, one worker, serving every mock model as an OpenAI-compatible provider.
+pub fn start_litellm(
+    venv: &Path,
+    dir: &Path,
+    port: u16,
+    mock_base: &str,
+    models: &[String],
+) -> anyhow::Result<Proc> {
+    let mut yaml = String::from("model_list:\n");
+    for model in models {
+        yaml.push_str(&format!(
+            "  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n      api_base: {mock_base}/v1\n      api_key: sk-mock\n"
+        ));
+    }
+    yaml.push_str("litellm_settings:\n  telemetry: false\n");
+    let config = dir.join("litellm.yaml");
+    std::fs::write(&config, yaml)?;
+    Proc::spawn(
+        "litellm",
+        Command::new(venv.join("bin").join("litellm"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--num_workers")
+            .arg("1")
+            .env("LITELLM_TELEMETRY", "False")
+            .env("NO_PROXY", "*"),
+        dir,
+    )
+}
+
+/// First line of `<program> <args>`'s output, or why it could not be had.
+pub fn version_of(program: &Path, args: &[&str]) -> String {
+    match Command::new(program).args(args).stdin(Stdio::null()).output() {
+        Ok(out) => {
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
+        }
+        Err(e) => format!("unavailable: {e}"),
+    }
+}
