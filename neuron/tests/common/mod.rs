@@ -22,7 +22,9 @@ pub struct TestNeuron {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// `[harness...]` tables and other keys are appended to a header naming the temp dirs.
+/// `[harness...]` tables and other keys are appended to a header naming the temp dirs. The drain
+/// timeout is generous: a drain ends when the last request does, and on a loaded 2-core machine
+/// a long stream may take far longer than in production.
 pub fn config_text(
     dir: &std::path::Path,
     models_dir: &std::path::Path,
@@ -30,7 +32,7 @@ pub fn config_text(
     rest: &str,
 ) -> String {
     format!(
-        "name = \"test\"\nmodels_dir = {:?}\nlog_dir = {:?}\nport_range = \"{}-{}\"\nstop_grace = \"5s\"\ndrain_timeout = \"20s\"\nload_timeout = \"2m\"\n{rest}",
+        "name = \"test\"\nmodels_dir = {:?}\nlog_dir = {:?}\nport_range = \"{}-{}\"\nstop_grace = \"5s\"\ndrain_timeout = \"120s\"\nload_timeout = \"2m\"\n{rest}",
         models_dir.display().to_string(),
         dir.join("logs").display().to_string(),
         ports.0,
