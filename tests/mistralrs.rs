@@ -2,7 +2,8 @@
 //! that follows the documented lifecycle protocol (load/unload/status/readiness through the
 //! neuron API, the fleet id mapped to mistral.rs's model id, chat through the neuron and through
 //! `cortex serve`, a failed reload reported with the engine's error, a model unloaded behind the
-//! neuron's back), and against the real mistral.rs 0.8.1 (`mistralrs_real.rs`).
+//! neuron's back, 0.8.1's reload bug), and against the real mistral.rs 0.8.1 that
+//! `bash tests/install.sh` builds (the last test, which fails without it).
 
 #![allow(clippy::unwrap_used, reason = "a failed setup step should stop the test loudly")]
 
@@ -53,8 +54,10 @@ fn chat(model: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
+    // `/models/other-llama` is loaded already: loading it must not reload it (0.8.1's bug).
     let fake = FakeMistralrs::start(
         &["tiny", "/models/other-llama"],
+        &["/models/other-llama"],
         &[("broken", "cannot load weights: tensor blk.0.attn_q.weight is truncated")],
     )
     .await;
@@ -116,7 +119,7 @@ async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mistralrs_model_is_served_through_cortex_with_anthropic_translated() {
-    let fake = FakeMistralrs::start(&["tiny"], &[]).await;
+    let fake = FakeMistralrs::start(&["tiny"], &[], &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let neuron = Neuron::start(dir.path(), "mrs-node", &harness(&fake.url)).await;
     let fleet = dir.path().join("fleet");
@@ -163,4 +166,134 @@ async fn a_mistralrs_model_is_served_through_cortex_with_anthropic_translated() 
         "mistral.rs only ever saw its own id: {:?}",
         fake.chats()
     );
+}
+
+/// The real mistral.rs binary and the tiny llama GGUF, or a failure saying how to install them.
+fn installed_mistralrs() -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = cortex_e2e::cache_dir();
+    let binary = std::env::var_os("MISTRALRS_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache.join("mistralrs/bin/mistralrs"));
+    let models = std::env::var_os("CORTEX_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache.join("models"));
+    let gguf = models.join("tiny-llama/tiny-llama.gguf");
+    assert!(
+        binary.is_file(),
+        "mistral.rs is not installed at {} (set MISTRALRS_BIN): run `bash tests/install.sh` first",
+        binary.display()
+    );
+    assert!(gguf.is_file(), "{} is missing: run `bash tests/install.sh` first", gguf.display());
+    (binary, gguf)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_mistralrs_is_started_driven_through_its_lifecycle_and_reports_a_failed_reload() {
+    let (binary, gguf) = installed_mistralrs();
+    let dir = tempfile::tempdir().unwrap();
+    // mistral.rs knows the model by its folder (`-m`); the test owns a copy it can break.
+    let folder = dir.path().join("mistral-models/tiny");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(&gguf, folder.join("tiny-llama.gguf")).unwrap();
+    let folder = folder.display().to_string();
+    let port = cortex_e2e::free_port();
+    // `serve` (one model): in 0.8.1 only it can unload and reload (from-config answers
+    // no_loader_config, see docs/neuron.md).
+    let harness = format!(
+        "[harness.mrs]\nkind = \"mistralrs\"\nurl = \"http://127.0.0.1:{port}\"\n\
+         command = [{binary:?}, \"--token-source\", \"none\", \"serve\", \"--host\", \"127.0.0.1\", \"-p\", \"{{port}}\", \
+                    \"--cpu\", \"--max-seq-len\", \"512\", \"--format\", \"gguf\", \"-m\", {folder:?}, \"-f\", \"tiny-llama.gguf\"]\n\
+         env = {{ HF_HUB_OFFLINE = \"1\" }}\nmodel_ids = {{ tiny = {folder:?} }}\n",
+        binary = binary.display().to_string(),
+    );
+    let neuron = Neuron::start(dir.path(), "mrs-real", &harness).await;
+    let engine = format!("http://127.0.0.1:{port}");
+    let status_of = async || -> String {
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{engine}/v1/models/status"))
+            .json(&json!({"model_id": folder}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["status"].as_str().unwrap_or_default().to_owned()
+    };
+    let server_log =
+        || std::fs::read_to_string(dir.path().join("mrs-real/logs/mistralrs-mrs.log")).unwrap_or_default();
+
+    // The first load starts the server (which loads its model); the reload then answers loaded.
+    let body = json!({"model": "tiny-chat", "profile": {"harness": "mrs", "source": "tiny"}});
+    let (status, answer) = call(&neuron, "/models/load", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let ready = get(&neuron, "/models/wait?model=tiny-chat&timeout_ms=300000").await;
+    assert_eq!(ready["status"], "loaded", "{ready}\n{}", server_log());
+    eprintln!("real mistral.rs: server start + load → ready in {} ms", ready["load_duration_ms"]);
+    assert_eq!(status_of().await, "loaded");
+    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat("tiny-chat")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["choices"][0]["message"]["content"].is_string(), "{answer}");
+
+    // Unload and load again: mistral.rs's unload and reload.
+    let (status, answer) = call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status_of().await, "unloaded");
+    let ready = load(&neuron, "tiny-chat", "tiny").await;
+    assert_eq!(ready["status"], "loaded", "{ready}\n{}", server_log());
+    eprintln!("real mistral.rs: reload → ready in {} ms", ready["load_duration_ms"]);
+    assert_eq!(status_of().await, "loaded");
+
+    // A reload that fails in the engine is reported with the engine's words (no backtrace).
+    call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    let file = std::path::Path::new(&folder).join("tiny-llama.gguf");
+    std::fs::write(&file, b"GGUF but truncated").unwrap();
+    let failed = load(&neuron, "tiny-chat", "tiny").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("internal_error") && error.contains("unsupported magic"), "{error}");
+    assert!(!error.contains("candle_core::error::Error::bt"), "backtraces are cut: {error}");
+    eprintln!("real mistral.rs: failed reload reported as: {error}");
+
+    // Fixed, it loads again, and cortex serves it.
+    std::fs::copy(&gguf, &file).unwrap();
+    let ready = load(&neuron, "tiny-chat", "tiny").await;
+    assert_eq!(ready["status"], "loaded", "{ready}\n{}", server_log());
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    write_atomic(
+        &fleet.join("fleet.toml"),
+        &format!(
+            "{}[[model]]\nid = \"tiny-chat\"\nharness = \"mrs\"\nsource = \"tiny\"\nmin_devices = 0\nram_mb = 100\n\
+             pinned_on = [\"mrs-real\"]\n",
+            neuron_table(&neuron)
+        ),
+    );
+    let (config, cortex_port) = cortex_config(dir.path());
+    let daemon = Daemon::start(&fleet, &config, cortex_port, dir.path().join("cortex.log")).await;
+    eventually("cortex to be in sync", Duration::from_secs(30), async || {
+        (daemon.status().await["sync"] == "Synced").then_some(())
+    })
+    .await;
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{cortex_port}/v1/chat/completions"))
+        .json(&chat("tiny-chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["choices"][0]["message"]["content"].is_string(), "{answer}");
+    drop(daemon);
+
+    // The server dies: the model it held is failed, with how.
+    let pid = cortex_e2e::find_process("mistralrs", "-m", &folder).expect("server pid");
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let gone = eventually("the crash to be reported", Duration::from_secs(20), async || {
+        let models = get(&neuron, "/models").await;
+        let entry = models["models"].as_array()?.iter().find(|m| m["id"] == "tiny-chat")?.clone();
+        (entry["status"] == "failed").then_some(entry)
+    })
+    .await;
+    assert!(gone["error"].as_str().unwrap().contains("signal 9"), "{gone}");
 }

@@ -135,8 +135,8 @@ pub struct MistralrsSettings {
     /// Where the server listens (loopback), e.g. `http://127.0.0.1:1234`.
     pub url: String,
     /// When set, the neuron starts the server itself (at the first load) and stops it at
-    /// shutdown, e.g. `["mistralrs", "from-config", "-f", "mistralrs.toml"]`; `{port}` is the
-    /// port of `url`. When empty, the server is started by someone else.
+    /// shutdown, e.g. `["mistralrs", "serve", "-p", "{port}", ...]`; `{port}` is the port of
+    /// `url`. When empty, the server is started by someone else.
     #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]

@@ -3,8 +3,8 @@
 //! `handlers.rs`): `POST /v1/models/{reload,unload,status}` with `{"model_id"}` answer HTTP 200
 //! with `{"model_id","status","error"?}`; reload blocks until the model is loaded; `GET /v1/models`
 //! lists a synthetic `default` first, then each model with its `status`; `/health` is 200 as soon
-//! as it listens. Chat completions need the `model_id` of a loaded model. For tests where the
-//! real engine is not needed (or not installed: CI).
+//! as it listens. Chat completions need the `model_id` of a loaded model. It also has 0.8.1's
+//! bug: a reload of a loaded model answers `not_found` and leaves it `reloading` for good.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,12 +34,13 @@ pub struct FakeMistralrs {
 }
 
 impl FakeMistralrs {
-    /// Serve `models` (all `unloaded`, as a neuron-started server leaves them) and `broken`
-    /// models whose reload fails with the given error.
-    pub async fn start(models: &[&str], broken: &[(&str, &str)]) -> FakeMistralrs {
+    /// Serve `models` (`loaded` when listed in `loaded`, else `unloaded`) and `broken` models
+    /// whose reload fails with the given error.
+    pub async fn start(models: &[&str], loaded: &[&str], broken: &[(&str, &str)]) -> FakeMistralrs {
         let mut state = Models::default();
         for id in models {
-            state.status.insert((*id).to_owned(), "unloaded".to_owned());
+            let status = if loaded.contains(id) { "loaded" } else { "unloaded" };
+            state.status.insert((*id).to_owned(), status.to_owned());
         }
         for (id, error) in broken {
             state.status.insert((*id).to_owned(), "unloaded".to_owned());
@@ -113,7 +114,13 @@ async fn reload(State(models): Shared, Json(body): Json<Value>) -> Json<Value> {
         let mut state = models.lock().unwrap();
         match state.status.get(&id).map(String::as_str) {
             None => return answer(&id, "not_found", None),
-            Some("loaded") => return answer(&id, "loaded", None),
+            // As 0.8.1 does (mistralrs-core `reload_model`): it marks the model reloading, finds
+            // no unloaded state, answers not_found and never clears the mark.
+            Some("loaded") => {
+                state.status.insert(id.clone(), "reloading".to_owned());
+                return answer(&id, "not_found", None);
+            }
+            Some("reloading") => return answer(&id, "reloading", None),
             Some(_) => {}
         }
         if let Some(error) = state.broken.get(&id).cloned() {

@@ -3,8 +3,8 @@
 //! always HTTP 200: the `status` field says what happened; `GET /v1/models` lists each model's
 //! status). Loading a model is a reload, unloading it an unload; readiness is the model's status
 //! in `/v1/models` (its `/health` is 200 as soon as it listens). Optionally the neuron starts
-//! the server itself from a configured command (`mistralrs from-config -f FILE`), supervised by
-//! `crate::supervise` like any engine process, and stops it at shutdown.
+//! the server itself from a configured command (`mistralrs serve …` or `mistralrs from-config -f
+//! FILE`), supervised by `crate::supervise` like any engine process, and stops it at shutdown.
 //!
 //! A model's fleet id is mapped to the id mistral.rs knows it by (`profile.source`, or its
 //! entry in `model_ids`); the proxy puts that id in the requests it forwards.
@@ -67,7 +67,13 @@ pub struct MistralRs {
 }
 
 impl MistralRs {
-    pub fn new(settings: MistralrsSettings, log_dir: &std::path::Path, load_timeout: Duration) -> MistralRs {
+    /// `name` is the harness's table name; the server's log is `<log_dir>/mistralrs-<name>.log`.
+    pub fn new(
+        name: &str,
+        settings: MistralrsSettings,
+        log_dir: &std::path::Path,
+        load_timeout: Duration,
+    ) -> MistralRs {
         let url = settings.url.trim_end_matches('/').to_owned();
         // Building a client only fails when TLS or the resolver cannot be set up; fall back to
         // the default client rather than refusing to start.
@@ -77,7 +83,7 @@ impl MistralRs {
             http,
             server: tokio::sync::Mutex::new(None),
             held: Arc::new(Mutex::new(BTreeMap::new())),
-            log_path: log_dir.join("mistralrs-server.log"),
+            log_path: log_dir.join(crate::harness::log_file_name(&format!("mistralrs-{name}"))),
             load_timeout,
             settings,
         }
@@ -250,29 +256,51 @@ impl ModelEngine {
         let load_timeout = harness.load_timeout;
         let server_exit = engine.server.as_ref().map(|s| s.exited());
         tokio::spawn(async move {
-            let reload = async {
-                match lifecycle(&http, &url, "reload", &model_id, load_timeout).await {
-                    Ok(answer) if answer.status == "loaded" || answer.status == "reloading" => {}
-                    Ok(answer) => {
-                        let why = answer.error.map(|e| format!(": {e}")).unwrap_or_default();
-                        let error = format!("mistral.rs could not load {model_id:?}: {}{why}", answer.status);
-                        *reload_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-                        return;
-                    }
-                    Err(err) => {
-                        let error = format!("mistral.rs reload of {model_id:?} failed: {err}");
-                        *reload_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-                        return;
-                    }
+            let work = async {
+                if let Err(error) = bring_up(&http, &url, &model_id, load_timeout).await {
+                    *reload_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                    // The failure is reported through readiness; `exit_tx` lives until the
+                    // engine is stopped, so that it is not mistaken for an exit.
+                    std::future::pending::<()>().await;
                 }
                 watch_model(&http, &url, &model_id, server_exit, &exit_tx).await;
             };
             tokio::select! {
-                () = reload => {}
+                () = work => {}
                 () = cancel.cancelled() => {}
             }
         });
         engine
+    }
+}
+
+/// Make mistral.rs load `model_id`: a reload, unless it is loaded (or loading) already. Asking
+/// first matters: 0.8.1 answers `not_found` to a reload of a loaded model and then reports it
+/// `reloading` for good.
+async fn bring_up(
+    http: &reqwest::Client,
+    url: &str,
+    model_id: &str,
+    load_timeout: Duration,
+) -> Result<(), String> {
+    let refused = |answer: StatusAnswer| {
+        let why = answer.error.map(|e| format!(": {}", engine_error(&e))).unwrap_or_default();
+        format!("mistral.rs could not load {model_id:?}: {}{why}", answer.status)
+    };
+    let status = lifecycle(http, url, "status", model_id, CALL_TIMEOUT)
+        .await
+        .map_err(|err| format!("mistral.rs did not answer a status call for {model_id:?}: {err}"))?;
+    match status.status.as_str() {
+        "loaded" | "reloading" => return Ok(()),
+        "unloaded" => {}
+        _ => return Err(refused(status)),
+    }
+    let answer = lifecycle(http, url, "reload", model_id, load_timeout)
+        .await
+        .map_err(|err| format!("mistral.rs reload of {model_id:?} failed: {err}"))?;
+    match answer.status.as_str() {
+        "loaded" | "reloading" => Ok(()),
+        _ => Err(refused(answer)),
     }
 }
 
@@ -347,6 +375,13 @@ impl Engine for ModelEngine {
             if server_up {
                 match lifecycle(&self.http, &self.url, "unload", &self.model_id, CALL_TIMEOUT).await {
                     Ok(answer) if matches!(answer.status.as_str(), "unloaded" | "not_found") => {}
+                    // mistral.rs 0.8.1 answers this for models started by `from-config`: it has
+                    // dropped the model and cannot load it again until it restarts.
+                    Ok(answer) if answer.status == "no_loader_config" => tracing::warn!(
+                        model_id = %self.model_id,
+                        "mistral.rs cannot unload this model (no_loader_config: it was started by \
+                         from-config); it is gone from the server until the server restarts"
+                    ),
                     Ok(answer) => tracing::warn!(
                         model_id = %self.model_id,
                         "mistral.rs unload answered {}: {}",
@@ -385,6 +420,22 @@ impl Drop for ModelEngine {
                 held.remove(&self.model_id);
             }
         }
+    }
+}
+
+/// The engine's error without the backtraces mistral.rs appends (`   0: candle_core::…`), at
+/// most 2,000 characters.
+fn engine_error(error: &str) -> String {
+    let is_frame = |line: &str| {
+        let trimmed = line.trim_start();
+        let digits = trimmed.chars().take_while(char::is_ascii_digit).count();
+        digits > 0 && line.len() > trimmed.len() && trimmed[digits..].starts_with(": ")
+    };
+    let kept: Vec<&str> = error.lines().take_while(|line| !is_frame(line)).collect();
+    let text = kept.join(" ").trim().to_owned();
+    match text.char_indices().nth(2000) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -463,8 +514,22 @@ mod tests {
     }
 
     #[test]
+    fn engine_errors_lose_their_backtraces() {
+        let error = "Failed to load model: Critical failure loading model part 0!\nCheck whether your \
+                     current quantization format is supported: gguf: unsupported magic\n   0: candle_core::error::Error::bt\n   \
+                     1: candle_core::quantized::gguf_file::Content::read\n";
+        assert_eq!(
+            engine_error(error),
+            "Failed to load model: Critical failure loading model part 0! Check whether your current \
+             quantization format is supported: gguf: unsupported magic"
+        );
+        assert_eq!(engine_error(&"x".repeat(3000)).chars().count(), 2001);
+    }
+
+    #[test]
     fn model_ids_map_sources_and_default_to_the_source() {
         let harness = MistralRs::new(
+            "mrs",
             settings("http://127.0.0.1:1"),
             std::path::Path::new("/tmp"),
             Duration::from_secs(1),

@@ -107,6 +107,7 @@ pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
                 }
                 HarnessConfig::Command(settings) => Arc::new(command::CommandHarness::new(settings.clone())),
                 HarnessConfig::Mistralrs(settings) => Arc::new(mistralrs::MistralRs::new(
+                    name,
                     settings.clone(),
                     &config.log_dir,
                     config.load_timeout,
