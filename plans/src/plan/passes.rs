@@ -145,10 +145,14 @@ impl<'a> Planner<'a> {
                 if copy.role != role || copy.gone || copy.touched || !settled(copy.status) {
                     continue;
                 }
-                match self.reload_reason(copy) {
-                    Some(Reason::Failed) if !failed_too => {}
-                    Some(reason) => self.reload(n, r, reason, role == Role::Pinned),
-                    None => {}
+                // A failed copy is not serving anything: whatever its profile, reloading it is
+                // only wanted where the fleet wants a copy (found by the property tests: reloading
+                // a surplus failed copy made a second copy that the next plan evicted).
+                if !failed_too && copy.status == ModelState::Failed {
+                    continue;
+                }
+                if let Some(reason) = self.reload_reason(copy) {
+                    self.reload(n, r, reason, role == Role::Pinned);
                 }
             }
         }
