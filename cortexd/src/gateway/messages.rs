@@ -100,7 +100,13 @@ async fn count_tokens_inner(state: AppState, headers: HeaderMap, body: Body) -> 
         Resolution::Ready(target) => target,
         Resolution::Waiting(ticket) => routes::wait(ticket, checked.started, &checked.model).await?,
     };
-    if !native(&state, &target) {
+    // Exact counts come from the engine's own `/v1/messages/count_tokens`: it must both speak
+    // the Messages API and say it counts tokens.
+    let counts = state
+        .observed()
+        .harness(&target.neuron.name, &target.harness)
+        .is_some_and(|h| h.anthropic_messages && h.count_tokens);
+    if !counts {
         return Err(ApiError::Unsupported(format!(
             "the engine serving {} cannot count tokens exactly (harness {})",
             target.model, target.harness
