@@ -77,6 +77,32 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(kib.parse()?)
 }
 
+/// CPU time (user + system, in clock ticks) `pid` has used; 0 if unreadable.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state: utime is the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// Wait until `pids` together use under a quarter of a core over 200 ms (at most `limit`), so
+/// one path's leftovers (LiteLLM's logging after a saturating run) do not load the next.
+/// Returns how long it waited.
+pub async fn quiesce(pids: &[u32], limit: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+        if after.saturating_sub(before) <= 5 {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
 /// A free loopback port.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -243,6 +269,8 @@ pub fn start_litellm(
             .arg("--num_workers")
             .arg("1")
             .env("LITELLM_TELEMETRY", "False")
+            // Like cortex in this benchmark, no client keys: loopback only.
+            .env("LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY", "true")
             .env("NO_PROXY", "*"),
         dir,
     )

@@ -214,10 +214,22 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
                 && n.model(id).is_some_and(|m| matches!(m.status, ModelState::Loaded | ModelState::Loading))
         }) && let Some(client) = observed.clients.get(&neuron.name)
         {
-            let model = client.wait(id, state.limits.max_wait).await.map_err(upstream)?;
-            if model.status == ModelState::Loaded {
-                state.poller.kick();
-                return Ok(Target { model: id.to_owned(), neuron: client.clone(), harness: model.harness });
+            match client.wait(id, state.limits.max_wait).await {
+                Ok(model) if model.status == ModelState::Loaded => {
+                    state.poller.kick();
+                    return Ok(Target {
+                        model: id.to_owned(),
+                        neuron: client.clone(),
+                        harness: model.harness,
+                    });
+                }
+                Ok(_) => {}
+                // Our view was stale: it is gone from that neuron. Look again and place it.
+                Err(NeuronError::Refused { status: 404, .. }) if attempt < ATTEMPTS => {
+                    state.poller.refreshed().await;
+                    continue;
+                }
+                Err(error) => return Err(upstream(error)),
             }
         }
         let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
