@@ -184,11 +184,13 @@ impl Watcher {
     /// Look at one complete event: note the first token and the usage; returns whether to
     /// forward it.
     fn inspect(&mut self, event: &[u8]) -> bool {
-        let usage_only = contains(event, b"\"choices\":[]");
+        // One scan for the common event (no usage); the usage-only test only when it has usage.
+        let has_usage = contains(event, b"\"usage\"");
+        let usage_only = has_usage && contains(event, b"\"choices\":[]");
         if !usage_only {
             self.first_event_at.get_or_insert_with(Instant::now);
         }
-        if contains(event, b"\"usage\"") {
+        if has_usage {
             record_usage(event, &mut self.usage);
         }
         !(usage_only && matches!(self.edit, StreamEdit::StripUsageChunk))
@@ -344,9 +346,17 @@ fn for_each_event(mut chunk: &[u8], mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// Substring search: scan for the needle's first byte, then compare the rest. Several times
-/// cheaper than comparing a window at every position; it runs a few times per stream event.
+/// Substring search, a few times per stream event: through `str::find` (SIMD-assisted in std)
+/// when the bytes are UTF-8, as engine events are; else byte by byte.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    match (std::str::from_utf8(haystack), std::str::from_utf8(needle)) {
+        (Ok(haystack), Ok(needle)) => haystack.find(needle),
+        _ => find_bytes(haystack, needle),
+    }
+}
+
+/// Scan for the needle's first byte, then compare the rest.
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut from = 0;
     while let Some(offset) = haystack.get(from..)?.iter().position(|&b| b == first) {
@@ -375,7 +385,10 @@ mod tests {
         {
             let naive = haystack.windows(needle.len()).position(|w| w == needle);
             assert_eq!(find(haystack, needle), naive, "{}", String::from_utf8_lossy(needle));
+            assert_eq!(find_bytes(haystack, needle), naive, "{}", String::from_utf8_lossy(needle));
         }
+        // Not UTF-8 (an event split inside a character): the byte search answers.
+        assert_eq!(find(b"\xE2\x82\n\n", b"\n\n"), Some(2));
         assert_eq!(find(b"aab", b"ab"), Some(1));
         assert_eq!(find(b"a", b"ab"), None);
         assert_eq!(find(b"", b"a"), None);
