@@ -232,8 +232,10 @@ pub enum NotReady {
     Timeout,
 }
 
-/// Ask `engine` whether it is ready with exponential backoff (25 ms → 500 ms), until `deadline`
+/// Ask `engine` whether it is ready with exponential backoff (25 ms → 100 ms), until `deadline`
 /// or until the engine exits (noticed at once through `Engine::exited`, not at the next look).
+/// The cap is low on purpose: every millisecond between "ready" and "noticed" is added to a cold
+/// start, and a loopback health probe ten times a second costs nothing next to a model load.
 pub async fn wait_ready(
     engine: &dyn Engine,
     http: &reqwest::Client,
@@ -259,7 +261,7 @@ pub async fn wait_ready(
             () = tokio::time::sleep_until(wake) => {}
             _ = exited.changed() => {}
         }
-        delay = (delay * 2).min(Duration::from_millis(500));
+        delay = (delay * 2).min(Duration::from_millis(100));
     }
 }
 
