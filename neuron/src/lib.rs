@@ -24,3 +24,16 @@ pub mod swarm;
 pub use api::{app, serve};
 pub use config::Config;
 pub use state::Neuron;
+
+/// Logs to stderr for the binaries: `RUST_LOG` filters (else `default_level`); colours only on
+/// a terminal, so that journald and log files stay plain.
+pub fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -65,13 +65,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    neuron::init_logging("warn");
     let cli = Cli::parse();
     let engine_ports = neuron::config::parse_port_range(&cli.engine_ports)
         .map_err(|message| anyhow::anyhow!("--engine-ports: {message}"))?;
