@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use cortex_e2e::{
-    Daemon, GEMMA_GGUF, NEURON_TOKEN, Neuron, cortex_config, eventually, find_process,
-    installed_llama_server, neuron_table, process_gone, write_atomic,
+    Daemon, GEMMA_GGUF, Neuron, cortex_config, eventually, find_process, installed_llama_server,
+    neuron_table, process_gone, write_atomic,
 };
 use serde_json::{Value, json};
 
@@ -33,35 +33,13 @@ fn template_harness() -> (String, std::path::PathBuf) {
     (table, models)
 }
 
-async fn call(neuron: &Neuron, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", neuron.endpoint()))
-        .bearer_auth(NEURON_TOKEN)
-        .header("anthropic-version", "2023-06-01")
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(neuron: &Neuron, path: &str) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", neuron.endpoint()))
-        .bearer_auth(NEURON_TOKEN)
-        .send()
-        .await;
-    response.unwrap().json().await.unwrap()
-}
-
 /// Load `model` from the gemma GGUF and long-poll until it is no longer loading.
 async fn load_gemma(neuron: &Neuron, model: &str) -> Value {
     let body =
         json!({"model": model, "profile": {"harness": "tmpl", "source": GEMMA_GGUF, "ctx_size": 2048}});
-    let (status, answer) = call(neuron, "/models/load", &body).await;
+    let (status, answer) = neuron.call("/models/load", &body).await;
     assert_eq!(status, 202, "{answer}");
-    let ready = get(neuron, &format!("/models/wait?model={model}&timeout_ms=180000")).await;
+    let ready = neuron.get(&format!("/models/wait?model={model}&timeout_ms=180000")).await;
     assert_eq!(ready["status"], "loaded", "{ready}\n{}", neuron.process.log_text());
     ready
 }
@@ -82,7 +60,7 @@ async fn a_command_template_runs_llama_server_chats_detects_a_crash_and_unloads(
     let dir = tempfile::tempdir().unwrap();
     let neuron = Neuron::start_in(dir.path(), "tmpl-node", &harness, Some(&models)).await;
 
-    let discovery = get(&neuron, "/discovery").await;
+    let discovery = neuron.get("/discovery").await;
     let info = &discovery["harnesses"][0];
     assert_eq!(info["kind"], "command", "{discovery}");
     assert_eq!(
@@ -101,19 +79,19 @@ async fn a_command_template_runs_llama_server_chats_detects_a_crash_and_unloads(
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap().replace('\0', " ");
     assert!(cmdline.contains(" -c 2048 "), "ctx_size_args follow the profile: {cmdline}");
 
-    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat(model)).await;
+    let (status, answer) = neuron.call("/v1/chat/completions", &chat(model)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model"], model);
     assert!(answer["choices"][0]["message"]["content"].is_string(), "{answer}");
     let messages = json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
-    let (status, answer) = call(&neuron, "/v1/messages", &messages).await;
+    let (status, answer) = neuron.call("/v1/messages", &messages).await;
     assert_eq!((status, &answer["type"]), (200, &json!("message")), "{answer}");
 
     // kill -9 behind the neuron's back: the model becomes failed, with how and the log's tail.
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(killed.success());
     let failed = eventually("the crash to be reported", Duration::from_secs(20), async || {
-        let models = get(&neuron, "/models").await;
+        let models = neuron.get("/models").await;
         let entry = models["models"].as_array()?.iter().find(|m| m["id"] == model)?.clone();
         (entry["status"] == "failed").then_some(entry)
     })
@@ -121,19 +99,19 @@ async fn a_command_template_runs_llama_server_chats_detects_a_crash_and_unloads(
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("signal 9"), "{error}");
     assert!(error.contains("last log lines"), "{error}");
-    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat(model)).await;
+    let (status, answer) = neuron.call("/v1/chat/completions", &chat(model)).await;
     assert_eq!((status, &answer["error"]["code"]), (503, &json!("model_failed")));
 
     // A new load replaces the failed one; unload stops its process.
     load_gemma(&neuron, model).await;
     let pid = find_process("llama-server", "--alias", model).expect("the engine runs again");
-    let (status, answer) = call(&neuron, "/models/unload", &json!({"model": model})).await;
+    let (status, answer) = neuron.call("/models/unload", &json!({"model": model})).await;
     assert_eq!(status, 200, "{answer}");
     eventually("the engine process to end", Duration::from_secs(15), async || {
         process_gone(pid).then_some(())
     })
     .await;
-    assert_eq!(get(&neuron, "/models").await["models"], json!([]));
+    assert_eq!(neuron.get("/models").await["models"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

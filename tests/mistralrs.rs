@@ -10,29 +10,8 @@
 use std::time::Duration;
 
 use cortex_e2e::fake_mistralrs::FakeMistralrs;
-use cortex_e2e::{Daemon, NEURON_TOKEN, Neuron, cortex_config, eventually, neuron_table, write_atomic};
+use cortex_e2e::{Daemon, Neuron, cortex_config, eventually, neuron_table, write_atomic};
 use serde_json::{Value, json};
-
-async fn call(neuron: &Neuron, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", neuron.endpoint()))
-        .bearer_auth(NEURON_TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(neuron: &Neuron, path: &str) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", neuron.endpoint()))
-        .bearer_auth(NEURON_TOKEN)
-        .send()
-        .await;
-    response.unwrap().json().await.unwrap()
-}
 
 fn harness(url: &str) -> String {
     format!(
@@ -43,9 +22,9 @@ fn harness(url: &str) -> String {
 /// Load `model` from mistral.rs's `source` and long-poll until it is no longer loading.
 async fn load(neuron: &Neuron, model: &str, source: &str) -> Value {
     let body = json!({"model": model, "profile": {"harness": "mrs", "source": source}});
-    let (status, answer) = call(neuron, "/models/load", &body).await;
+    let (status, answer) = neuron.call("/models/load", &body).await;
     assert_eq!(status, 202, "{answer}");
-    get(neuron, &format!("/models/wait?model={model}&timeout_ms=30000")).await
+    neuron.get(&format!("/models/wait?model={model}&timeout_ms=30000")).await
 }
 
 fn chat(model: &str) -> Value {
@@ -64,7 +43,7 @@ async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
     let dir = tempfile::tempdir().unwrap();
     let neuron = Neuron::start(dir.path(), "mrs-node", &harness(&fake.url)).await;
 
-    let discovery = get(&neuron, "/discovery").await;
+    let discovery = neuron.get("/discovery").await;
     let info = &discovery["harnesses"][0];
     assert_eq!(info["kind"], "mistralrs", "{discovery}");
     assert_eq!(info["anthropic_messages"], false, "mistral.rs 0.8.1 has no /v1/messages");
@@ -76,7 +55,7 @@ async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
     assert!(ready["load_duration_ms"].as_u64().is_some_and(|ms| ms >= 300), "waited for the reload: {ready}");
 
     // The fleet id is mapped to mistral.rs's model id in what is forwarded.
-    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat("tiny-chat")).await;
+    let (status, answer) = neuron.call("/v1/chat/completions", &chat("tiny-chat")).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["choices"][0]["message"]["content"], "Hello from the fake mistral.rs.");
     assert_eq!(fake.chats(), ["tiny"]);
@@ -87,11 +66,11 @@ async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
     assert_eq!(fake.status("/models/other-llama").as_deref(), Some("loaded"));
 
     // Unload = unload in mistral.rs.
-    let (status, answer) = call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    let (status, answer) = neuron.call("/models/unload", &json!({"model": "tiny-chat"})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(fake.status("tiny").as_deref(), Some("unloaded"));
     let ids: Vec<Value> =
-        get(&neuron, "/models").await["models"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+        neuron.get("/models").await["models"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
     assert_eq!(ids, [json!("other-chat")]);
 
     // A failed reload is reported with the engine's own error; an unknown model as not_found.
@@ -109,7 +88,7 @@ async fn the_neuron_drives_mistralrs_through_its_lifecycle_api() {
     // Unloaded behind the neuron's back: reported failed, like a crash.
     fake.set_status("/models/other-llama", "unloaded");
     let gone = eventually("the lost model to be reported", Duration::from_secs(15), async || {
-        let models = get(&neuron, "/models").await;
+        let models = neuron.get("/models").await;
         let entry = models["models"].as_array()?.iter().find(|m| m["id"] == "other-chat")?.clone();
         (entry["status"] == "failed").then_some(entry)
     })
@@ -225,18 +204,18 @@ async fn the_real_mistralrs_is_started_driven_through_its_lifecycle_and_reports_
 
     // The first load starts the server (which loads its model); the reload then answers loaded.
     let body = json!({"model": "tiny-chat", "profile": {"harness": "mrs", "source": "tiny"}});
-    let (status, answer) = call(&neuron, "/models/load", &body).await;
+    let (status, answer) = neuron.call("/models/load", &body).await;
     assert_eq!(status, 202, "{answer}");
-    let ready = get(&neuron, "/models/wait?model=tiny-chat&timeout_ms=300000").await;
+    let ready = neuron.get("/models/wait?model=tiny-chat&timeout_ms=300000").await;
     assert_eq!(ready["status"], "loaded", "{ready}\n{}", server_log());
     eprintln!("real mistral.rs: server start + load → ready in {} ms", ready["load_duration_ms"]);
     assert_eq!(status_of().await, "loaded");
-    let (status, answer) = call(&neuron, "/v1/chat/completions", &chat("tiny-chat")).await;
+    let (status, answer) = neuron.call("/v1/chat/completions", &chat("tiny-chat")).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer["choices"][0]["message"]["content"].is_string(), "{answer}");
 
     // Unload and load again: mistral.rs's unload and reload.
-    let (status, answer) = call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    let (status, answer) = neuron.call("/models/unload", &json!({"model": "tiny-chat"})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(status_of().await, "unloaded");
     let ready = load(&neuron, "tiny-chat", "tiny").await;
@@ -245,7 +224,7 @@ async fn the_real_mistralrs_is_started_driven_through_its_lifecycle_and_reports_
     assert_eq!(status_of().await, "loaded");
 
     // A reload that fails in the engine is reported with the engine's words (no backtrace).
-    call(&neuron, "/models/unload", &json!({"model": "tiny-chat"})).await;
+    neuron.call("/models/unload", &json!({"model": "tiny-chat"})).await;
     let file = std::path::Path::new(&folder).join("tiny-llama.gguf");
     std::fs::write(&file, b"GGUF but truncated").unwrap();
     let failed = load(&neuron, "tiny-chat", "tiny").await;
@@ -290,7 +269,7 @@ async fn the_real_mistralrs_is_started_driven_through_its_lifecycle_and_reports_
     let pid = cortex_e2e::find_process("mistralrs", "-m", &folder).expect("server pid");
     assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
     let gone = eventually("the crash to be reported", Duration::from_secs(20), async || {
-        let models = get(&neuron, "/models").await;
+        let models = neuron.get("/models").await;
         let entry = models["models"].as_array()?.iter().find(|m| m["id"] == "tiny-chat")?.clone();
         (entry["status"] == "failed").then_some(entry)
     })

@@ -162,17 +162,33 @@ impl Neuron {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// `GET /models` on the neuron.
-    pub async fn models(&self) -> serde_json::Value {
-        reqwest::Client::new()
-            .get(format!("{}/models", self.endpoint()))
+    /// `POST path` with a JSON body on the neuron: the status and the JSON answer (null if none).
+    pub async fn call(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.endpoint()))
             .bearer_auth(NEURON_TOKEN)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `GET path` on the neuron, as JSON.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.endpoint()))
+            .bearer_auth(NEURON_TOKEN)
+            .send()
+            .await;
+        response.unwrap().json().await.unwrap()
+    }
+
+    /// `GET /models` on the neuron.
+    pub async fn models(&self) -> serde_json::Value {
+        self.get("/models").await
     }
 
     /// Ids of the models loaded (status `loaded`) on the neuron.
