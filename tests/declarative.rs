@@ -138,7 +138,7 @@ async fn serve_reconciles_edits_keeps_the_last_good_fleet_and_heals() {
     let base = format!("{}{}", neuron_table(&alpha), neuron_table(&beta));
     write_atomic(&file, &format!("{base}{}", sim_model("one", 2_000, &["alpha"], "one.bin")));
     let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
-    eventually("the first pin to be applied", Duration::from_secs(20), async || {
+    eventually("the first pin to be applied", Duration::from_secs(60), async || {
         (alpha.loaded().await == ["one"]).then_some(())
     })
     .await;
@@ -154,16 +154,16 @@ async fn serve_reconciles_edits_keeps_the_last_good_fleet_and_heals() {
             sim_model("two", 2_000, &["beta"], "two.bin")
         ),
     );
-    eventually("the added pin's load to be issued", Duration::from_secs(20), async || {
+    eventually("the added pin's load to be issued", Duration::from_secs(60), async || {
         beta.models().await["models"].as_array().is_some_and(|m| !m.is_empty()).then_some(())
     })
     .await;
     eprintln!("fleet edit -> first action issued: {} ms", saved.elapsed().as_millis());
-    eventually("the added pin to be applied", Duration::from_secs(20), async || {
+    eventually("the added pin to be applied", Duration::from_secs(60), async || {
         (beta.loaded().await == ["two"]).then_some(())
     })
     .await;
-    eventually("status Synced", Duration::from_secs(20), async || {
+    eventually("status Synced", Duration::from_secs(60), async || {
         (daemon.status().await["sync"] == "Synced").then_some(())
     })
     .await;
@@ -173,7 +173,7 @@ async fn serve_reconciles_edits_keeps_the_last_good_fleet_and_heals() {
         &file,
         &format!("{base}[[model]]\nid = \"three\"\nharness = \"sim\"\nsource = \"t.bin\"\nvram_mbb = 1\n"),
     );
-    let status = eventually("the invalid fleet to be reported", Duration::from_secs(20), async || {
+    let status = eventually("the invalid fleet to be reported", Duration::from_secs(60), async || {
         let status = daemon.status().await;
         (status["fleet"]["valid"] == false).then_some(status)
     })
@@ -193,7 +193,7 @@ async fn serve_reconciles_edits_keeps_the_last_good_fleet_and_heals() {
         )
     };
     write_atomic(&file, &good(2_000));
-    eventually("the fleet to be valid again", Duration::from_secs(20), async || {
+    eventually("the fleet to be valid again", Duration::from_secs(60), async || {
         (daemon.status().await["fleet"]["valid"] == true).then_some(())
     })
     .await;
@@ -232,7 +232,7 @@ async fn serve_reconciles_edits_keeps_the_last_good_fleet_and_heals() {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    eventually("the pin to be healed", Duration::from_secs(20), async || {
+    eventually("the pin to be healed", Duration::from_secs(60), async || {
         (alpha.loaded().await == ["one"]).then_some(())
     })
     .await;
@@ -252,7 +252,7 @@ async fn reconcile_off_reports_drift_without_acting() {
         ),
     );
     let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
-    let status = eventually("OutOfSync", Duration::from_secs(20), async || {
+    let status = eventually("OutOfSync", Duration::from_secs(60), async || {
         let status = daemon.status().await;
         (status["sync"] == "OutOfSync").then_some(status)
     })
@@ -281,7 +281,7 @@ async fn commit_mode_applies_only_what_is_committed() {
     git(&["add", "-A"]);
     git(&["commit", "-qm", "one"]);
     let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
-    eventually("the committed pin", Duration::from_secs(20), async || {
+    eventually("the committed pin", Duration::from_secs(60), async || {
         (alpha.loaded().await == ["one"]).then_some(())
     })
     .await;
@@ -294,14 +294,14 @@ async fn commit_mode_applies_only_what_is_committed() {
             sim_model("two", 2_000, &["beta"], "two.bin")
         ),
     );
-    eventually("the edit to show as pending", Duration::from_secs(20), async || {
+    eventually("the edit to show as pending", Duration::from_secs(60), async || {
         (daemon.status().await["fleet"]["pending"] == true).then_some(())
     })
     .await;
     assert!(beta.loaded().await.is_empty(), "an uncommitted edit is not applied");
 
     git(&["commit", "-qam", "two"]);
-    eventually("the committed edit to be applied", Duration::from_secs(20), async || {
+    eventually("the committed edit to be applied", Duration::from_secs(60), async || {
         (beta.loaded().await == ["two"]).then_some(())
     })
     .await;
@@ -345,7 +345,7 @@ async fn serve_with_a_real_engine_and_a_sim_neuron_heals_a_killed_engine() {
     })
     .await;
     // The pass that healed it is recorded once its apply returns.
-    eventually("the healing pass in the status", Duration::from_secs(20), async || {
+    eventually("the healing pass in the status", Duration::from_secs(60), async || {
         let runs = daemon.status().await["runs"].to_string();
         (runs.contains("reloaded 1") || runs.contains("Loaded 1")).then_some(())
     })
