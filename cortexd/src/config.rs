@@ -126,6 +126,11 @@ impl Default for ReconcileSettings {
 
 impl Config {
     /// Read `path`; errors name the file and, for TOML mistakes, the line and column.
+    /// The given file, or the defaults when there is none.
+    pub fn load_or_default(path: Option<&Path>) -> anyhow::Result<Config> {
+        path.map_or_else(|| Ok(Config::default()), Config::load)
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;

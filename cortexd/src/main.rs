@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cortexd::cli::{self, Cli, Command};
+use cortexd::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,16 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match &cli.command {
-            Command::Validate(args) => cli::validate(args),
-            Command::Topology(args) => cli::topology(args).await,
-            Command::Plan(args) => cli::plan(args).await,
-            Command::Apply(args) => cortexd::cli_apply::apply(args).await,
-            Command::Serve(args) => cortexd::serve::run(args).await,
-            Command::Status(args) => cortexd::cli_apply::status(args).await,
-        }
-    });
+    let result = runtime.block_on(cli::run(&cli));
     match result {
         Ok(code) => code,
         Err(error) => {

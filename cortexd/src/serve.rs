@@ -1,25 +1,25 @@
 //! `cortex serve`: wires the daemon together (fleet watcher, poller, reconciler, gateway,
 //! metrics) and owns its shutdown: one cancellation token, fired by SIGINT or SIGTERM.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ServeArgs, load_config};
-use crate::execute::ExecTimeouts;
-use crate::fleetdir::FleetSource;
-use crate::fleetwatch;
+use crate::config::Config;
+use crate::control::execute::ExecTimeouts;
+use crate::control::fleetdir::FleetSource;
+use crate::control::fleetwatch;
+use crate::control::reconcile::ReconcileConfig;
 use crate::gateway::admin::Admin;
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::{self, AppState};
-use crate::reconcile::ReconcileConfig;
 
-pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
-    let config = load_config(&args.config)?;
-    let source = FleetSource::choose(args.fleet.fleet.clone());
+    let source = FleetSource::choose(fleet_dir);
     let loaded = fleetwatch::load(&source)?;
     for diagnostic in &loaded.status.diagnostics {
         eprintln!("{diagnostic}");
@@ -38,7 +38,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .tcp_nodelay(true)
         .build()
         .context("cannot build the HTTP client")?;
-    let (poller, poller_task) = crate::poller::spawn(
+    let (poller, poller_task) = crate::control::poller::spawn(
         fleet_receiver.clone(),
         config.neuron_token()?,
         http.clone(),
@@ -70,7 +70,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         backoff_max: config.reconcile.backoff_max,
     };
     let (status, reconcile_task) =
-        crate::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+        crate::control::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
 
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());

@@ -10,10 +10,10 @@ use plans::plan::PlanFile;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::apply::{self, Outcome};
-use crate::execute::ExecTimeouts;
+use crate::control::apply::{self, Outcome};
+use crate::control::execute::ExecTimeouts;
+use crate::control::status::DaemonStatus;
 use crate::gateway::AppState;
-use crate::status::DaemonStatus;
 
 /// What the admin routes need besides the gateway's state.
 #[derive(Clone)]

@@ -8,13 +8,13 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 
-use crate::anthropic;
 use crate::gateway::AppState;
+use crate::gateway::anthropic;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::proxy::{self, EventTransform, StreamEdit};
 use crate::gateway::route::{self, Resolution, Target};
 use crate::gateway::routes::{self, Checked};
-use crate::sse::{self, SseParser};
+use crate::gateway::sse::{self, SseParser};
 
 pub async fn messages(state: AppState, headers: HeaderMap, body: Body) -> Response {
     messages_inner(state, headers, body)

@@ -4,6 +4,7 @@
 //! it on an already-bound listener until the shutdown token fires.
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth;
 pub mod error;
 pub mod messages;
@@ -11,6 +12,7 @@ pub mod models;
 pub mod proxy;
 pub mod route;
 pub mod routes;
+pub mod sse;
 
 use std::sync::Arc;
 
@@ -21,9 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
+use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::route::ColdLoads;
-use crate::poller::{Observed, PollerHandle};
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
 #[derive(Clone)]

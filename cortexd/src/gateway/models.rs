@@ -41,7 +41,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response
 /// The neurons where `id` could be loaded now (evicting by policy if need be): the planner's
 /// `place_one` asked about each neuron alone, so the answer is the router's own.
 fn feasible_on(fleet: &plans::fleet::Fleet, topology: &plans::topology::Topology, id: &str) -> Vec<String> {
-    let options = plans::plan::PlanOptions { now_unix_ms: crate::poller::now_unix_ms(), prune: false };
+    let options =
+        plans::plan::PlanOptions { now_unix_ms: crate::control::poller::now_unix_ms(), prune: false };
     topology
         .neurons
         .iter()

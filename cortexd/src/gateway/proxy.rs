@@ -13,6 +13,7 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
+use crate::control::neuron_client::error_message;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::route::{InFlightGuard, Target};
 
@@ -62,24 +63,12 @@ pub async fn send(target: &Target, path: &str, body: Bytes) -> Result<reqwest::R
     Ok(response)
 }
 
-/// The message of an upstream error body (OpenAI, Anthropic or neuron shape), else the text.
-pub fn upstream_message(body: &[u8]) -> String {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let message = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.pointer("/message"))
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-    });
-    message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
-}
-
 /// Map a non-success upstream answer to the client's error, keeping the engine's message and,
 /// for client mistakes (4xx), its status.
 pub async fn upstream_error(response: reqwest::Response) -> ApiError {
     let status = response.status();
     let body = response.bytes().await.unwrap_or_default();
-    let message = upstream_message(&body);
+    let message = error_message(&body);
     match status.as_u16() {
         404 => ApiError::Upstream(format!("the engine does not serve this: {message}")),
         400..=499 if status != reqwest::StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),
@@ -122,7 +111,7 @@ pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, ed
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 // Pass-through streams are split at event boundaries by hand (`event_end`) rather than through
-// `crate::sse::SseParser`: forwarding needs the raw bytes of each event, untouched, and the
+// `crate::gateway::sse::SseParser`: forwarding needs the raw bytes of each event, untouched, and the
 // parser yields decoded fields. Transforms (the Anthropic routes) use the parser.
 
 /// The response body: forwards upstream bytes, event by event for streams, and records the

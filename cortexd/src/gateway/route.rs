@@ -11,11 +11,11 @@ use plans::plan::{PlanOptions, place_one};
 use plans::topology::ModelState;
 use tokio::sync::watch;
 
-use crate::execute::{self, ExecTimeouts};
+use crate::control::execute::{self, ExecTimeouts};
+use crate::control::neuron_client::{NeuronClient, NeuronError};
+use crate::control::poller::now_unix_ms;
 use crate::gateway::AppState;
 use crate::gateway::error::ApiError;
-use crate::neuron_client::{NeuronClient, NeuronError};
-use crate::poller::now_unix_ms;
 
 /// Where a request goes.
 #[derive(Clone, Debug)]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cortexd::config::{GatewayConfig, PollConfig};
+use cortexd::control::poller::PollerHandle;
 use cortexd::gateway::auth::ApiKeys;
 use cortexd::gateway::{self, AppState};
-use cortexd::poller::PollerHandle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,8 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let shutdown = CancellationToken::new();
     let http = reqwest::Client::new();
     let poll = PollConfig { interval: Duration::from_millis(100), unreachable_after: 2 };
-    let (poller, _task) = cortexd::poller::spawn(fleet.clone(), None, http.clone(), poll, shutdown.clone());
+    let (poller, _task) =
+        cortexd::control::poller::spawn(fleet.clone(), None, http.clone(), poll, shutdown.clone());
     let held = shutdown.clone();
     tokio::spawn(async move {
         held.cancelled().await;

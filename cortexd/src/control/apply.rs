@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use plans::plan::{Action, ActionKind, Plan};
 use tokio::sync::Semaphore;
 
-use crate::execute::{self, ExecError, ExecTimeouts};
-use crate::neuron_client::NeuronClient;
+use crate::control::execute::{self, ExecError, ExecTimeouts};
+use crate::control::neuron_client::NeuronClient;
 
 /// What happened to one action.
 #[derive(Clone, Debug, PartialEq, Eq)]

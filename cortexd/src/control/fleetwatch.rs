@@ -15,8 +15,8 @@ use plans::plan::Revision;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleetdir::FleetSource;
-use crate::poller::now_unix_ms;
+use crate::control::fleetdir::FleetSource;
+use crate::control::poller::now_unix_ms;
 
 /// How the last load of the fleet went; shown by `cortex status`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PollConfig;
-use crate::neuron_client::NeuronClient;
+use crate::control::neuron_client::NeuronClient;
 
 /// What cortex currently knows about the neurons. Shared read-only with every handler.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +66,7 @@ async fn poll_once(
                     _ => Some(client.discovery(timeout).await?),
                 };
                 let models = client.models(timeout).await?;
-                Ok::<_, crate::neuron_client::NeuronError>((health, discovery, models))
+                Ok::<_, crate::control::neuron_client::NeuronError>((health, discovery, models))
             }
             .await;
             (client.name.clone(), result)

@@ -13,11 +13,11 @@ use plans::plan::{Action, Plan, PlanOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, Outcome, Progress};
-use crate::execute::ExecTimeouts;
-use crate::fleetwatch::{FleetHandle, FleetStatus};
-use crate::poller::{Observed, PollerHandle, now_unix_ms};
-use crate::status::{Condition, DaemonStatus, Health, RUNS_KEPT, RevisionRecord, Run, Sync};
+use crate::control::apply::{self, Outcome, Progress};
+use crate::control::execute::ExecTimeouts;
+use crate::control::fleetwatch::{FleetHandle, FleetStatus};
+use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
+use crate::control::status::{Condition, DaemonStatus, Health, RUNS_KEPT, RevisionRecord, Run, Sync};
 
 /// Reconciler settings.
 #[derive(Clone, Debug)]

@@ -29,12 +29,12 @@ use std::io::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::anthropic::openai::{
+use crate::gateway::anthropic::openai::{
     ChatChunk, ChatUsage, Delta, InputUsage, ToolCallDelta, fallback_tool_id, message_id, stop_reason,
     upstream_error_message, usage_json,
 };
-use crate::anthropic::{TranslateError, error_body};
-use crate::sse::{self, SseBuffer, SseParser};
+use crate::gateway::anthropic::{TranslateError, error_body};
+use crate::gateway::sse::{self, SseBuffer, SseParser};
 
 /// Translates one upstream stream. Create one per request; feed every `data:` payload to
 /// [`StreamTranslator::push`] (or every raw event to [`StreamTranslator::push_event`]), then call

@@ -7,7 +7,7 @@ use std::process::Command;
 use plans::plan::Revision;
 
 /// The default fleet compiled into the binary, used when no fleet directory exists.
-pub const EMBEDDED: &[(&str, &str)] = &[("fleet/fleet.toml", include_str!("../../fleet/fleet.toml"))];
+pub const EMBEDDED: &[(&str, &str)] = &[("fleet/fleet.toml", include_str!("../../../fleet/fleet.toml"))];
 
 /// Where a fleet comes from.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! `cortex apply` and `cortex status`: the commands that act on, or report from, a live fleet.
+//! `cortex apply`: plan (or read a saved plan), show, confirm, execute with live progress.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -11,12 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use plans::plan::{ActionKind, Plan, PlanFile, PlanOptions};
 
-use crate::apply::{self, Outcome, Progress};
 use crate::cli::{ConfigArgs, FleetArgs, load_config, load_fleet};
-use crate::execute::ExecTimeouts;
-use crate::fleetdir::FleetSource;
-use crate::poller::now_unix_ms;
-use crate::status::{DaemonStatus, render};
+use crate::control::apply::{self, Outcome, Progress};
+use crate::control::execute::ExecTimeouts;
+use crate::control::fleetdir::FleetSource;
+use crate::control::poller::now_unix_ms;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -37,27 +36,12 @@ pub struct ApplyArgs {
     pub prune: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    /// The daemon's address [default: the config's listen address]
-    #[arg(long, env = "CORTEX_URL")]
-    pub url: Option<String>,
-    /// The admin key [default: the config's admin_key]
-    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// Print the status as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
 pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let source = FleetSource::choose(args.fleet.fleet.clone());
     let fleet = load_fleet(&source)?;
     let token = config.neuron_token()?;
-    let observed = crate::poller::observe(&fleet, token.as_deref(), &config.poll).await;
+    let observed = crate::control::poller::observe(&fleet, token.as_deref(), &config.poll).await;
     let plan: Plan = match &args.plan_file {
         Some(path) => {
             let text =
@@ -231,37 +215,4 @@ impl ProgressView {
             let _ = std::io::stdout().flush();
         }
     }
-}
-
-pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(&args.config)?;
-    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
-    let key = args
-        .admin_key
-        .clone()
-        .or(config.admin_key.clone())
-        .context("no admin key: pass --admin-key, set CORTEX_ADMIN_KEY, or admin_key in cortex.toml")?;
-    let response = reqwest::Client::new()
-        .get(format!("{}/admin/status", url.trim_end_matches('/')))
-        .bearer_auth(key)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach cortex at {url}"))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        anyhow::bail!(
-            "cortex at {url} answered {status}: {}",
-            crate::gateway::proxy::upstream_message(body.as_bytes())
-        );
-    }
-    let status: DaemonStatus =
-        response.json().await.context("cortex answered an unexpected status document")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", render(&status));
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::anthropic::TranslateError;
-use crate::anthropic::openai::{
+use crate::gateway::anthropic::TranslateError;
+use crate::gateway::anthropic::openai::{
     ChatCompletion, InputUsage, ToolCall, fallback_tool_id, message_id, stop_reason, upstream_error_message,
     usage_json,
 };

@@ -20,7 +20,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::anthropic::TranslateError;
+use crate::gateway::anthropic::TranslateError;
 
 type Result<T> = std::result::Result<T, TranslateError>;
 

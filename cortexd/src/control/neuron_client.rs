@@ -160,3 +160,15 @@ impl NeuronClient {
         Err(NeuronError::Refused { neuron: self.name.clone(), status: status.as_u16(), code, message })
     }
 }
+
+/// The message of an upstream error body (OpenAI, Anthropic or neuron shape), else the text.
+pub fn error_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.pointer("/message"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    });
+    message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
+}

@@ -7,7 +7,7 @@ use plans::plan::{Action, ActionKind};
 use plans::topology::ModelState;
 use plans::wire::{LoadRequest, UnloadRequest};
 
-use crate::neuron_client::{NeuronClient, NeuronError};
+use crate::control::neuron_client::{NeuronClient, NeuronError};
 
 /// Why an action did not complete.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use plans::fleet::ReconcileMode;
 use plans::plan::{Plan, Revision};
 use plans::topology::{ModelState, Topology};
 
-use crate::fleetwatch::FleetStatus;
+use crate::control::fleetwatch::FleetStatus;
 
 /// Whether the observed state matches the fleet in force.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::sse::{self, SseParser};
+use crate::gateway::sse::{self, SseParser};
 
 /// The corrected `data` of one event from a native engine, or `None` to forward it unchanged.
 /// Re-serialised output may order keys differently; JSON clients do not care.

@@ -1,0 +1,56 @@
+//! `cortex status`: asks a running daemon for its status document and renders it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::{ConfigArgs, load_config};
+use crate::control::neuron_client::error_message;
+use crate::control::status::{DaemonStatus, render};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The daemon's address [default: the config's listen address]
+    #[arg(long, env = "CORTEX_URL")]
+    pub url: Option<String>,
+    /// The admin key [default: the config's admin_key]
+    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Print the status as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let key = args
+        .admin_key
+        .clone()
+        .or(config.admin_key.clone())
+        .context("no admin key: pass --admin-key, set CORTEX_ADMIN_KEY, or admin_key in cortex.toml")?;
+    let response = reqwest::Client::new()
+        .get(format!("{}/admin/status", url.trim_end_matches('/')))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach cortex at {url}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        anyhow::bail!("cortex at {url} answered {status}: {}", error_message(body.as_bytes()));
+    }
+    let status: DaemonStatus =
+        response.json().await.context("cortex answered an unexpected status document")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
