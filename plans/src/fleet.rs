@@ -51,6 +51,54 @@ pub struct Policy {
     /// Unload on-demand models idle this long (milliseconds).
     pub idle_unload_after_ms: Option<u64>,
     pub source: SourceMode,
+    /// Fleet-wide defaults of the contention settings; each model may override them.
+    #[serde(default)]
+    pub contention: Contention,
+}
+
+/// How requests wait for a model and how a contended neuron swaps models (spec §7). Every
+/// field is optional where it is written (`[policy]` or `[[model]]`); [`ModelSpec::contention`]
+/// resolves model → policy, and the consumer fills what is still unset with its defaults
+/// ([`Contention::DEFAULT_MIN_RESIDENCY_MS`], [`Contention::DEFAULT_MAX_WAIT_MS`]; the daemon
+/// supplies the queue bounds from its own settings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contention {
+    /// A copy loaded this long ago or less is not evicted (the eviction waits).
+    pub min_residency_ms: Option<u64>,
+    /// A waiting request older than this makes a contended neuron swap to its model, even
+    /// while the resident model still has work.
+    pub max_wait_ms: Option<u64>,
+    /// Requests in flight per copy; beyond it they wait in cortex's queue. `None`: the engine's
+    /// parallel slots where the harness reports them, else unlimited.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for the model; past that, 429 with `Retry-After`.
+    pub queue_length: Option<u32>,
+    /// How long one request may wait in the queue before 503 with `Retry-After`.
+    pub queue_timeout_ms: Option<u64>,
+}
+
+impl Contention {
+    pub const DEFAULT_MIN_RESIDENCY_MS: u64 = 5_000;
+    pub const DEFAULT_MAX_WAIT_MS: u64 = 10_000;
+
+    /// Each field of `self`, else the one of `fallback`.
+    pub fn or(self, fallback: Contention) -> Contention {
+        Contention {
+            min_residency_ms: self.min_residency_ms.or(fallback.min_residency_ms),
+            max_wait_ms: self.max_wait_ms.or(fallback.max_wait_ms),
+            max_concurrency: self.max_concurrency.or(fallback.max_concurrency),
+            queue_length: self.queue_length.or(fallback.queue_length),
+            queue_timeout_ms: self.queue_timeout_ms.or(fallback.queue_timeout_ms),
+        }
+    }
+
+    pub fn min_residency(&self) -> u64 {
+        self.min_residency_ms.unwrap_or(Self::DEFAULT_MIN_RESIDENCY_MS)
+    }
+
+    pub fn max_wait(&self) -> u64 {
+        self.max_wait_ms.unwrap_or(Self::DEFAULT_MAX_WAIT_MS)
+    }
 }
 
 /// Where a declaration came from, for diagnostics raised after loading (e.g. by the planner).
@@ -123,10 +171,18 @@ pub struct ModelSpec {
     pub priority: i64,
     /// Only neurons with all of these labels may run it.
     pub require_labels: BTreeMap<String, String>,
+    /// Contention settings written on this model (unset fields fall back to `[policy]`).
+    #[serde(default)]
+    pub contention: Contention,
     pub origin: Origin,
 }
 
 impl ModelSpec {
+    /// This model's contention settings: its own, else the fleet-wide ones of `policy`.
+    pub fn contention(&self, policy: &Policy) -> Contention {
+        self.contention.or(policy.contention)
+    }
+
     /// Whether `name` (an id or an alias) names this model.
     pub fn answers_to(&self, name: &str) -> bool {
         self.id == name || self.aliases.iter().any(|a| a == name)

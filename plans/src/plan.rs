@@ -6,9 +6,12 @@
 //! `plan/render.rs` and `plan/json.rs` print it, `plan/file.rs` saves it for `cortex apply FILE`.
 //! Decisions where the spec is silent are documented in docs/plan-format.md.
 
+use std::collections::BTreeMap;
+
 use crate::fleet::{Eviction, Fleet, Profile};
 use crate::topology::Topology;
 
+pub mod evict;
 mod file;
 mod json;
 mod ledger;
@@ -30,6 +33,18 @@ pub struct PlanOptions {
     pub now_unix_ms: u64,
     /// Unload undeclared models loaded through cortex; OR-ed with `fleet.policy.prune`.
     pub prune: bool,
+}
+
+/// What the gateway knows that neurons do not report, for the eviction choice: requests
+/// waiting in its queues, and since when each copy has been resident (a copy younger than its
+/// `min_residency` is not evicted). Empty for `cortex plan`, which then weighs in-flight
+/// requests only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Requests waiting per model id.
+    pub queued: BTreeMap<String, usize>,
+    /// `(model id, neuron)` → when that copy became ready (Unix ms).
+    pub resident_since: BTreeMap<(String, String), u64>,
 }
 
 /// The fleet's git revision, shown in plan headers.
@@ -280,6 +295,10 @@ pub enum Dimension {
     Neurons,
     /// `place_one` was asked for a name the fleet does not declare.
     UnknownModel,
+    /// It fits once a copy has been loaded for its `min_residency`: the placement waits.
+    Residency,
+    /// It fits once a copy has finished loading or unloading: the placement waits.
+    InTransition,
 }
 
 impl Dimension {
@@ -295,6 +314,8 @@ impl Dimension {
             Dimension::Labels => "labels",
             Dimension::Neurons => "neurons",
             Dimension::UnknownModel => "unknown_model",
+            Dimension::Residency => "residency",
+            Dimension::InTransition => "in_transition",
         }
     }
 }
@@ -321,7 +342,12 @@ pub struct Placement {
 
 /// Plan the whole fleet: pure and deterministic (the current time is in `options`).
 pub fn plan(fleet: &Fleet, topology: &Topology, options: &PlanOptions) -> Plan {
-    let mut planner = passes::Planner::new(fleet, topology, options);
+    plan_with(fleet, topology, options, &Activity::default())
+}
+
+/// [`plan`], weighing what the gateway knows (queued requests, residency) in evictions.
+pub fn plan_with(fleet: &Fleet, topology: &Topology, options: &PlanOptions, activity: &Activity) -> Plan {
+    let mut planner = passes::Planner::new(fleet, topology, options, activity);
     planner.prune_or_report_drift();
     planner.reload_pinned();
     planner.place_pins();
@@ -339,7 +365,18 @@ pub fn place_one(
     model: &str,
     options: &PlanOptions,
 ) -> Result<Placement, Infeasible> {
-    let mut planner = passes::Planner::new(fleet, topology, options);
+    place_one_with(fleet, topology, model, options, &Activity::default())
+}
+
+/// [`place_one`], weighing what the gateway knows (queued requests, residency) in evictions.
+pub fn place_one_with(
+    fleet: &Fleet,
+    topology: &Topology,
+    model: &str,
+    options: &PlanOptions,
+    activity: &Activity,
+) -> Result<Placement, Infeasible> {
+    let mut planner = passes::Planner::new(fleet, topology, options, activity);
     planner.protect_warm_replicas();
     planner.place_requested(model)
 }

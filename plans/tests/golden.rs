@@ -6,7 +6,7 @@
 mod support;
 
 use expect_test::{Expect, expect};
-use plans::plan::{PlanOptions, Revision, place_one, plan, render_json, render_text};
+use plans::plan::{PlanOptions, Revision, place_one, place_one_with, plan, render_json, render_text};
 use plans::topology::Topology;
 use support::NOW;
 
@@ -1267,4 +1267,36 @@ fn place_one_chooses_an_eviction() {
         unknown.dimension.as_str(),
         unknown.detail
     ));
+}
+
+/// The eviction choice weighs the gateway's activity: a model with queued requests goes after
+/// idle ones, and a copy within its min_residency is held back (the placement says it waits).
+#[test]
+fn place_one_weighs_queues_and_residency() {
+    let (fleet, topology) = inputs(
+        &format!(
+            "{BEAST}{CROWDED}{}",
+            PINNED_BIG.replace("pinned_on = [\"beast\"]", "min_residency = \"1m\"")
+        ),
+        CROWDED_TOPOLOGY,
+    );
+    let options = PlanOptions { now_unix_ms: NOW, prune: false };
+    let evicted =
+        |activity: &plans::plan::Activity| match place_one_with(&fleet, &topology, "big", &options, activity)
+        {
+            Ok(placement) => {
+                placement.evictions.iter().map(|a| a.model.clone()).collect::<Vec<_>>().join(",")
+            }
+            Err(infeasible) => format!("{}: {}", infeasible.dimension.as_str(), infeasible.detail),
+        };
+    let mut activity = plans::plan::Activity::default();
+    assert_eq!(evicted(&activity), "chat", "least recently used first");
+    activity.queued.insert("chat".into(), 3);
+    assert_eq!(evicted(&activity), "embed", "a model with queued requests goes after idle ones");
+    let recent = |id: &str| ((id.to_owned(), "beast".to_owned()), NOW - 1_000);
+    activity.resident_since.extend([recent("chat"), recent("embed")]);
+    assert_eq!(evicted(&activity), "draft", "copies within min_residency are held; the busy one goes");
+    activity.resident_since.extend([recent("draft")]);
+    expect![[r#"residency: beast has room once chat has been loaded for its min_residency (at 1700000004000 Unix ms)"#]]
+        .assert_eq(&evicted(&activity));
 }

@@ -161,6 +161,7 @@ fn build(
             replicas: p.replicas,
             priority: p.priority,
             require_labels: BTreeMap::new(),
+            contention: Default::default(),
             origin: Origin::default(),
         })
         .collect();

@@ -9,6 +9,7 @@
 
 mod checks;
 mod decode;
+mod decode_contention;
 mod decode_model;
 mod fields;
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use crate::fleet::{Eviction, ModelSpec, NeuronSpec};
 use crate::plan::Dimension;
+use crate::plan::evict;
 use crate::topology::{LoadedModel, ModelState, NeuronStatus};
 
 /// The share of `vram_mb` that each of `devices` devices holds.
@@ -64,6 +65,10 @@ pub struct Resident<'a> {
     pub ram: u64,
     pub last_used: u64,
     pub in_flight: u32,
+    /// Requests waiting for this model in the gateway (from the planner's `Activity`).
+    pub queued: usize,
+    /// When this copy may be evicted (resident since + `min_residency`), where known.
+    pub evictable_from: Option<u64>,
     pub status: ModelState,
     pub role: Role,
     /// The observed copy; `None` for a copy this plan loads.
@@ -87,6 +92,14 @@ pub struct NeuronLedger<'a> {
     pub residents: Vec<Resident<'a>>,
     /// Model id → resident index of the live copy; a neuron serves one copy per id.
     pub by_model: HashMap<&'a str, usize>,
+}
+
+/// What may be evicted on a neuron now (in eviction order), and what only later.
+#[derive(Clone, Debug, Default)]
+pub struct Evictable {
+    pub order: Vec<usize>,
+    /// Residents within their minimum residency, with the time each becomes evictable.
+    pub held: Vec<(usize, u64)>,
 }
 
 /// Devices chosen for a load and the residents to evict first (in eviction order).
@@ -196,10 +209,11 @@ impl<'a> NeuronLedger<'a> {
         fit(&self.free, &self.device_index, self.ram_free, need)
     }
 
-    /// Residents that may be evicted to make room, in eviction order. Replica copies are
-    /// evictable only for a pin (`for_pin`), after every on-demand copy.
-    pub fn candidates(&self, models: &[ModelSpec], policy: Eviction, for_pin: bool) -> Vec<usize> {
-        let mut candidates: Vec<usize> = (0..self.residents.len())
+    /// Residents that may be evicted to make room, in eviction order (the one choice of
+    /// [`crate::plan::evict::choose`]), and those held back by `min_residency` with the time
+    /// each becomes evictable. Replica copies are evictable only for a pin (`for_pin`).
+    pub fn candidates(&self, models: &[ModelSpec], policy: Eviction, for_pin: bool, now: u64) -> Evictable {
+        let residents: Vec<usize> = (0..self.residents.len())
             .filter(|&r| {
                 let copy = &self.residents[r];
                 let role_ok = copy.role == Role::OnDemand || (for_pin && copy.role == Role::Replica);
@@ -211,16 +225,26 @@ impl<'a> NeuronLedger<'a> {
             .collect();
         let priority =
             |r: usize| self.residents[r].spec.and_then(|m| models.get(m)).map_or(0, |m| m.priority);
-        candidates.sort_by_key(|&r| {
-            let copy = &self.residents[r];
-            // Busy copies go last: the neuron drains them, but evicting idle ones costs nobody.
-            let policy_key = match policy {
-                Eviction::Lru => 0,
-                Eviction::Priority => priority(r),
-            };
-            (copy.role == Role::Replica, copy.in_flight > 0, policy_key, copy.last_used, copy.id)
-        });
-        candidates
+        let described: Vec<evict::Candidate<'_>> = residents
+            .iter()
+            .map(|&r| {
+                let copy = &self.residents[r];
+                evict::Candidate {
+                    id: copy.id,
+                    replica: copy.role == Role::Replica,
+                    busy: copy.in_flight > 0 || copy.queued > 0,
+                    priority: priority(r),
+                    last_used_unix_ms: copy.last_used,
+                    // A failed copy serves nothing: its residency protects nobody.
+                    evictable_from_unix_ms: copy.evictable_from.filter(|_| copy.status == ModelState::Loaded),
+                }
+            })
+            .collect();
+        let choice = evict::choose(&described, policy, now);
+        Evictable {
+            order: choice.order.iter().map(|&p| residents[p]).collect(),
+            held: choice.held.iter().map(|&(p, from)| (residents[p], from)).collect(),
+        }
     }
 
     /// The fewest evictions among `candidates` (in order) after which `need` fits, and the
@@ -324,9 +348,44 @@ impl<'a> NeuronLedger<'a> {
         (free, ram)
     }
 
-    /// Which dimension runs out for `need` once `evictable` are all gone, with the figures.
-    pub fn shortfall(&self, need: &Need, evictable: &[usize], protected: &[usize]) -> (Dimension, String) {
+    /// Why `need` does not fit now, with the figures: a copy that is only held by its minimum
+    /// residency or is still loading/unloading is named first (the placement will succeed
+    /// later), then pins in the way, then the resource that runs out.
+    pub fn shortfall(&self, need: &Need, evictable: &Evictable, protected: &[usize]) -> (Dimension, String) {
         let name = &self.spec.name;
+        let mut later: Vec<usize> = evictable.order.clone();
+        later.extend(evictable.held.iter().map(|&(r, _)| r));
+        if let Some(&(first, from)) = evictable.held.first()
+            && self.fits_after(need, &later)
+        {
+            let id = self.residents[first].id;
+            return (
+                Dimension::Residency,
+                format!(
+                    "{name} has room once {id} has been loaded for its min_residency (at {from} Unix ms)"
+                ),
+            );
+        }
+        let moving: Vec<usize> = (0..self.residents.len())
+            .filter(|&r| {
+                let copy = &self.residents[r];
+                !copy.gone
+                    && matches!(copy.status, ModelState::Loading | ModelState::Unloading)
+                    && !matches!(copy.role, Role::Pinned | Role::Unmanaged)
+            })
+            .collect();
+        later.extend(&moving);
+        if let Some(&first) = moving.first()
+            && self.fits_after(need, &later)
+        {
+            let copy = &self.residents[first];
+            let what = if copy.status == ModelState::Loading { "loading" } else { "unloading" };
+            return (
+                Dimension::InTransition,
+                format!("{name} has room once {} has finished {what}", copy.id),
+            );
+        }
+        let evictable = evictable.order.as_slice();
         let (free, ram) = self.freed(evictable);
         let mut all: Vec<usize> = evictable.to_vec();
         all.extend_from_slice(protected);

@@ -12,7 +12,7 @@ use crate::fleet::{Fleet, ModelSpec, NeuronSpec};
 use crate::plan::ledger::{Need, NeuronLedger, Resident, Role, Room, share};
 use crate::plan::order::{self, Draft};
 use crate::plan::{
-    Action, ActionKind, Dimension, Drift, Infeasible, Placement, Plan, PlanOptions, Reason, Want,
+    Action, ActionKind, Activity, Dimension, Drift, Infeasible, Placement, Plan, PlanOptions, Reason, Want,
 };
 use crate::topology::{ModelState, NeuronStatus, Topology};
 
@@ -33,7 +33,7 @@ pub struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(fleet: &'a Fleet, topology: &'a Topology, options: &PlanOptions) -> Self {
+    pub fn new(fleet: &'a Fleet, topology: &'a Topology, options: &PlanOptions, activity: &Activity) -> Self {
         let model_index: HashMap<&str, usize> =
             fleet.models.iter().enumerate().map(|(i, m)| (m.id.as_str(), i)).collect();
         let pinned: HashSet<(&str, &str)> = fleet
@@ -70,6 +70,12 @@ impl<'a> Planner<'a> {
                     ram: loaded.ram_mb,
                     last_used: loaded.last_used_unix_ms,
                     in_flight: loaded.in_flight,
+                    queued: activity.queued.get(&loaded.id).copied().unwrap_or(0),
+                    evictable_from: declared.and_then(|m| {
+                        let since = activity.resident_since.get(&(loaded.id.clone(), spec.name.clone()))?;
+                        let residency = fleet.models[m].contention(&fleet.policy).min_residency();
+                        Some(since.saturating_add(residency))
+                    }),
                     status: loaded.status,
                     role,
                     observed: Some(loaded),
@@ -434,8 +440,8 @@ impl<'a> Planner<'a> {
 
     fn room_on(&self, n: usize, need: &Need, for_pin: bool) -> Result<Room, (Dimension, String)> {
         let ledger = &self.neurons[n];
-        let candidates = ledger.candidates(&self.fleet.models, self.fleet.policy.eviction, for_pin);
-        if let Some(room) = ledger.make_room(need, &candidates) {
+        let candidates = ledger.candidates(&self.fleet.models, self.fleet.policy.eviction, for_pin, self.now);
+        if let Some(room) = ledger.make_room(need, &candidates.order) {
             return Ok(room);
         }
         let protected: Vec<usize> = (0..ledger.residents.len())
@@ -444,7 +450,7 @@ impl<'a> Planner<'a> {
                 copy.role == Role::Pinned
                     && !copy.gone
                     && matches!(copy.status, ModelState::Loaded | ModelState::Failed)
-                    && !candidates.contains(&r)
+                    && !candidates.order.contains(&r)
             })
             .collect();
         Err(ledger.shortfall(need, &candidates, &protected))
@@ -508,6 +514,8 @@ impl<'a> Planner<'a> {
             ram: need.ram,
             last_used: self.now,
             in_flight: 0,
+            queued: 0,
+            evictable_from: None,
             status: ModelState::Loaded,
             role,
             observed: None,

@@ -4,6 +4,7 @@
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::duration;
+use crate::fleet::load::decode_contention;
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
 use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
@@ -11,7 +12,19 @@ use crate::fleet::{Eviction, NeuronSpec, Policy, ReconcileMode, SourceMode};
 
 /// The tables a fleet file may contain, as written in messages.
 const TOP_LEVEL: &str = "[policy], [[neuron]], [[model]]";
-const POLICY_KEYS: [&str; 5] = ["eviction", "reconcile", "prune", "idle_unload_after", "source"];
+const POLICY_KEYS: [&str; 10] = [
+    "eviction",
+    "reconcile",
+    "prune",
+    "idle_unload_after",
+    "source",
+    // The contention keys (decode_contention::KEYS): fleet-wide defaults.
+    "min_residency",
+    "max_wait",
+    "max_concurrency",
+    "queue_length",
+    "queue_timeout",
+];
 const NEURON_KEYS: [&str; 3] = ["name", "endpoint", "labels"];
 
 /// Everything declared in every file, in file (path) order, not yet checked against each other.
@@ -145,9 +158,11 @@ fn policy(table: &dyn TableLike, at: Site<'_>, sink: &mut Sink) -> Policy {
     let source =
         fields.choice("source", &[("worktree", SourceMode::Worktree), ("commit", SourceMode::Commit)]);
     let prune = fields.bool("prune");
+    let contention = decode_contention::read(&mut fields);
     let idle_unload_after_ms =
         fields.string("idle_unload_after").and_then(|text| idle_unload_after(text, sink));
     Policy {
+        contention,
         eviction: eviction.unwrap_or(defaults.eviction),
         reconcile: reconcile.unwrap_or(defaults.reconcile),
         prune: prune.unwrap_or(defaults.prune),

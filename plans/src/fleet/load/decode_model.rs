@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use toml_edit::TableLike;
 
 use crate::fleet::load::decode::check_name;
+use crate::fleet::load::decode_contention;
 use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{ModelSpec, Profile};
 
-const MODEL_KEYS: [&str; 15] = [
+const MODEL_KEYS: [&str; 20] = [
     "id",
     "aliases",
     "harness",
@@ -26,6 +27,12 @@ const MODEL_KEYS: [&str; 15] = [
     "replicas",
     "priority",
     "require_labels",
+    // The contention keys (decode_contention::KEYS), overriding [policy].
+    "min_residency",
+    "max_wait",
+    "max_concurrency",
+    "queue_length",
+    "queue_timeout",
 ];
 
 /// The priority of a model that does not set one: the middle of the usual 0..=100 range.
@@ -71,6 +78,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
     let replicas = fields.unsigned32("replicas");
     let priority = fields.integer("priority");
     let require_labels = fields.string_map("require_labels");
+    let contention = decode_contention::read(&mut fields);
 
     let id_ok = id.as_ref().is_some_and(|id| check_name(id, "model id", sink));
     let aliases: Vec<_> = aliases.into_iter().filter(|alias| check_name(alias, "alias", sink)).collect();
@@ -113,6 +121,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
             replicas: replicas.map_or(0, |replicas| replicas.value),
             priority: priority.map_or(DEFAULT_PRIORITY, |priority| priority.value),
             require_labels: require_labels.map(|labels| labels.value).unwrap_or_default(),
+            contention,
             origin: at.origin(),
         },
         aliases,

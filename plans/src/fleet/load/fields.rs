@@ -40,6 +40,11 @@ impl<'a, 'd, 's> Fields<'a, 'd, 's> {
         Fields { table, header, at, sink }
     }
 
+    /// The diagnostics sink, for checks on the values read.
+    pub(super) fn sink(&mut self) -> &mut Sink {
+        self.sink
+    }
+
     /// The value of `key` and where it was written.
     fn item(&self, key: &str) -> Option<(&'d Item, Site<'a>)> {
         let (key_repr, item) = self.table.get_key_value(key)?;

@@ -263,9 +263,9 @@ vram = 1000
         expect![[r#"
             fleet.toml:1:1: error: unknown top-level key "version"; expected one of: [policy], [[neuron]], [[model]]
             fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]]
-            fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source
+            fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
             fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels
-            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels
+            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
         "#]],
     );
 }
@@ -735,4 +735,54 @@ fn the_embedded_default_fleet_loads_without_any_diagnostic() {
     assert!(model.is_cpu());
     assert_eq!(model.pinned_on, ["local"]);
     assert_eq!(fleet.neuron("local").map(|neuron| neuron.endpoint.as_str()), Some("http://127.0.0.1:13131"));
+}
+
+#[test]
+fn contention_keys_default_in_policy_and_override_per_model() {
+    let fixture = r#"
+[policy]
+min_residency = "30s"
+max_wait = "20s"
+queue_length = 64
+queue_timeout = "2m"
+
+[[model]]
+id = "a"
+harness = "sim"
+source = "a"
+max_concurrency = 4
+max_wait = "0s"
+
+[[model]]
+id = "b"
+harness = "sim"
+source = "b"
+"#;
+    let loaded = load(&files(fixture));
+    let fleet = loaded.fleet.expect("valid");
+    let resolved: Vec<String> =
+        fleet.models.iter().map(|m| format!("{} {:?}", m.id, m.contention(&fleet.policy))).collect();
+    expect![[r#"
+        a Contention { min_residency_ms: Some(30000), max_wait_ms: Some(0), max_concurrency: Some(4), queue_length: Some(64), queue_timeout_ms: Some(120000) }
+        b Contention { min_residency_ms: Some(30000), max_wait_ms: Some(20000), max_concurrency: None, queue_length: Some(64), queue_timeout_ms: Some(120000) }"#]].assert_eq(&resolved.join("\n"));
+    check(
+        r#"
+[policy]
+min_residency = "soon"
+queue_length = 0
+
+[[model]]
+id = "a"
+harness = "sim"
+source = "a"
+max_concurrency = -1
+queue_timeout = "0s"
+"#,
+        expect![[r#"
+            fleet.toml:2:17: error: min_residency must be a duration like "500ms", "10s" or "5m" (units ms, s, m, h, d), found "soon"
+            fleet.toml:3:16: error: queue_length must be at least 1; leave it out for the default
+            fleet.toml:9:19: error: max_concurrency must be a non-negative integer, found -1
+            fleet.toml:10:17: error: queue_timeout must be longer than 0
+        "#]],
+    );
 }
