@@ -12,6 +12,7 @@ pub mod models;
 pub mod proxy;
 pub mod route;
 pub mod routes;
+pub mod schedule;
 pub mod sse;
 
 use std::sync::Arc;

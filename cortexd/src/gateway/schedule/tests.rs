@@ -1,0 +1,439 @@
+//! The scheduler's decisions in virtual time, table-driven: each case is a script of timed
+//! events on one contended neuron `n1` (room for one on-demand model; loads take 2 s) and the
+//! exact log of what the scheduler decided.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use expect_test::{Expect, expect};
+
+use crate::gateway::schedule::{
+    Arrival, Command, LoadResult, Mode, Observed, Placed, Placer, Scheduler, Settings,
+};
+use plans::plan::Activity;
+
+const LOAD_MS: u64 = 2_000;
+
+fn settings() -> Settings {
+    Settings {
+        max_concurrency: None,
+        queue_length: 8,
+        queue_timeout_ms: 60_000,
+        max_wait_ms: 10_000,
+        min_residency_ms: 5_000,
+        priority: 50,
+    }
+}
+
+/// The neuron as the fake placer sees it: which on-demand models hold its room.
+#[derive(Default)]
+struct Neuron {
+    resident: BTreeSet<String>,
+    room: usize,
+    unplaceable: BTreeSet<String>,
+}
+
+impl Placer<()> for Neuron {
+    fn place(&mut self, model: &str, activity: &Activity) -> Placed<()> {
+        if self.unplaceable.contains(model) {
+            return Placed::Never { why: format!("{model} needs more VRAM than any neuron has") };
+        }
+        let mut evicts = Vec::new();
+        if self.resident.len() >= self.room {
+            // Busy-aware like the planner: a model with queued requests goes last.
+            let victim =
+                self.resident.iter().min_by_key(|m| (activity.queued.get(*m).copied().unwrap_or(0), *m));
+            evicts.extend(victim.cloned());
+        }
+        Placed::Load { neuron: "n1".into(), evicts, placement: () }
+    }
+}
+
+struct World {
+    now: u64,
+    core: Scheduler,
+    neuron: Neuron,
+    settings: BTreeMap<String, Settings>,
+    /// (ready at, model) of loads under way.
+    loading: Vec<(u64, String)>,
+    log: String,
+}
+
+impl World {
+    fn new(mode: Mode) -> World {
+        World {
+            now: 0,
+            core: Scheduler::new(mode),
+            neuron: Neuron { room: 1, ..Neuron::default() },
+            settings: BTreeMap::new(),
+            loading: Vec::new(),
+            log: String::new(),
+        }
+    }
+
+    fn settings(&self, model: &str) -> Settings {
+        self.settings.get(model).copied().unwrap_or_else(settings)
+    }
+
+    fn carry(&mut self, commands: Vec<Command<()>>) {
+        for command in commands {
+            let line = match command {
+                Command::Admit { request, model, neuron, waited_ms } => {
+                    format!("admit #{request} {model} on {neuron} after {waited_ms}ms")
+                }
+                Command::Reject { request, model, rejection } => {
+                    format!("reject #{request} {model}: {rejection:?}")
+                }
+                Command::Load { model, neuron, evicts, .. } => {
+                    for evicted in &evicts {
+                        self.neuron.resident.remove(evicted);
+                    }
+                    self.loading.push((self.now + LOAD_MS, model.clone()));
+                    format!("load {model} on {neuron} evicting {evicts:?}")
+                }
+            };
+            self.log.push_str(&format!("{:>6} {line}\n", self.now));
+        }
+    }
+
+    /// Run loads and timers due up to `until`, in time order.
+    fn advance(&mut self, until: u64) {
+        loop {
+            let load = self.loading.iter().map(|(at, _)| *at).min();
+            let next = [load, self.core.wake_at()].into_iter().flatten().filter(|&t| t <= until).min();
+            let Some(at) = next else { break };
+            self.now = self.now.max(at);
+            if let Some(i) = self.loading.iter().position(|(t, _)| *t == at) {
+                let (_, model) = self.loading.remove(i);
+                self.neuron.resident.insert(model.clone());
+                self.log.push_str(&format!("{:>6} ready {model}\n", self.now));
+                let commands =
+                    self.core.load_done(self.now, &model, "n1", LoadResult::Ready, &mut self.neuron);
+                self.carry(commands);
+            } else {
+                let commands = self.core.tick(self.now, &mut self.neuron);
+                self.carry(commands);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn step(&mut self, line: &str) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at: u64 = words[0].parse().expect("time");
+        self.advance(at);
+        let commands = match words[1..] {
+            ["resident", ref models @ ..] => {
+                self.neuron.resident.extend(models.iter().map(|m| (*m).to_owned()));
+                let copies: Vec<(String, String, Observed)> =
+                    models.iter().map(|m| ((*m).to_owned(), "n1".to_owned(), Observed::Ready)).collect();
+                self.core.observe(self.now, &copies, &mut self.neuron)
+            }
+            ["arrive", id, model] => {
+                let id: u64 = id.trim_start_matches('#').parse().expect("id");
+                let settings = self.settings(model);
+                let (arrival, commands) = self.core.arrive(self.now, id, model, settings, &mut self.neuron);
+                let line = match arrival {
+                    Arrival::Admitted { neuron } => format!("#{id} {model} admitted on {neuron}"),
+                    Arrival::Queued => format!("#{id} {model} queued"),
+                    Arrival::Rejected(rejection) => format!("#{id} {model} refused: {rejection:?}"),
+                };
+                self.log.push_str(&format!("{:>6} {line}\n", self.now));
+                commands
+            }
+            ["finish", model] => self.core.finish(self.now, model, "n1", &mut self.neuron),
+            ["cancel", id, model] => {
+                let id: u64 = id.trim_start_matches('#').parse().expect("id");
+                self.core.cancel(self.now, id, model, &mut self.neuron)
+            }
+            ["status"] => {
+                let status = self.core.status(self.now);
+                self.log.push_str(&format!(
+                    "{:>6} status {status:?} swaps {:?}\n",
+                    self.now,
+                    self.core.swaps()
+                ));
+                Vec::new()
+            }
+            ["until"] => Vec::new(),
+            _ => panic!("unknown step {line:?}"),
+        };
+        self.carry(commands);
+    }
+}
+
+fn check(mode: Mode, configure: impl FnOnce(&mut World), script: &str, expect: Expect) {
+    let mut world = World::new(mode);
+    configure(&mut world);
+    for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        world.step(line);
+    }
+    // What follows from the script, up to 20 s after its last step.
+    world.advance(world.now + 20_000);
+    world.log.push_str(&format!("{:>6} end\n", world.now));
+    expect.assert_eq(&world.log);
+}
+
+#[test]
+fn a_resident_models_requests_are_served_and_a_cold_one_waits_for_its_load() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 arrive #1 od-a
+        100 arrive #2 od-a
+        2100 arrive #3 od-a
+        2100 status
+        ",
+        expect![[r#"
+                 0 #1 od-a queued
+                 0 load od-a on n1 evicting []
+               100 #2 od-a queued
+              2000 ready od-a
+              2000 admit #1 od-a on n1 after 2000ms
+              2000 admit #2 od-a on n1 after 1900ms
+              2100 #3 od-a admitted on n1
+              2100 status [QueueStatus { model: "od-a", waiting: 0, oldest_wait_ms: 0, in_flight: 3 }] swaps {}
+             22100 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_resident_keeps_the_neuron_while_busy_until_max_wait() {
+    // od-a is busy the whole time (a request always in flight); od-b's oldest request gets the
+    // neuron at 10 s of waiting, and the od-a requests arriving during the swap wait for the turn back.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-b
+        1500 arrive #3 od-b
+        11000 until
+        11500 arrive #4 od-a
+        13100 finish od-a
+        13100 status
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+              1000 #2 od-b queued
+              1500 #3 od-b queued
+             11000 load od-b on n1 evicting ["od-a"]
+             11500 #4 od-a queued
+             13000 ready od-b
+             13000 admit #2 od-b on n1 after 12000ms
+             13000 admit #3 od-b on n1 after 11500ms
+             13100 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 1600, in_flight: 0 }, QueueStatus { model: "od-b", waiting: 0, oldest_wait_ms: 0, in_flight: 2 }] swaps {"n1": 1}
+             21500 load od-a on n1 evicting ["od-b"]
+             23500 ready od-a
+             23500 admit #4 od-a on n1 after 12000ms
+             33100 end
+        "#]],
+    );
+}
+
+#[test]
+fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        1000 arrive #1 od-b
+        ",
+        expect![[r#"
+              1000 #1 od-b queued
+              5000 load od-b on n1 evicting ["od-a"]
+              7000 ready od-b
+              7000 admit #1 od-b on n1 after 6000ms
+             21000 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_swap_happens_as_soon_as_the_resident_is_done() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        6000 arrive #2 od-b
+        7000 finish od-a
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+              6000 #2 od-b queued
+              7000 load od-b on n1 evicting ["od-a"]
+              9000 ready od-b
+              9000 admit #2 od-b on n1 after 3000ms
+             27000 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_longest_waiting_model_goes_next_and_priority_breaks_ties() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.settings.insert("od-d".into(), Settings { priority: 90, ..settings() });
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-c
+        2000 arrive #3 od-b
+        2000 arrive #4 od-d
+        11000 until
+        13000 finish od-c
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+              1000 #2 od-c queued
+              2000 #3 od-b queued
+              2000 #4 od-d queued
+             11000 load od-c on n1 evicting ["od-a"]
+             13000 ready od-c
+             13000 admit #2 od-c on n1 after 12000ms
+             18000 load od-d on n1 evicting ["od-c"]
+             20000 ready od-d
+             20000 admit #4 od-d on n1 after 18000ms
+             25000 load od-b on n1 evicting ["od-d"]
+             27000 ready od-b
+             27000 admit #3 od-b on n1 after 25000ms
+             33000 end
+        "#]],
+    );
+}
+
+#[test]
+fn arrival_order_swaps_on_every_demand() {
+    check(
+        Mode::Arrival,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        100 arrive #2 od-b
+        200 arrive #3 od-a
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+               100 #2 od-b queued
+               100 load od-b on n1 evicting ["od-a"]
+               200 #3 od-a queued
+              2100 ready od-b
+              2100 admit #2 od-b on n1 after 2000ms
+              2100 load od-a on n1 evicting ["od-b"]
+              4100 ready od-a
+              4100 admit #3 od-a on n1 after 3900ms
+             20200 end
+        "#]],
+    );
+}
+
+#[test]
+fn max_concurrency_holds_requests_in_cortexs_queue() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.settings.insert("od-a".into(), Settings { max_concurrency: Some(2), ..settings() });
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        0 arrive #2 od-a
+        0 arrive #3 od-a
+        0 arrive #4 od-a
+        500 finish od-a
+        600 status
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+                 0 #2 od-a admitted on n1
+                 0 #3 od-a queued
+                 0 #4 od-a queued
+               500 admit #3 od-a on n1 after 500ms
+               600 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 600, in_flight: 2 }] swaps {}
+             20600 end
+        "#]],
+    );
+}
+
+#[test]
+fn bounds_refuse_with_retry_after_queue_full_then_timeout() {
+    check(
+        Mode::Elevator,
+        |world| {
+            let tight =
+                Settings { queue_length: 2, queue_timeout_ms: 3_000, max_wait_ms: 60_000, ..settings() };
+            world.settings.insert("od-b".into(), tight);
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-b
+        1000 arrive #3 od-b
+        1000 arrive #4 od-b
+        5000 cancel #1 od-a
+        ",
+        expect![[r#"
+                 0 #1 od-a admitted on n1
+              1000 #2 od-b queued
+              1000 #3 od-b queued
+              1000 #4 od-b refused: QueueFull { retry_after_s: 3 }
+              4000 reject #2 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+              4000 reject #3 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+             25000 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_model_that_fits_nowhere_is_refused_with_the_reason() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.neuron.unplaceable.insert("huge".into());
+        },
+        "
+        0 arrive #1 huge
+        ",
+        expect![[r#"
+                 0 #1 huge queued
+                 0 reject #1 huge: Unplaceable { why: "huge needs more VRAM than any neuron has", retry_after_s: 10 }
+             20000 end
+        "#]],
+    );
+}
+
+#[test]
+fn requests_for_a_draining_copy_wait_for_the_turn_back() {
+    // Once od-a is chosen for eviction no request is routed to it; they queue, and the
+    // schedule brings od-a back when od-b's work is done.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        6000 arrive #1 od-b
+        6100 arrive #2 od-a
+        8000 until
+        8200 finish od-b
+        ",
+        expect![[r#"
+              6000 #1 od-b queued
+              6000 load od-b on n1 evicting ["od-a"]
+              6100 #2 od-a queued
+              8000 ready od-b
+              8000 admit #1 od-b on n1 after 2000ms
+             13000 load od-a on n1 evicting ["od-b"]
+             15000 ready od-a
+             15000 admit #2 od-a on n1 after 8900ms
+             28200 end
+        "#]],
+    );
+}
