@@ -62,6 +62,18 @@ pub struct GatewayConfig {
     /// How long cortex waits for a neuron to answer a lifecycle call.
     #[serde(with = "duration")]
     pub neuron_timeout: Duration,
+    /// How contended neurons swap models: `elevator` (the schedule of docs/gateway.md) or
+    /// `arrival` (swap on demand in arrival order, for comparison).
+    pub swap_schedule: SwapSchedule,
+}
+
+/// `[gateway] swap_schedule`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapSchedule {
+    #[default]
+    Elevator,
+    Arrival,
 }
 
 impl Default for GatewayConfig {
@@ -72,6 +84,7 @@ impl Default for GatewayConfig {
             max_wait: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(5),
             neuron_timeout: Duration::from_secs(10),
+            swap_schedule: SwapSchedule::Elevator,
         }
     }
 }

@@ -76,6 +76,29 @@ pub struct DaemonStatus {
     pub plan: Plan,
     /// The newest last.
     pub runs: Vec<Run>,
+    /// The gateway's queues and swaps (filled in by the admin API; empty elsewhere).
+    #[serde(default)]
+    pub contention: Contention,
+}
+
+/// What the gateway's scheduler shows: queues, swaps per neuron, rejections by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contention {
+    /// Models with requests waiting or in flight.
+    pub queues: Vec<QueueStatus>,
+    /// Swaps (loads that evicted another model) started per neuron since the daemon started.
+    pub swaps: std::collections::BTreeMap<String, u64>,
+    /// Requests the queues refused, by reason (queue_full, queue_timeout, unplaceable, load_failed).
+    pub rejections: std::collections::BTreeMap<String, u64>,
+}
+
+/// One model's queue.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueStatus {
+    pub model: String,
+    pub waiting: usize,
+    pub oldest_wait_ms: u64,
+    pub in_flight: u32,
 }
 
 /// How many reconcile runs status keeps.
@@ -181,6 +204,7 @@ pub fn render(status: &DaemonStatus) -> String {
         status.plan.infeasible.len(),
         status.plan.drift.len()
     ));
+    render_contention(&mut out, &status.contention);
     out.push_str("\nRECENT RUNS (newest last)\n");
     if status.runs.is_empty() {
         out.push_str("  none yet\n");
@@ -195,6 +219,34 @@ pub fn render(status: &DaemonStatus) -> String {
         }
     }
     out
+}
+
+/// The QUEUES section, when anything waits, was swapped or was refused.
+fn render_contention(out: &mut String, contention: &Contention) {
+    if contention.queues.is_empty() && contention.swaps.is_empty() && contention.rejections.is_empty() {
+        return;
+    }
+    out.push_str("\nQUEUE                        WAITING  OLDEST WAIT  IN FLIGHT\n");
+    for queue in &contention.queues {
+        out.push_str(&format!(
+            "{:<28} {:<8} {:<12} {}\n",
+            queue.model,
+            queue.waiting,
+            format!("{:.1}s", queue.oldest_wait_ms as f64 / 1000.0),
+            queue.in_flight
+        ));
+    }
+    let pairs = |map: &std::collections::BTreeMap<String, u64>| {
+        map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    };
+    out.push_str(&format!(
+        "Swaps: {}\n",
+        if contention.swaps.is_empty() { "none".into() } else { pairs(&contention.swaps) }
+    ));
+    out.push_str(&format!(
+        "Refused: {}\n",
+        if contention.rejections.is_empty() { "none".into() } else { pairs(&contention.rejections) }
+    ));
 }
 
 #[cfg(test)]
@@ -288,6 +340,16 @@ mod tests {
                 summary: "Apply complete! Loaded 1, reloaded 0, unloaded 0.".into(),
                 errors: Vec::new(),
             }],
+            contention: Contention {
+                queues: vec![QueueStatus {
+                    model: "od-b".into(),
+                    waiting: 12,
+                    oldest_wait_ms: 4200,
+                    in_flight: 0,
+                }],
+                swaps: [("beast".to_owned(), 3)].into(),
+                rejections: [("queue_timeout".to_owned(), 1)].into(),
+            },
         };
         expect_test::expect![[r#"
             Fleet:   0123456 (ab12cd34ef56, source Worktree)
@@ -306,6 +368,11 @@ mod tests {
               NeuronsReachable   False Unreachable: unreachable: quad
 
             PLAN: 0 to load, 0 to reload, 0 to unload, 0 infeasible, 0 drifted
+
+            QUEUE                        WAITING  OLDEST WAIT  IN FLIGHT
+            od-b                         12       4.2s         0
+            Swaps: beast 3
+            Refused: queue_timeout 1
 
             RECENT RUNS (newest last)
               0123456    applied        1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.

@@ -47,7 +47,11 @@ fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin,
 
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match authorised(&state, &headers) {
-        Ok(admin) => axum::Json(admin.status.borrow().as_ref().clone()).into_response(),
+        Ok(admin) => {
+            let mut status = admin.status.borrow().as_ref().clone();
+            status.contention = state.schedule.contention();
+            axum::Json(status).into_response()
+        }
         Err((status, message)) => error(status, message),
     }
 }

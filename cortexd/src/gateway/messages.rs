@@ -89,7 +89,7 @@ async fn messages_inner(state: AppState, headers: HeaderMap, body: Body) -> Resu
             forward(state, target, checked).await
         }
         Resolution::Waiting(ticket) => {
-            Ok(routes::waiting_stream(state, ticket, checked, Dialect::Anthropic, forward))
+            Ok(routes::waiting_stream(state, ticket, checked, ("messages", Dialect::Anthropic), forward))
         }
     }
 }

@@ -26,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GatewayConfig;
 use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::auth::ApiKeys;
-use crate::gateway::route::ColdLoads;
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
 #[derive(Clone)]
@@ -38,8 +37,8 @@ pub struct AppState {
     /// Accepted client keys (read-only after start).
     pub keys: Arc<ApiKeys>,
     pub limits: Arc<GatewayConfig>,
-    /// Loads the router started, shared by every request waiting for the same model.
-    pub cold_loads: Arc<ColdLoads>,
+    /// The swap scheduler: per-model queues and the loads they wait for.
+    pub schedule: Arc<route::Schedule>,
     /// Requests this gateway has in flight per (model, neuron): picks the least busy replica.
     pub inflight: Arc<route::InFlight>,
     /// The admin API, when an admin key is configured.
@@ -53,12 +52,13 @@ impl AppState {
         keys: ApiKeys,
         limits: GatewayConfig,
     ) -> Self {
+        let mode = limits.swap_schedule;
         AppState {
             fleet,
             poller,
             keys: Arc::new(keys),
             limits: Arc::new(limits),
-            cold_loads: Arc::new(ColdLoads::default()),
+            schedule: Arc::new(route::Schedule::new(mode)),
             inflight: Arc::new(route::InFlight::default()),
             admin: None,
         }

@@ -68,7 +68,12 @@ pub async fn send(target: &Target, path: &str, body: Bytes) -> Result<reqwest::R
 pub async fn upstream_error(response: reqwest::Response) -> ApiError {
     let status = response.status();
     let body = response.bytes().await.unwrap_or_default();
-    let message = error_message(&body);
+    upstream_error_from(status, &body)
+}
+
+/// [`upstream_error`] for an answer whose body was already read.
+pub fn upstream_error_from(status: reqwest::StatusCode, body: &[u8]) -> ApiError {
+    let message = error_message(body);
     match status.as_u16() {
         404 => ApiError::Upstream(format!("the engine does not serve this: {message}")),
         400..=499 if status != reqwest::StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),

@@ -1,21 +1,34 @@
-//! Routing: which neuron serves a request for a model. Loaded somewhere → the least busy
-//! replica; declared but not loaded → placed by the planner's `place_one`, loaded (evicting by
-//! policy) and waited for. Concurrent requests for the same cold model share one load.
+//! Routing: which neuron serves a request for a model, through the swap scheduler
+//! (`gateway/schedule.rs`). This file is the scheduler's shell: it resolves model names, feeds
+//! arrivals, completions, observations and finished loads into the pure state machine, runs the
+//! loads it asks for (placed by the planner's `place_one_with`, the same eviction choice as the
+//! reconciler's), and hands each request its [`Target`] — or its rejection — when one is decided.
+//!
+//! Invariant: no request is sent to a copy the scheduler has chosen for eviction or that its
+//! neuron reported going; a request the neuron still refuses that way (a race with someone
+//! else's unload) is queued again ([`send`]), never failed.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use plans::plan::{PlanOptions, place_one};
+use bytes::Bytes;
+use plans::fleet::Fleet;
+use plans::plan::{Activity, Dimension, Placement, PlanOptions, place_one_with};
 use plans::topology::ModelState;
-use tokio::sync::watch;
+use tokio::sync::{Notify, oneshot};
 
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::{NeuronClient, NeuronError};
-use crate::control::poller::now_unix_ms;
+use crate::control::poller::{Observed, now_unix_ms};
+use crate::control::status::Contention;
 use crate::gateway::AppState;
 use crate::gateway::error::ApiError;
+use crate::gateway::proxy;
+use crate::gateway::schedule::{
+    self, Arrival, Command, LoadResult, Placed, Placer, Rejection, RequestId, Scheduler, Settings,
+};
 
 /// Where a request goes.
 #[derive(Clone, Debug)]
@@ -25,20 +38,18 @@ pub struct Target {
     pub neuron: NeuronClient,
     /// The harness name it runs under on that neuron.
     pub harness: String,
+    /// The scheduler's admission: the request counts against the copy's concurrency until the
+    /// last clone of the target (held by the response body) is dropped.
+    pub permit: Option<Arc<Permit>>,
 }
 
-/// Gateway-side count of requests in flight per (model, neuron).
+/// Gateway-side count of requests in flight per (model, neuron), for the gauge.
 #[derive(Debug, Default)]
 pub struct InFlight {
     counts: Mutex<HashMap<(String, String), usize>>,
 }
 
 impl InFlight {
-    fn get(&self, model: &str, neuron: &str) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.get(&(model.to_owned(), neuron.to_owned())).copied().unwrap_or(0)
-    }
-
     /// Count one request until the returned guard is dropped.
     pub fn enter(self: &Arc<Self>, model: &str, neuron: &str) -> InFlightGuard {
         let key = (model.to_owned(), neuron.to_owned());
@@ -71,217 +82,473 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The outcome of resolving a model name: served now, or a load to wait for.
+/// The outcome of resolving a model name: served now, or a place in its queue.
 pub enum Resolution {
     Ready(Target),
     Waiting(LoadTicket),
 }
 
-/// A place in the queue of one cold load. Dropping it leaves the queue.
+/// A request's place in its model's queue. Dropping it (the client left) leaves the queue.
 pub struct LoadTicket {
-    slot: Arc<LoadSlot>,
-    receiver: watch::Receiver<Option<Result<Target, ApiError>>>,
-    deadline: Instant,
+    state: AppState,
+    request: RequestId,
+    model: String,
+    receiver: Option<oneshot::Receiver<Result<Target, ApiError>>>,
 }
 
 impl LoadTicket {
-    /// Wait for the load to finish (or the queue deadline to pass).
+    /// Wait until the scheduler admits the request (or refuses it on its own bounds).
     pub async fn wait(mut self) -> Result<Target, ApiError> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let outcome = tokio::time::timeout(remaining, self.receiver.wait_for(Option::is_some)).await;
-        match outcome {
-            Ok(Ok(result)) => {
-                result.clone().unwrap_or_else(|| Err(ApiError::Internal("load vanished".into())))
-            }
-            Ok(Err(_)) => Err(ApiError::Internal("the load task stopped without an answer".into())),
-            Err(_) => Err(ApiError::Overloaded {
-                message: "the model is still loading; try again shortly".into(),
-                retry_after_s: 5,
-            }),
-        }
+        let Some(receiver) = self.receiver.take() else {
+            return Err(ApiError::Internal("the ticket was already used".into()));
+        };
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(ApiError::Internal("the scheduler dropped a waiting request".into())))
     }
 }
 
 impl Drop for LoadTicket {
     fn drop(&mut self) {
-        self.slot.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Still holding the receiver: the request left before its answer came.
+        if self.receiver.is_some() {
+            let (request, model) = (self.request, self.model.clone());
+            self.state.schedule.apply(&self.state, |inner, placer| {
+                inner.waiters.remove(&request);
+                ((), inner.core.cancel(now_unix_ms(), request, &model, placer))
+            });
+        }
     }
 }
 
-/// One cold load in progress: its result channel and how many requests wait on it.
-struct LoadSlot {
-    result: watch::Sender<Option<Result<Target, ApiError>>>,
-    waiting: AtomicUsize,
+/// One admitted request; tells the scheduler when it is done.
+pub struct Permit {
+    state: AppState,
+    model: String,
+    neuron: String,
 }
 
-/// The cold loads in progress, by model id.
-#[derive(Default)]
-pub struct ColdLoads {
-    slots: Mutex<HashMap<String, Arc<LoadSlot>>>,
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({} on {})", self.model, self.neuron)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let (model, neuron) = (&self.model, &self.neuron);
+        self.state.schedule.apply(&self.state, |inner, placer| {
+            ((), inner.core.finish(now_unix_ms(), model, neuron, placer))
+        });
+    }
+}
+
+/// The scheduler with the requests it has not answered yet. Events come from handlers, permits,
+/// tickets, finished loads and the driver task (observations and timers).
+pub struct Schedule {
+    inner: Mutex<Inner>,
+    /// Wakes the driver when the next timer may have moved.
+    wake: Notify,
+    driver: OnceLock<()>,
+    next_request: AtomicU64,
+}
+
+struct Inner {
+    core: Scheduler,
+    waiters: HashMap<RequestId, oneshot::Sender<Result<Target, ApiError>>>,
+}
+
+/// What leaves the lock: answers to deliver and loads to start.
+enum Outgoing {
+    Admit { sender: oneshot::Sender<Result<Target, ApiError>>, model: String, neuron: String },
+    Reject { sender: Option<oneshot::Sender<Result<Target, ApiError>>>, model: String, rejection: Rejection },
+    Load { model: String, neuron: String, evicts: Vec<String>, placement: Box<Placement> },
+}
+
+impl Schedule {
+    pub fn new(mode: schedule::Mode) -> Self {
+        Schedule {
+            inner: Mutex::new(Inner { core: Scheduler::new(mode), waiters: HashMap::new() }),
+            wake: Notify::new(),
+            driver: OnceLock::new(),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// Queues, swaps and rejections, for `cortex status`.
+    pub fn contention(&self) -> Contention {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        Contention {
+            queues: inner.core.status(now_unix_ms()),
+            swaps: inner.core.swaps().clone(),
+            rejections: inner.core.rejections().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+
+    /// Run one event on the scheduler (with a placer over the current fleet and topology),
+    /// then deliver what it decided, outside the lock.
+    fn apply<R>(
+        &self,
+        state: &AppState,
+        event: impl FnOnce(&mut Inner, &mut FleetPlacer<'_>) -> (R, Vec<Command<Placement>>),
+    ) -> R {
+        let (fleet, observed) = (state.fleet(), state.observed());
+        let mut placer = FleetPlacer { fleet: &fleet, observed: &observed };
+        let (result, outgoing) = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let (result, commands) = event(&mut inner, &mut placer);
+            let outgoing: Vec<Outgoing> = commands.into_iter().filter_map(|c| inner.take(c)).collect();
+            (result, outgoing)
+        };
+        self.wake.notify_one();
+        for out in outgoing {
+            deliver(state, &observed, out);
+        }
+        result
+    }
+
+    /// Start the driver task once, from the first request (a runtime is running then).
+    fn start(&self, state: &AppState) {
+        self.driver.get_or_init(|| {
+            observe(state);
+            tokio::spawn(drive(state.clone()));
+        });
+    }
+}
+
+impl Inner {
+    /// Pair a command with the waiting request's answer channel.
+    fn take(&mut self, command: Command<Placement>) -> Option<Outgoing> {
+        match command {
+            Command::Admit { request, model, neuron, .. } => match self.waiters.remove(&request) {
+                Some(sender) => Some(Outgoing::Admit { sender, model, neuron }),
+                // Nobody to answer (cannot happen: a leaving client is cancelled under this
+                // lock); give the slot back rather than leak it.
+                None => {
+                    self.core.release(&model, &neuron);
+                    None
+                }
+            },
+            Command::Reject { request, model, rejection } => {
+                Some(Outgoing::Reject { sender: self.waiters.remove(&request), model, rejection })
+            }
+            Command::Load { model, neuron, evicts, placement } => {
+                Some(Outgoing::Load { model, neuron, evicts, placement: Box::new(placement) })
+            }
+        }
+    }
+}
+
+fn deliver(state: &AppState, observed: &Observed, out: Outgoing) {
+    match out {
+        Outgoing::Admit { sender, model, neuron } => {
+            let target = target(state, observed, &model, &neuron);
+            // A client that left drops the target (and with it the permit) right here.
+            let _ = sender.send(target);
+        }
+        Outgoing::Reject { sender, model, rejection } => {
+            metrics::counter!("cortex_queue_rejections_total", "model" => model.clone(), "reason" => rejection.reason())
+                .increment(1);
+            if let Some(sender) = sender {
+                let _ = sender.send(Err(api_error(&model, rejection)));
+            }
+        }
+        Outgoing::Load { model, neuron, evicts, placement } => {
+            if !evicts.is_empty() {
+                metrics::counter!("cortex_swaps_total", "neuron" => neuron.clone()).increment(1);
+                tracing::info!(%model, %neuron, evicting = ?evicts, "swap");
+            }
+            tokio::spawn(run_load(state.clone(), model, neuron, placement));
+        }
+    }
+}
+
+/// The target for an admitted request on `neuron`, holding its permit.
+fn target(state: &AppState, observed: &Observed, model: &str, neuron: &str) -> Result<Target, ApiError> {
+    let permit =
+        Arc::new(Permit { state: state.clone(), model: model.to_owned(), neuron: neuron.to_owned() });
+    let client = observed
+        .clients
+        .get(neuron)
+        .ok_or_else(|| ApiError::Internal(format!("no client for neuron {neuron}")))?;
+    let harness = observed
+        .topology
+        .neuron(neuron)
+        .and_then(|n| n.model(model))
+        .map(|m| m.harness.clone())
+        .or_else(|| state.fleet().model(model).map(|m| m.profile.harness.clone()))
+        .unwrap_or_default();
+    Ok(Target { model: model.to_owned(), neuron: client.clone(), harness, permit: Some(permit) })
+}
+
+/// The client's error for a refused request, in terms it can act on.
+fn api_error(model: &str, rejection: Rejection) -> ApiError {
+    match rejection {
+        Rejection::QueueFull { retry_after_s } => ApiError::Overloaded {
+            message: format!("too many requests are waiting for {model}; try again shortly"),
+            retry_after_s,
+        },
+        Rejection::Timeout { waited_ms, why, retry_after_s } => ApiError::Overloaded {
+            message: format!(
+                "{model}: waited {:.1} s in the queue (its queue_timeout): {why}",
+                waited_ms as f64 / 1000.0
+            ),
+            retry_after_s,
+        },
+        Rejection::Unplaceable { why, retry_after_s } => ApiError::Overloaded { message: why, retry_after_s },
+        Rejection::LoadFailed { why } => ApiError::Upstream(why),
+    }
+}
+
+/// The planner, as the scheduler's placer: `place_one_with` over the fleet and topology in
+/// force, weighing the scheduler's queues and residency.
+struct FleetPlacer<'a> {
+    fleet: &'a Fleet,
+    observed: &'a Observed,
+}
+
+impl Placer<Placement> for FleetPlacer<'_> {
+    fn place(&mut self, model: &str, activity: &Activity) -> Placed<Placement> {
+        let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
+        match place_one_with(self.fleet, &self.observed.topology, model, &options, activity) {
+            Ok(placement) => Placed::Load {
+                neuron: placement.neuron.clone(),
+                evicts: placement.evictions.iter().map(|a| a.model.clone()).collect(),
+                placement,
+            },
+            Err(infeasible)
+                if matches!(infeasible.dimension, Dimension::Residency | Dimension::InTransition) =>
+            {
+                Placed::Later { until: None, why: infeasible.detail }
+            }
+            Err(infeasible) => {
+                Placed::Never { why: format!("{model} cannot be placed now: {}", infeasible.detail) }
+            }
+        }
+    }
+}
+
+/// The contention settings of `model`: the fleet's (model, then `[policy]`), then the
+/// daemon's queue limits.
+fn settings(state: &AppState, fleet: &Fleet, model: &str) -> Settings {
+    let spec = fleet.model(model);
+    let contention = spec.map_or(fleet.policy.contention, |m| m.contention(&fleet.policy));
+    let limits = &state.limits;
+    Settings {
+        max_concurrency: contention.max_concurrency,
+        queue_length: contention.queue_length.map_or(limits.max_waiting_per_model, |n| n as usize),
+        queue_timeout_ms: contention
+            .queue_timeout_ms
+            .unwrap_or_else(|| u64::try_from(limits.max_wait.as_millis()).unwrap_or(u64::MAX)),
+        max_wait_ms: contention.max_wait(),
+        min_residency_ms: contention.min_residency(),
+        priority: spec.map_or(0, |m| m.priority),
+    }
 }
 
 /// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet).
 pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
     let fleet = state.fleet();
-    let observed = state.observed();
-    let id = fleet.model(name).map_or(name, |m| m.id.as_str());
-
-    // Loaded somewhere: the replica with the fewest requests in flight through this gateway,
-    // ties broken by name so routing is stable.
-    let ready = observed
-        .topology
-        .neurons
-        .iter()
-        .filter(|n| n.reachable)
-        .filter_map(|n| n.model(id).filter(|m| m.status == ModelState::Loaded).map(|m| (n, m)))
-        .min_by_key(|(n, _)| (state.inflight.get(id, &n.name), n.name.clone()));
-    if let Some((neuron, model)) = ready
-        && let Some(client) = observed.clients.get(&neuron.name)
-    {
-        return Ok(Resolution::Ready(Target {
-            model: id.to_owned(),
-            neuron: client.clone(),
-            harness: model.harness.clone(),
-        }));
-    }
+    let id = fleet.model(name).map_or(name, |m| m.id.as_str()).to_owned();
     if fleet.model(name).is_none() {
-        return Err(ApiError::UnknownModel(name.to_owned()));
-    }
-    join_cold_load(state, id).map(Resolution::Waiting)
-}
-
-/// Join the load of `id` in progress, or start one.
-fn join_cold_load(state: &AppState, id: &str) -> Result<LoadTicket, ApiError> {
-    let mut slots = state.cold_loads.slots.lock().unwrap_or_else(PoisonError::into_inner);
-    let slot = match slots.get(id) {
-        Some(slot) => slot.clone(),
-        None => {
-            let (sender, _) = watch::channel(None);
-            let slot = Arc::new(LoadSlot { result: sender, waiting: AtomicUsize::new(0) });
-            slots.insert(id.to_owned(), slot.clone());
-            // The load runs in its own task so that a client hanging up does not cancel it for
-            // the others waiting (nor leave a half-done load behind).
-            tokio::spawn(run_cold_load(state.clone(), id.to_owned(), slot.clone()));
-            slot
-        }
-    };
-    drop(slots);
-    if slot.waiting.fetch_add(1, Ordering::AcqRel) >= state.limits.max_waiting_per_model {
-        slot.waiting.fetch_sub(1, Ordering::AcqRel);
-        return Err(ApiError::Overloaded {
-            message: format!("too many requests are waiting for {id} to load"),
-            retry_after_s: 5,
-        });
-    }
-    let receiver = slot.result.subscribe();
-    Ok(LoadTicket { slot, receiver, deadline: Instant::now() + state.limits.max_wait })
-}
-
-async fn run_cold_load(state: AppState, id: String, slot: Arc<LoadSlot>) {
-    let started = Instant::now();
-    let result = cold_load(&state, &id).await;
-    match &result {
-        Ok(target) => {
-            metrics::counter!("cortex_cold_starts_total", "model" => id.clone(), "neuron" => target.neuron.name.clone())
-                .increment(1);
-            metrics::histogram!("cortex_cold_start_duration_seconds", "model" => id.clone())
-                .record(started.elapsed().as_secs_f64());
-            tracing::info!(model = %id, neuron = %target.neuron.name, elapsed_ms = started.elapsed().as_millis(), "cold load done");
-        }
-        Err(error) => tracing::warn!(model = %id, %error, "cold load failed"),
-    }
-    let loaded = result.is_ok();
-    // Answer the waiting requests at once; the slot stays (answering newcomers immediately)
-    // until the poller has seen the model loaded, so that no request starts a second load in
-    // between.
-    slot.result.send_replace(Some(result));
-    if loaded {
-        state.poller.refreshed().await;
-    }
-    state.cold_loads.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-}
-
-/// Place, evict, load and wait for `id`, retrying a few times when a neuron changed under us.
-async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
-    const ATTEMPTS: usize = 3;
-    let timeouts = ExecTimeouts { call: state.limits.neuron_timeout, ready: state.limits.max_wait };
-    for attempt in 1..=ATTEMPTS {
-        let fleet = state.fleet();
         let observed = state.observed();
-        // Someone else (the reconciler, another gateway) may have loaded it meanwhile.
-        if let Some(neuron) = observed.topology.neurons.iter().find(|n| {
-            n.reachable
-                && n.model(id).is_some_and(|m| matches!(m.status, ModelState::Loaded | ModelState::Loading))
-        }) && let Some(client) = observed.clients.get(&neuron.name)
-        {
-            match client.wait(id, state.limits.max_wait).await {
-                Ok(model) if model.status == ModelState::Loaded => {
-                    state.poller.kick();
-                    return Ok(Target {
-                        model: id.to_owned(),
-                        neuron: client.clone(),
-                        harness: model.harness,
-                    });
-                }
-                Ok(_) => {}
-                // Our view was stale: it is gone from that neuron. Look again and place it.
-                Err(NeuronError::Refused { status: 404, .. }) if attempt < ATTEMPTS => {
-                    state.poller.refreshed().await;
-                    continue;
-                }
-                Err(error) => return Err(upstream(error)),
-            }
+        let present = observed.topology.neurons.iter().any(|n| n.reachable && n.model(&id).is_some());
+        if !present {
+            return Err(ApiError::UnknownModel(name.to_owned()));
         }
-        let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
-        let placement = place_one(&fleet, &observed.topology, id, &options).map_err(|infeasible| {
-            ApiError::Overloaded {
-                message: format!("{id} cannot be placed now: {}", infeasible.detail),
-                retry_after_s: 30,
-            }
-        })?;
-        let client = observed
-            .clients
-            .get(&placement.neuron)
-            .ok_or_else(|| ApiError::Internal(format!("no client for neuron {}", placement.neuron)))?;
-        let mut generation = Some(placement.load.if_generation);
-        let mut outcome = Ok(());
-        for eviction in &placement.evictions {
-            match execute::run(client, eviction, generation, timeouts).await {
-                Ok(next) => {
-                    generation = Some(next);
-                    metrics::counter!("cortex_evictions_total", "reason" => eviction.reason.code())
-                        .increment(1);
-                }
-                Err(error) => {
-                    outcome = Err(error);
-                    break;
-                }
-            }
+    }
+    let schedule = &state.schedule;
+    schedule.start(state);
+    let settings = settings(state, &fleet, &id);
+    let request = schedule.next_request.fetch_add(1, Ordering::Relaxed);
+    let (sender, receiver) = oneshot::channel();
+    let arrival = schedule.apply(state, |inner, placer| {
+        let (arrival, commands) = inner.core.arrive(now_unix_ms(), request, &id, settings, placer);
+        if arrival == Arrival::Queued {
+            inner.waiters.insert(request, sender);
         }
-        if outcome.is_ok() {
-            outcome = execute::run(client, &placement.load, generation, timeouts).await.map(drop);
+        (arrival, commands)
+    });
+    match arrival {
+        Arrival::Admitted { neuron } => {
+            Ok(Resolution::Ready(target(state, &state.observed(), &id, &neuron)?))
         }
-        match outcome {
-            Ok(()) => {
-                return Ok(Target {
-                    model: id.to_owned(),
-                    neuron: client.clone(),
-                    harness: placement.load.profile.map(|p| p.harness).unwrap_or_default(),
-                });
-            }
-            Err(execute::ExecError::Neuron(NeuronError::Stale { .. })) if attempt < ATTEMPTS => {
-                // The neuron changed since we looked: look again and re-place.
-                state.poller.refreshed().await;
-            }
-            Err(error) => return Err(ApiError::Upstream(error.to_string())),
+        Arrival::Queued => Ok(Resolution::Waiting(LoadTicket {
+            state: state.clone(),
+            request,
+            model: id,
+            receiver: Some(receiver),
+        })),
+        Arrival::Rejected(rejection) => {
+            metrics::counter!("cortex_queue_rejections_total", "model" => id.clone(), "reason" => rejection.reason())
+                .increment(1);
+            Err(api_error(&id, rejection))
         }
+    }
+}
+
+/// How often one request may be re-queued because the copy it was sent to went away.
+const RESENDS: usize = 5;
+
+/// Send `body` to `path` on the target's neuron. When the neuron answers that the copy is gone
+/// or going (the request raced an unload cortex did not schedule), the request is queued again
+/// and sent where the scheduler puts it. Returns the target that answered and its response.
+pub async fn send(
+    state: &AppState,
+    mut target: Target,
+    path: &str,
+    body: Bytes,
+) -> Result<(Target, reqwest::Response), ApiError> {
+    for _ in 0..RESENDS {
+        let upstream = proxy::send(&target, path, body.clone()).await?;
+        if !matches!(upstream.status().as_u16(), 404 | 409 | 503) {
+            return Ok((target, upstream));
+        }
+        let status = upstream.status();
+        let bytes = upstream.bytes().await.unwrap_or_default();
+        if !copy_gone(&bytes) {
+            return Err(proxy::upstream_error_from(status, &bytes));
+        }
+        let (model, neuron) = (target.model.clone(), target.neuron.name.clone());
+        tracing::info!(%model, %neuron, "the copy went away under a request; queueing it again");
+        state
+            .schedule
+            .apply(state, |inner, placer| ((), inner.core.lost(now_unix_ms(), &model, &neuron, placer)));
+        state.poller.kick();
+        drop(target);
+        target = match resolve(state, &model)? {
+            Resolution::Ready(target) => target,
+            Resolution::Waiting(ticket) => ticket.wait().await?,
+        };
     }
     Err(ApiError::Overloaded {
-        message: format!("{id}: the fleet kept changing while placing it"),
-        retry_after_s: 5,
+        message: "the model kept moving away while this request was sent; try again".into(),
+        retry_after_s: 1,
     })
 }
 
-fn upstream(error: NeuronError) -> ApiError {
-    ApiError::Upstream(error.to_string())
+/// Whether a neuron's refusal says the model is not (or no longer) served there.
+fn copy_gone(body: &[u8]) -> bool {
+    serde_json::from_slice::<plans::wire::ErrorBody>(body).is_ok_and(|e| {
+        matches!(e.error.code.as_str(), "model_not_found" | "model_unloading" | "model_loading")
+    })
+}
+
+/// Feed the observed copies (on reachable neurons) to the scheduler.
+fn observe(state: &AppState) {
+    let observed = state.observed();
+    let fleet = state.fleet();
+    let mut copies = Vec::new();
+    let mut models = BTreeSet::new();
+    for neuron in observed.topology.neurons.iter().filter(|n| n.reachable) {
+        for model in &neuron.models {
+            let seen = match model.status {
+                ModelState::Loaded => schedule::Observed::Ready,
+                ModelState::Loading => schedule::Observed::Loading,
+                ModelState::Unloading => schedule::Observed::Unloading,
+                ModelState::Failed => schedule::Observed::Failed,
+            };
+            copies.push((model.id.clone(), neuron.name.clone(), seen));
+            models.insert(model.id.clone());
+        }
+    }
+    state.schedule.apply(state, |inner, placer| {
+        // Residents learn their settings too: a swap weighs the evicted model's min_residency.
+        for model in &models {
+            inner.core.configure(model, settings(state, &fleet, model));
+        }
+        ((), inner.core.observe(now_unix_ms(), &copies, placer))
+    });
+}
+
+/// The scheduler's clock and eyes: observations as the poller publishes them, timers when due,
+/// and the queue gauges once a second.
+async fn drive(state: AppState) {
+    let mut observed = state.poller.observed.clone();
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    let mut shown: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let wake_at = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner).core.wake_at();
+        let due = wake_at.map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())));
+        let timer = async {
+            match due {
+                Some(due) => tokio::time::sleep(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = observed.changed() => {
+                if changed.is_err() {
+                    return; // the poller stopped: the daemon is shutting down
+                }
+                observe(&state);
+            }
+            () = state.schedule.wake.notified() => {}
+            () = timer => state.schedule.apply(&state, |inner, placer| ((), inner.core.tick(now_unix_ms(), placer))),
+            _ = gauges.tick() => publish_gauges(&state, &mut shown),
+        }
+    }
+}
+
+/// `cortex_queue_depth` and `cortex_queue_oldest_wait_seconds` per model; models whose queue
+/// emptied are set to 0 once.
+fn publish_gauges(state: &AppState, shown: &mut BTreeSet<String>) {
+    let queues = state.schedule.contention().queues;
+    let mut now_shown = BTreeSet::new();
+    for queue in &queues {
+        metrics::gauge!("cortex_queue_depth", "model" => queue.model.clone()).set(queue.waiting as f64);
+        metrics::gauge!("cortex_queue_oldest_wait_seconds", "model" => queue.model.clone())
+            .set(queue.oldest_wait_ms as f64 / 1000.0);
+        now_shown.insert(queue.model.clone());
+    }
+    for gone in shown.difference(&now_shown) {
+        metrics::gauge!("cortex_queue_depth", "model" => gone.clone()).set(0.0);
+        metrics::gauge!("cortex_queue_oldest_wait_seconds", "model" => gone.clone()).set(0.0);
+    }
+    *shown = now_shown;
+}
+
+/// Run one `Command::Load`: evict, load, wait for ready, then tell the scheduler.
+async fn run_load(state: AppState, model: String, neuron: String, placement: Box<Placement>) {
+    let started = Instant::now();
+    let result = execute_placement(&state, &placement).await;
+    let outcome = match result {
+        Ok(()) => {
+            metrics::counter!("cortex_cold_starts_total", "model" => model.clone(), "neuron" => neuron.clone())
+                .increment(1);
+            metrics::histogram!("cortex_cold_start_duration_seconds", "model" => model.clone())
+                .record(started.elapsed().as_secs_f64());
+            tracing::info!(%model, %neuron, elapsed_ms = started.elapsed().as_millis(), "load done");
+            LoadResult::Ready
+        }
+        Err(execute::ExecError::Neuron(NeuronError::Stale { .. })) => LoadResult::Retry,
+        Err(error) => {
+            tracing::warn!(%model, %neuron, %error, "load failed");
+            LoadResult::Failed(error.to_string())
+        }
+    };
+    // The next placement must see what this one changed.
+    state.poller.refreshed().await;
+    state.schedule.apply(&state, |inner, placer| {
+        ((), inner.core.load_done(now_unix_ms(), &model, &neuron, outcome, placer))
+    });
+}
+
+async fn execute_placement(state: &AppState, placement: &Placement) -> Result<(), execute::ExecError> {
+    let observed = state.observed();
+    let Some(client) = observed.clients.get(&placement.neuron) else {
+        return Err(execute::ExecError::Neuron(NeuronError::Refused {
+            neuron: placement.neuron.clone(),
+            status: 404,
+            code: "unknown_neuron".into(),
+            message: "the fleet no longer names this neuron".into(),
+        }));
+    };
+    let timeouts = ExecTimeouts { call: state.limits.neuron_timeout, ready: state.limits.max_wait };
+    let mut generation = Some(placement.load.if_generation);
+    for eviction in &placement.evictions {
+        generation = Some(execute::run(client, eviction, generation, timeouts).await?);
+        metrics::counter!("cortex_evictions_total", "reason" => eviction.reason.code()).increment(1);
+    }
+    execute::run(client, &placement.load, generation, timeouts).await.map(drop)
 }

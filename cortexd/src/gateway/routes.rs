@@ -123,7 +123,9 @@ async fn openai_inner(
             let target = wait(ticket, checked.started, &checked.model).await?;
             forward(state, target, checked).await
         }
-        Resolution::Waiting(ticket) => Ok(waiting_stream(state, ticket, checked, Dialect::OpenAi, forward)),
+        Resolution::Waiting(ticket) => {
+            Ok(waiting_stream(state, ticket, checked, (route, Dialect::OpenAi), forward))
+        }
     }
 }
 
@@ -148,8 +150,9 @@ pub async fn forward(
     started: Instant,
     edit: StreamEdit,
 ) -> Result<Response, ApiError> {
+    // Through the router: a request that raced an unload is queued again, not failed.
+    let (target, upstream) = route::send(state, target, path, body).await?;
     let guard = state.inflight.enter(&target.model, &target.neuron.name);
-    let upstream = proxy::send(&target, path, body).await?;
     if !upstream.status().is_success() {
         return Err(proxy::upstream_error(upstream).await);
     }
@@ -206,7 +209,7 @@ pub fn waiting_stream<F, Fut>(
     state: AppState,
     ticket: LoadTicket,
     checked: Checked,
-    dialect: Dialect,
+    (route, dialect): (&'static str, Dialect),
     forward: F,
 ) -> Response
 where
@@ -246,6 +249,10 @@ where
                 }
             }
             Err(error) => {
+                // The 200 is out: count the failure here, as `rejected` does for the others.
+                let status = error.status().as_u16().to_string();
+                metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => status)
+                    .increment(1);
                 let _ = sender.send(Bytes::from(error.sse_event(dialect))).await;
             }
         }

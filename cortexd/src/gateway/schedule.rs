@@ -18,16 +18,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use plans::plan::Activity;
 
+use crate::control::status::QueueStatus;
+
 pub type RequestId = u64;
 
-/// Whether the elevator runs, or swaps happen on demand in arrival order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Elevator,
-    Arrival,
-}
+/// Whether the elevator runs, or swaps happen on demand in arrival order (`[gateway]
+/// swap_schedule` in cortex.toml).
+pub use crate::config::SwapSchedule as Mode;
 
 /// One model's contention settings, resolved (fleet model → `[policy]` → daemon defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,16 +62,17 @@ pub trait Placer<P> {
     fn place(&mut self, model: &str, activity: &Activity) -> Placed<P>;
 }
 
-/// Why a request was refused. Each maps to a status with `Retry-After` at the edge.
+/// Why a request was refused. Each maps to a status (503 with `Retry-After` for the queue's
+/// bounds, as spec §7 says; 502 for a failed load) in the route's dialect at the edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    /// The model's queue holds `queue_length` requests already (429).
+    /// The model's queue holds `queue_length` requests already.
     QueueFull { retry_after_s: u64 },
-    /// The request waited `queue_timeout` (503); `why` says what it was waiting for.
+    /// The request waited `queue_timeout`; `why` says what it was waiting for.
     Timeout { waited_ms: u64, why: String, retry_after_s: u64 },
-    /// No neuron can take the model as the fleet stands (503).
+    /// No neuron can take the model as the fleet stands.
     Unplaceable { why: String, retry_after_s: u64 },
-    /// The load the request waited for failed (502).
+    /// The load the request waited for failed.
     LoadFailed { why: String },
 }
 
@@ -171,15 +169,6 @@ struct Queue {
     why: String,
 }
 
-/// One model's queue, for metrics and `cortex status`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStatus {
-    pub model: String,
-    pub waiting: usize,
-    pub oldest_wait_ms: u64,
-    pub in_flight: u32,
-}
-
 /// The scheduler's whole state. See the module documentation for the schedule.
 #[derive(Debug, Default)]
 pub struct Scheduler {
@@ -248,6 +237,23 @@ impl Scheduler {
         }
         queue.waiting.push_back(Waiter { id: request, arrived: now });
         (Arrival::Queued, self.pump(now, placer))
+    }
+
+    /// Record `model`'s settings before any request for it arrives (a resident that may be
+    /// evicted: its `min_residency` counts).
+    pub fn configure(&mut self, model: &str, settings: Settings) {
+        self.queue(model, settings);
+    }
+
+    /// Give back an admission that was never used (no pump: the next event admits).
+    pub fn release(&mut self, model: &str, neuron: &str) {
+        let key = (model.to_owned(), neuron.to_owned());
+        if let Some(count) = self.in_flight.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.in_flight.remove(&key);
+            }
+        }
     }
 
     /// A request admitted to `model` on `neuron` has finished (answered, failed or dropped).
