@@ -91,7 +91,7 @@ impl World {
                     format!("load {model} on {neuron} evicting {evicts:?}")
                 }
             };
-            self.log.push_str(&format!("{:>6} {line}\n", self.now));
+            self.log.push_str(&format!("t={:>6} {line}\n", self.now));
         }
     }
 
@@ -105,7 +105,7 @@ impl World {
             if let Some(i) = self.loading.iter().position(|(t, _)| *t == at) {
                 let (_, model) = self.loading.remove(i);
                 self.neuron.resident.insert(model.clone());
-                self.log.push_str(&format!("{:>6} ready {model}\n", self.now));
+                self.log.push_str(&format!("t={:>6} ready {model}\n", self.now));
                 let commands =
                     self.core.load_done(self.now, &model, "n1", LoadResult::Ready, &mut self.neuron);
                 self.carry(commands);
@@ -137,7 +137,7 @@ impl World {
                     Arrival::Queued => format!("#{id} {model} queued"),
                     Arrival::Rejected(rejection) => format!("#{id} {model} refused: {rejection:?}"),
                 };
-                self.log.push_str(&format!("{:>6} {line}\n", self.now));
+                self.log.push_str(&format!("t={:>6} {line}\n", self.now));
                 commands
             }
             ["finish", model] => self.core.finish(self.now, model, "n1", &mut self.neuron),
@@ -169,7 +169,7 @@ fn check(mode: Mode, configure: impl FnOnce(&mut World), script: &str, expect: E
     }
     // What follows from the script, up to 20 s after its last step.
     world.advance(world.now + 20_000);
-    world.log.push_str(&format!("{:>6} end\n", world.now));
+    world.log.push_str(&format!("t={:>6} end\n", world.now));
     expect.assert_eq(&world.log);
 }
 
@@ -185,15 +185,15 @@ fn a_resident_models_requests_are_served_and_a_cold_one_waits_for_its_load() {
         2100 status
         ",
         expect![[r#"
-                 0 #1 od-a queued
-                 0 load od-a on n1 evicting []
-               100 #2 od-a queued
-              2000 ready od-a
-              2000 admit #1 od-a on n1 after 2000ms
-              2000 admit #2 od-a on n1 after 1900ms
-              2100 #3 od-a admitted on n1
+            t=     0 #1 od-a queued
+            t=     0 load od-a on n1 evicting []
+            t=   100 #2 od-a queued
+            t=  2000 ready od-a
+            t=  2000 admit #1 od-a on n1 after 2000ms
+            t=  2000 admit #2 od-a on n1 after 1900ms
+            t=  2100 #3 od-a admitted on n1
               2100 status [QueueStatus { model: "od-a", waiting: 0, oldest_wait_ms: 0, in_flight: 3 }] swaps {}
-             22100 end
+            t= 22100 end
         "#]],
     );
 }
@@ -216,19 +216,19 @@ fn the_resident_keeps_the_neuron_while_busy_until_max_wait() {
         13100 status
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-              1000 #2 od-b queued
-              1500 #3 od-b queued
-             11000 load od-b on n1 evicting ["od-a"]
-             11500 #4 od-a queued
-             13000 ready od-b
-             13000 admit #2 od-b on n1 after 12000ms
-             13000 admit #3 od-b on n1 after 11500ms
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-b queued
+            t=  1500 #3 od-b queued
+            t= 11000 load od-b on n1 evicting ["od-a"]
+            t= 11500 #4 od-a queued
+            t= 13000 ready od-b
+            t= 13000 admit #2 od-b on n1 after 12000ms
+            t= 13000 admit #3 od-b on n1 after 11500ms
              13100 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 1600, in_flight: 0 }, QueueStatus { model: "od-b", waiting: 0, oldest_wait_ms: 0, in_flight: 2 }] swaps {"n1": 1}
-             21500 load od-a on n1 evicting ["od-b"]
-             23500 ready od-a
-             23500 admit #4 od-a on n1 after 12000ms
-             33100 end
+            t= 21500 load od-a on n1 evicting ["od-b"]
+            t= 23500 ready od-a
+            t= 23500 admit #4 od-a on n1 after 12000ms
+            t= 33100 end
         "#]],
     );
 }
@@ -243,11 +243,11 @@ fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
         1000 arrive #1 od-b
         ",
         expect![[r#"
-              1000 #1 od-b queued
-              5000 load od-b on n1 evicting ["od-a"]
-              7000 ready od-b
-              7000 admit #1 od-b on n1 after 6000ms
-             21000 end
+            t=  1000 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 6000ms
+            t= 21000 end
         "#]],
     );
 }
@@ -264,12 +264,12 @@ fn the_swap_happens_as_soon_as_the_resident_is_done() {
         7000 finish od-a
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-              6000 #2 od-b queued
-              7000 load od-b on n1 evicting ["od-a"]
-              9000 ready od-b
-              9000 admit #2 od-b on n1 after 3000ms
-             27000 end
+            t=     0 #1 od-a admitted on n1
+            t=  6000 #2 od-b queued
+            t=  7000 load od-b on n1 evicting ["od-a"]
+            t=  9000 ready od-b
+            t=  9000 admit #2 od-b on n1 after 3000ms
+            t= 27000 end
         "#]],
     );
 }
@@ -291,20 +291,20 @@ fn the_longest_waiting_model_goes_next_and_priority_breaks_ties() {
         13000 finish od-c
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-              1000 #2 od-c queued
-              2000 #3 od-b queued
-              2000 #4 od-d queued
-             11000 load od-c on n1 evicting ["od-a"]
-             13000 ready od-c
-             13000 admit #2 od-c on n1 after 12000ms
-             18000 load od-d on n1 evicting ["od-c"]
-             20000 ready od-d
-             20000 admit #4 od-d on n1 after 18000ms
-             25000 load od-b on n1 evicting ["od-d"]
-             27000 ready od-b
-             27000 admit #3 od-b on n1 after 25000ms
-             33000 end
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-c queued
+            t=  2000 #3 od-b queued
+            t=  2000 #4 od-d queued
+            t= 11000 load od-c on n1 evicting ["od-a"]
+            t= 13000 ready od-c
+            t= 13000 admit #2 od-c on n1 after 12000ms
+            t= 18000 load od-d on n1 evicting ["od-c"]
+            t= 20000 ready od-d
+            t= 20000 admit #4 od-d on n1 after 18000ms
+            t= 25000 load od-b on n1 evicting ["od-d"]
+            t= 27000 ready od-b
+            t= 27000 admit #3 od-b on n1 after 25000ms
+            t= 33000 end
         "#]],
     );
 }
@@ -321,16 +321,16 @@ fn arrival_order_swaps_on_every_demand() {
         200 arrive #3 od-a
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-               100 #2 od-b queued
-               100 load od-b on n1 evicting ["od-a"]
-               200 #3 od-a queued
-              2100 ready od-b
-              2100 admit #2 od-b on n1 after 2000ms
-              2100 load od-a on n1 evicting ["od-b"]
-              4100 ready od-a
-              4100 admit #3 od-a on n1 after 3900ms
-             20200 end
+            t=     0 #1 od-a admitted on n1
+            t=   100 #2 od-b queued
+            t=   100 load od-b on n1 evicting ["od-a"]
+            t=   200 #3 od-a queued
+            t=  2100 ready od-b
+            t=  2100 admit #2 od-b on n1 after 2000ms
+            t=  2100 load od-a on n1 evicting ["od-b"]
+            t=  4100 ready od-a
+            t=  4100 admit #3 od-a on n1 after 3900ms
+            t= 20200 end
         "#]],
     );
 }
@@ -352,13 +352,13 @@ fn max_concurrency_holds_requests_in_cortexs_queue() {
         600 status
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-                 0 #2 od-a admitted on n1
-                 0 #3 od-a queued
-                 0 #4 od-a queued
-               500 admit #3 od-a on n1 after 500ms
+            t=     0 #1 od-a admitted on n1
+            t=     0 #2 od-a admitted on n1
+            t=     0 #3 od-a queued
+            t=     0 #4 od-a queued
+            t=   500 admit #3 od-a on n1 after 500ms
                600 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 600, in_flight: 2 }] swaps {}
-             20600 end
+            t= 20600 end
         "#]],
     );
 }
@@ -381,13 +381,13 @@ fn bounds_refuse_with_retry_after_queue_full_then_timeout() {
         5000 cancel #1 od-a
         ",
         expect![[r#"
-                 0 #1 od-a admitted on n1
-              1000 #2 od-b queued
-              1000 #3 od-b queued
-              1000 #4 od-b refused: QueueFull { retry_after_s: 3 }
-              4000 reject #2 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
-              4000 reject #3 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
-             25000 end
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-b queued
+            t=  1000 #3 od-b queued
+            t=  1000 #4 od-b refused: QueueFull { retry_after_s: 3 }
+            t=  4000 reject #2 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+            t=  4000 reject #3 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+            t= 25000 end
         "#]],
     );
 }
@@ -403,9 +403,9 @@ fn a_model_that_fits_nowhere_is_refused_with_the_reason() {
         0 arrive #1 huge
         ",
         expect![[r#"
-                 0 #1 huge queued
-                 0 reject #1 huge: Unplaceable { why: "huge needs more VRAM than any neuron has", retry_after_s: 10 }
-             20000 end
+            t=     0 #1 huge queued
+            t=     0 reject #1 huge: Unplaceable { why: "huge needs more VRAM than any neuron has", retry_after_s: 10 }
+            t= 20000 end
         "#]],
     );
 }
@@ -425,15 +425,15 @@ fn requests_for_a_draining_copy_wait_for_the_turn_back() {
         8200 finish od-b
         ",
         expect![[r#"
-              6000 #1 od-b queued
-              6000 load od-b on n1 evicting ["od-a"]
-              6100 #2 od-a queued
-              8000 ready od-b
-              8000 admit #1 od-b on n1 after 2000ms
-             13000 load od-a on n1 evicting ["od-b"]
-             15000 ready od-a
-             15000 admit #2 od-a on n1 after 8900ms
-             28200 end
+            t=  6000 #1 od-b queued
+            t=  6000 load od-b on n1 evicting ["od-a"]
+            t=  6100 #2 od-a queued
+            t=  8000 ready od-b
+            t=  8000 admit #1 od-b on n1 after 2000ms
+            t= 13000 load od-a on n1 evicting ["od-b"]
+            t= 15000 ready od-a
+            t= 15000 admit #2 od-a on n1 after 8900ms
+            t= 28200 end
         "#]],
     );
 }
