@@ -4,6 +4,7 @@
 //! through LiteLLM), prints a table and writes JSON. `cortex-bench mock` is the mock engine.
 //! `bench/run.sh` is the documented way to run it; docs/benchmarks.md explains the method.
 
+mod contention;
 mod load;
 mod mock;
 mod procs;

@@ -54,7 +54,7 @@ pub struct Args {
     /// Output of `cargo bench -p plans --bench planner`, included in the report.
     #[arg(long)]
     pub planner_log: Option<PathBuf>,
-    /// Comma-separated subset of scenarios: nonstream, stream, memory, cold.
+    /// Comma-separated subset of scenarios: nonstream, stream, memory, cold, contention.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rounds per measurement (paths alternate within each round); default 3 (1 with --smoke).
@@ -771,6 +771,9 @@ pub async fn all(args: &Args) -> anyhow::Result<Value> {
     }
     if args.wants("cold") {
         report["cold"] = cold(args, &dir, &scale).await?;
+    }
+    if args.wants("contention") {
+        report["contention"] = crate::contention::run(&args.bin_dir, &dir, args.smoke).await?;
     }
     report["planner"] = planner(args.planner_log.as_deref());
     report["machine_after"] = machine();

@@ -11,6 +11,9 @@
 //! waited `max_wait`, and never before the resident has been loaded for `min_residency`. The
 //! longest-waiting model goes next (`priority` breaks ties), one lifecycle change per neuron at
 //! a time, and every request that waited for a load is admitted together when it is ready.
+//! From the moment a swap is decided the evicted model takes no new request (they queue for
+//! its turn back), and the unload starts once the requests cortex sent it have finished (at
+//! most `DRAIN_WAIT_MS`), so an eviction never cuts a running request short.
 //! `Mode::Arrival` switches the schedule off (swap on demand, in arrival order) for comparison.
 
 use std::cmp::Reverse;
@@ -155,6 +158,14 @@ struct Copy {
     draining: bool,
 }
 
+/// A swap decided on a neuron, waiting for the evicted models' requests to finish.
+#[derive(Clone, Debug)]
+struct Drain {
+    model: String,
+    evicts: Vec<String>,
+    since: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Waiter {
     id: RequestId,
@@ -182,7 +193,9 @@ pub struct Scheduler {
     loads: BTreeMap<String, String>,
     /// Neurons with a lifecycle change under way (one at a time each).
     busy_neurons: BTreeSet<String>,
-    /// Swaps (loads that evicted) started per neuron.
+    /// Swaps decided and waiting for the evicted models' requests to finish, per neuron.
+    drains: BTreeMap<String, Drain>,
+    /// Swaps (loads that evict) decided per neuron.
     swaps: BTreeMap<String, u64>,
     /// Rejections by reason.
     rejections: BTreeMap<&'static str, u64>,
@@ -446,6 +459,7 @@ impl Scheduler {
         self.expire(now, &mut commands, &mut wake);
         self.admit(now, &mut commands);
         self.start_loads(now, placer, &mut commands, &mut wake);
+        self.finish_drains(now, placer, &mut commands, &mut wake);
         self.wake_at = wake.at;
         commands
     }
@@ -579,11 +593,55 @@ impl Scheduler {
                     copy.draining = true;
                 }
             }
-            if !evicts.is_empty() {
+            if evicts.is_empty() {
+                self.set_why(&model, format!("{model} is loading on {neuron}"));
+                commands.push(Command::Load { model, neuron, evicts, placement });
+            } else {
+                // A swap: the evicted models take no new requests from now on, and the
+                // unload starts once the requests cortex sent them are done (finish_drains).
                 *self.swaps.entry(neuron.clone()).or_default() += 1;
+                self.set_why(&model, format!("{} is finishing its requests on {neuron}", evicts.join(", ")));
+                self.drains.insert(neuron.clone(), Drain { model, evicts, since: now });
             }
-            self.set_why(&model, format!("{model} is loading on {neuron}"));
-            commands.push(Command::Load { model, neuron, evicts, placement });
+        }
+    }
+
+    /// Swaps whose evicted models have no request of cortex's in flight any more (or that
+    /// waited `DRAIN_WAIT_MS` for them) are placed again, fresh, and their load starts.
+    fn finish_drains<P>(
+        &mut self,
+        now: u64,
+        placer: &mut dyn Placer<P>,
+        commands: &mut Vec<Command<P>>,
+        wake: &mut Wake,
+    ) {
+        let neurons: Vec<String> = self.drains.keys().cloned().collect();
+        for neuron in neurons {
+            let Some(drain) = self.drains.get(&neuron) else { continue };
+            let flying: u32 = drain.evicts.iter().map(|m| self.flying(m, &neuron)).sum();
+            if flying > 0 && now < drain.since.saturating_add(DRAIN_WAIT_MS) {
+                wake.at_most(drain.since.saturating_add(DRAIN_WAIT_MS));
+                continue;
+            }
+            let Some(drain) = self.drains.remove(&neuron) else { continue };
+            let activity = self.activity();
+            match placer.place(&drain.model, &activity) {
+                Placed::Load { neuron: placed, evicts, placement } if placed == neuron => {
+                    self.set_why(&drain.model, format!("{} is loading on {neuron}", drain.model));
+                    commands.push(Command::Load { model: drain.model, neuron, evicts, placement });
+                }
+                // The fleet changed meanwhile: undo the swap and decide again.
+                _ => {
+                    self.loads.remove(&drain.model);
+                    self.busy_neurons.remove(&neuron);
+                    for evicted in &drain.evicts {
+                        if let Some(copy) = self.copies.get_mut(&(evicted.clone(), neuron.clone())) {
+                            copy.draining = false;
+                        }
+                    }
+                    wake.at_most(now + LOOK_AGAIN_MS);
+                }
+            }
         }
     }
 
@@ -632,6 +690,10 @@ impl Scheduler {
 
 /// How soon to look again when an answer may change without an event the scheduler sees.
 const LOOK_AGAIN_MS: u64 = 1_000;
+
+/// How long a swap waits for the requests cortex sent to the evicted model before the unload
+/// starts anyway (the neuron then drains what is left, bounded by its `drain_timeout`).
+const DRAIN_WAIT_MS: u64 = 60_000;
 
 /// The earliest time a decision is due.
 #[derive(Default)]

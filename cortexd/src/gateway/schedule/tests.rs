@@ -200,8 +200,9 @@ fn a_resident_models_requests_are_served_and_a_cold_one_waits_for_its_load() {
 
 #[test]
 fn the_resident_keeps_the_neuron_while_busy_until_max_wait() {
-    // od-a is busy the whole time (a request always in flight); od-b's oldest request gets the
-    // neuron at 10 s of waiting, and the od-a requests arriving during the swap wait for the turn back.
+    // od-a is busy (a request in flight); od-b's oldest request gets the neuron at 10 s of
+    // waiting: od-a takes no new request from then on, its running one finishes, the swap
+    // follows. The od-a request arriving meanwhile waits for the turn back.
     check(
         Mode::Elevator,
         |_| {},
@@ -210,25 +211,28 @@ fn the_resident_keeps_the_neuron_while_busy_until_max_wait() {
         0 arrive #1 od-a
         1000 arrive #2 od-b
         1500 arrive #3 od-b
-        11000 until
+        11000 status
         11500 arrive #4 od-a
-        13100 finish od-a
-        13100 status
+        12000 finish od-a
+        14100 status
+        22000 finish od-b
+        22000 finish od-b
         ",
         expect![[r#"
             t=     0 #1 od-a admitted on n1
             t=  1000 #2 od-b queued
             t=  1500 #3 od-b queued
-            t= 11000 load od-b on n1 evicting ["od-a"]
+             11000 status [QueueStatus { model: "od-a", waiting: 0, oldest_wait_ms: 0, in_flight: 1 }, QueueStatus { model: "od-b", waiting: 2, oldest_wait_ms: 10000, in_flight: 0 }] swaps {"n1": 1}
             t= 11500 #4 od-a queued
-            t= 13000 ready od-b
-            t= 13000 admit #2 od-b on n1 after 12000ms
-            t= 13000 admit #3 od-b on n1 after 11500ms
-             13100 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 1600, in_flight: 0 }, QueueStatus { model: "od-b", waiting: 0, oldest_wait_ms: 0, in_flight: 2 }] swaps {"n1": 1}
-            t= 21500 load od-a on n1 evicting ["od-b"]
-            t= 23500 ready od-a
-            t= 23500 admit #4 od-a on n1 after 12000ms
-            t= 33100 end
+            t= 12000 load od-b on n1 evicting ["od-a"]
+            t= 14000 ready od-b
+            t= 14000 admit #2 od-b on n1 after 13000ms
+            t= 14000 admit #3 od-b on n1 after 12500ms
+             14100 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 2600, in_flight: 0 }, QueueStatus { model: "od-b", waiting: 0, oldest_wait_ms: 0, in_flight: 2 }] swaps {"n1": 1}
+            t= 22000 load od-a on n1 evicting ["od-b"]
+            t= 24000 ready od-a
+            t= 24000 admit #4 od-a on n1 after 12500ms
+            t= 42000 end
         "#]],
     );
 }
@@ -287,8 +291,9 @@ fn the_longest_waiting_model_goes_next_and_priority_breaks_ties() {
         1000 arrive #2 od-c
         2000 arrive #3 od-b
         2000 arrive #4 od-d
-        11000 until
+        11000 finish od-a
         13000 finish od-c
+        20500 finish od-d
         ",
         expect![[r#"
             t=     0 #1 od-a admitted on n1
@@ -304,7 +309,7 @@ fn the_longest_waiting_model_goes_next_and_priority_breaks_ties() {
             t= 25000 load od-b on n1 evicting ["od-d"]
             t= 27000 ready od-b
             t= 27000 admit #3 od-b on n1 after 25000ms
-            t= 33000 end
+            t= 40500 end
         "#]],
     );
 }
@@ -318,19 +323,21 @@ fn arrival_order_swaps_on_every_demand() {
         0 resident od-a
         0 arrive #1 od-a
         100 arrive #2 od-b
+        150 finish od-a
         200 arrive #3 od-a
+        2300 finish od-b
         ",
         expect![[r#"
             t=     0 #1 od-a admitted on n1
             t=   100 #2 od-b queued
-            t=   100 load od-b on n1 evicting ["od-a"]
+            t=   150 load od-b on n1 evicting ["od-a"]
             t=   200 #3 od-a queued
-            t=  2100 ready od-b
-            t=  2100 admit #2 od-b on n1 after 2000ms
-            t=  2100 load od-a on n1 evicting ["od-b"]
-            t=  4100 ready od-a
-            t=  4100 admit #3 od-a on n1 after 3900ms
-            t= 20200 end
+            t=  2150 ready od-b
+            t=  2150 admit #2 od-b on n1 after 2050ms
+            t=  2300 load od-a on n1 evicting ["od-b"]
+            t=  4300 ready od-a
+            t=  4300 admit #3 od-a on n1 after 4100ms
+            t= 22300 end
         "#]],
     );
 }
