@@ -42,8 +42,18 @@ fn describe() {
         "cortex_cold_start_duration_seconds",
         "Time to place, evict, load and ready a requested model"
     );
-    describe_histogram!("cortex_queue_wait_seconds", "Time requests waited for a model to load");
+    describe_histogram!("cortex_queue_wait_seconds", "Time requests waited in a model's queue");
     describe_gauge!("cortex_inflight_requests", "Requests in flight through the gateway");
+    describe_gauge!("cortex_queue_depth", "Requests waiting in a model's queue");
+    describe_gauge!(
+        "cortex_queue_oldest_wait_seconds",
+        "How long the oldest request in a model's queue has waited"
+    );
+    describe_counter!("cortex_swaps_total", "Swaps started per neuron: loads that evict another model");
+    describe_counter!(
+        "cortex_queue_rejections_total",
+        "Requests a model's queue refused, by reason (queue_full, queue_timeout, unplaceable, load_failed)"
+    );
     describe_counter!(
         "cortex_evictions_total",
         "Models cortex unloaded, by reason (evict: to make room, prune, idle)"

@@ -466,7 +466,7 @@ fn observe(state: &AppState) {
 async fn drive(state: AppState) {
     let mut observed = state.poller.observed.clone();
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
-    let mut shown: BTreeSet<String> = BTreeSet::new();
+    let mut shown = Shown::default();
     loop {
         let wake_at = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner).core.wake_at();
         let due = wake_at.map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())));
@@ -490,10 +490,38 @@ async fn drive(state: AppState) {
     }
 }
 
-/// `cortex_queue_depth` and `cortex_queue_oldest_wait_seconds` per model; models whose queue
-/// emptied are set to 0 once.
-fn publish_gauges(state: &AppState, shown: &mut BTreeSet<String>) {
-    let queues = state.schedule.contention().queues;
+/// The series the driver has published, so that each is started at zero once and a queue
+/// that emptied is set back to zero.
+#[derive(Default)]
+struct Shown {
+    queues: BTreeSet<String>,
+    models: BTreeSet<String>,
+    neurons: BTreeSet<String>,
+}
+
+/// `cortex_queue_depth` and `cortex_queue_oldest_wait_seconds` per model with a queue; the
+/// series of every known model and neuron start at zero (so dashboards and alerts see them
+/// before the first swap or rejection).
+fn publish_gauges(state: &AppState, shown: &mut Shown) {
+    let (queues, models) = {
+        let inner = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (inner.core.status(now_unix_ms()), inner.core.models().map(str::to_owned).collect::<Vec<_>>())
+    };
+    for model in models {
+        if shown.models.insert(model.clone()) {
+            metrics::gauge!("cortex_queue_depth", "model" => model.clone()).set(0.0);
+            metrics::gauge!("cortex_queue_oldest_wait_seconds", "model" => model.clone()).set(0.0);
+            for reason in ["queue_full", "queue_timeout", "unplaceable", "load_failed"] {
+                metrics::counter!("cortex_queue_rejections_total", "model" => model.clone(), "reason" => reason)
+                    .increment(0);
+            }
+        }
+    }
+    for neuron in &state.observed().topology.neurons {
+        if shown.neurons.insert(neuron.name.clone()) {
+            metrics::counter!("cortex_swaps_total", "neuron" => neuron.name.clone()).increment(0);
+        }
+    }
     let mut now_shown = BTreeSet::new();
     for queue in &queues {
         metrics::gauge!("cortex_queue_depth", "model" => queue.model.clone()).set(queue.waiting as f64);
@@ -501,11 +529,11 @@ fn publish_gauges(state: &AppState, shown: &mut BTreeSet<String>) {
             .set(queue.oldest_wait_ms as f64 / 1000.0);
         now_shown.insert(queue.model.clone());
     }
-    for gone in shown.difference(&now_shown) {
+    for gone in shown.queues.difference(&now_shown) {
         metrics::gauge!("cortex_queue_depth", "model" => gone.clone()).set(0.0);
         metrics::gauge!("cortex_queue_oldest_wait_seconds", "model" => gone.clone()).set(0.0);
     }
-    *shown = now_shown;
+    shown.queues = now_shown;
 }
 
 /// Run one `Command::Load`: evict, load, wait for ready, then tell the scheduler.
