@@ -4,7 +4,7 @@
 //! (`"arrival"`: swap on demand in arrival order, what llama-swap does). Two workloads:
 //! (a) 200 closed-loop clients, half on `od-a`, half on `od-b`, next to a pinned model, where
 //! the neuron has room for the pinned model and one of the two; (b) agents each cycling through
-//! three models with think time, on a neuron that fits one. Printed per run: failed requests,
+//! three models (four calls per model, think time between calls), on a neuron that fits one. Printed per run: failed requests,
 //! swaps per minute, p50/p95/p99 end-to-end latency and throughput (figures, not assertions).
 
 use std::path::Path;
@@ -47,11 +47,14 @@ fn halves(client: usize, _step: usize) -> (&'static str, Duration) {
     (if client % 2 == 0 { "od-a" } else { "od-b" }, Duration::ZERO)
 }
 
+/// An agent works in turns: four calls to one model (a tool runs between them: the think
+/// time), then the next model, cycling orchestrator → coder → explorer.
 fn agents(client: usize, step: usize) -> (&'static str, Duration) {
     const MODELS: [&str; 3] = ["orchestrator", "coder", "explorer"];
+    const CALLS_PER_TURN: usize = 4;
     // Think time 0.5–1.5 s, spread deterministically over agents and steps.
     let think_ms = 500 + ((client * 37 + step * 91) % 1000) as u64;
-    (MODELS[(client + step) % 3], Duration::from_millis(think_ms))
+    (MODELS[(client + step / CALLS_PER_TURN) % 3], Duration::from_millis(think_ms))
 }
 
 fn workloads(smoke: bool) -> Vec<Workload> {

@@ -79,7 +79,7 @@ pub struct Contention {
 
 impl Contention {
     pub const DEFAULT_MIN_RESIDENCY_MS: u64 = 5_000;
-    pub const DEFAULT_MAX_WAIT_MS: u64 = 10_000;
+    pub const DEFAULT_MAX_WAIT_MS: u64 = 20_000;
 
     /// Each field of `self`, else the one of `fallback`.
     pub fn or(self, fallback: Contention) -> Contention {

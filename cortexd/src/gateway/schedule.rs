@@ -7,7 +7,8 @@
 //!
 //! The schedule: while a model is resident its queued requests are served. A waiting model
 //! whose load would evict another one (a *swap*) gets the neuron when the resident has nothing
-//! left to do (no queue, nothing in flight through cortex), or once its own oldest request has
+//! left to do (no queue, nothing in flight through cortex, nothing served for a moment: the
+//! idle grace, `IDLE_GRACE_MS`), or once its own oldest request has
 //! waited `max_wait`, and never before the resident has been loaded for `min_residency`. The
 //! longest-waiting model goes next (`priority` breaks ties), one lifecycle change per neuron at
 //! a time, and every request that waited for a load is admitted together when it is ready.
@@ -189,6 +190,8 @@ pub struct Scheduler {
     copies: BTreeMap<(String, String), Copy>,
     /// `(model, neuron)` → requests admitted and not finished.
     in_flight: BTreeMap<(String, String), u32>,
+    /// `(model, neuron)` → when a request was last admitted there or finished.
+    last_active: BTreeMap<(String, String), u64>,
     /// Loads under way: model → neuron.
     loads: BTreeMap<String, String>,
     /// Neurons with a lifecycle change under way (one at a time each).
@@ -240,6 +243,7 @@ impl Scheduler {
             && let Some(neuron) = self.free_copy(model)
         {
             *self.in_flight.entry((model.to_owned(), neuron.clone())).or_default() += 1;
+            self.last_active.insert((model.to_owned(), neuron.clone()), now);
             return (Arrival::Admitted { neuron }, Vec::new());
         }
         let queue = self.queue(model, settings);
@@ -277,13 +281,8 @@ impl Scheduler {
         neuron: &str,
         placer: &mut dyn Placer<P>,
     ) -> Vec<Command<P>> {
-        let key = (model.to_owned(), neuron.to_owned());
-        if let Some(count) = self.in_flight.get_mut(&key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.in_flight.remove(&key);
-            }
-        }
+        self.release(model, neuron);
+        self.last_active.insert((model.to_owned(), neuron.to_owned()), now);
         self.pump(now, placer)
     }
 
@@ -497,6 +496,7 @@ impl Scheduler {
                     break;
                 };
                 *self.in_flight.entry((model.clone(), neuron.clone())).or_default() += 1;
+                self.last_active.insert((model.clone(), neuron.clone()), now);
                 let waited_ms = now.saturating_sub(waiter.arrived);
                 commands.push(Command::Admit { request: waiter.id, model: model.clone(), neuron, waited_ms });
             }
@@ -658,7 +658,7 @@ impl Scheduler {
         if evicts.is_empty() || self.mode == Mode::Arrival {
             return Ok(());
         }
-        let mut resident_until = 0;
+        let (mut resident_until, mut recently_until) = (0, 0);
         let mut resident_busy = false;
         for evicted in evicts {
             let settings = self.settings(evicted);
@@ -671,6 +671,8 @@ impl Scheduler {
             }
             let queued = self.queues.get(evicted).is_some_and(|q| !q.waiting.is_empty());
             resident_busy |= queued || self.flying(evicted, neuron) > 0;
+            let key = (evicted.clone(), neuron.to_owned());
+            recently_until = recently_until.max(self.last_active.get(&key).map_or(0, |t| t + IDLE_GRACE_MS));
         }
         if resident_until > now {
             return Err(resident_until);
@@ -678,7 +680,16 @@ impl Scheduler {
         let max_wait =
             self.settings(model).map_or(plans::fleet::Contention::DEFAULT_MAX_WAIT_MS, |s| s.max_wait_ms);
         let turn_at = oldest.saturating_add(max_wait);
-        if resident_busy && turn_at > now { Err(turn_at) } else { Ok(()) }
+        if turn_at <= now {
+            Ok(())
+        } else if resident_busy {
+            Err(turn_at)
+        } else if recently_until > now {
+            // Idle only for a moment (a client between two calls): give it the grace first.
+            Err(recently_until.min(turn_at))
+        } else {
+            Ok(())
+        }
     }
 
     fn set_why(&mut self, model: &str, why: String) {
@@ -690,6 +701,10 @@ impl Scheduler {
 
 /// How soon to look again when an answer may change without an event the scheduler sees.
 const LOOK_AGAIN_MS: u64 = 1_000;
+
+/// A resident that served a request this recently counts as busy (its client is likely between
+/// two calls: an agent running a tool): the swap waits this long, or until `max_wait`.
+const IDLE_GRACE_MS: u64 = 2_000;
 
 /// How long a swap waits for the requests cortex sent to the evicted model before the unload
 /// starts anyway (the neuron then drains what is left, bounded by its `drain_timeout`).

@@ -257,7 +257,7 @@ fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
 }
 
 #[test]
-fn the_swap_happens_as_soon_as_the_resident_is_done() {
+fn the_swap_happens_once_the_resident_is_done_and_its_idle_grace_passed() {
     check(
         Mode::Elevator,
         |_| {},
@@ -270,9 +270,9 @@ fn the_swap_happens_as_soon_as_the_resident_is_done() {
         expect![[r#"
             t=     0 #1 od-a admitted on n1
             t=  6000 #2 od-b queued
-            t=  7000 load od-b on n1 evicting ["od-a"]
-            t=  9000 ready od-b
-            t=  9000 admit #2 od-b on n1 after 3000ms
+            t=  9000 load od-b on n1 evicting ["od-a"]
+            t= 11000 ready od-b
+            t= 11000 admit #2 od-b on n1 after 5000ms
             t= 27000 end
         "#]],
     );
