@@ -321,6 +321,18 @@ impl Placer<Placement> for FleetPlacer<'_> {
             {
                 Placed::Later { until: None, why: infeasible.detail }
             }
+            // Just started: a neuron of the fleet has not been polled yet.
+            Err(infeasible)
+                if infeasible.dimension == Dimension::NeuronUnreachable
+                    && self
+                        .fleet
+                        .neurons
+                        .iter()
+                        .any(|n| self.observed.topology.neuron(&n.name).is_none()) =>
+            {
+                let why = format!("waiting for the first poll of the fleet's neurons: {}", infeasible.detail);
+                Placed::Later { until: None, why }
+            }
             Err(infeasible) => {
                 Placed::Never { why: format!("{model} cannot be placed now: {}", infeasible.detail) }
             }
