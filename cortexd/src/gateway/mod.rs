@@ -13,6 +13,8 @@ pub mod proxy;
 pub mod route;
 pub mod routes;
 pub mod sse;
+pub mod traffic;
+pub mod ui;
 
 use std::sync::Arc;
 
