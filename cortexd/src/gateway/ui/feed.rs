@@ -20,7 +20,7 @@ use crate::gateway::traffic::Traffic;
 use crate::gateway::ui::page::{self, Inputs, Memory};
 
 /// How often the traffic charts are refreshed.
-pub const TRAFFIC_EVERY: Duration = Duration::from_secs(5);
+pub const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
 /// What a page's `EventSource` waits before reconnecting after the stream broke.
 const RETRY: Duration = Duration::from_secs(1);
 

@@ -37,12 +37,21 @@ function fill(id, ...children) {
   return node;
 }
 
-/** A stable colour per model, the same in bars, tables and charts. */
+/** A colour per model, the same in bars, tables and charts: distinct hues in fleet order (none
+ *  of them the green or red that mean state), and a hash-picked one for anything else. */
+const PALETTE = ['#58a6ff', '#f0883e', '#a371f7', '#39c5cf', '#db61a2', '#e3b341', '#7ee0a0', '#ff9b85', '#8b9eff', '#c9d1d9'];
+const coloursByModel = new Map();
+
 function colour(name) {
+  if (coloursByModel.has(name)) return coloursByModel.get(name);
   let hash = 2166136261;
   for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 16777619);
-  const hue = ((hash >>> 0) % 360 + 360) % 360;
-  return `hsl(${hue} 62% 60%)`;
+  return `hsl(${(hash >>> 0) % 360} 55% 62%)`;
+}
+
+function assignColours(models) {
+  coloursByModel.clear();
+  models.forEach((m, i) => { if (i < PALETTE.length) coloursByModel.set(m.id, PALETTE[i]); });
 }
 
 function gb(mb) {
@@ -85,6 +94,7 @@ function renderRevision(s) {
     f.dirty && el('span', { class: 'chip warn', title: 'the fleet files differ from the commit' }, 'uncommitted changes'),
     el('span', { class: 'chip', title: f.digest }, 'digest ', el('b', {}, f.digest_short || '–')),
     el('span', { class: 'chip' }, 'source ', el('b', {}, f.source)),
+    el('span', { class: 'chip' }, `${s.neurons.length} ${s.neurons.length === 1 ? 'neuron' : 'neurons'} · ${s.models.length} ${s.models.length === 1 ? 'model' : 'models'}`),
     !f.valid && el('span', { class: 'chip bad' }, 'edit invalid'));
 }
 
@@ -214,7 +224,8 @@ function placement(m, p) {
   const size = p.devices.length ? gb(p.vram_mb) : gb(p.ram_mb);
   return el('div', { class: 'placement', dataset: { placement: p.neuron, status: p.status } },
     el('span', { class: `where ${p.neuron_reachable ? '' : 'gone'}`, title: p.neuron_reachable ? '' : 'neuron unreachable: last seen state' }, p.neuron),
-    el('span', { class: `badge ${p.status}` }, p.status),
+    el('span', { class: `badge ${p.neuron_reachable ? p.status : 'stale'}`, title: p.neuron_reachable ? '' : 'last seen before the neuron stopped answering' },
+      p.neuron_reachable ? p.status : `${p.status}?`),
     el('span', { class: 'devs' }, `${devices} · ${size}`),
     !p.managed && el('span', { class: 'chip', title: 'started outside cortex; never touched' }, 'unmanaged'),
     p.status === 'loading' && loadingProgress(p, m.estimated_cold_start_ms),
@@ -293,6 +304,12 @@ function spark(series, colours, options) {
       open = true;
     });
     if (!d) return;
+    // A value with no neighbour has no line to be part of: draw it as a dot.
+    values.forEach((v, i) => {
+      if (v !== null && (values[i - 1] ?? null) === null && (values[i + 1] ?? null) === null) {
+        svg.append(el('rect', { x: x(i) - 1.5, y: y(v) - 1.5, width: 3, height: 3, fill: colours[k] }));
+      }
+    });
     if (k === 0 && options.area) {
       const area = values.map((v, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${y(v || 0).toFixed(1)}`).join('') + `L${width},${height}L0,${height}Z`;
       svg.append(el('path', { d: area, fill: colours[k], 'fill-opacity': 0.16, stroke: 'none' }));
@@ -342,6 +359,7 @@ function render() {
   const s = page.state;
   if (!s) return;
   document.title = `cortex · ${s.sync} · ${s.health}`;
+  assignColours(s.models);
   renderRevision(s);
   renderBanner(s);
   renderSummary(s);
