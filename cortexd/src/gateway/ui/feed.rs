@@ -5,7 +5,7 @@
 //! every new document, so a page that reconnects (after a daemon restart) is in sync at once.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -33,22 +33,74 @@ pub struct Sources {
     pub traffic: Arc<Traffic>,
 }
 
-/// The latest documents, as JSON text ready to send. Written by the feed task only.
+/// The page's documents: the latest ones as JSON text ready to send (written by the feed task
+/// only), and how to build fresh ones.
 #[derive(Clone)]
 pub struct Feed {
     pub state: watch::Receiver<Arc<str>>,
     pub traffic: watch::Receiver<Arc<str>>,
+    documents: Arc<Documents>,
+}
+
+impl Feed {
+    /// The state document as of now.
+    pub fn state_now(&self) -> Arc<str> {
+        self.documents.state()
+    }
+
+    /// The traffic window as of now.
+    pub fn traffic_now(&self) -> Arc<str> {
+        traffic_json(&self.documents.sources.traffic)
+    }
+}
+
+/// Builds the documents from the sources; remembers what the page needs between them.
+struct Documents {
+    sources: Sources,
+    memory: Mutex<Memory>,
+    started_unix_ms: u64,
+}
+
+impl Documents {
+    /// Note what the topology shows now (when loads started); cheap, done on every change.
+    fn observe(&self) {
+        let observed = self.sources.observed.borrow().clone();
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner).observe(&observed.topology, now_unix_ms());
+    }
+
+    /// The whole state document now, as JSON.
+    fn state(&self) -> Arc<str> {
+        let fleet = self.sources.fleet.borrow().clone();
+        let observed = self.sources.observed.borrow().clone();
+        let status = self.sources.status.borrow().clone();
+        let now_unix_ms = now_unix_ms();
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        memory.observe(&observed.topology, now_unix_ms);
+        let inputs = Inputs {
+            fleet: &fleet,
+            topology: &observed.topology,
+            status: &status,
+            now_unix_ms,
+            daemon_started_unix_ms: self.started_unix_ms,
+        };
+        to_json(&page::build(&inputs, &memory))
+    }
 }
 
 /// Start the feed task; it ends at `shutdown` (or when a source stops), which ends every
-/// page's stream so that the listener can shut down.
+/// page's stream so that the listener can shut down. Documents are built only while someone
+/// listens: with no page open, a change costs one look at the topology.
 pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::task::JoinHandle<()>) {
-    let started = now_unix_ms();
-    let mut memory = Memory::default();
-    let (state_sender, state) = watch::channel(state_json(&sources, &mut memory, started));
-    let (traffic_sender, traffic) = watch::channel(traffic_json(&sources.traffic));
+    let documents = Arc::new(Documents {
+        sources,
+        memory: Mutex::new(Memory::default()),
+        started_unix_ms: now_unix_ms(),
+    });
+    let (state_sender, state) = watch::channel(documents.state());
+    let (traffic_sender, traffic) = watch::channel(traffic_json(&documents.sources.traffic));
+    let feed = Feed { state, traffic, documents: documents.clone() };
     let task = tokio::spawn(async move {
-        let Sources { mut fleet, mut observed, mut status, traffic } = sources.clone();
+        let Sources { mut fleet, mut observed, mut status, traffic } = documents.sources.clone();
         let mut tick = tokio::time::interval(TRAFFIC_EVERY);
         loop {
             let changed = tokio::select! {
@@ -57,12 +109,14 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
                 changed = observed.changed() => changed,
                 changed = status.changed() => changed,
                 _ = tick.tick() => {
-                    let next = traffic_json(&traffic);
-                    traffic_sender.send_if_modified(|current| {
-                        let modified = **current != *next;
-                        *current = next;
-                        modified
-                    });
+                    if listened(&traffic_sender) {
+                        let next = traffic_json(&traffic);
+                        traffic_sender.send_if_modified(|current| {
+                            let modified = **current != *next;
+                            *current = next;
+                            modified
+                        });
+                    }
                     continue;
                 }
             };
@@ -73,27 +127,20 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
             fleet.borrow_and_update();
             observed.borrow_and_update();
             status.borrow_and_update();
-            state_sender.send_replace(state_json(&sources, &mut memory, started));
+            if listened(&state_sender) {
+                state_sender.send_replace(documents.state());
+            } else {
+                documents.observe();
+            }
         }
     });
-    (Feed { state, traffic }, task)
+    (feed, task)
 }
 
-/// The whole state document now, as JSON.
-pub fn state_json(sources: &Sources, memory: &mut Memory, daemon_started_unix_ms: u64) -> Arc<str> {
-    let fleet = sources.fleet.borrow().clone();
-    let observed = sources.observed.borrow().clone();
-    let status = sources.status.borrow().clone();
-    let now_unix_ms = now_unix_ms();
-    memory.observe(&observed.topology, now_unix_ms);
-    let inputs = Inputs {
-        fleet: &fleet,
-        topology: &observed.topology,
-        status: &status,
-        now_unix_ms,
-        daemon_started_unix_ms,
-    };
-    to_json(&page::build(&inputs, memory))
+/// Whether anyone besides the page's own handle holds a receiver: an open event stream (or a
+/// request being handled).
+fn listened(sender: &watch::Sender<Arc<str>>) -> bool {
+    sender.receiver_count() > 1
 }
 
 /// The traffic window now, as JSON.
@@ -106,26 +153,29 @@ fn to_json(value: &impl serde::Serialize) -> Arc<str> {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned()).into()
 }
 
-/// One page's event stream: `state` and `traffic` events, each a whole document.
+/// One page's event stream: `state` and `traffic` events, each a whole document. The first two
+/// are built fresh (nobody may have been listening before); then each new document follows.
 pub fn events(feed: &Feed) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
     let mut state = feed.state.clone();
     let mut traffic = feed.traffic.clone();
-    // The first two events are what is current; after that, each new document.
-    state.mark_changed();
-    traffic.mark_changed();
-    let stream =
-        futures_util::stream::unfold((state, traffic, true), |(mut state, mut traffic, first)| async move {
-            let event = tokio::select! {
-                biased;
-                changed = state.changed() => changed.ok().map(|()| {
-                    Event::default().event("state").data(&*state.borrow_and_update().clone())
-                }),
-                changed = traffic.changed() => changed.ok().map(|()| {
-                    Event::default().event("traffic").data(&*traffic.borrow_and_update().clone())
-                }),
-            }?;
-            let event = if first { event.retry(RETRY) } else { event };
-            Some((Ok(event), (state, traffic, false)))
-        });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    state.mark_unchanged();
+    traffic.mark_unchanged();
+    let first = [
+        Event::default().event("state").data(&*feed.state_now()).retry(RETRY),
+        Event::default().event("traffic").data(&*feed.traffic_now()),
+    ];
+    let first = futures_util::stream::iter(first.map(Ok));
+    let rest = futures_util::stream::unfold((state, traffic), |(mut state, mut traffic)| async move {
+        let event = tokio::select! {
+            biased;
+            changed = state.changed() => changed.ok().map(|()| {
+                Event::default().event("state").data(&*state.borrow_and_update().clone())
+            }),
+            changed = traffic.changed() => changed.ok().map(|()| {
+                Event::default().event("traffic").data(&*traffic.borrow_and_update().clone())
+            }),
+        }?;
+        Some((Ok(event), (state, traffic)))
+    });
+    Sse::new(futures_util::StreamExt::chain(first, rest)).keep_alive(KeepAlive::default())
 }

@@ -175,8 +175,8 @@ async fn state(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     if !ui.allows(&headers) {
         return unauthorised();
     }
-    let state = ui.feed.state.borrow().clone();
-    let traffic = ui.feed.traffic.borrow().clone();
+    let state = ui.feed.state_now();
+    let traffic = ui.feed.traffic_now();
     let body = format!("{{\"state\":{state},\"traffic\":{traffic}}}");
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }

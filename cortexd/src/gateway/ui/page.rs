@@ -409,3 +409,58 @@ fn placements(id: &str, topology: &Topology, memory: &Memory) -> Vec<PlacementVi
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(status: Option<(ModelState, Option<u64>)>) -> Topology {
+        let models = status
+            .map(|(status, load_duration_ms)| LoadedModel {
+                id: "m".into(),
+                harness: "sim".into(),
+                status,
+                devices: vec![0],
+                vram_mb: 8000,
+                ram_mb: 0,
+                last_used_unix_ms: 0,
+                in_flight: 0,
+                profile: None,
+                load_duration_ms,
+                error: None,
+            })
+            .into_iter()
+            .collect();
+        Topology::new(
+            1,
+            vec![NeuronStatus { name: "n".into(), reachable: true, models, ..NeuronStatus::default() }],
+        )
+    }
+
+    #[test]
+    fn a_load_keeps_its_start_and_its_duration_outlives_the_model() {
+        let mut memory = Memory::default();
+        let key = ("n".to_owned(), "m".to_owned());
+        memory.observe(&topology(Some((ModelState::Loading, None))), 1_000);
+        memory.observe(&topology(Some((ModelState::Loading, None))), 3_000);
+        assert_eq!(memory.loading_since.get(&key), Some(&1_000), "the first sighting is the start");
+        memory.observe(&topology(Some((ModelState::Loaded, Some(2_500)))), 4_000);
+        assert_eq!(memory.loading_since.get(&key), None);
+        memory.observe(&topology(None), 5_000);
+        assert_eq!(memory.load_ms.get("m"), Some(&2_500), "the estimate for the next cold start stays");
+        memory.observe(&topology(Some((ModelState::Loading, None))), 9_000);
+        assert_eq!(memory.loading_since.get(&key), Some(&9_000), "a new load starts afresh");
+    }
+
+    #[test]
+    fn memory_splits_into_models_outside_use_and_free() {
+        let segment = |mb| Segment { model: "m".into(), mb, status: "loaded" };
+        let view = split(24_000, 10_000, vec![segment(12_000)]);
+        assert_eq!((view.total_mb, view.free_mb, view.outside_mb), (24_000, 10_000, 2_000));
+        // A device reporting less used than the models account for has nothing outside cortex.
+        let view = split(24_000, 20_000, vec![segment(12_000)]);
+        assert_eq!(view.outside_mb, 0);
+        // Free above total (a racing probe) is clamped.
+        assert_eq!(split(1_000, 5_000, Vec::new()).free_mb, 1_000);
+    }
+}
