@@ -4,6 +4,7 @@ NUL byte), so it needs nothing beyond the standard library. It opens one page, e
 JavaScript in it, records uncaught exceptions, and takes screenshots."""
 
 import base64
+import fcntl
 import json
 import os
 import pathlib
@@ -21,6 +22,13 @@ def chromium_path() -> str:
     return path
 
 
+def high_fd(fd: int) -> int:
+    """`fd` moved to a number of 10 or more."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return moved
+
+
 class CdpError(AssertionError):
     pass
 
@@ -32,6 +40,9 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="cortex-ui-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
+        # The child's ends go to fds 3 and 4; keep them clear of those numbers so that moving
+        # one there cannot close the other.
+        to_browser_r, from_browser_w = (high_fd(fd) for fd in (to_browser_r, from_browser_w))
         argv = [
             chromium_path(),
             "--headless=new",

@@ -22,7 +22,7 @@ NEURON_TOKEN = "neuron-token"
 
 # Each neuron: its sim devices and engine figures, and a fixed host RAM for CPU models.
 NEURONS = {
-    "atlas": {"devices": [("SimGPU 48G", 49152), ("SimGPU 48G", 49152)], "load_ms": 1800, "ram_mb": 131072},
+    "atlas": {"devices": [("SimGPU 48G", 49152), ("SimGPU 48G", 49152)], "load_ms": 3000, "ram_mb": 131072},
     "pico": {"devices": [("SimGPU 16G", 16384)], "load_ms": 1200, "ram_mb": 32768},
 }
 
