@@ -252,12 +252,7 @@ impl Drop for Watcher {
         let exchange = &self.exchange;
         let model = exchange.target.model.clone();
         let neuron = exchange.target.neuron.name.clone();
-        crate::gateway::traffic::record(
-            &model,
-            !self.failed,
-            self.first_event_at.map(|first| first.duration_since(exchange.started)),
-            self.usage.map_or(0, |(_, completion)| completion),
-        );
+        crate::gateway::traffic::add(&model, exchange.started, self.first_event_at, self.usage, self.failed);
         let status = if self.failed {
             "upstream_error"
         } else if self.finished {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control::poller::now_unix_ms;
 
@@ -52,9 +52,18 @@ pub struct Traffic {
 /// The process-wide window the gateway records into and the fleet page reads.
 pub static GLOBAL: LazyLock<Arc<Traffic>> = LazyLock::new(|| Arc::new(Traffic::default()));
 
-/// Record one forwarded request that ended (the gateway's hook).
-pub fn record(model: &str, ok: bool, ttft: Option<Duration>, completion_tokens: u64) {
-    GLOBAL.record_at(now_unix_ms(), model, ok, ttft, completion_tokens);
+/// Add one forwarded request that ended to the process-wide window: the gateway's hook, called
+/// where the proxy records the request's metrics. `usage` is `(prompt, completion)` tokens.
+pub fn add(
+    model: &str,
+    started: Instant,
+    first_token_at: Option<Instant>,
+    usage: Option<(u64, u64)>,
+    failed: bool,
+) {
+    let ttft = first_token_at.map(|first| first.duration_since(started));
+    let completion = usage.map_or(0, |(_, completion)| completion);
+    GLOBAL.record_at(now_unix_ms(), model, !failed, ttft, completion);
 }
 
 /// The window as the page's charts read it: for each model, one value per bucket, oldest
@@ -215,6 +224,27 @@ mod tests {
         let p50 = series.ttft_p50_ms[now - 3].expect("a first token was recorded");
         assert!((35..=50).contains(&p50), "p50 {p50} ms lies in the histogram bucket of 40 ms");
         assert_eq!(series.ttft_p50_ms[now - 1], None);
+    }
+
+    #[test]
+    fn the_gateway_hook_records_into_the_process_wide_window() {
+        let started = Instant::now();
+        let first = started + Duration::from_millis(120);
+        add("hook-test-model", started, Some(first), Some((10, 64)), false);
+        add("hook-test-model", started, None, None, true);
+        let window = GLOBAL.window(now_unix_ms());
+        let series = window.models.iter().find(|s| s.model == "hook-test-model").expect("the hook's model");
+        let (requests, errors, tokens) = (
+            series.requests.iter().sum::<u32>(),
+            series.errors.iter().sum::<u32>(),
+            series.completion_tokens.iter().sum::<u64>(),
+        );
+        assert_eq!((requests, errors, tokens), (2, 1, 64));
+        let p50 = series.ttft_p50_ms.iter().flatten().next().copied();
+        assert!(
+            p50.is_some_and(|ms| (100..=150).contains(&ms)),
+            "ttft p50 {p50:?} holds the 120 ms first token"
+        );
     }
 
     #[test]
