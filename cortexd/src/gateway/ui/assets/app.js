@@ -89,13 +89,16 @@ function agoSpan(unixMs, className) {
 
 function renderRevision(s) {
   const f = s.fleet;
+  const simulated = s.neurons.filter((n) => n.simulated).map((n) => n.name);
   fill('revision',
     el('span', { class: 'chip', title: f.commit || 'not in a git repository' }, 'fleet/ @ ', el('b', {}, f.revision)),
     f.dirty && el('span', { class: 'chip warn', title: 'the fleet files differ from the commit' }, 'uncommitted changes'),
     el('span', { class: 'chip', title: f.digest }, 'digest ', el('b', {}, f.digest_short || '–')),
     el('span', { class: 'chip' }, 'source ', el('b', {}, f.source)),
     el('span', { class: 'chip' }, `${s.neurons.length} ${s.neurons.length === 1 ? 'neuron' : 'neurons'} · ${s.models.length} ${s.models.length === 1 ? 'model' : 'models'}`),
-    !f.valid && el('span', { class: 'chip bad' }, 'edit invalid'));
+    !f.valid && el('span', { class: 'chip bad' }, 'edit invalid'),
+    simulated.length > 0 && el('span', { class: 'chip sim', title: 'these neurons run simulated devices and engines' },
+      `simulation: ${simulated.join(', ')}`));
 }
 
 function renderBanner(s) {
