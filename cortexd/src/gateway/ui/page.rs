@@ -453,6 +453,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_copy_says_why_and_an_undeclared_model_is_listed_after_the_fleet() {
+        let text = "[[neuron]]\nname = \"n\"\nendpoint = \"http://127.0.0.1:1\"\n\n[[model]]\nid = \"m\"\nharness = \"sim\"\nsource = \"m.gguf\"\nvram_mb = 8000\n";
+        let load = plans::fleet::load(&[("fleet.toml".to_owned(), text.to_owned())]);
+        let fleet = load.fleet.unwrap_or_else(|| panic!("valid: {:?}", load.diagnostics));
+        let mut topology = topology(Some((ModelState::Failed, None)));
+        topology.neurons[0].models[0].error = Some("engine exited with status 1: out of memory".into());
+        let mut hand_started = topology.neurons[0].models[0].clone();
+        (hand_started.id, hand_started.status, hand_started.error) =
+            ("by-hand".into(), ModelState::Unloading, None);
+        topology.neurons[0].models.push(hand_started);
+        let status = DaemonStatus::default();
+        let inputs = Inputs {
+            fleet: &fleet,
+            topology: &topology,
+            status: &status,
+            now_unix_ms: 1,
+            daemon_started_unix_ms: 0,
+        };
+        let page = build(&inputs, &Memory::default());
+        let ids: Vec<(&str, bool)> = page.models.iter().map(|m| (m.id.as_str(), m.declared)).collect();
+        assert_eq!(ids, [("m", true), ("by-hand", false)]);
+        let failed = &page.models[0].placements[0];
+        assert_eq!(
+            (failed.status, failed.error.as_deref()),
+            ("failed", Some("engine exited with status 1: out of memory"))
+        );
+        assert_eq!(page.models[1].placements[0].status, "draining");
+        assert_eq!(page.neurons[0].state, "up");
+    }
+
+    #[test]
     fn memory_splits_into_models_outside_use_and_free() {
         let segment = |mb| Segment { model: "m".into(), mb, status: "loaded" };
         let view = split(24_000, 10_000, vec![segment(12_000)]);
