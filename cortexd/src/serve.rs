@@ -71,7 +71,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         resync: config.reconcile.resync,
         parallelism: config.reconcile.parallelism,
         timeouts,
-        backoff: BackoffPolicy { base: config.reconcile.backoff_base, max: config.reconcile.backoff_max },
+        backoff: reconcile_config_backoff(&config),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
@@ -79,6 +79,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
 
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
+    // Failed cold loads back off like the reconciler's actions.
+    state.cold_loads = Arc::new(gateway::route::ColdLoads::with_backoff(reconcile_config_backoff(&config)));
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
@@ -108,6 +110,10 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn reconcile_config_backoff(config: &Config) -> BackoffPolicy {
+    BackoffPolicy { base: config.reconcile.backoff_base, max: config.reconcile.backoff_max }
 }
 
 /// `kill -HUP` asks for a reconcile pass now (logged as an admin request).

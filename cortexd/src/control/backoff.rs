@@ -13,6 +13,13 @@ pub struct BackoffPolicy {
     pub max: Duration,
 }
 
+impl Default for BackoffPolicy {
+    /// 2 s doubling up to 5 min, the reconciler's default (`[reconcile] backoff_base/backoff_max`).
+    fn default() -> Self {
+        BackoffPolicy { base: Duration::from_secs(2), max: Duration::from_secs(300) }
+    }
+}
+
 impl BackoffPolicy {
     /// The wait after the `failures`-th failure in a row (1 → `base`).
     pub fn delay(&self, failures: u32) -> Duration {
