@@ -157,6 +157,7 @@ impl StreamTranslator {
         let mut produced = false;
         if let Some(text) = reasoning.filter(|text| !text.is_empty()) {
             if !matches!(self.open, Some(OpenItem::Reasoning { .. })) {
+                self.close_item(out);
                 let id = format!("rs_{}_{}", self.suffix, self.output.len());
                 self.open_item(OpenItem::Reasoning { id, text: String::new() }, out);
             }
@@ -165,6 +166,7 @@ impl StreamTranslator {
         }
         if let Some(text) = delta.content.as_deref().filter(|text| !text.is_empty()) {
             if !matches!(self.open, Some(OpenItem::Message { .. })) {
+                self.close_item(out);
                 let id = format!("msg_{}_{}", self.suffix, self.output.len());
                 self.open_item(OpenItem::Message { id, text: String::new() }, out);
             }
@@ -201,6 +203,7 @@ impl StreamTranslator {
                 _ => format!("call_{}_{upstream_index}", self.suffix),
             };
             let name = function.and_then(|f| f.name.as_deref()).unwrap_or("").to_owned();
+            self.close_item(out);
             let id = format!("fc_{}_{}", self.suffix, self.output.len());
             self.open_item(
                 OpenItem::Call { id, call_id, name, arguments: String::new(), upstream_index },
