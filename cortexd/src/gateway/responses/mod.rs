@@ -14,6 +14,7 @@
 //! `response.failed`.
 
 mod handler;
+pub mod native;
 pub mod request;
 pub mod response;
 pub mod stream;
