@@ -6,7 +6,7 @@
 //! with `--native`, Anthropic Messages and OpenAI Responses too, streamed or not. Every request
 //! (path and body) is appended to `--record` as one JSON line, so a test can see what reached it.
 //!
-//! Usage: `scripted-engine --port P --model ID --file PATH --reply TEXT --record PATH [--native]`.
+//! Usage: `scripted-engine [--host 127.0.0.1] --port P --model ID --file PATH --reply TEXT --record PATH [--native]`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,7 +25,10 @@ use serde_json::{Value, json};
 #[derive(Parser)]
 #[command(about = "An OpenAI/Anthropic-compatible engine that plays a scripted agent tool loop")]
 struct Args {
-    /// Loopback port to listen on.
+    /// Loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on.
     #[arg(long)]
     port: u16,
     /// The model name to answer with.
@@ -67,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .open(&args.record)
         .with_context(|| format!("cannot open the record file {}", args.record.display()))?;
     let native = args.native;
-    let address = ("127.0.0.1", args.port);
+    let address = (args.host, args.port);
     let engine = std::sync::Arc::new(Engine { args, record: Mutex::new(record), ids: AtomicU64::new(1) });
     let mut app = axum::Router::new()
         .route("/health", get(|| async { "OK" }))
