@@ -244,7 +244,7 @@ _install_main() {
     esac
   done
   trap - EXIT
-  printf '==> ready: %s (cached under %s)\n' "${plan[*]}" "$CORTEX_CACHE"
+  printf '==> installed: %s (cached under %s)\n' "${plan[*]}" "$CORTEX_CACHE"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
