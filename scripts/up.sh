@@ -55,6 +55,8 @@ Use it as it is, or restart it: ${CORTEX_UP_DIR:+CORTEX_UP_DIR=$state }bash scri
     fi
   done
   local port who
+  [ "$(printf '%s\n' "$neuron_port" "$api_port" "$metrics_port" | sort -u | wc -l)" = 3 ] ||
+    fail "the three ports must differ (API $api_port, metrics $metrics_port, neuron $neuron_port)"
   for port in "$neuron_port" "$api_port" "$metrics_port"; do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || continue
     who=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*))' | head -n 1 || true)
@@ -154,6 +156,8 @@ wait_for() {
 
 start_fleet() {
   step "starting neuron on 127.0.0.1:$neuron_port and cortex serve on 127.0.0.1:$api_port with $fleet"
+  # Should anything below fail, stop what this run started (its logs stay).
+  trap 'CORTEX_UP_DIR="$state" bash scripts/down.sh >&2' EXIT
   nohup "$bin/neuron" --config "$state/neuron.toml" > "$state/neuron.log" 2>&1 9>&- &
   echo $! > "$state/neuron.pid"
   wait_for "neuron listening" 30 "$state/neuron.pid" curl -sf "http://127.0.0.1:$neuron_port/livez"
@@ -236,4 +240,5 @@ build_and_install
 write_config
 start_fleet
 demo
+trap - EXIT
 summary
