@@ -77,6 +77,16 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler, shutdown.clone()));
 
+    // The fleet page reads the same channels (and the gateway's traffic window) on the operator listener.
+    let ui_sources = gateway::ui::feed::Sources {
+        fleet: fleet_receiver.clone(),
+        observed: poller.observed.clone(),
+        status: status.clone(),
+        traffic: gateway::traffic::GLOBAL.clone(),
+    };
+    let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
+    let operator = crate::metrics::router(prometheus)
+        .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
     // Failed cold loads back off like the reconciler's actions.
@@ -93,7 +103,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
-    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, "cortex is serving");
+    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, ui = %format!("http://{}/ui", metrics.local_addr()?), "cortex is serving");
 
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -103,10 +113,10 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
     let (api_result, metrics_result) = tokio::join!(
         gateway::serve(api, state, shutdown.clone()),
-        crate::metrics::serve(metrics, prometheus, shutdown.clone())
+        crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();
-    let _ = tokio::join!(poller_task, gauge_task, reconcile_task);
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task);
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)
