@@ -54,6 +54,7 @@ fn scenario(models: usize, neurons: usize) -> (Fleet, Topology) {
                 priority: rng.next(100) as i64,
                 require_labels: BTreeMap::new(),
                 contention: Default::default(),
+                max_output_tokens: None,
                 origin: Origin::default(),
             }
         })

@@ -174,6 +174,10 @@ pub struct ModelSpec {
     /// Contention settings written on this model (unset fields fall back to `[policy]`).
     #[serde(default)]
     pub contention: Contention,
+    /// The most tokens one request may generate: the gateway clamps every request's output
+    /// limit to it and sets it on requests that name none. `None`: the engine's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
     pub origin: Origin,
 }
 

@@ -162,6 +162,7 @@ fn build(
             priority: p.priority,
             require_labels: BTreeMap::new(),
             contention: Default::default(),
+            max_output_tokens: None,
             origin: Origin::default(),
         })
         .collect();

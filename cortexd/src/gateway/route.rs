@@ -19,6 +19,7 @@ use plans::plan::{Activity, Dimension, Placement, PlanOptions, place_one_with};
 use plans::topology::ModelState;
 use tokio::sync::{Notify, oneshot};
 
+use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::{NeuronClient, NeuronError};
 use crate::control::poller::{Observed, now_unix_ms};
@@ -147,6 +148,11 @@ impl Drop for Permit {
 /// tickets, finished loads and the driver task (observations and timers).
 pub struct Schedule {
     inner: Mutex<Inner>,
+    /// Failed loads per (model, neuron), under the reconciler's backoff policy, so that a
+    /// broken model is not loaded again at every request. Held only for short sections, never
+    /// while taking `inner`.
+    failures: Mutex<Backoff>,
+    policy: BackoffPolicy,
     /// Wakes the driver when the next timer may have moved.
     wake: Notify,
     driver: OnceLock<()>,
@@ -166,12 +172,37 @@ enum Outgoing {
 }
 
 impl Schedule {
-    pub fn new(mode: schedule::Mode) -> Self {
+    /// A scheduler whose failed loads back off under `policy` (the reconciler's).
+    pub fn new(mode: schedule::Mode, policy: BackoffPolicy) -> Self {
         Schedule {
             inner: Mutex::new(Inner { core: Scheduler::new(mode), waiters: HashMap::new() }),
+            failures: Mutex::new(Backoff::default()),
+            policy,
             wake: Notify::new(),
             driver: OnceLock::new(),
             next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// The refusal for `(model, neuron)` while its last failed load backs off.
+    fn backing_off(&self, model: &str, neuron: &str) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        let entry = failures.entry(model, neuron).filter(|e| e.until > now)?;
+        let wait_s = (entry.until - now).as_secs_f64().ceil().max(1.0);
+        Some(format!(
+            "{model} cannot be loaded on {neuron} now: the last load failed: {}, next try in {wait_s}s",
+            entry.error
+        ))
+    }
+
+    fn record(&self, model: &str, neuron: &str, failure: Option<String>) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match failure {
+            Some(error) => {
+                failures.failed(model, neuron, error, self.policy, tokio::time::Instant::now());
+            }
+            None => failures.succeeded(model, neuron),
         }
     }
 
@@ -193,7 +224,7 @@ impl Schedule {
         event: impl FnOnce(&mut Inner, &mut FleetPlacer<'_>) -> (R, Vec<Command<Placement>>),
     ) -> R {
         let (fleet, observed) = (state.fleet(), state.observed());
-        let mut placer = FleetPlacer { fleet: &fleet, observed: &observed };
+        let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, schedule: self };
         let (result, outgoing) = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             let (result, commands) = event(&mut inner, &mut placer);
@@ -305,12 +336,17 @@ fn api_error(model: &str, rejection: Rejection) -> ApiError {
 struct FleetPlacer<'a> {
     fleet: &'a Fleet,
     observed: &'a Observed,
+    /// For the load failures backing off.
+    schedule: &'a Schedule,
 }
 
 impl Placer<Placement> for FleetPlacer<'_> {
     fn place(&mut self, model: &str, activity: &Activity) -> Placed<Placement> {
         let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
         match place_one_with(self.fleet, &self.observed.topology, model, &options, activity) {
+            Ok(placement) if let Some(why) = self.schedule.backing_off(model, &placement.neuron) => {
+                Placed::Never { why }
+            }
             Ok(placement) => Placed::Load {
                 neuron: placement.neuron.clone(),
                 evicts: placement.evictions.iter().map(|a| a.model.clone()).collect(),
@@ -402,24 +438,40 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
 /// How often one request may be re-queued because the copy it was sent to went away.
 const RESENDS: usize = 5;
 
-/// Send `body` to `path` on the target's neuron. When the neuron answers that the copy is gone
-/// or going (the request raced an unload cortex did not schedule), the request is queued again
-/// and sent where the scheduler puts it. Returns the target that answered and its response.
+/// One upstream call, kept so that it can be sent again.
+pub struct Resend<'a> {
+    pub method: reqwest::Method,
+    pub path: &'a str,
+    pub body: Bytes,
+    pub headers: axum::http::HeaderMap,
+}
+
+/// Send `call` to the target's neuron. When the neuron answers that the copy is gone or going
+/// (the request raced an unload cortex did not schedule), the request is queued again and sent
+/// where the scheduler puts it. Returns the target that answered and its response (which may
+/// be any other refusal, left for the caller to map).
 pub async fn send(
     state: &AppState,
     mut target: Target,
-    path: &str,
-    body: Bytes,
+    call: Resend<'_>,
 ) -> Result<(Target, reqwest::Response), ApiError> {
     for _ in 0..RESENDS {
-        let upstream = proxy::send(&target, path, body.clone()).await?;
-        if !matches!(upstream.status().as_u16(), 404 | 409 | 503) {
-            return Ok((target, upstream));
+        let request = proxy::Call {
+            method: call.method.clone(),
+            path: call.path,
+            body: call.body.clone(),
+            headers: call.headers.clone(),
+            model: &target.model,
+        };
+        let response = proxy::send(&target, request).await?;
+        if !matches!(response.status().as_u16(), 404 | 409 | 503) {
+            return Ok((target, response));
         }
-        let status = upstream.status();
-        let bytes = upstream.bytes().await.unwrap_or_default();
-        if !copy_gone(&bytes) {
-            return Err(proxy::upstream_error_from(status, &bytes));
+        let status = response.status();
+        let body = proxy::error_body(response).await;
+        if !copy_gone(&body) {
+            let ctx_size = state.fleet().model(&target.model).and_then(|m| m.profile.ctx_size).map(u64::from);
+            return Err(proxy::upstream_error_from(status, &body, ctx_size));
         }
         let (model, neuron) = (target.model.clone(), target.neuron.name.clone());
         tracing::info!(%model, %neuron, "the copy went away under a request; queueing it again");
@@ -552,6 +604,9 @@ fn publish_gauges(state: &AppState, shown: &mut Shown) {
 async fn run_load(state: AppState, model: String, neuron: String, placement: Box<Placement>) {
     let started = Instant::now();
     let result = execute_placement(&state, &placement).await;
+    if !result.as_ref().is_err_and(execute::ExecError::is_conflict) {
+        state.schedule.record(&model, &neuron, result.as_ref().err().map(ToString::to_string));
+    }
     let outcome = match result {
         Ok(()) => {
             metrics::counter!("cortex_cold_starts_total", "model" => model.clone(), "neuron" => neuron.clone())
@@ -561,7 +616,7 @@ async fn run_load(state: AppState, model: String, neuron: String, placement: Box
             tracing::info!(%model, %neuron, elapsed_ms = started.elapsed().as_millis(), "load done");
             LoadResult::Ready
         }
-        Err(execute::ExecError::Neuron(NeuronError::Stale { .. })) => LoadResult::Retry,
+        Err(error) if error.is_conflict() => LoadResult::Retry,
         Err(error) => {
             tracing::warn!(%model, %neuron, %error, "load failed");
             LoadResult::Failed(error.to_string())

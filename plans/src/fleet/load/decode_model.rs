@@ -11,7 +11,7 @@ use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{ModelSpec, Profile};
 
-const MODEL_KEYS: [&str; 20] = [
+const MODEL_KEYS: [&str; 21] = [
     "id",
     "aliases",
     "harness",
@@ -33,6 +33,7 @@ const MODEL_KEYS: [&str; 20] = [
     "max_concurrency",
     "queue_length",
     "queue_timeout",
+    "max_output_tokens",
 ];
 
 /// The priority of a model that does not set one: the middle of the usual 0..=100 range.
@@ -79,6 +80,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
     let priority = fields.integer("priority");
     let require_labels = fields.string_map("require_labels");
     let contention = decode_contention::read(&mut fields);
+    let max_output_tokens = fields.unsigned("max_output_tokens");
 
     let id_ok = id.as_ref().is_some_and(|id| check_name(id, "model id", sink));
     let aliases: Vec<_> = aliases.into_iter().filter(|alias| check_name(alias, "alias", sink)).collect();
@@ -95,6 +97,9 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
             ctx_size.at,
             "ctx_size must be a positive integer, found 0; leave it out for the engine's default",
         );
+    }
+    if let Some(cap) = max_output_tokens.as_ref().filter(|cap| cap.value == 0) {
+        sink.error(cap.at, "max_output_tokens must be a positive integer, found 0; leave it out for no cap");
     }
     check_pinned_twice(&pinned_on, sink);
     let (vram_mb, min_devices, min_device_vram_mb) = check_resources(&resources, sink);
@@ -122,6 +127,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
             priority: priority.map_or(DEFAULT_PRIORITY, |priority| priority.value),
             require_labels: require_labels.map(|labels| labels.value).unwrap_or_default(),
             contention,
+            max_output_tokens: max_output_tokens.map(|cap| cap.value),
             origin: at.origin(),
         },
         aliases,

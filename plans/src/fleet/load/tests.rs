@@ -265,7 +265,7 @@ vram = 1000
             fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]]
             fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
             fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels
-            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
+            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, max_output_tokens
         "#]],
     );
 }
@@ -783,6 +783,54 @@ queue_timeout = "0s"
             fleet.toml:3:16: error: queue_length must be at least 1; leave it out for the default
             fleet.toml:9:19: error: max_concurrency must be a non-negative integer, found -1
             fleet.toml:10:17: error: queue_timeout must be longer than 0
+        "#]],
+    );
+}
+
+#[test]
+fn max_output_tokens_is_an_optional_positive_cap() {
+    let loaded = load(&files(
+        r#"
+[[neuron]]
+name = "a"
+endpoint = "http://a:13131"
+
+[[model]]
+id = "capped"
+harness = "llamacpp"
+source = "a.gguf"
+max_output_tokens = 512
+
+[[model]]
+id = "free"
+harness = "llamacpp"
+source = "b.gguf"
+"#,
+    ));
+    let fleet = loaded.fleet.expect("valid fleet");
+    let caps: Vec<_> = fleet.models.iter().map(|m| (m.id.as_str(), m.max_output_tokens)).collect();
+    assert_eq!(caps, [("capped", Some(512)), ("free", None)]);
+    check(
+        r#"
+[[neuron]]
+name = "a"
+endpoint = "http://a:13131"
+
+[[model]]
+id = "m"
+harness = "llamacpp"
+source = "a.gguf"
+max_output_tokens = 0
+
+[[model]]
+id = "n"
+harness = "llamacpp"
+source = "b.gguf"
+max_output_tokens = "lots"
+"#,
+        expect![[r#"
+            fleet.toml:9:21: error: max_output_tokens must be a positive integer, found 0; leave it out for no cap
+            fleet.toml:15:21: error: max_output_tokens must be a non-negative integer, found string
         "#]],
     );
 }
