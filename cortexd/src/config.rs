@@ -51,9 +51,11 @@ impl Default for Config {
 pub struct GatewayConfig {
     /// Largest request body accepted (bytes); larger ones get 413.
     pub max_body_bytes: usize,
-    /// How many requests may wait for one model to load; past that, 503 with Retry-After.
+    /// How many requests may wait for one model (the default of the fleet's `queue_length`);
+    /// past that, 503 with Retry-After.
     pub max_waiting_per_model: usize,
-    /// How long a request may wait for a model to load before 503.
+    /// How long a request may wait in its model's queue before 503 (the default of the fleet's
+    /// `queue_timeout`); also how long a load may take to become ready.
     #[serde(with = "duration")]
     pub max_wait: Duration,
     /// Interval of SSE comment keep-alives sent to streaming requests that wait.
