@@ -50,6 +50,8 @@ pub struct AppState {
     /// Which replica produced each recent Responses id (bounded), for `previous_response_id`
     /// and `GET /v1/responses/{id}`.
     pub response_index: Arc<ResponseIndex>,
+    /// Inference requests in flight through this gateway, bounded by `max_in_flight`.
+    pub admission: Arc<pipeline::Admission>,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             fleet,
             poller,
             keys: Arc::new(keys),
+            admission: Arc::new(pipeline::Admission::new(limits.max_in_flight)),
             limits: Arc::new(limits),
             cold_loads: Arc::new(ColdLoads::default()),
             inflight: Arc::new(route::InFlight::default()),

@@ -60,6 +60,8 @@ pub struct Exchange {
     pub started: Instant,
     pub guard: InFlightGuard,
     pub on_response_id: Option<IdSink>,
+    /// The request's place under the gateway's in-flight bound, held until the body ends.
+    pub admitted: Option<std::sync::Arc<crate::gateway::pipeline::Admitted>>,
 }
 
 /// One request to a neuron's inference routes.

@@ -82,6 +82,7 @@ pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id
             started: std::time::Instant::now(),
             forward_headers: HeaderMap::new(),
             route: RETRIEVE,
+            admitted: None,
         };
         let mut upstream =
             Upstream::post(format!("/v1/responses/{id}"), Bytes::new(), false, StreamEdit::None, true);
