@@ -214,6 +214,13 @@ async fn stored_native_responses_route_back_to_their_replica() {
     assert_eq!(retrieved.status(), 200);
     let retrieved: Value = retrieved.json().await.expect("json");
     assert_eq!(retrieved["id"], "resp_native1");
+    let cancelled = client()
+        .post(format!("{}/v1/responses/resp_native1/cancel", gateway.url))
+        .bearer_auth("sekrit")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(cancelled.status(), 200);
 
     request["previous_response_id"] = json!("resp_unknown");
     let refused = post(&gateway, "/v1/responses", &request).await;

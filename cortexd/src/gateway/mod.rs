@@ -95,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/responses", post(responses::create).fallback(routes::wrong_method))
         .route("/v1/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
         .route("/v1/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
+        .route("/v1/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
         .route("/v1/models", get(models::list).fallback(routes::wrong_method))
         .route("/v1/models/{*id}", get(models::retrieve).fallback(routes::wrong_method))
         .route("/health", get(routes::health))
