@@ -114,6 +114,9 @@ pub struct ReconcileSettings {
     /// How long a load may take to become ready.
     #[serde(with = "duration")]
     pub load_timeout: Duration,
+    /// Apply a fleet that drops every neuron or every model (or a vanished fleet directory)
+    /// instead of refusing it as a destructive change; `cortex serve --allow-destroy-all`.
+    pub allow_destroy_all: bool,
 }
 
 impl Default for ReconcileSettings {
@@ -124,6 +127,7 @@ impl Default for ReconcileSettings {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             load_timeout: Duration::from_secs(600),
+            allow_destroy_all: false,
         }
     }
 }

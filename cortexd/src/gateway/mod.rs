@@ -16,6 +16,8 @@ pub mod responses;
 pub mod route;
 pub mod routes;
 pub mod sse;
+pub mod traffic;
+pub mod ui;
 
 use std::sync::Arc;
 

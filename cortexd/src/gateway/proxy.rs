@@ -335,6 +335,7 @@ impl Drop for Watcher {
         let exchange = &self.exchange;
         let model = exchange.target.model.clone();
         let neuron = exchange.target.neuron.name.clone();
+        crate::gateway::traffic::add(&model, exchange.started, self.first_event_at, self.usage, self.failed);
         let status = if self.failed {
             "upstream_error"
         } else if self.finished {
