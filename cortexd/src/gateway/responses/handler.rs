@@ -16,14 +16,15 @@ use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::messages::edit_body;
 use crate::gateway::pipeline::{self, Checked, Envelope, RouteInfo, Upstream};
-use crate::gateway::proxy::{EventTransform, StreamEdit};
+use crate::gateway::proxy::{self, EventTransform, IdSink, StreamEdit};
+use crate::gateway::responses::native::NativeFix;
 use crate::gateway::responses::request::{self, ToolNames};
 use crate::gateway::responses::response;
 use crate::gateway::responses::stream::StreamTranslator;
 use crate::gateway::responses::{Replica, ResponseIndex};
 use crate::gateway::route::Target;
 use crate::gateway::routes::OutputCap;
-use crate::gateway::sse::SseParser;
+use crate::gateway::sse::{self, SseParser};
 
 const CREATE: RouteInfo = RouteInfo { name: "responses", dialect: Dialect::Responses };
 const INPUT_TOKENS: RouteInfo = RouteInfo { name: "responses_input_tokens", dialect: Dialect::OpenAi };
@@ -59,6 +60,21 @@ pub async fn input_tokens(State(state): State<AppState>, headers: HeaderMap, bod
 }
 
 pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    by_id(state, headers, reqwest::Method::GET, format!("/v1/responses/{id}"), id).await
+}
+
+pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    by_id(state, headers, reqwest::Method::POST, format!("/v1/responses/{id}/cancel"), id).await
+}
+
+/// A call about a stored response, sent to the replica that made it.
+async fn by_id(
+    state: AppState,
+    headers: HeaderMap,
+    method: reqwest::Method,
+    path: String,
+    id: String,
+) -> Response {
     let outcome = async {
         if !state.keys.allows(&headers) {
             return Err(ApiError::Unauthorized);
@@ -81,10 +97,10 @@ pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id
             started: std::time::Instant::now(),
             forward_headers: HeaderMap::new(),
             route: RETRIEVE,
+            admitted: None,
         };
-        let mut upstream =
-            Upstream::post(format!("/v1/responses/{id}"), Bytes::new(), false, StreamEdit::None, true);
-        upstream.method = reqwest::Method::GET;
+        let mut upstream = Upstream::post(path, Bytes::new(), false, StreamEdit::None, true);
+        upstream.method = method;
         pipeline::forward(&state, target, &checked, upstream).await
     };
     outcome.await.unwrap_or_else(|e| pipeline::rejected(e, RETRIEVE.name, RETRIEVE.dialect))
@@ -140,13 +156,74 @@ async fn native(
 ) -> Result<Response, ApiError> {
     let stream = checked.envelope.stream;
     let body = edit_body(&checked.body, &checked.model, &target.model, cap)?;
-    let mut upstream = Upstream::post("/v1/responses", body, stream, StreamEdit::None, true);
-    if checked.envelope.store != Some(false) {
+    let remember: Option<IdSink> = (checked.envelope.store != Some(false)).then(|| {
         let index = state.response_index.clone();
         let replica = Replica { neuron: target.neuron.name.clone(), model: target.model.clone() };
-        upstream.on_response_id = Some(Box::new(move |id: &str| index.remember(id, replica)));
-    }
+        Box::new(move |id: &str| index.remember(id, replica)) as IdSink
+    });
+    let upstream = if stream {
+        let fix = NativeStream { parser: SseParser::new(), fix: NativeFix::default(), remember, usage: None };
+        Upstream::post("/v1/responses", body, true, StreamEdit::Transform(Box::new(fix)), true)
+    } else {
+        let mut upstream = Upstream::post("/v1/responses", body, false, StreamEdit::None, true);
+        upstream.on_response_id = remember;
+        upstream
+    };
     pipeline::forward(&state, target, &checked, upstream).await
+}
+
+/// Pass-through of a native Responses stream: fixes the engine's known deviations, notes the
+/// response id (for `previous_response_id`) and the usage.
+struct NativeStream {
+    parser: SseParser,
+    fix: NativeFix,
+    remember: Option<IdSink>,
+    usage: Option<(u64, u64)>,
+}
+
+impl NativeStream {
+    fn event(&mut self, name: &str, data: &str, out: &mut BytesMut) {
+        if self.remember.is_some() && name == "response.created" {
+            let id = serde_json::from_str::<Value>(data).ok().and_then(|event| {
+                event.get("response").and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned)
+            });
+            if let (Some(id), Some(remember)) = (id, self.remember.take()) {
+                remember(&id);
+            }
+        }
+        if data.contains("\"usage\"") {
+            proxy::record_usage(data.as_bytes(), &mut self.usage);
+        }
+        let fixed = self.fix.event(data);
+        sse::write_event(out, name, fixed.as_deref().unwrap_or(data));
+    }
+}
+
+impl EventTransform for NativeStream {
+    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        let mut parser = std::mem::take(&mut self.parser);
+        let _ = parser.feed(chunk, |event| {
+            self.event(event.event, event.data, out);
+            Ok::<(), ()>(())
+        });
+        self.parser = parser;
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        let mut parser = std::mem::take(&mut self.parser);
+        let _ = parser.finish(|event| {
+            self.event(event.event, event.data, out);
+            Ok::<(), ()>(())
+        });
+    }
+
+    fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
+        out.extend_from_slice(error.sse_event(Dialect::Responses).as_bytes());
+    }
+
+    fn usage(&self) -> Option<(u64, u64)> {
+        self.usage
+    }
 }
 
 async fn translated(
