@@ -106,6 +106,8 @@ async fn a_crashed_engine_is_loaded_again() {
     })
     .await;
     eprintln!("engine crash: killed -> loaded again in {} ms", crashed.elapsed().as_millis());
+    // Once cortex has seen it healed, it serves it.
+    synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
     let (status, body) = daemon.chat("m").await;
     assert_eq!(status, 200, "{body}");
 }
@@ -209,6 +211,23 @@ async fn a_deleted_fleet_is_refused_and_the_models_are_still_served() {
     assert!(text(&shown).contains("DestructiveChange"), "cortex status shows it: {}", text(&shown));
     assert_eq!(rig.neuron.loaded().await, ["m"], "the last good fleet stays in force");
     assert_eq!(daemon.chat("m").await.0, 200, "and is served");
+    let plan = cortex(&["plan", "--fleet", "fleet"], &rig.config, rig.dir.path());
+    assert!(
+        text(&plan).contains("Warning: destructive change: this fleet declares no neurons"),
+        "{}",
+        text(&plan)
+    );
+
+    // A fleet that keeps its neuron but drops every model is refused too, and `cortex plan`
+    // names what it would drop.
+    rig.fleet("");
+    eventually("the model-less fleet to be refused", Duration::from_secs(20), async || {
+        let message = daemon.status().await["fleet"]["refused"]["message"].to_string();
+        message.contains("no models").then_some(())
+    })
+    .await;
+    let plan = cortex(&["plan", "--fleet", "fleet"], &rig.config, rig.dir.path());
+    assert!(text(&plan).contains("it would drop m on n1"), "{}", text(&plan));
 
     // The whole directory vanishing is refused too.
     std::fs::remove_dir_all(&rig.fleet).unwrap();
