@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// How long cortex waits for a neuron to answer a lifecycle call.
     #[serde(with = "duration")]
     pub neuron_timeout: Duration,
+    /// Inference requests in flight at once (streams included); past that, new ones get 503
+    /// with Retry-After before their body is read, so a sustained overload is shed, not buffered.
+    pub max_in_flight: usize,
     /// How contended neurons swap models: `elevator` (the schedule of docs/gateway.md) or
     /// `arrival` (swap on demand in arrival order, for comparison).
     pub swap_schedule: SwapSchedule,
@@ -86,6 +89,7 @@ impl Default for GatewayConfig {
             max_wait: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(5),
             neuron_timeout: Duration::from_secs(10),
+            max_in_flight: 16_384,
             swap_schedule: SwapSchedule::Elevator,
         }
     }

@@ -214,6 +214,13 @@ async fn stored_native_responses_route_back_to_their_replica() {
     assert_eq!(retrieved.status(), 200);
     let retrieved: Value = retrieved.json().await.expect("json");
     assert_eq!(retrieved["id"], "resp_native1");
+    let cancelled = client()
+        .post(format!("{}/v1/responses/resp_native1/cancel", gateway.url))
+        .bearer_auth("sekrit")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(cancelled.status(), 200);
 
     request["previous_response_id"] = json!("resp_unknown");
     let refused = post(&gateway, "/v1/responses", &request).await;
@@ -379,4 +386,41 @@ async fn api_edges_models_auth_scheme_and_unknown_routes() {
     assert_eq!(wrong.status(), 405);
     let body: Value = wrong.json().await.expect("json");
     assert_eq!(body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn past_max_in_flight_requests_are_shed_with_503_until_room_frees() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("m", "m.gguf", 1000, 1);
+    fake.endless_streams.store(true, Ordering::SeqCst);
+    let endpoint = fake.start().await;
+    let mut limits = limits();
+    limits.max_in_flight = 1;
+    let fleet = format!("[[neuron]]\nname = \"fake\"\nendpoint = \"{endpoint}\"\n\n{FLEET_MODEL}");
+    let gateway = start(&fleet, &["sekrit"], limits).await;
+    let stream = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "go"}]});
+    let mut open = post(&gateway, "/v1/chat/completions", &stream).await;
+    assert!(open.chunk().await.expect("read").is_some());
+    let shed = post(&gateway, "/v1/chat/completions", &stream).await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: Value = shed.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "overloaded");
+    drop(open);
+    fake.endless_streams.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = post(
+            &gateway,
+            "/v1/chat/completions",
+            &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} 5 s after the stream ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -13,10 +13,10 @@ use crate::gateway::AppState;
 use crate::gateway::anthropic;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::pipeline::{self, Checked, RouteInfo, Upstream};
-use crate::gateway::proxy::{self, EventTransform, StreamEdit};
+use crate::gateway::proxy::{self, EventTransform, RawFix, StreamEdit};
 use crate::gateway::route::Target;
 use crate::gateway::routes::OutputCap;
-use crate::gateway::sse::{self, SseParser};
+use crate::gateway::sse::SseParser;
 
 const MESSAGES: RouteInfo = RouteInfo { name: "messages", dialect: Dialect::Anthropic };
 const COUNT_TOKENS: RouteInfo = RouteInfo { name: "count_tokens", dialect: Dialect::Anthropic };
@@ -36,7 +36,7 @@ async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> 
     let cap = pipeline::output_cap(&state, &target.model).map(|cap| OutputCap::new(cap, &["max_tokens"]));
     if pipeline::capabilities(&state, &target).anthropic_messages {
         let body = edit_body(&checked.body, &checked.model, &target.model, cap)?;
-        let edit = if stream { StreamEdit::Transform(Box::<NativeFix>::default()) } else { StreamEdit::None };
+        let edit = if stream { StreamEdit::FixRaw(Box::new(NativeFix)) } else { StreamEdit::None };
         let upstream = Upstream::post("/v1/messages", body, stream, edit, true);
         let response = pipeline::forward(&state, target, &checked, upstream).await?;
         return if stream { Ok(response) } else { fix_native_body(response).await };
@@ -112,47 +112,13 @@ async fn translate_body(response: Response, requested: &str) -> Result<Response,
     Ok(axum::Json(message).into_response())
 }
 
-/// Pass-through of a native Anthropic stream, fixing known engine deviations.
-#[derive(Default)]
-struct NativeFix {
-    parser: SseParser,
-    usage: Option<(u64, u64)>,
-}
+/// Pass-through of a native Anthropic stream, fixing known engine deviations on the raw events
+/// (only events with a `tool_use` block are parsed).
+struct NativeFix;
 
-impl EventTransform for NativeFix {
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let mut text = String::new();
-        let usage = &mut self.usage;
-        let _ = self.parser.feed(chunk, |event| {
-            if event.data.contains("\"usage\"") {
-                proxy::record_usage(event.data.as_bytes(), usage);
-            }
-            match anthropic::fix_native_event(event.event, event.data) {
-                Some(fixed) => sse::write_event(&mut text, event.event, &fixed),
-                None => sse::write_event(&mut text, event.event, event.data),
-            }
-            Ok::<(), ()>(())
-        });
-        out.extend_from_slice(text.as_bytes());
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        // An engine that closed right after its last event without the blank line.
-        let mut text = String::new();
-        let _ = self.parser.finish(|event| {
-            let fixed = anthropic::fix_native_event(event.event, event.data);
-            sse::write_event(&mut text, event.event, fixed.as_deref().unwrap_or(event.data));
-            Ok::<(), ()>(())
-        });
-        out.extend_from_slice(text.as_bytes());
-    }
-
-    fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
-        out.extend_from_slice(error.sse_event(Dialect::Anthropic).as_bytes());
-    }
-
-    fn usage(&self) -> Option<(u64, u64)> {
-        self.usage
+impl RawFix for NativeFix {
+    fn fix(&mut self, events: &[u8]) -> Option<Bytes> {
+        anthropic::fix_native_raw_event(events).map(Bytes::from)
     }
 }
 
@@ -165,31 +131,26 @@ struct Translate {
 
 impl EventTransform for Translate {
     fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let mut text = String::new();
         let translator = &mut self.translator;
         let usage = &mut self.usage;
-        // An Err means the translator already wrote `event: error`: the rest is dropped.
+        // Events are written straight into the response bytes. An Err means the translator
+        // already wrote `event: error`: the rest is dropped.
         let _ = self.parser.feed(chunk, |event| {
             if event.data.contains("\"usage\"") {
                 proxy::record_usage(event.data.as_bytes(), usage);
             }
-            translator.push(event.data, &mut text)
+            translator.push(event.data, out)
         });
-        out.extend_from_slice(text.as_bytes());
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
-        let mut text = String::new();
         let translator = &mut self.translator;
-        let _ = self.parser.finish(|event| translator.push(event.data, &mut text));
-        let _ = self.translator.finish(&mut text);
-        out.extend_from_slice(text.as_bytes());
+        let _ = self.parser.finish(|event| translator.push(event.data, out));
+        let _ = self.translator.finish(out);
     }
 
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
-        let mut text = String::new();
-        self.translator.fail(&error.to_string(), &mut text);
-        out.extend_from_slice(text.as_bytes());
+        self.translator.fail(&error.to_string(), out);
     }
 
     fn usage(&self) -> Option<(u64, u64)> {

@@ -53,6 +53,8 @@ pub struct AppState {
     /// Which replica produced each recent Responses id (bounded), for `previous_response_id`
     /// and `GET /v1/responses/{id}`.
     pub response_index: Arc<ResponseIndex>,
+    /// Inference requests in flight through this gateway, bounded by `max_in_flight`.
+    pub admission: Arc<pipeline::Admission>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             fleet,
             poller,
             keys: Arc::new(keys),
+            admission: Arc::new(pipeline::Admission::new(limits.max_in_flight)),
             limits: Arc::new(limits),
             schedule: Arc::new(route::Schedule::new(mode, BackoffPolicy::default())),
             inflight: Arc::new(route::InFlight::default()),
@@ -96,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/responses", post(responses::create).fallback(routes::wrong_method))
         .route("/v1/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
         .route("/v1/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
+        .route("/v1/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
         .route("/v1/models", get(models::list).fallback(routes::wrong_method))
         .route("/v1/models/{*id}", get(models::retrieve).fallback(routes::wrong_method))
         .route("/health", get(routes::health))

@@ -9,6 +9,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -63,6 +65,47 @@ pub struct Checked {
     /// Client headers the engine may need (Anthropic version and betas).
     pub forward_headers: HeaderMap,
     pub route: RouteInfo,
+    /// Holds the request's place under `max_in_flight` (shared with the response body).
+    pub admitted: Option<Arc<Admitted>>,
+}
+
+/// The gateway-wide bound on inference requests in flight.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+/// One admitted request; its place is given back when the last holder drops it.
+#[derive(Debug)]
+pub struct Admitted(Arc<Admission>);
+
+impl Admission {
+    pub fn new(limit: usize) -> Self {
+        Admission { in_flight: AtomicUsize::new(0), limit }
+    }
+
+    /// A place for one more request, or the overload error when all are taken.
+    pub fn admit(self: &Arc<Self>) -> Result<Arc<Admitted>, ApiError> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "cortex has {} requests in flight, its limit; try again shortly",
+                    self.limit
+                ),
+                retry_after_s: 1,
+            });
+        }
+        Ok(Arc::new(Admitted(self.clone())))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Client request headers forwarded to the engine on native pass-through.
@@ -79,6 +122,8 @@ pub async fn check(
     if !state.keys.allows(headers) {
         return Err(ApiError::Unauthorized);
     }
+    // Shed before reading the body: an overload must not become buffered memory.
+    let admitted = state.admission.admit()?;
     let limit = state.limits.max_body_bytes;
     let body =
         axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit_bytes: limit })?;
@@ -95,7 +140,7 @@ pub async fn check(
             forward_headers.insert(*name, value.clone());
         }
     }
-    Ok(Checked { body, envelope, model, started, forward_headers, route })
+    Ok(Checked { body, envelope, model, started, forward_headers, route, admitted: Some(admitted) })
 }
 
 /// Run the whole pipeline for one request; `adapter` builds and sends the upstream call once
@@ -218,6 +263,7 @@ pub async fn forward(
         started: checked.started,
         guard,
         on_response_id: upstream.on_response_id,
+        admitted: checked.admitted.clone(),
     };
     Ok(proxy::respond(response, exchange, upstream.stream, upstream.edit))
 }

@@ -23,8 +23,17 @@ pub enum StreamEdit {
     None,
     /// Drop the usage-only chunk (`"choices":[]`): cortex asked for it, the client did not.
     StripUsageChunk,
-    /// Hand each complete event to a transformer (Anthropic pass-through fixes, translation).
+    /// Forward whole events as they are unless `fix` rewrites them (native pass-through with
+    /// known engine deviations): the common event is only scanned, never parsed or copied.
+    FixRaw(Box<dyn RawFix>),
+    /// Hand each complete event to a transformer (translation, stream fix-ups).
     Transform(Box<dyn EventTransform>),
+}
+
+/// Fixes whole raw SSE events on their way through.
+pub trait RawFix: Send {
+    /// `events` holds one or more complete events; `None` forwards them unchanged.
+    fn fix(&mut self, events: &[u8]) -> Option<Bytes>;
 }
 
 /// Rewrites a stream on its way to the client (the Anthropic routes): gets every upstream
@@ -51,6 +60,8 @@ pub struct Exchange {
     pub started: Instant,
     pub guard: InFlightGuard,
     pub on_response_id: Option<IdSink>,
+    /// The request's place under the gateway's in-flight bound, held until the body ends.
+    pub admitted: Option<std::sync::Arc<crate::gateway::pipeline::Admitted>>,
 }
 
 /// One request to a neuron's inference routes.
@@ -205,7 +216,7 @@ impl Watcher {
             let mut keep = true;
             for_each_event(&chunk, |event| keep &= self.inspect(event));
             if keep {
-                return chunk;
+                return self.fix_raw(chunk);
             }
         }
         let mut out = BytesMut::new();
@@ -221,7 +232,15 @@ impl Watcher {
                 out.extend_from_slice(&event);
             }
         }
-        out.freeze()
+        self.fix_raw(out.freeze())
+    }
+
+    /// Whole events after the raw fix, if the stream has one.
+    fn fix_raw(&mut self, events: Bytes) -> Bytes {
+        match &mut self.edit {
+            StreamEdit::FixRaw(fix) if !events.is_empty() => fix.fix(&events).unwrap_or(events),
+            _ => events,
+        }
     }
 
     /// Look at one complete event: note the first token and the usage; returns whether to
@@ -254,7 +273,9 @@ impl Watcher {
             // still goes out, terminated, rather than being lost.
             let mut last = std::mem::take(&mut self.buffer);
             last.extend_from_slice(b"\n\n");
-            if self.inspect(&last.clone()) {
+            let last = last.freeze();
+            if self.inspect(&last) {
+                let last = self.fix_raw(last);
                 out.extend_from_slice(&last);
             }
         }

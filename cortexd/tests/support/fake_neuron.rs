@@ -119,6 +119,7 @@ impl FakeNeuron {
             .route("/v1/messages", post(messages))
             .route("/v1/responses", post(responses))
             .route("/v1/responses/{id}", get(stored_response))
+            .route("/v1/responses/{id}/cancel", post(stored_response))
             .layer(axum::middleware::from_fn_with_state(self.clone(), record_and_refuse))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -60,6 +60,21 @@ pub async fn input_tokens(State(state): State<AppState>, headers: HeaderMap, bod
 }
 
 pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    by_id(state, headers, reqwest::Method::GET, format!("/v1/responses/{id}"), id).await
+}
+
+pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    by_id(state, headers, reqwest::Method::POST, format!("/v1/responses/{id}/cancel"), id).await
+}
+
+/// A call about a stored response, sent to the replica that made it.
+async fn by_id(
+    state: AppState,
+    headers: HeaderMap,
+    method: reqwest::Method,
+    path: String,
+    id: String,
+) -> Response {
     let outcome = async {
         if !state.keys.allows(&headers) {
             return Err(ApiError::Unauthorized);
@@ -82,10 +97,10 @@ pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id
             started: std::time::Instant::now(),
             forward_headers: HeaderMap::new(),
             route: RETRIEVE,
+            admitted: None,
         };
-        let mut upstream =
-            Upstream::post(format!("/v1/responses/{id}"), Bytes::new(), false, StreamEdit::None, true);
-        upstream.method = reqwest::Method::GET;
+        let mut upstream = Upstream::post(path, Bytes::new(), false, StreamEdit::None, true);
+        upstream.method = method;
         pipeline::forward(&state, target, &checked, upstream).await
     };
     outcome.await.unwrap_or_else(|e| pipeline::rejected(e, RETRIEVE.name, RETRIEVE.dialect))

@@ -1,5 +1,5 @@
 //! The OpenAI Responses API: `POST /v1/responses` (streaming or not),
-//! `POST /v1/responses/input_tokens` and `GET /v1/responses/{id}`.
+//! `POST /v1/responses/input_tokens`, `GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`.
 //!
 //! Native pass-through where the serving harness says `responses` (only the envelope is read;
 //! the engine judges the rest), else translation to Chat Completions and back
@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-pub use handler::{create, input_tokens, retrieve};
+pub use handler::{cancel, create, input_tokens, retrieve};
 
 /// Which replica produced each recent response id. Bounded: the oldest ids are forgotten past
 /// [`ResponseIndex::CAPACITY`] entries or [`ResponseIndex::MAX_AGE`].
