@@ -85,7 +85,7 @@ fn workloads(smoke: bool) -> Vec<Workload> {
 
 /// Run every workload with both schedules; prints a table and returns the rows.
 pub async fn run(bin_dir: &Path, dir: &Path, smoke: bool) -> anyhow::Result<Value> {
-    let duration = if smoke { Duration::from_secs(8) } else { Duration::from_secs(60) };
+    let duration = if smoke { Duration::from_secs(4) } else { Duration::from_secs(60) };
     let mut rows = Vec::new();
     for workload in workloads(smoke) {
         for schedule in ["elevator", "arrival"] {

@@ -187,6 +187,14 @@ pub fn problems(report: &Value) -> Vec<String> {
             ));
         }
     }
+    for run in report["contention"]["runs"].as_array().into_iter().flatten() {
+        if f(run, "failed").unwrap_or(1.0) > 0.0 {
+            problems.push(format!(
+                "contention {} ({}): {} failed requests",
+                run["workload"], run["schedule"], run["failed"]
+            ));
+        }
+    }
     for level in report["memory"]["levels"].as_array().into_iter().flatten() {
         if level["open"] != level["streams"] {
             problems.push(format!("memory: only {} of {} streams opened", level["open"], level["streams"]));
