@@ -434,3 +434,21 @@ async fn the_saved_plan_hint_works_from_another_directory() {
     assert!(text(&apply).contains("Apply complete! Loaded 1"), "{}", text(&apply));
     assert_eq!(rig.neuron.loaded().await, ["m"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_retries_at_once_whatever_the_backoff() {
+    let rig = Rig::new().await;
+    rig.fleet(&fault_model("m", "m.bin", &["n1"]));
+    let daemon = rig.serve().await;
+    eventually("a second failure in a row", Duration::from_secs(60), async || {
+        let status = daemon.status().await;
+        (status["backing_off"][0]["failures"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    rig.model_file("m.bin", "serve");
+    let pid = daemon.process.child.id().to_string();
+    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let status = synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
+    let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
+    assert_eq!(healing["trigger"], "admin_request", "{status:#}");
+}
