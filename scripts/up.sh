@@ -175,7 +175,7 @@ demo() {
   step "a chat completion through cortex (curl $api/v1/chat/completions)"
   local reply
   reply=$(curl -sS --max-time 120 "$api/v1/chat/completions" -H 'content-type: application/json' \
-    -d '{"model": "gemma-3-270m", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello to the fleet in one sentence."}]}') \
+    -d '{"model": "gemma-3-270m", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello to the fleet in one sentence."}]}') \
     || fail "the chat completion failed (logs: $state/cortex.log, $state/logs/)"
   python3 -c 'import json, sys
 r = json.loads(sys.argv[1])
