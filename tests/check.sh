@@ -32,6 +32,10 @@ step "Python client tests (official openai and anthropic SDKs)"
 export NEURON_BIN="$CARGO_TARGET_DIR/debug/neuron" CORTEX_BIN="$CARGO_TARGET_DIR/debug/cortex"
 "$CORTEX_VENV/bin/python" -m pytest -q tests/clients
 
+step "the fleet page in headless Chromium against cortex serve and simulated neurons (tests/ui)"
+bash tests/install-browser.sh
+"$CORTEX_VENV/bin/python" -m pytest -q tests/ui
+
 step "the newcomer path, warm: scripts/up.sh brings up the default fleet, scripts/down.sh stops it"
 # Its own state directory and ports, so that a cortex the user has up on the default ones stays.
 up_env=(CORTEX_UP_PROFILE=debug CORTEX_UP_DIR="$CORTEX_CACHE/up-check"

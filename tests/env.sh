@@ -13,3 +13,5 @@ export GEMMA_GGUF=gemma-3-270m-q4_k_m.gguf
 export MISTRALRS_VERSION=0.8.1
 export MISTRALRS_BIN="${MISTRALRS_BIN:-$CORTEX_CACHE/mistralrs/bin/mistralrs}"
 export TINY_LLAMA_GGUF=tiny-llama/tiny-llama.gguf
+export CLAUDE_BIN="${CLAUDE_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/claude}"
+export CODEX_BIN="${CODEX_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/codex}"

@@ -87,6 +87,18 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// CPU time (user + system) `pid` has used, in µs, at the kernel's tick resolution (`CLK_TCK`,
+/// 100 per second on Linux: 10 ms steps); 0 if unreadable.
+pub fn cpu_us(pid: u32) -> u64 {
+    static TICKS_PER_SECOND: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hz = *TICKS_PER_SECOND.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+        text.parse().ok().filter(|&hz: &u64| hz > 0).unwrap_or(100)
+    });
+    cpu_ticks(pid) * 1_000_000 / hz
+}
+
 /// Wait until `pids` together use under a quarter of a core over 200 ms (at most `limit`), so
 /// one path's leftovers (LiteLLM's logging after a saturating run) do not load the next.
 /// Returns how long it waited.

@@ -137,7 +137,7 @@ struct Rig {
     cortex: Proc,
     /// Every process of the rig, for `procs::quiesce`.
     pids: Vec<u32>,
-    _mock: Proc,
+    mock: Proc,
     _neuron: Proc,
     _litellm: Option<Proc>,
 }
@@ -217,7 +217,7 @@ async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
         sim_url: format!("http://127.0.0.1:{engine_port}"),
         litellm_url,
         cortex,
-        _mock: mock,
+        mock,
         _neuron: neuron,
         _litellm: litellm,
     })
@@ -402,9 +402,17 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
             )
             .await;
         }
+        let pids = (rig.cortex.pid(), rig.mock.pid());
         let results = alternate(rig, &level_paths, scale.rounds, |path| {
             let client = client.clone();
-            async move { load::streams(&client, &path.url, path.body, total, ramp, sequential).await }
+            async move {
+                let before = (procs::cpu_us(pids.0), procs::cpu_us(pids.1));
+                let mut run = load::streams(&client, &path.url, path.body, total, ramp, sequential).await;
+                let after = (procs::cpu_us(pids.0), procs::cpu_us(pids.1));
+                run["cpu"] =
+                    cpu_per_event(&run, after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+                run
+            }
         })
         .await;
         let base_of = |name: &str| {
@@ -446,6 +454,11 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "tokens_max": runs.iter().map(|r| num(r, "/tokens_max")).fold(0.0, f64::max),
                 "reads_per_stream": med(runs, "/reads_per_stream"),
                 "events_per_stream": med(runs, "/events_per_stream"),
+                "events": med(runs, "/cpu/events"),
+                "cortex_cpu_ms": med(runs, "/cpu/cortex_us") / 1000.0,
+                "mock_cpu_ms": med(runs, "/cpu/mock_us") / 1000.0,
+                "cortex_cpu_us_per_event": med(runs, "/cpu/cortex_us_per_event"),
+                "mock_cpu_us_per_event": med(runs, "/cpu/mock_us_per_event"),
                 "runs": runs,
             });
             let v = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
@@ -466,10 +479,29 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 v("reads_per_stream"),
                 row["errors"],
             );
+            println!(
+                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks)",
+                path.name,
+                concurrency,
+                v("cortex_cpu_us_per_event"),
+                v("mock_cpu_us_per_event"),
+                v("events"),
+                v("cortex_cpu_ms"),
+                v("mock_cpu_ms"),
+            );
             rows.push(row);
         }
     }
     Ok(Value::Array(rows))
+}
+
+/// CPU time cortex and the mock spent during one streaming run, per event the client received
+/// (the events cortex forwarded; on the direct path cortex is idle and its figure is ~0).
+fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64) -> Value {
+    let events = num(run, "/events_per_stream") * num(run, "/ok");
+    let per_event = |us: u64| if events > 0.0 { us as f64 / events } else { f64::NAN };
+    json!({"events": events, "cortex_us": cortex_us, "mock_us": mock_us,
+           "cortex_us_per_event": per_event(cortex_us), "mock_us_per_event": per_event(mock_us)})
 }
 
 async fn memory(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {

@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     /// How long cortex waits for a neuron to answer a lifecycle call.
     #[serde(with = "duration")]
     pub neuron_timeout: Duration,
+    /// Inference requests in flight at once (streams included); past that, new ones get 503
+    /// with Retry-After before their body is read, so a sustained overload is shed, not buffered.
+    pub max_in_flight: usize,
 }
 
 impl Default for GatewayConfig {
@@ -72,6 +75,7 @@ impl Default for GatewayConfig {
             max_wait: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(5),
             neuron_timeout: Duration::from_secs(10),
+            max_in_flight: 16_384,
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct ReconcileSettings {
     /// How long a load may take to become ready.
     #[serde(with = "duration")]
     pub load_timeout: Duration,
+    /// Apply a fleet that drops every neuron or every model (or a vanished fleet directory)
+    /// instead of refusing it as a destructive change; `cortex serve --allow-destroy-all`.
+    pub allow_destroy_all: bool,
 }
 
 impl Default for ReconcileSettings {
@@ -120,6 +127,7 @@ impl Default for ReconcileSettings {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             load_timeout: Duration::from_secs(600),
+            allow_destroy_all: false,
         }
     }
 }

@@ -104,13 +104,9 @@ impl TopologyGauges {
     }
 }
 
-/// Serve `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
+/// The operator listener's own route, `GET /metrics`; `serve` merges other operator pages in.
+pub fn router(handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
@@ -119,6 +115,14 @@ pub async fn serve(
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
             }
         }),
-    );
+    )
+}
+
+/// Serve the operator listener (`app`: at least [`router`]) on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -9,10 +9,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::backoff::BackoffPolicy;
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
-use crate::control::reconcile::ReconcileConfig;
+use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
 use crate::gateway::admin::Admin;
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::{self, AppState};
@@ -20,7 +21,10 @@ use crate::gateway::{self, AppState};
 pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
     let source = FleetSource::choose(fleet_dir);
-    let loaded = fleetwatch::load(&source)?;
+    let reading = source.clone();
+    let loaded = tokio::task::spawn_blocking(move || fleetwatch::load(&reading))
+        .await
+        .context("the fleet reader stopped")??;
     for diagnostic in &loaded.status.diagnostics {
         eprintln!("{diagnostic}");
     }
@@ -30,7 +34,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let prometheus = crate::metrics::install()?;
 
     let shutdown = CancellationToken::new();
-    let fleet = fleetwatch::spawn(source.clone(), loaded, shutdown.clone())
+    let guard = fleetwatch::Guard { allow_destroy_all: config.reconcile.allow_destroy_all };
+    let fleet = fleetwatch::spawn(source.clone(), loaded, guard, shutdown.clone())
         .with_context(|| format!("cannot serve the fleet in {}", source.describe()))?;
     let fleet_receiver = fleet.fleet.clone();
     let http = reqwest::Client::builder()
@@ -66,14 +71,26 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         resync: config.reconcile.resync,
         parallelism: config.reconcile.parallelism,
         timeouts,
-        backoff_base: config.reconcile.backoff_base,
-        backoff_max: config.reconcile.backoff_max,
+        backoff: reconcile_config_backoff(&config),
     };
-    let (status, reconcile_task) =
-        crate::control::reconcile::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+    let (status, reconciler, reconcile_task) =
+        crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+    tokio::spawn(pass_on_sighup(reconciler, shutdown.clone()));
 
+    // The fleet page reads the same channels (and the gateway's traffic window) on the operator listener.
+    let ui_sources = gateway::ui::feed::Sources {
+        fleet: fleet_receiver.clone(),
+        observed: poller.observed.clone(),
+        status: status.clone(),
+        traffic: gateway::traffic::GLOBAL.clone(),
+    };
+    let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
+    let operator = crate::metrics::router(prometheus)
+        .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
+    // Failed cold loads back off like the reconciler's actions.
+    state.cold_loads = Arc::new(gateway::route::ColdLoads::with_backoff(reconcile_config_backoff(&config)));
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
@@ -86,7 +103,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
-    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, "cortex is serving");
+    tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, ui = %format!("http://{}/ui", metrics.local_addr()?), "cortex is serving");
 
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -96,13 +113,34 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
     let (api_result, metrics_result) = tokio::join!(
         gateway::serve(api, state, shutdown.clone()),
-        crate::metrics::serve(metrics, prometheus, shutdown.clone())
+        crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();
-    let _ = tokio::join!(poller_task, gauge_task, reconcile_task);
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task);
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn reconcile_config_backoff(config: &Config) -> BackoffPolicy {
+    BackoffPolicy { base: config.reconcile.backoff_base, max: config.reconcile.backoff_max }
+}
+
+/// `kill -HUP` asks for a reconcile pass now (logged as an admin request).
+async fn pass_on_sighup(reconciler: ReconcileHandle, shutdown: CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            signal = hangups.recv() => {
+                if signal.is_none() { return; }
+                tracing::info!("SIGHUP: a reconcile pass was requested");
+                reconciler.request();
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -371,16 +371,12 @@ fn invalid_requests_get_a_400_message() {
         r#"{"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": {"role": "user"}}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": []}"#,
-        r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "system", "content": "hi"}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user"}]}"#,
-        r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [{"text": "no type"}]}]}"#,
-        r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "system": [{"type": "image"}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "stop_sequences": "END"}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#,
-        r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "t"}]}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "t", "input_schema": {}}], "tool_choice": {"type": "maybe"}}"#,
         r#"{"model": "m", "max_tokens": 8, "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "x", "name": "t", "input": "{}"}]}]}"#,
@@ -400,20 +396,69 @@ fn invalid_requests_get_a_400_message() {
         max_tokens: must be an integer of at least 1
         messages: must be an array
         messages: at least one message is required
-        messages.0.role: must be "user" or "assistant"
         messages.0.content: field required
-        messages.0.content.0.type: unsupported content block type "document" in user content
         messages.0.content.0.type: field required
-        messages.0.content.0.type: unsupported content block type "tool_result" in assistant content
         messages.0.content.0.source.type: must be "base64" or "url"
         system.0: must be a text block
         stop_sequences: must be an array of strings
         temperature: must be a number
-        tools.0.type: server tool "web_search_20250305" is not supported by this model; only client tools are
         tools.0.input_schema: must be an object
         tool_choice.type: must be "auto", "any", "tool" or "none"
         messages.0.content.0.input: must be an object
         stream: must be a boolean
     "#]]
     .assert_eq(&rendered);
+}
+
+#[test]
+fn what_the_real_api_accepts_is_translated_or_dropped_never_refused() {
+    check(
+        r#"{"model": "m", "max_tokens": 8,
+            "system": [{"type": "text", "text": "top", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "document", "source": {"type": "text", "data": "d"}}]},
+                {"role": "system", "content": "later system"},
+                {"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}, {"type": "text", "text": "ok"}]}
+            ],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}, {"name": "t", "input_schema": {"type": "object"}, "defer_loading": true}],
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "output_config": {"effort": "max"},
+            "context_management": {"edits": []},
+            "metadata": {"user_id": "u"}}"#,
+        expect![[r#"
+            {
+              "chat_template_kwargs": {
+                "enable_thinking": true
+              },
+              "max_tokens": 8,
+              "messages": [
+                {
+                  "content": "top\n\nlater system",
+                  "role": "system"
+                },
+                {
+                  "content": "hi",
+                  "role": "user"
+                },
+                {
+                  "content": "ok",
+                  "role": "assistant"
+                }
+              ],
+              "model": "m",
+              "reasoning_effort": "high",
+              "tools": [
+                {
+                  "function": {
+                    "name": "t",
+                    "parameters": {
+                      "type": "object"
+                    }
+                  },
+                  "type": "function"
+                }
+              ]
+            }
+        "#]],
+    );
 }

@@ -61,6 +61,12 @@ pub enum HarnessConfig {
         /// Arguments passed to every engine of this harness, before the profile's.
         #[serde(default)]
         default_args: Vec<String>,
+        /// `false` turns off a native API the engine has (the gateway translates instead), e.g.
+        /// to run the translated path against the same model.
+        #[serde(default)]
+        anthropic_messages: Option<bool>,
+        #[serde(default)]
+        responses: Option<bool>,
     },
     /// Any OpenAI-compatible server started per model from an argv template (vLLM, SGLang, ...).
     Command(CommandSettings),
@@ -123,6 +129,9 @@ pub struct CommandSettings {
     pub count_tokens: bool,
     #[serde(default)]
     pub embeddings: bool,
+    /// The server serves OpenAI `/v1/responses` and `/v1/responses/input_tokens`.
+    #[serde(default)]
+    pub responses: bool,
     /// Whether a load request's `profile.args` may add arguments (never the template's flags).
     #[serde(default)]
     pub allow_args: bool,
@@ -148,6 +157,9 @@ pub struct MistralrsSettings {
     /// The server serves `/v1/embeddings` for models of this harness.
     #[serde(default)]
     pub embeddings: bool,
+    /// `false` turns off native `/v1/responses` (0.8.1 serves it; the gateway translates then).
+    #[serde(default)]
+    pub responses: Option<bool>,
 }
 
 fn default_health_path() -> String {
@@ -246,9 +258,19 @@ impl Config {
         let mut harnesses = BTreeMap::new();
         for (name, harness) in raw.harness {
             let harness = match harness {
-                HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
-                    HarnessConfig::Llamacpp { binary: absolute(&binary), allow_args, default_args }
-                }
+                HarnessConfig::Llamacpp {
+                    binary,
+                    allow_args,
+                    default_args,
+                    anthropic_messages,
+                    responses,
+                } => HarnessConfig::Llamacpp {
+                    binary: absolute(&binary),
+                    allow_args,
+                    default_args,
+                    anthropic_messages,
+                    responses,
+                },
                 HarnessConfig::Command(mut settings) => {
                     crate::harness::command::validate(&settings)
                         .map_err(|message| invalid(format!("`harness.{name}`: {message}")))?;

@@ -3,10 +3,12 @@
 //! flight (the guard lives in the response body stream, so it ends when the body ends or is
 //! dropped). For an engine that knows the model by another name (mistral.rs), the request's
 //! `model` is replaced by that name: the only case where the request body is re-serialised.
+//! A request without a body (`GET /v1/responses/{id}`) names its model in the `x-cortex-model`
+//! header instead; the query string goes to the engine as sent.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
@@ -16,14 +18,22 @@ use crate::state::Neuron;
 /// Request headers an engine needs; everything else (the neuron's token above all) stays here.
 const FORWARDED_REQUEST_HEADERS: &[header::HeaderName] = &[header::CONTENT_TYPE, header::ACCEPT];
 const FORWARDED_ANTHROPIC_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
+/// Names the model of a request that has no body (cortex sets it; never sent to the engine).
+pub const MODEL_HEADER: &str = "x-cortex-model";
 
 #[derive(serde::Deserialize)]
 struct Envelope {
     model: String,
 }
 
-pub async fn forward(State(neuron): State<Neuron>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    match forward_inner(&neuron, &uri, &headers, body).await {
+pub async fn forward(
+    State(neuron): State<Neuron>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match forward_inner(&neuron, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -31,21 +41,30 @@ pub async fn forward(State(neuron): State<Neuron>, uri: Uri, headers: HeaderMap,
 
 async fn forward_inner(
     neuron: &Neuron,
+    method: Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let envelope: Envelope = serde_json::from_slice(&body).map_err(|err| {
-        ApiError::BadRequest(format!("the body must be JSON with a \"model\" string: {err}"))
-    })?;
-    let route = neuron.route(&envelope.model)?;
+    let named = headers.get(MODEL_HEADER).and_then(|value| value.to_str().ok());
+    let model = match named {
+        Some(model) if body.is_empty() => model.to_owned(),
+        _ => {
+            let envelope: Envelope = serde_json::from_slice(&body).map_err(|err| {
+                ApiError::BadRequest(format!("the body must be JSON with a \"model\" string: {err}"))
+            })?;
+            envelope.model
+        }
+    };
+    let route = neuron.route(&model)?;
     let (base_url, guard) = (route.base_url, route.guard);
     let body = match route.served_model {
-        Some(served) if served != envelope.model => with_model(&body, &served)?,
+        Some(served) if served != model && !body.is_empty() => with_model(&body, &served)?,
         _ => body,
     };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let mut request = neuron.shared.http.post(format!("{base_url}{path_and_query}")).body(body);
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut request = neuron.shared.http.request(method, format!("{base_url}{path_and_query}")).body(body);
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);

@@ -210,7 +210,7 @@ impl Neuron {
             harnesses,
             registry: Mutex::new(Registry::default()),
             changes: watch::Sender::new(0),
-            ports: PortPool::new(config.port_range),
+            ports: PortPool::owned_by(&config.name, config.port_range),
             http,
             metrics: NeuronMetrics::new(),
             tasks: TaskTracker::new(),

@@ -1,6 +1,13 @@
 //! Engine process supervision, independent of any engine's flags: loopback port leases, spawning
 //! with stdout/stderr captured to a per-model log, readiness polling with backoff and a deadline,
 //! exit (crash) watching, and stopping with SIGTERM then SIGKILL after a grace period.
+//!
+//! Engines never outlive their neuron: each is started through util-linux `setpriv --pdeathsig
+//! KILL` when it is installed (the kernel kills the engine when the neuron dies, even by
+//! SIGKILL), in its own process group (a terminal's Ctrl-C reaches the neuron, which stops
+//! its engines in order), and marked with `CORTEX_ENGINE_OF=<neuron>:<port range>` in its
+//! environment, so that a restarted neuron finds and stops the orphans of its predecessor
+//! ([`reclaim_orphans`]) and never touches any other process.
 //! Harnesses (llama.cpp, command templates, a mistral.rs the neuron starts) build an argv and
 //! reuse this module for everything else.
 
@@ -22,6 +29,8 @@ use crate::harness::{Engine, EngineError, Readiness};
 /// Loopback ports in the configured range, each leased to at most one engine at a time.
 pub struct PortPool {
     range: (u16, u16),
+    /// The marker given to engines on these ports (`<neuron>:<low>-<high>`), if any.
+    owner: Option<String>,
     /// Leased ports and the next port to try (rotating, so a just-freed port is reused last).
     /// Held only for the scan; never across `.await`.
     taken: Mutex<(BTreeSet<u16>, u16)>,
@@ -29,7 +38,13 @@ pub struct PortPool {
 
 impl PortPool {
     pub fn new(range: (u16, u16)) -> Arc<PortPool> {
-        Arc::new(PortPool { range, taken: Mutex::new((BTreeSet::new(), range.0)) })
+        Arc::new(PortPool { range, owner: None, taken: Mutex::new((BTreeSet::new(), range.0)) })
+    }
+
+    /// A pool whose engines carry the [`ENGINE_MARKER`] of neuron `name`.
+    pub fn owned_by(name: &str, range: (u16, u16)) -> Arc<PortPool> {
+        let owner = Some(engine_marker(name, range));
+        Arc::new(PortPool { range, owner, taken: Mutex::new((BTreeSet::new(), range.0)) })
     }
 
     /// A port in the range that nothing listens on; `None` when the range is exhausted.
@@ -124,8 +139,19 @@ impl ProcessEngine {
             EngineError::Spawn(format!("cannot create log {}: {err}", spec.log_path.display()))
         })?;
         let log_err = log.try_clone().map_err(|err| EngineError::Spawn(format!("log file: {err}")))?;
-        let mut command = tokio::process::Command::new(&spec.program);
+        let mut command = match setpriv() {
+            Some(setpriv) => {
+                let mut command = tokio::process::Command::new(setpriv);
+                command.args(["--pdeathsig", "KILL", "--"]).arg(&spec.program);
+                command
+            }
+            None => tokio::process::Command::new(&spec.program),
+        };
+        if let Some(owner) = &spec.port.pool.owner {
+            command.env(ENGINE_MARKER, owner);
+        }
         command
+            .process_group(0)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -192,6 +218,97 @@ impl Engine for ProcessEngine {
 
     fn pid(&self) -> Option<u32> {
         Some(self.pid)
+    }
+}
+
+/// The environment variable that marks an engine as started by one neuron.
+pub const ENGINE_MARKER: &str = "CORTEX_ENGINE_OF";
+
+/// The marker value of neuron `name` leasing `range`.
+pub fn engine_marker(name: &str, range: (u16, u16)) -> String {
+    format!("{name}:{}-{}", range.0, range.1)
+}
+
+/// util-linux `setpriv`, if installed (looked up once).
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let found = ["/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file());
+            if found.is_none() {
+                tracing::warn!(
+                    "setpriv (util-linux) not found: engines are not killed by the kernel if the neuron dies; \
+                     a restarted neuron stops them instead"
+                );
+            }
+            found
+        })
+        .as_deref()
+}
+
+/// Stop every process carrying `marker` as its [`ENGINE_MARKER`] whose parent is not alive
+/// (orphans of an earlier neuron with this name and port range): SIGTERM, then SIGKILL after
+/// `grace`. Returns the pids found. Only processes this user may read are seen, and only an
+/// exact marker match is touched.
+pub async fn reclaim_orphans(marker: &str, grace: Duration) -> Vec<u32> {
+    let orphans = find_marked(marker);
+    for &pid in &orphans {
+        tracing::warn!(pid, "stopping an engine left behind by an earlier neuron ({ENGINE_MARKER}={marker})");
+        signal_pid(pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while orphans.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for &pid in orphans.iter().filter(|&&pid| alive(pid)) {
+        signal_pid(pid, Signal::SIGKILL);
+    }
+    orphans
+}
+
+/// Pids whose environment holds exactly `ENGINE_MARKER=marker` and whose parent is not a
+/// running neuron (pid 1 or a subreaper adopted them).
+fn find_marked(marker: &str) -> Vec<u32> {
+    let wanted = format!("{ENGINE_MARKER}={marker}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes())
+        })
+        .filter(|&pid| parent(pid).is_none_or(|ppid| !is_neuron(ppid)))
+        .collect()
+}
+
+/// The parent pid, from `/proc/<pid>/stat` (the field after the parenthesised name).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn is_neuron(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Path::new(&*String::from_utf8_lossy(program)).file_name().is_some_and(|name| name == "neuron")
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has no cmdline and holds no port: it counts as gone.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+fn signal_pid(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if let Err(err) = kill(Pid::from_raw(raw), signal) {
+        tracing::debug!(pid, "{signal}: {err}");
     }
 }
 
@@ -281,6 +398,22 @@ mod tests {
         assert!(pool.lease().is_none(), "leased ports are not leased twice");
         drop(lease);
         assert!(pool.lease().is_some());
+    }
+
+    #[tokio::test]
+    async fn orphans_with_the_exact_marker_are_stopped_and_nothing_else() {
+        let marker = format!("reclaim-test-{}:1-2", std::process::id());
+        let spawn = |value: &str| {
+            std::process::Command::new("sleep").arg("30").env(ENGINE_MARKER, value).spawn().expect("sleep")
+        };
+        let mut orphan = spawn(&marker);
+        let mut other = spawn(&format!("{marker}0"));
+        let found = reclaim_orphans(&marker, Duration::from_secs(2)).await;
+        assert_eq!(found, [orphan.id()]);
+        assert!(orphan.wait().expect("reaped").code().is_none(), "stopped by a signal");
+        assert!(other.try_wait().expect("alive").is_none(), "a different marker is left alone");
+        other.kill().expect("kill");
+        other.wait().expect("reaped");
     }
 
     #[test]

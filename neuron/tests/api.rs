@@ -315,3 +315,36 @@ async fn a_fake_probe_and_capacity_overrides_are_reported() {
     assert_eq!(health["ram_free_mb"], 3500);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn responses_routes_reach_the_model_named_in_the_body_or_the_header() {
+    let slow = SIM.replace("load_ms = 200", "load_ms = 60000");
+    let node = TestNeuron::start((41180, 41199), &slow, None, None).await;
+    node.call("/models/load", &load_body("m", "sim", "m.gguf")).await;
+    let code = |body: &Value| body["error"]["code"].as_str().map(str::to_owned);
+    let (status, error) = node.call("/v1/responses", &json!({"model": "m", "input": "hi"})).await;
+    assert_eq!((status, code(&error)), (503, Some("model_loading".to_owned())), "routed by the body's model");
+    let (status, error) =
+        node.call("/v1/responses/input_tokens", &json!({"model": "m", "input": "hi"})).await;
+    assert_eq!((status, code(&error)), (503, Some("model_loading".to_owned())));
+    let by_header = |model: Option<&'static str>| {
+        let request = node.get("/v1/responses/resp_1");
+        let request = match model {
+            Some(model) => request.header("x-cortex-model", model),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, code(&response.json::<Value>().await.expect("json")))
+        }
+    };
+    assert_eq!(
+        by_header(Some("m")).await,
+        (503, Some("model_loading".to_owned())),
+        "a bodiless GET names its model in the header"
+    );
+    assert_eq!(by_header(Some("nope")).await, (404, Some("model_not_found".to_owned())));
+    assert_eq!(by_header(None).await, (400, Some("bad_request".to_owned())));
+    node.stop().await;
+}

@@ -53,6 +53,7 @@ fn scenario(models: usize, neurons: usize) -> (Fleet, Topology) {
                 replicas: u32::from((2 * neurons..2 * neurons + 1_000).contains(&i)),
                 priority: rng.next(100) as i64,
                 require_labels: BTreeMap::new(),
+                max_output_tokens: None,
                 origin: Origin::default(),
             }
         })

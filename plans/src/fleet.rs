@@ -123,6 +123,10 @@ pub struct ModelSpec {
     pub priority: i64,
     /// Only neurons with all of these labels may run it.
     pub require_labels: BTreeMap<String, String>,
+    /// The most tokens one request may generate: the gateway clamps every request's output
+    /// limit to it and sets it on requests that name none. `None`: the engine's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
     pub origin: Origin,
 }
 

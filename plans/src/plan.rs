@@ -16,7 +16,7 @@ mod order;
 mod passes;
 mod render;
 
-pub use file::{PlanFile, PlanFileError};
+pub use file::{FleetOrigin, PlanFile, PlanFileError};
 pub use json::render_json;
 pub use render::render_text;
 

@@ -37,6 +37,9 @@ pub struct HarnessInfo {
     pub count_tokens: bool,
     #[serde(default)]
     pub embeddings: bool,
+    /// The engine serves OpenAI `/v1/responses` (and `/v1/responses/input_tokens`) natively.
+    #[serde(default)]
+    pub responses: bool,
 }
 
 /// `GET /health`: live figures, polled every few seconds.

@@ -1268,3 +1268,29 @@ fn place_one_chooses_an_eviction() {
         unknown.detail
     ));
 }
+
+#[test]
+fn place_one_clears_a_failed_copy_and_loads_afresh_in_its_place() {
+    let failed = CROWDED_TOPOLOGY.replace(
+        r#"{"id": "chat", "harness": "llamacpp", "status": "loaded""#,
+        r#"{"id": "chat", "harness": "llamacpp", "status": "failed""#,
+    );
+    let (fleet, topology) = inputs(&format!("{BEAST}{CROWDED}"), &failed);
+    let options = PlanOptions { now_unix_ms: NOW, prune: false };
+    let placement = place_one(&fleet, &topology, "chat", &options).unwrap();
+    let steps: Vec<String> = placement
+        .evictions
+        .iter()
+        .chain([&placement.load])
+        .map(|a| {
+            format!("{} {} {} {:?} after {:?}", a.id, a.kind.as_str(), a.model, a.reason.code(), a.after)
+        })
+        .collect();
+    expect![[r#"
+        a1 unload chat "failed" after []
+        a2 load chat "requested" after ["a1"]"#]]
+    .assert_eq(&steps.join("\n"));
+    assert_eq!(placement.neuron, "beast");
+    // The plan itself leaves a failed on-demand copy alone: nobody asked for it again.
+    assert!(plan(&fleet, &topology, &options).actions.is_empty());
+}

@@ -161,6 +161,7 @@ fn build(
             replicas: p.replicas,
             priority: p.priority,
             require_labels: BTreeMap::new(),
+            max_output_tokens: None,
             origin: Origin::default(),
         })
         .collect();

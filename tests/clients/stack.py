@@ -61,7 +61,9 @@ class Stack:
     ADMIN_KEY = "admin-key"
     NEURON_TOKEN = "neuron-token"
 
-    def __init__(self, root: pathlib.Path, fleet_models: str, capacity_ram_mb: int | None = None):
+    def __init__(
+        self, root: pathlib.Path, fleet_models: str, capacity_ram_mb: int | None = None, extra_harnesses: str = ""
+    ):
         require_engine()
         self.root = root
         self.neuron_port = free_port()
@@ -83,7 +85,7 @@ port_range = "{self.engine_ports}"
 [harness.llamacpp]
 kind = "llamacpp"
 binary = "{LLAMA_SERVER}"
-"""
+{extra_harnesses}"""
         )
         self.fleet_dir = root / "fleet"
         self.fleet_dir.mkdir()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use plans::plan::{ActionKind, Plan, PlanFile, PlanOptions};
+use plans::plan::{ActionKind, FleetOrigin, Plan, PlanFile, PlanOptions};
 
 use crate::cli::{ConfigArgs, FleetArgs, load_config, load_fleet};
 use crate::control::apply::{self, Outcome, Progress};
@@ -36,29 +36,39 @@ pub struct ApplyArgs {
     pub prune: bool,
 }
 
+/// A saved plan file, read before anything else: it says which fleet to check it against.
+fn read_plan_file(path: &std::path::Path) -> anyhow::Result<PlanFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    PlanFile::from_json(&text).with_context(|| format!("{} is not a cortex plan file", path.display()))
+}
+
 pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let source = FleetSource::choose(args.fleet.fleet.clone());
+    let saved = args.plan_file.as_deref().map(read_plan_file).transpose()?;
+    // `--fleet` wins; else the fleet the saved plan was made from; else ./fleet or the default.
+    let source = match (&args.fleet.fleet, saved.as_ref().and_then(|f| f.fleet.clone())) {
+        (Some(dir), _) => FleetSource::Dir(dir.clone()),
+        (None, Some(FleetOrigin::Dir(dir))) => FleetSource::Dir(PathBuf::from(dir)),
+        (None, Some(FleetOrigin::Embedded)) => FleetSource::Embedded,
+        (None, None) => FleetSource::choose(None),
+    };
     let fleet = load_fleet(&source)?;
     let token = config.neuron_token()?;
     let observed = crate::control::poller::observe(&fleet, token.as_deref(), &config.poll).await;
-    let plan: Plan = match &args.plan_file {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let file = PlanFile::from_json(&text)
-                .with_context(|| format!("{} is not a cortex plan file", path.display()))?;
+    let plan: Plan = match (&args.plan_file, saved) {
+        (Some(path), Some(file)) => {
             let stale = file.staleness(&fleet.digest, &observed.topology);
             if !stale.is_empty() {
                 anyhow::bail!(
-                    "the saved plan {} is stale, refusing to apply it:\n  {}\nRun `cortex plan --out FILE` again.",
+                    "the saved plan {} is stale, refusing to apply it (checked against the fleet in {}):\n  {}\nRun `cortex plan --out FILE` again.",
                     path.display(),
+                    source.describe(),
                     stale.join("\n  ")
                 );
             }
             file.plan
         }
-        None => {
+        _ => {
             let now = now_unix_ms();
             let plan = plans::plan::plan(
                 &fleet,

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Apply a fleet that drops every neuron or every model (or a vanished fleet directory)
+    /// instead of refusing it as a destructive change
+    #[arg(long)]
+    pub allow_destroy_all: bool,
 }
 
 /// Load the daemon settings: the given file, or the defaults.
@@ -123,7 +127,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(args) => plan::topology(args).await,
         Command::Plan(args) => plan::plan(args).await,
         Command::Apply(args) => apply::apply(args).await,
-        Command::Serve(args) => crate::serve::run(args.fleet.fleet.clone(), load_config(&args.config)?).await,
+        Command::Serve(args) => {
+            let mut config = load_config(&args.config)?;
+            config.reconcile.allow_destroy_all |= args.allow_destroy_all;
+            crate::serve::run(args.fleet.fleet.clone(), config).await
+        }
         Command::Status(args) => status::status(args).await,
     }
 }

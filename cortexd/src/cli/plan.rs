@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use plans::fleet::Fleet;
-use plans::plan::{PlanFile, PlanOptions};
+use plans::plan::{FleetOrigin, Plan, PlanFile, PlanOptions};
 use plans::topology::Topology;
 
 use crate::cli::{FleetArgs, PlanArgs, TopologyArgs, load_config, load_fleet};
@@ -87,19 +87,68 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", plans::plan::render_text(&plan, &topology, &fleet, &revision, now));
     }
+    if let Some(warning) = destructive_warning(&fleet, &topology, &plan) {
+        eprintln!("{warning}");
+    }
     if let Some(path) = &args.out {
         let options = PlanOptions { now_unix_ms: now, prune: args.prune };
-        let file = PlanFile::new(plan.clone(), &topology, revision.clone(), options, now);
+        let mut file = PlanFile::new(plan.clone(), &topology, revision.clone(), options, now);
+        file.fleet = Some(match &source {
+            FleetSource::Dir(dir) => FleetOrigin::Dir(absolute(dir)),
+            FleetSource::Embedded => FleetOrigin::Embedded,
+        });
         std::fs::write(path, file.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!(
-            "Saved the plan to {}. To perform exactly these actions, run: cortex apply {}",
-            path.display(),
-            path.display()
-        );
+        // The hint works from any directory: absolute paths, and the config if one was named.
+        let mut hint = format!("cortex apply {}", shell_word(&absolute(path)));
+        if let Some(config) = &args.config.config {
+            hint.push_str(&format!(" --config {}", shell_word(&absolute(config))));
+        }
+        eprintln!("Saved the plan to {}. To perform exactly these actions, run: {hint}", path.display());
     } else if !plan.is_empty() && !args.json {
         eprintln!(
             "Note: you didn't use --out, so cortex can't guarantee to take exactly these actions if you run `cortex apply` now."
         );
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// The absolute form of `path` (relative to the current directory), as text.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// `text` as one shell word: quoted only when it needs to be.
+fn shell_word(text: &str) -> String {
+    let plain = text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c));
+    if plain && !text.is_empty() { text.to_owned() } else { format!("'{}'", text.replace('\'', "'\\''")) }
+}
+
+/// What `cortex serve` would refuse as a destructive change: a fleet without neurons or
+/// without models while the neurons hold models loaded through cortex. Says what it would drop.
+fn destructive_warning(fleet: &Fleet, topology: &Topology, plan: &Plan) -> Option<String> {
+    let managed: Vec<String> = topology
+        .neurons
+        .iter()
+        .flat_map(|n| {
+            n.models.iter().filter(|m| m.is_managed()).map(move |m| format!("{} on {}", m.id, n.name))
+        })
+        .collect();
+    let what = if fleet.neurons.is_empty() {
+        "declares no neurons"
+    } else if fleet.models.is_empty() {
+        "declares no models"
+    } else {
+        return None;
+    };
+    let dropped = if managed.is_empty() {
+        "every model and neuron the fleet in force declares".to_owned()
+    } else {
+        managed.join(", ")
+    };
+    let unloads = plan.counts().unload;
+    Some(format!(
+        "Warning: destructive change: this fleet {what}. Applied, it would drop {dropped}{}.\n\
+         `cortex serve` refuses such a fleet and keeps the last good one unless started with --allow-destroy-all.",
+        if unloads > 0 { format!(" ({unloads} unload(s) in this plan)") } else { String::new() }
+    ))
 }

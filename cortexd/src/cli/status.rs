@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::cli::{ConfigArgs, load_config};
 use crate::control::neuron_client::error_message;
-use crate::control::status::{DaemonStatus, render};
+use crate::control::status::{DaemonStatus, Health, Sync, render};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -23,6 +23,10 @@ pub struct StatusArgs {
     /// Print the status as JSON
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 when the fleet is Synced and Healthy, 2 when it is not (OutOfSync, Degraded,
+    /// Progressing, Unknown), 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
@@ -52,5 +56,6 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render(&status));
     }
-    Ok(ExitCode::SUCCESS)
+    let fine = status.sync == Sync::Synced && status.health == Health::Healthy;
+    Ok(if args.detailed_exitcode && !fine { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }

@@ -1,6 +1,10 @@
-//! Applying a plan: actions run in dependency order, one at a time per neuron (each neuron's
-//! generation precondition chains from one action to the next), neurons in parallel up to a
-//! bound. A failed action skips what depends on it; independent branches go on.
+//! Applying a plan: actions run in dependency order, one at a time per neuron, neurons in
+//! parallel up to a bound. A failed action skips what depends on it; independent branches go on.
+//!
+//! Preconditions travel with the chain: each action on a neuron carries the generation the plan
+//! expects after the previous action of the chain (its own changes, never re-read from the
+//! neuron), so another actor's change in between is a 409 and a re-plan, never absorbed. When a
+//! failure leaves the neuron's generation unknown, the rest of that neuron's chain is skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +42,8 @@ pub enum Progress {
 #[derive(Clone, Debug, Default)]
 pub struct ApplyReport {
     pub outcomes: Vec<(Action, Outcome)>,
+    /// Ids of the failed actions the neuron refused with a 409 (another actor changed it).
+    pub conflicts: BTreeSet<String>,
 }
 
 impl ApplyReport {
@@ -87,15 +93,19 @@ pub async fn apply(
         let progress = progress.clone();
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
-                return Vec::new();
+                return ChainReport { outcomes: Vec::new(), conflicts: Vec::new() };
             };
             run_chain(client, chain, timeouts, progress.as_ref()).await
         });
     }
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let mut conflicts = BTreeSet::new();
     while let Some(result) = tasks.join_next().await {
         match result {
-            Ok(chain) => outcomes.extend(chain),
+            Ok(chain) => {
+                conflicts.extend(chain.conflicts);
+                outcomes.extend(chain.outcomes);
+            }
             Err(error) => tracing::error!(%error, "an apply task died"),
         }
     }
@@ -109,7 +119,13 @@ pub async fn apply(
             (a.clone(), outcome)
         })
         .collect();
-    ApplyReport { outcomes }
+    ApplyReport { outcomes, conflicts }
+}
+
+/// What one neuron's chain did.
+struct ChainReport {
+    outcomes: Vec<(String, Outcome)>,
+    conflicts: Vec<String>,
 }
 
 /// Run one neuron's actions in order, chaining the generation precondition.
@@ -118,46 +134,49 @@ async fn run_chain(
     chain: Vec<Action>,
     timeouts: ExecTimeouts,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Vec<(String, Outcome)> {
-    let mut outcomes = Vec::with_capacity(chain.len());
+) -> ChainReport {
+    let mut report = ChainReport { outcomes: Vec::with_capacity(chain.len()), conflicts: Vec::new() };
     let mut not_done: BTreeSet<String> = BTreeSet::new();
-    // The plan's precondition holds for the first action; after that, the generation our own
-    // previous action left behind.
-    let mut generation = chain.first().map(|a| a.if_generation);
+    // The plan's precondition holds for the first action; after that, the generation the
+    // previous action of the chain left behind. `Err` once nobody can say.
+    let mut generation: Result<Option<u64>, String> = Ok(chain.first().map(|a| a.if_generation));
     for action in chain {
-        if let Some(blocker) = action.after.iter().find(|id| not_done.contains(*id)) {
-            let outcome = Outcome::Skipped { because: format!("{blocker} did not complete") };
+        let blocked =
+            action.after.iter().find(|id| not_done.contains(*id)).map(|b| format!("{b} did not complete"));
+        if let Some(because) = blocked.or_else(|| generation.clone().err()) {
+            let outcome = Outcome::Skipped { because };
             not_done.insert(action.id.clone());
             progress(Progress::Finished(action.clone(), outcome.clone()));
-            outcomes.push((action.id, outcome));
+            report.outcomes.push((action.id, outcome));
             continue;
         }
+        let expected = generation.clone().ok().flatten();
         progress(Progress::Started(action.clone()));
         let started = Instant::now();
         let result = match &client {
-            Some(client) => execute::run(client, &action, generation, timeouts).await,
+            Some(client) => execute::run(client, &action, expected, timeouts).await,
             None => Err(ExecError::NoProfile {
                 id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron),
             }),
         };
         let outcome = match result {
             Ok(next) => {
-                generation = Some(next);
+                generation = Ok(Some(next));
                 Outcome::Done { elapsed: started.elapsed() }
             }
             Err(error) => {
                 not_done.insert(action.id.clone());
-                // Our chain of preconditions is broken; the next independent action may only
-                // proceed on what the neuron says now.
-                generation = match &client {
-                    Some(client) => client.models(timeouts.call).await.ok().map(|m| m.generation),
-                    None => None,
-                };
+                if error.is_conflict() {
+                    report.conflicts.push(action.id.clone());
+                }
+                generation = error.generation_after(expected).map(Some).ok_or_else(|| {
+                    format!("{} left {}'s state unknown; the next plan decides", action.id, action.neuron)
+                });
                 Outcome::Failed { error: error.to_string() }
             }
         };
         progress(Progress::Finished(action.clone(), outcome.clone()));
-        outcomes.push((action.id, outcome));
+        report.outcomes.push((action.id, outcome));
     }
-    outcomes
+    report
 }

@@ -15,7 +15,13 @@ pub enum ExecError {
     #[error(transparent)]
     Neuron(#[from] NeuronError),
     #[error("{model} failed to load on {neuron}: {reason}")]
-    LoadFailed { model: String, neuron: String, reason: String },
+    LoadFailed {
+        model: String,
+        neuron: String,
+        reason: String,
+        /// The neuron's generation once the failure was recorded, if nobody else acted.
+        generation: u64,
+    },
     #[error("{model} was not ready on {neuron} within {waited:?}")]
     NotReady { model: String, neuron: String, waited: Duration },
     #[error("action {id} has no profile to load")]
@@ -31,9 +37,30 @@ pub struct ExecTimeouts {
     pub ready: Duration,
 }
 
+impl ExecError {
+    /// The generation the neuron is at after this failure if no other actor touched it, given
+    /// the precondition `before` the action was sent with: unchanged when the neuron refused
+    /// the request, the failure's own generation when a load started and failed, and `None`
+    /// when nobody can say (a 409, no answer, a timeout).
+    pub fn generation_after(&self, before: Option<u64>) -> Option<u64> {
+        match self {
+            ExecError::LoadFailed { generation, .. } => Some(*generation),
+            ExecError::Neuron(NeuronError::Refused { .. }) | ExecError::NoProfile { .. } => before,
+            ExecError::Neuron(_) | ExecError::NotReady { .. } => None,
+        }
+    }
+
+    /// Whether the neuron refused because its generation moved on (409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ExecError::Neuron(NeuronError::Stale { .. }))
+    }
+}
+
 /// Perform `action` on `client`, requiring the neuron to still be at `if_generation` when given.
-/// Loads wait until the engine is ready. Returns the neuron's generation afterwards, which is
-/// the precondition for the next action this caller performs on the same neuron.
+/// Loads wait until the engine is ready. Returns the generation the neuron is at afterwards as
+/// far as this action's own changes go (never re-read from the neuron, so that a change by
+/// another actor in between shows up as a 409 on the caller's next action instead of being
+/// absorbed into its precondition).
 pub async fn run(
     client: &NeuronClient,
     action: &Action,
@@ -75,7 +102,11 @@ async fn load(
         ram_mb: action.ram_mb,
         if_generation,
     };
-    client.load(&request, timeouts.call).await?;
+    let accepted = client.load(&request, timeouts.call).await?;
+    // A started load bumps the generation once more when it becomes ready (or fails); a load
+    // the neuron already had, loaded, changes nothing.
+    let already_loaded = accepted.model.as_ref().is_some_and(|m| m.status == ModelState::Loaded);
+    let expected = if already_loaded { accepted.generation } else { accepted.generation + 1 };
     let started = tokio::time::Instant::now();
     loop {
         let remaining = timeouts.ready.saturating_sub(started.elapsed());
@@ -94,11 +125,12 @@ async fn load(
                     model: action.model.clone(),
                     neuron: client.name.clone(),
                     reason: model.error.unwrap_or_else(|| "the engine stopped".to_owned()),
+                    generation: expected,
                 });
             }
             // The long-poll returned on its own timeout; go round until ours runs out.
             ModelState::Loading | ModelState::Unloading => {}
         }
     }
-    Ok(client.models(timeouts.call).await?.generation)
+    Ok(expected)
 }

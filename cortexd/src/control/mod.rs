@@ -3,10 +3,12 @@
 //! knows nothing of inference dialects; the gateway and the CLI build on it, never the reverse.
 
 pub mod apply;
+pub mod backoff;
 pub mod execute;
 pub mod fleetdir;
 pub mod fleetwatch;
 pub mod neuron_client;
 pub mod poller;
 pub mod reconcile;
+pub mod reconciler;
 pub mod status;

@@ -1,412 +1,263 @@
-//! The reconciler (spec §6): level-triggered and idempotent, like a Kubernetes controller.
-//! Triggers only say "look again": a new fleet, a topology change (a neuron's generation, boot
-//! or reachability moved), or the periodic resync with jitter. Each pass plans from scratch and,
-//! in `reconcile = "auto"`, applies; failures back off per (model, neuron), and a new fleet
-//! revision resets the backoff. It never writes fleet files.
+//! The reconcile loop (spec §6), shaped like kube-runtime's controller: every pass is
+//! level-triggered and idempotent, and returns when it wants to run next ([`Requeue`]: the
+//! resync deadline or the earliest backoff expiry, whichever comes first). The loop keeps that
+//! one deadline across wake-ups: a poll that changes nothing, or a status refresh, never pushes
+//! it back. What woke a pass is a closed [`Trigger`], logged with the run.
+//!
+//! The loop knows nothing of neurons or fleets: it drives a [`Pass`] (the real one is
+//! `crate::control::reconciler::Reconciler`) from a channel of [`Wake`]s, so it is tested in
+//! virtual time with a scripted pass.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
-use plans::fleet::{Fleet, ReconcileMode};
-use plans::plan::{Action, Plan, PlanOptions};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::apply::{self, Outcome, Progress};
-use crate::control::execute::ExecTimeouts;
-use crate::control::fleetwatch::{FleetHandle, FleetStatus};
-use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
-use crate::control::status::{Condition, DaemonStatus, Health, RUNS_KEPT, RevisionRecord, Run, Sync};
+use crate::control::backoff::Backoff;
 
-/// Reconciler settings.
-#[derive(Clone, Debug)]
-pub struct ReconcileConfig {
-    /// A pass runs at least this often (plus up to 10% jitter), even without triggers.
-    pub resync: Duration,
-    /// Neurons acted on at once.
-    pub parallelism: usize,
-    pub timeouts: ExecTimeouts,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
+/// Why a pass runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A new fleet is in force (also the first pass after start).
+    #[default]
+    FleetRevision,
+    /// A neuron's generation, boot id or reachability moved.
+    TopologyChange,
+    /// The periodic resync deadline passed.
+    Resync,
+    /// A (model, neuron) that failed has waited out its backoff.
+    BackoffExpiry,
+    /// An operator asked for a pass (admin API).
+    AdminRequest,
 }
 
-/// Per-(model, neuron) exponential backoff after failed actions.
-#[derive(Debug, Default)]
-struct Backoff {
-    entries: BTreeMap<(String, String), (u32, Instant)>,
-}
-
-impl Backoff {
-    fn key(action: &Action) -> (String, String) {
-        (action.model.clone(), action.neuron.clone())
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FleetRevision => "fleet_revision",
+            Trigger::TopologyChange => "topology_change",
+            Trigger::Resync => "resync",
+            Trigger::BackoffExpiry => "backoff_expiry",
+            Trigger::AdminRequest => "admin_request",
+        }
     }
 
-    fn waiting(&self, action: &Action, now: Instant) -> bool {
-        self.entries.get(&Self::key(action)).is_some_and(|(_, until)| *until > now)
-    }
-
-    fn failed(&mut self, action: &Action, config: &ReconcileConfig) {
-        let entry = self.entries.entry(Self::key(action)).or_insert((0, Instant::now()));
-        entry.0 = entry.0.saturating_add(1);
-        let delay =
-            config.backoff_base.saturating_mul(2u32.saturating_pow(entry.0 - 1)).min(config.backoff_max);
-        entry.1 = Instant::now() + delay;
-    }
-
-    fn succeeded(&mut self, action: &Action) {
-        self.entries.remove(&Self::key(action));
+    /// When several wake-ups queue up during a pass, the one the next pass is logged with.
+    fn rank(self) -> u8 {
+        match self {
+            Trigger::FleetRevision => 0,
+            Trigger::AdminRequest => 1,
+            Trigger::TopologyChange => 2,
+            Trigger::BackoffExpiry => 3,
+            Trigger::Resync => 4,
+        }
     }
 }
 
-/// What decides whether the observed state changed in a way worth a pass.
-fn fingerprint(observed: &Observed) -> Vec<(String, bool, String, u64)> {
-    observed
-        .topology
-        .neurons
-        .iter()
-        .map(|n| (n.name.clone(), n.reachable, n.boot_id.clone(), n.generation))
-        .collect()
+/// What the loop receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Run a pass now.
+    Run(Trigger),
+    /// Nothing that needs a pass changed, but the status should show the latest observations.
+    Refresh,
 }
 
-/// Start the reconciler. Returns the status it keeps up to date.
-pub fn spawn(
-    fleet: FleetHandle,
-    poller: PollerHandle,
-    config: ReconcileConfig,
+/// When a pass wants to run again, and what that run will be logged as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requeue {
+    pub after: Duration,
+    /// [`Trigger::Resync`] or [`Trigger::BackoffExpiry`].
+    pub trigger: Trigger,
+}
+
+/// The earlier of the resync deadline (`resync` from now) and the earliest backoff expiry.
+pub fn requeue_after(backoff: &Backoff, resync: Duration, now: Instant) -> Requeue {
+    match backoff.next_expiry(now) {
+        Some(expiry) if expiry - now < resync => {
+            Requeue { after: expiry - now, trigger: Trigger::BackoffExpiry }
+        }
+        _ => Requeue { after: resync, trigger: Trigger::Resync },
+    }
+}
+
+/// One reconcile pass and a status refresh: the loop's only contact with the world.
+pub trait Pass: Send {
+    fn pass(&mut self, trigger: Trigger) -> impl Future<Output = Requeue> + Send;
+    fn refresh(&mut self);
+}
+
+/// Run passes until `shutdown` or until every sender of `wakes` is gone. The first pass runs
+/// at once, as [`Trigger::FleetRevision`].
+pub async fn run<P: Pass>(
+    mut pass: P,
+    mut wakes: mpsc::UnboundedReceiver<Wake>,
     shutdown: CancellationToken,
-) -> (watch::Receiver<Arc<DaemonStatus>>, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) =
-        watch::channel(Arc::new(DaemonStatus { format_version: 1, ..DaemonStatus::default() }));
-    let task = tokio::spawn(async move {
-        let mut reconciler = Reconciler {
-            fleet,
-            poller,
-            config,
-            status: sender,
-            backoff: Backoff::default(),
-            runs: Vec::new(),
-        };
-        reconciler.run(shutdown).await;
-    });
-    (receiver, task)
-}
-
-struct Reconciler {
-    fleet: FleetHandle,
-    poller: PollerHandle,
-    config: ReconcileConfig,
-    status: watch::Sender<Arc<DaemonStatus>>,
-    backoff: Backoff,
-    runs: Vec<Run>,
-}
-
-impl Reconciler {
-    async fn run(&mut self, shutdown: CancellationToken) {
-        let mut fleet = self.fleet.fleet.clone();
-        let mut fleet_status = self.fleet.status.clone();
-        let mut observed = self.poller.observed.clone();
-        let mut seen = fingerprint(&observed.borrow_and_update());
-        let mut last_digest = fleet.borrow_and_update().digest.clone();
-        loop {
-            let resync = self.config.resync + jitter(self.config.resync / 10);
-            let pass = tokio::select! {
+) {
+    let mut due = pass.pass(Trigger::FleetRevision).await;
+    // The one deadline: reset only by a pass, never recreated by a wake-up.
+    let deadline = tokio::time::sleep(due.after);
+    tokio::pin!(deadline);
+    let mut pending = drain(&mut wakes, &mut pass, None);
+    loop {
+        let trigger = match pending.take() {
+            Some(trigger) => trigger,
+            None => tokio::select! {
                 () = shutdown.cancelled() => return,
-                changed = fleet.changed() => {
-                    if changed.is_err() { return; }
-                    let digest = fleet.borrow_and_update().digest.clone();
-                    if digest != last_digest {
-                        // A new desired revision deserves a fresh try of everything.
-                        self.backoff = Backoff::default();
-                        last_digest = digest;
+                wake = wakes.recv() => match wake {
+                    None => return,
+                    Some(Wake::Refresh) => {
+                        pass.refresh();
+                        continue;
                     }
-                    true
-                }
-                changed = fleet_status.changed() => {
-                    if changed.is_err() { return; }
-                    fleet_status.borrow_and_update();
-                    self.publish(None, None);
-                    false
-                }
-                changed = observed.changed() => {
-                    if changed.is_err() { return; }
-                    let now = fingerprint(&observed.borrow_and_update());
-                    let moved = now != seen;
-                    seen = now;
-                    if !moved { self.publish(None, None); }
-                    moved
-                }
-                () = tokio::time::sleep(resync) => true,
-            };
-            if pass {
-                self.pass().await;
-                seen = fingerprint(&self.poller.observed.borrow());
-            }
-        }
-    }
-
-    /// One pass: plan, and in auto mode apply what is not backing off.
-    async fn pass(&mut self) {
-        let started = Instant::now();
-        let started_unix_ms = now_unix_ms();
-        let fleet: Arc<Fleet> = self.fleet.fleet.borrow().clone();
-        let fleet_status = self.fleet.status.borrow().clone();
-        let observed = self.poller.observed.borrow().clone();
-        let plan = plans::plan::plan(
-            &fleet,
-            &observed.topology,
-            &PlanOptions { now_unix_ms: started_unix_ms, prune: false },
-        );
-        let revision = fleet_status.revision.short(&fleet.digest);
-        let record = RevisionRecord {
-            revision: fleet_status.revision.clone(),
-            digest: fleet.digest.clone(),
-            at_unix_ms: started_unix_ms,
+                    Some(Wake::Run(trigger)) => trigger,
+                },
+                () = &mut deadline => due.trigger,
+            },
         };
-
-        if plan.actions.is_empty() {
-            // Nothing to do is a successful pass only the first time it is noticed; repeats are
-            // not worth a line in the history.
-            let result = if plan.is_empty() { "no_changes" } else { "nothing_feasible" };
-            if self.runs.last().is_none_or(|r| r.result != result || r.revision != revision) {
-                self.record(Run {
-                    started_unix_ms,
-                    duration_ms: elapsed_ms(started),
-                    revision,
-                    result: result.into(),
-                    summary: summary(&plan),
-                    errors: Vec::new(),
-                });
-            }
-            metrics::counter!("cortex_reconcile_runs_total", "result" => result).increment(1);
-            self.publish(Some(plan), Some((record.clone(), Some(record))));
-            return;
-        }
-        if fleet.policy.reconcile == ReconcileMode::Off {
-            if self.runs.last().is_none_or(|r| r.result != "drift" || r.revision != revision) {
-                self.record(Run {
-                    started_unix_ms,
-                    duration_ms: elapsed_ms(started),
-                    revision,
-                    result: "drift".into(),
-                    summary: summary(&plan),
-                    errors: Vec::new(),
-                });
-            }
-            metrics::counter!("cortex_reconcile_runs_total", "result" => "drift").increment(1);
-            self.publish(Some(plan), None);
-            return;
-        }
-
-        let runnable = self.without_backing_off(&plan);
-        if runnable.actions.is_empty() {
-            self.publish(Some(plan), None);
-            return;
-        }
-        self.publish_health(Health::Progressing);
-        tracing::info!(revision = %revision, actions = runnable.actions.len(), "reconciling");
-        let progress: Arc<dyn Fn(Progress) + Send + std::marker::Sync> = Arc::new(log_progress);
-        let report = apply::apply(
-            &runnable,
-            &observed.clients,
-            self.config.parallelism,
-            self.config.timeouts,
-            progress,
-        )
-        .await;
-        let mut errors = Vec::new();
-        for (action, outcome) in &report.outcomes {
-            match outcome {
-                Outcome::Done { .. } => {
-                    self.backoff.succeeded(action);
-                    if action.kind == plans::plan::ActionKind::Unload {
-                        metrics::counter!("cortex_evictions_total", "reason" => action.reason.code())
-                            .increment(1);
-                    }
-                }
-                Outcome::Failed { error } => {
-                    self.backoff.failed(action, &self.config);
-                    errors.push(format!(
-                        "{} {} on {}: {error}",
-                        action.kind.as_str(),
-                        action.model,
-                        action.neuron
-                    ));
-                }
-                Outcome::Skipped { .. } => {}
-            }
-        }
-        let result = if report.succeeded() { "applied" } else { "failed" };
-        metrics::counter!("cortex_reconcile_runs_total", "result" => result).increment(1);
-        self.record(Run {
-            started_unix_ms,
-            duration_ms: elapsed_ms(started),
-            revision,
-            result: result.into(),
-            summary: report.summary(),
-            errors,
-        });
-        // Look again at what the neurons say now, so that status reflects the result.
-        self.poller.refreshed().await;
-        let observed = self.poller.observed.borrow().clone();
-        let after = plans::plan::plan(
-            &fleet,
-            &observed.topology,
-            &PlanOptions { now_unix_ms: now_unix_ms(), prune: false },
-        );
-        let applied = report.succeeded().then(|| record.clone());
-        self.publish(Some(after), Some((record, applied)));
+        due = pass.pass(trigger).await;
+        deadline.as_mut().reset(Instant::now() + due.after);
+        // Wake-ups that queued up during the pass fold into at most one more pass.
+        pending = drain(&mut wakes, &mut pass, None);
     }
+}
 
-    /// The plan without the actions whose (model, neuron) is backing off, nor what waits on them.
-    fn without_backing_off(&self, plan: &Plan) -> Plan {
-        let now = Instant::now();
-        let mut dropped: Vec<String> = Vec::new();
-        let mut runnable = plan.clone();
-        runnable.actions.retain(|action| {
-            let keep =
-                !self.backoff.waiting(action, now) && !action.after.iter().any(|id| dropped.contains(id));
-            if !keep {
-                dropped.push(action.id.clone());
+/// Take every queued wake-up; returns the trigger for one more pass if any asked for one.
+fn drain<P: Pass>(
+    wakes: &mut mpsc::UnboundedReceiver<Wake>,
+    pass: &mut P,
+    mut pending: Option<Trigger>,
+) -> Option<Trigger> {
+    let mut refresh = false;
+    while let Ok(wake) = wakes.try_recv() {
+        match wake {
+            Wake::Refresh => refresh = true,
+            Wake::Run(trigger) => {
+                pending =
+                    Some(pending.map_or(trigger, |p| if trigger.rank() < p.rank() { trigger } else { p }));
             }
-            keep
-        });
-        runnable
-    }
-
-    fn record(&mut self, run: Run) {
-        self.runs.push(run);
-        if self.runs.len() > RUNS_KEPT {
-            self.runs.remove(0);
         }
     }
+    if refresh && pending.is_none() {
+        pass.refresh();
+    }
+    pending
+}
 
-    fn publish_health(&self, health: Health) {
-        self.status.send_modify(|status| Arc::make_mut(status).health = health);
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::control::backoff::BackoffPolicy;
+
+    /// A pass that fails its one (model, neuron) `failures` times, then succeeds, recording when
+    /// it ran (seconds since the start) and why.
+    struct Scripted {
+        start: Instant,
+        resync: Duration,
+        policy: BackoffPolicy,
+        backoff: Backoff,
+        failures: u32,
+        runs: Arc<Mutex<Vec<(u64, Trigger)>>>,
+        refreshes: Arc<Mutex<u32>>,
     }
 
-    /// Publish the status; `plan` and `revisions` (attempted, applied) replace the previous
-    /// ones when given.
-    fn publish(&self, plan: Option<Plan>, revisions: Option<(RevisionRecord, Option<RevisionRecord>)>) {
-        let fleet = self.fleet.fleet.borrow().clone();
-        let fleet_status: FleetStatus = self.fleet.status.borrow().as_ref().clone();
-        let observed = self.poller.observed.borrow().clone();
-        self.status.send_modify(|status| {
-            let status = Arc::make_mut(status);
-            if let Some(plan) = plan {
-                status.plan = plan;
-            }
-            if let Some((attempted, applied)) = revisions {
-                status.last_attempted = Some(attempted);
-                if applied.is_some() {
-                    status.last_applied = applied;
+    impl Pass for Scripted {
+        fn pass(&mut self, trigger: Trigger) -> impl Future<Output = Requeue> + Send {
+            let now = Instant::now();
+            self.runs.lock().expect("lock").push(((now - self.start).as_secs(), trigger));
+            if !self.backoff.waiting("m", "n1", now) {
+                if self.failures > 0 {
+                    self.failures -= 1;
+                    self.backoff.failed("m", "n1", "boom".into(), self.policy, now);
+                } else {
+                    self.backoff.succeeded("m", "n1");
                 }
             }
-            status.mode = Some(fleet.policy.reconcile);
-            status.topology = observed.topology.clone();
-            status.pinned = fleet.models.iter().filter(|m| !m.pinned_on.is_empty()).map(|m| (m.id.clone(), m.pinned_on.clone())).collect();
-            status.runs = self.runs.clone();
-            status.conditions = conditions(&fleet_status, &observed, self.runs.last());
-            status.sync = if status.plan.is_empty() { Sync::Synced } else { Sync::OutOfSync };
-            status.health = health(&status.conditions, &observed);
-            metrics::gauge!("cortex_fleet_in_sync").set(if status.sync == Sync::Synced { 1.0 } else { 0.0 });
-            let revision = fleet_status.revision.short(&fleet.digest);
-            if status.fleet.revision.short(&status.fleet.digest) != revision && !status.fleet.digest.is_empty() {
-                metrics::gauge!("cortex_fleet_info", "revision" => status.fleet.revision.short(&status.fleet.digest)).set(0.0);
-            }
-            metrics::gauge!("cortex_fleet_info", "revision" => revision).set(1.0);
-            status.fleet = fleet_status.clone();
-        });
-    }
-}
-
-fn conditions(fleet: &FleetStatus, observed: &Observed, last: Option<&Run>) -> Vec<Condition> {
-    let errors = fleet.diagnostics.iter().filter(|d| d.is_error()).count();
-    let unreachable: Vec<&str> =
-        observed.topology.neurons.iter().filter(|n| !n.reachable).map(|n| n.name.as_str()).collect();
-    let mut conditions = vec![
-        Condition {
-            kind: "FleetValid".into(),
-            ok: fleet.valid,
-            reason: if fleet.valid { "Loaded".into() } else { "BuildFailed".into() },
-            message: if fleet.valid {
-                format!("fleet {} is in force", fleet.revision.short(&fleet.digest))
-            } else {
-                format!("the edited fleet has {errors} error(s); the last good fleet stays in force")
-            },
-        },
-        Condition {
-            kind: "NeuronsReachable".into(),
-            ok: unreachable.is_empty(),
-            reason: if unreachable.is_empty() { "AllReachable".into() } else { "Unreachable".into() },
-            message: if unreachable.is_empty() {
-                format!("{} neuron(s) answer", observed.topology.neurons.len())
-            } else {
-                format!("unreachable: {}", unreachable.join(", "))
-            },
-        },
-    ];
-    if let Some(run) = last {
-        let ok = run.result != "failed";
-        conditions.push(Condition {
-            kind: "Reconciled".into(),
-            ok,
-            reason: run.result.clone(),
-            message: run.errors.first().cloned().unwrap_or_else(|| run.summary.clone()),
-        });
-    }
-    conditions
-}
-
-fn health(conditions: &[Condition], observed: &Observed) -> Health {
-    let failed_models = observed
-        .topology
-        .neurons
-        .iter()
-        .any(|n| n.models.iter().any(|m| m.status == plans::topology::ModelState::Failed));
-    if conditions.iter().any(|c| !c.ok) || failed_models { Health::Degraded } else { Health::Healthy }
-}
-
-fn summary(plan: &Plan) -> String {
-    let counts = plan.counts();
-    format!(
-        "Plan: {} to load, {} to reload, {} to unload ({} evictions); {} infeasible, {} drifted.",
-        counts.load,
-        counts.reload,
-        counts.unload,
-        counts.evictions,
-        plan.infeasible.len(),
-        plan.drift.len()
-    )
-}
-
-fn log_progress(progress: Progress) {
-    match progress {
-        Progress::Started(action) => {
-            tracing::info!(id = %action.id, kind = action.kind.as_str(), model = %action.model, neuron = %action.neuron, "action started");
+            let requeue = requeue_after(&self.backoff, self.resync, now);
+            async move { requeue }
         }
-        Progress::Finished(action, outcome) => match outcome {
-            Outcome::Done { elapsed } => {
-                tracing::info!(id = %action.id, model = %action.model, neuron = %action.neuron, elapsed_ms = elapsed.as_millis(), "action done");
-            }
-            Outcome::Failed { error } => {
-                tracing::warn!(id = %action.id, model = %action.model, neuron = %action.neuron, %error, "action failed");
-            }
-            Outcome::Skipped { because } => {
-                tracing::warn!(id = %action.id, model = %action.model, neuron = %action.neuron, %because, "action skipped");
-            }
-        },
+
+        fn refresh(&mut self) {
+            *self.refreshes.lock().expect("lock") += 1;
+        }
     }
-}
 
-fn elapsed_ms(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
+    type Runs = Arc<Mutex<Vec<(u64, Trigger)>>>;
 
-/// Up to `max` of jitter, from the clock's low bits (no randomness crate needed for this).
-fn jitter(max: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let max_ms = u64::try_from(max.as_millis()).unwrap_or(0).max(1);
-    Duration::from_millis(u64::from(nanos) % max_ms)
+    fn start(failures: u32, resync: u64) -> (mpsc::UnboundedSender<Wake>, Runs, Arc<Mutex<u32>>) {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let refreshes = Arc::new(Mutex::new(0));
+        let scripted = Scripted {
+            start: Instant::now(),
+            resync: Duration::from_secs(resync),
+            policy: BackoffPolicy { base: Duration::from_secs(2), max: Duration::from_secs(300) },
+            backoff: Backoff::default(),
+            failures,
+            runs: runs.clone(),
+            refreshes: refreshes.clone(),
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(scripted, receiver, CancellationToken::new()));
+        (sender, runs, refreshes)
+    }
+
+    fn seen(runs: &Runs) -> Vec<(u64, Trigger)> {
+        runs.lock().expect("lock").clone()
+    }
+
+    /// Let virtual time pass to `at` seconds after the start (the runtime auto-advances).
+    async fn until(at: u64, started: Instant) {
+        tokio::time::sleep_until(started + Duration::from_secs(at) + Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_retried_at_2_6_14_30_seconds() {
+        let started = Instant::now();
+        let (_wakes, runs, _) = start(10, 3600);
+        until(62, started).await;
+        use Trigger::{BackoffExpiry as B, FleetRevision as F};
+        assert_eq!(seen(&runs), [(0, F), (2, B), (6, B), (14, B), (30, B), (62, B)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_runs_every_period_even_with_polls_every_2_seconds() {
+        let started = Instant::now();
+        let (wakes, runs, refreshes) = start(0, 10);
+        // The poller publishes every 2 s; nothing moved, so each publish is a status refresh.
+        for at in (2..=34).step_by(2) {
+            until(at, started).await;
+            wakes.send(Wake::Refresh).expect("loop running");
+        }
+        until(35, started).await;
+        use Trigger::{FleetRevision as F, Resync as R};
+        assert_eq!(seen(&runs), [(0, F), (10, R), (20, R), (30, R)]);
+        assert_eq!(*refreshes.lock().expect("lock"), 17, "every poll refreshed the status");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_expiry_wakes_the_loop_with_no_other_event() {
+        let started = Instant::now();
+        let (_wakes, runs, refreshes) = start(1, 30);
+        until(40, started).await;
+        use Trigger::{BackoffExpiry as B, FleetRevision as F, Resync as R};
+        assert_eq!(seen(&runs), [(0, F), (2, B), (32, R)]);
+        assert_eq!(*refreshes.lock().expect("lock"), 0, "no event but the deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_in_between_keeps_the_backoff_deadline() {
+        let started = Instant::now();
+        let (wakes, runs, _) = start(2, 30);
+        until(1, started).await;
+        wakes.send(Wake::Run(Trigger::TopologyChange)).expect("loop running");
+        wakes.send(Wake::Refresh).expect("loop running");
+        until(7, started).await;
+        use Trigger::{BackoffExpiry as B, FleetRevision as F, TopologyChange as T};
+        assert_eq!(seen(&runs), [(0, F), (1, T), (2, B), (6, B)]);
+    }
 }

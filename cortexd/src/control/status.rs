@@ -1,11 +1,13 @@
 //! The daemon's status (spec §6): sync and health, conditions, revisions, recent reconcile
 //! runs and the current plan; served by the admin API and rendered by `cortex status`.
 
-use plans::fleet::ReconcileMode;
+use plans::fleet::{Fleet, ReconcileMode};
 use plans::plan::{Plan, Revision};
 use plans::topology::{ModelState, Topology};
 
 use crate::control::fleetwatch::FleetStatus;
+use crate::control::poller::Observed;
+use crate::control::reconcile::Trigger;
 
 /// Whether the observed state matches the fleet in force.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -46,14 +48,61 @@ pub struct RevisionRecord {
     pub at_unix_ms: u64,
 }
 
+/// How a reconcile pass ended (the closed list; docs/cli.md describes each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// The fleet matches: nothing to do, nothing infeasible, no drift.
+    NoChanges,
+    /// No action to take, but something is infeasible or drifted.
+    NothingFeasible,
+    /// `reconcile = "off"`: the plan is reported, not applied.
+    Drift,
+    /// Every action that was due is waiting out its backoff.
+    BackingOff,
+    /// Every action applied.
+    Applied,
+    /// Only 409s: another actor changed a neuron; the next pass re-plans without backoff.
+    Conflict,
+    /// At least one action failed; its (model, neuron) backs off.
+    Failed,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::NoChanges => "no_changes",
+            RunResult::NothingFeasible => "nothing_feasible",
+            RunResult::Drift => "drift",
+            RunResult::BackingOff => "backing_off",
+            RunResult::Applied => "applied",
+            RunResult::Conflict => "conflict",
+            RunResult::Failed => "failed",
+        }
+    }
+}
+
+/// A (model, neuron) whose last action failed, waiting before the next try.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackingOff {
+    pub model: String,
+    pub neuron: String,
+    /// Failures in a row.
+    pub failures: u32,
+    pub next_try_unix_ms: u64,
+    pub error: String,
+}
+
 /// One reconcile pass.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Run {
     pub started_unix_ms: u64,
     pub duration_ms: u64,
     pub revision: String,
-    /// `no_changes`, `applied`, `failed`, `drift` (mode off).
-    pub result: String,
+    /// What woke the pass.
+    #[serde(default)]
+    pub trigger: Trigger,
+    pub result: RunResult,
     pub summary: String,
     #[serde(default)]
     pub errors: Vec<String>,
@@ -76,6 +125,124 @@ pub struct DaemonStatus {
     pub plan: Plan,
     /// The newest last.
     pub runs: Vec<Run>,
+    /// What the reconciler will try again, and when.
+    #[serde(default)]
+    pub backing_off: Vec<BackingOff>,
+}
+
+/// Bring `status` up to date with the fleet in force and the observed state: mode, topology,
+/// conditions, sync and health (and their gauges). The plan, runs and revisions are the
+/// reconciler's to set.
+pub fn observe(status: &mut DaemonStatus, fleet: &Fleet, fleet_status: FleetStatus, observed: &Observed) {
+    status.mode = Some(fleet.policy.reconcile);
+    status.topology = observed.topology.clone();
+    status.pinned = fleet
+        .models
+        .iter()
+        .filter(|m| !m.pinned_on.is_empty())
+        .map(|m| (m.id.clone(), m.pinned_on.clone()))
+        .collect();
+    status.conditions = conditions(&fleet_status, status);
+    // An unreachable neuron is never in sync: nobody knows what it runs.
+    let unreachable = observed.topology.neurons.iter().any(|n| !n.reachable);
+    status.sync = if status.plan.is_empty() && !unreachable { Sync::Synced } else { Sync::OutOfSync };
+    let failed_models =
+        observed.topology.neurons.iter().any(|n| n.models.iter().any(|m| m.status == ModelState::Failed));
+    status.health = if status.conditions.iter().any(|c| !c.ok) || failed_models {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    };
+    metrics::gauge!("cortex_fleet_in_sync").set(if status.sync == Sync::Synced { 1.0 } else { 0.0 });
+    let revision = fleet_status.revision.short(&fleet_status.digest);
+    let previous = status.fleet.revision.short(&status.fleet.digest);
+    if previous != revision && !status.fleet.digest.is_empty() {
+        metrics::gauge!("cortex_fleet_info", "revision" => previous).set(0.0);
+    }
+    metrics::gauge!("cortex_fleet_info", "revision" => revision).set(1.0);
+    status.fleet = fleet_status;
+}
+
+fn conditions(fleet: &FleetStatus, status: &DaemonStatus) -> Vec<Condition> {
+    let mut conditions = vec![fleet_condition(fleet), reachable_condition(status)];
+    if let Some(run) = status.runs.last() {
+        let mut message = run.errors.first().cloned().unwrap_or_else(|| run.summary.clone());
+        if let Some(next) = status.backing_off.iter().min_by_key(|b| b.next_try_unix_ms) {
+            let wait_ms = next.next_try_unix_ms.saturating_sub(crate::control::poller::now_unix_ms());
+            message.push_str(&format!(
+                "; next try of {} on {} in {}s (failure {} in a row)",
+                next.model,
+                next.neuron,
+                wait_ms.div_ceil(1000),
+                next.failures
+            ));
+        }
+        conditions.push(Condition {
+            kind: "Reconciled".into(),
+            ok: !matches!(run.result, RunResult::Failed | RunResult::BackingOff),
+            reason: run.result.as_str().into(),
+            message,
+        });
+    }
+    conditions
+}
+
+fn fleet_condition(fleet: &FleetStatus) -> Condition {
+    let errors = fleet.diagnostics.iter().filter(|d| d.is_error()).count();
+    let (ok, reason, message) = match (&fleet.refused, fleet.valid) {
+        (Some(refused), _) => (
+            false,
+            refused.reason.as_str().to_owned(),
+            format!(
+                "{}; the last good fleet {} stays in force",
+                refused.message,
+                fleet.revision.short(&fleet.digest)
+            ),
+        ),
+        (None, true) => {
+            (true, "Loaded".to_owned(), format!("fleet {} is in force", fleet.revision.short(&fleet.digest)))
+        }
+        (None, false) => (
+            false,
+            "BuildFailed".to_owned(),
+            format!("the edited fleet has {errors} error(s); the last good fleet stays in force"),
+        ),
+    };
+    Condition { kind: "FleetValid".into(), ok, reason, message }
+}
+
+/// Names every unreachable neuron and the pinned models it holds (or should hold).
+fn reachable_condition(status: &DaemonStatus) -> Condition {
+    let unreachable: Vec<String> = status
+        .topology
+        .neurons
+        .iter()
+        .filter(|n| !n.reachable)
+        .map(|n| {
+            let pins: Vec<&str> = status
+                .pinned
+                .iter()
+                .filter(|(_, on)| on.contains(&n.name))
+                .map(|(model, _)| model.as_str())
+                .collect();
+            let why = n.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            if pins.is_empty() {
+                format!("{}{why}", n.name)
+            } else {
+                format!("{} (pins {}){why}", n.name, pins.join(", "))
+            }
+        })
+        .collect();
+    Condition {
+        kind: "NeuronsReachable".into(),
+        ok: unreachable.is_empty(),
+        reason: if unreachable.is_empty() { "AllReachable".into() } else { "Unreachable".into() },
+        message: if unreachable.is_empty() {
+            format!("{} neuron(s) answer", status.topology.neurons.len())
+        } else {
+            format!("unreachable: {}", unreachable.join("; "))
+        },
+    }
 }
 
 /// How many reconcile runs status keeps.
@@ -181,14 +348,32 @@ pub fn render(status: &DaemonStatus) -> String {
         status.plan.infeasible.len(),
         status.plan.drift.len()
     ));
+    if !status.backing_off.is_empty() {
+        out.push_str("\nBACKING OFF\n");
+        let now = crate::control::poller::now_unix_ms();
+        for entry in &status.backing_off {
+            out.push_str(&format!(
+                "  {} on {}: failure {} in a row, next try in {}s: {}\n",
+                entry.model,
+                entry.neuron,
+                entry.failures,
+                entry.next_try_unix_ms.saturating_sub(now).div_ceil(1000),
+                entry.error
+            ));
+        }
+    }
     out.push_str("\nRECENT RUNS (newest last)\n");
     if status.runs.is_empty() {
         out.push_str("  none yet\n");
     }
     for run in &status.runs {
         out.push_str(&format!(
-            "  {:<10} {:<12} {:>6} ms  {}\n",
-            run.revision, run.result, run.duration_ms, run.summary
+            "  {:<10} {:<16} {:<16} {:>6} ms  {}\n",
+            run.revision,
+            run.trigger.as_str(),
+            run.result.as_str(),
+            run.duration_ms,
+            run.summary
         ));
         for error in &run.errors {
             out.push_str(&format!("    error: {error}\n"));
@@ -284,10 +469,12 @@ mod tests {
                 started_unix_ms: 1,
                 duration_ms: 1520,
                 revision: "0123456".into(),
-                result: "applied".into(),
+                trigger: Trigger::FleetRevision,
+                result: RunResult::Applied,
                 summary: "Apply complete! Loaded 1, reloaded 0, unloaded 0.".into(),
                 errors: Vec::new(),
             }],
+            backing_off: Vec::new(),
         };
         expect_test::expect![[r#"
             Fleet:   0123456 (ab12cd34ef56, source Worktree)
@@ -308,7 +495,7 @@ mod tests {
             PLAN: 0 to load, 0 to reload, 0 to unload, 0 infeasible, 0 drifted
 
             RECENT RUNS (newest last)
-              0123456    applied        1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.
+              0123456    fleet_revision   applied            1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.
         "#]]
         .assert_eq(&render(&status));
     }

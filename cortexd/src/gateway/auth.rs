@@ -26,7 +26,10 @@ impl ApiKeys {
                 headers
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(|v| v.split_once(' '))
+                    // The scheme is case-insensitive (RFC 9110): `bearer` works too.
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, key)| key)
             })
             .map(str::trim);
         let Some(presented) = presented else { return false };
@@ -52,6 +55,9 @@ mod tests {
     fn bearer_and_x_api_key_are_both_accepted() {
         let keys = ApiKeys::new(["k1".to_owned(), "k2".to_owned()]);
         assert!(keys.allows(&headers("authorization", "Bearer k2")));
+        assert!(keys.allows(&headers("authorization", "bearer k1")));
+        assert!(keys.allows(&headers("authorization", "BEARER k1")));
+        assert!(!keys.allows(&headers("authorization", "Basic k1")));
         assert!(keys.allows(&headers("x-api-key", "k1")));
         assert!(!keys.allows(&headers("x-api-key", "k3")));
         assert!(!keys.allows(&headers("authorization", "k1")));

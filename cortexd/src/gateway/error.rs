@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// OpenAI's Responses API: OpenAI-shaped error bodies, but a stream that fails midway ends
+    /// with an `error` event (`{"type":"error","code","message"}`) as that API streams them.
+    Responses,
 }
 
 /// What went wrong, in terms a client can act on.
@@ -16,8 +19,18 @@ pub enum Dialect {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// The prompt does not fit the model's context window. `prompt_tokens`/`max_tokens` are
+    /// the engine's figures (or the fleet's `ctx_size`) when known.
+    #[error("{}", context_message(*.prompt_tokens, *.max_tokens, message))]
+    ContextOverflow { prompt_tokens: Option<u64>, max_tokens: Option<u64>, message: String },
     #[error("invalid API key")]
     Unauthorized,
+    #[error("no route {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("{0}")]
+    NotFound(String),
     #[error("model {0:?} is not served by this fleet")]
     UnknownModel(String),
     #[error("request body is larger than {limit_bytes} bytes")]
@@ -37,7 +50,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::ContextOverflow { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NoRoute { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,21 +67,52 @@ impl ApiError {
     /// The `type` of the error in `dialect`.
     fn kind(&self, dialect: Dialect) -> &'static str {
         match (dialect, self) {
-            (Dialect::OpenAi, ApiError::BadRequest(_) | ApiError::TooLarge { .. }) => "invalid_request_error",
-            (Dialect::OpenAi, ApiError::Unauthorized) => "authentication_error",
-            (Dialect::OpenAi, ApiError::UnknownModel(_)) => "not_found_error",
-            (Dialect::OpenAi, ApiError::Overloaded { .. }) => "unavailable_error",
-            (Dialect::OpenAi, ApiError::Unsupported(_)) => "not_supported_error",
-            (Dialect::OpenAi, _) => "server_error",
-            (Dialect::Anthropic, ApiError::BadRequest(_) | ApiError::Unsupported(_)) => {
-                "invalid_request_error"
+            (Dialect::Anthropic, _) => self.anthropic_kind(),
+            (
+                _,
+                ApiError::BadRequest(_)
+                | ApiError::TooLarge { .. }
+                | ApiError::ContextOverflow { .. }
+                | ApiError::NoRoute { .. }
+                | ApiError::MethodNotAllowed { .. },
+            ) => "invalid_request_error",
+            (_, ApiError::Unauthorized) => "authentication_error",
+            (_, ApiError::UnknownModel(_) | ApiError::NotFound(_)) => "not_found_error",
+            (_, ApiError::Overloaded { .. }) => "unavailable_error",
+            (_, ApiError::Unsupported(_)) => "not_supported_error",
+            (_, _) => "server_error",
+        }
+    }
+
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::Unsupported(_)
+            | ApiError::ContextOverflow { .. }
+            | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
+            ApiError::Unauthorized => "authentication_error",
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::NoRoute { .. } => "not_found_error",
+            ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::Overloaded { .. } => "overloaded_error",
+            ApiError::UpstreamTimeout(_) => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code`: a string the clients branch on, or null (never a number).
+    fn openai_code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::ContextOverflow { .. } => Some("context_length_exceeded"),
+            ApiError::Unauthorized => Some("invalid_api_key"),
+            ApiError::UnknownModel(_) => Some("model_not_found"),
+            ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::Overloaded { .. } => Some("overloaded"),
+            ApiError::NoRoute { .. } | ApiError::NotFound(_) => Some("not_found"),
+            ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            ApiError::Upstream(_) | ApiError::UpstreamTimeout(_) | ApiError::Internal(_) => {
+                Some("server_error")
             }
-            (Dialect::Anthropic, ApiError::Unauthorized) => "authentication_error",
-            (Dialect::Anthropic, ApiError::UnknownModel(_)) => "not_found_error",
-            (Dialect::Anthropic, ApiError::TooLarge { .. }) => "request_too_large",
-            (Dialect::Anthropic, ApiError::Overloaded { .. }) => "overloaded_error",
-            (Dialect::Anthropic, ApiError::UpstreamTimeout(_)) => "timeout_error",
-            (Dialect::Anthropic, _) => "api_error",
+            ApiError::BadRequest(_) | ApiError::Unsupported(_) => None,
         }
     }
 
@@ -74,11 +120,11 @@ impl ApiError {
     pub fn body(&self, dialect: Dialect) -> serde_json::Value {
         let message = self.to_string();
         match dialect {
-            Dialect::OpenAi => serde_json::json!({"error": {
+            Dialect::OpenAi | Dialect::Responses => serde_json::json!({"error": {
                 "message": message,
                 "type": self.kind(dialect),
                 "param": null,
-                "code": self.status().as_u16(),
+                "code": self.openai_code(),
             }}),
             Dialect::Anthropic => serde_json::json!({
                 "type": "error",
@@ -93,11 +139,31 @@ impl ApiError {
         match dialect {
             Dialect::OpenAi => format!("data: {}\n\n", self.body(dialect)),
             Dialect::Anthropic => format!("event: error\ndata: {}\n\n", self.body(dialect)),
+            Dialect::Responses => {
+                let event = serde_json::json!({
+                    "type": "error",
+                    "code": self.openai_code().unwrap_or("server_error"),
+                    "message": self.to_string(),
+                    "param": null,
+                    "sequence_number": 0,
+                });
+                format!("event: error\ndata: {event}\n\n")
+            }
         }
     }
 
     pub fn in_dialect(self, dialect: Dialect) -> DialectError {
         DialectError { error: self, dialect }
+    }
+}
+
+/// The message of a context overflow: Anthropic's exact wording when both figures are known
+/// (Claude Code compacts the conversation when it reads it), else the engine's own message.
+fn context_message(prompt_tokens: Option<u64>, max_tokens: Option<u64>, message: &str) -> String {
+    match (prompt_tokens, max_tokens) {
+        (Some(prompt), Some(max)) => format!("prompt is too long: {prompt} tokens > {max} maximum"),
+        (None, Some(max)) => format!("prompt is too long: more tokens than the {max} maximum ({message})"),
+        _ => format!("prompt is too long: {message}"),
     }
 }
 
@@ -125,7 +191,7 @@ mod tests {
     #[test]
     fn errors_render_in_the_dialect_of_the_route() {
         let error = ApiError::UnknownModel("nope".into());
-        expect_test::expect![[r#"{"error":{"code":404,"message":"model \"nope\" is not served by this fleet","param":null,"type":"not_found_error"}}"#]]
+        expect_test::expect![[r#"{"error":{"code":"model_not_found","message":"model \"nope\" is not served by this fleet","param":null,"type":"not_found_error"}}"#]]
             .assert_eq(&error.body(Dialect::OpenAi).to_string());
         expect_test::expect![[r#"{"error":{"message":"model \"nope\" is not served by this fleet","type":"not_found_error"},"type":"error"}"#]]
             .assert_eq(&error.body(Dialect::Anthropic).to_string());

@@ -9,10 +9,15 @@ pub mod auth;
 pub mod error;
 pub mod messages;
 pub mod models;
+pub mod overflow;
+pub mod pipeline;
 pub mod proxy;
+pub mod responses;
 pub mod route;
 pub mod routes;
 pub mod sse;
+pub mod traffic;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -25,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GatewayConfig;
 use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::auth::ApiKeys;
+use crate::gateway::responses::ResponseIndex;
 use crate::gateway::route::ColdLoads;
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
@@ -43,6 +49,11 @@ pub struct AppState {
     pub inflight: Arc<route::InFlight>,
     /// The admin API, when an admin key is configured.
     pub admin: Option<admin::Admin>,
+    /// Which replica produced each recent Responses id (bounded), for `previous_response_id`
+    /// and `GET /v1/responses/{id}`.
+    pub response_index: Arc<ResponseIndex>,
+    /// Inference requests in flight through this gateway, bounded by `max_in_flight`.
+    pub admission: Arc<pipeline::Admission>,
 }
 
 impl AppState {
@@ -56,10 +67,12 @@ impl AppState {
             fleet,
             poller,
             keys: Arc::new(keys),
+            admission: Arc::new(pipeline::Admission::new(limits.max_in_flight)),
             limits: Arc::new(limits),
             cold_loads: Arc::new(ColdLoads::default()),
             inflight: Arc::new(route::InFlight::default()),
             admin: None,
+            response_index: Arc::new(ResponseIndex::default()),
         }
     }
 
@@ -76,15 +89,21 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
-        .route("/v1/chat/completions", post(routes::chat_completions))
-        .route("/v1/completions", post(routes::completions))
-        .route("/v1/embeddings", post(routes::embeddings))
-        .route("/v1/messages", post(routes::messages))
-        .route("/v1/messages/count_tokens", post(routes::count_tokens))
-        .route("/v1/models", get(models::list))
+        .route("/v1/chat/completions", post(routes::chat_completions).fallback(routes::wrong_method))
+        .route("/v1/completions", post(routes::completions).fallback(routes::wrong_method))
+        .route("/v1/embeddings", post(routes::embeddings).fallback(routes::wrong_method))
+        .route("/v1/messages", post(routes::messages).fallback(routes::wrong_method))
+        .route("/v1/messages/count_tokens", post(routes::count_tokens).fallback(routes::wrong_method))
+        .route("/v1/responses", post(responses::create).fallback(routes::wrong_method))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
+        .route("/v1/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
+        .route("/v1/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
+        .route("/v1/models", get(models::list).fallback(routes::wrong_method))
+        .route("/v1/models/{*id}", get(models::retrieve).fallback(routes::wrong_method))
         .route("/health", get(routes::health))
         .route("/admin/status", get(admin::status))
         .route("/admin/apply", post(admin::apply))
+        .fallback(routes::no_route)
         // Bodies are read by the handlers themselves so that a too-large body is a 413 in
         // the route's dialect; axum's own limit is set just above ours as a backstop.
         .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))

@@ -1,7 +1,8 @@
 //! `GET /v1/models`: one OpenAI-shaped list of every model the fleet can serve (loaded
-//! anywhere, or declared and feasible somewhere), with cortex's extension fields.
+//! anywhere, or declared and feasible somewhere), with cortex's extension fields;
+//! `GET /v1/models/{id}` (an id or an alias): one entry, or a 404.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use plans::topology::ModelState;
@@ -29,6 +30,12 @@ pub struct ModelEntry {
     /// Expected time to load it, from the last measured load, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_cold_start_ms: Option<u64>,
+    /// The context window in tokens, where the fleet sets `ctx_size` (agents size prompts by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// The fleet's cap on tokens generated per request, where it sets one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
 }
 
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -36,6 +43,17 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response
         return ApiError::Unauthorized.in_dialect(Dialect::OpenAi).into_response();
     }
     axum::Json(serde_json::json!({"object": "list", "data": entries(&state)})).into_response()
+}
+
+pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !state.keys.allows(&headers) {
+        return ApiError::Unauthorized.in_dialect(Dialect::OpenAi).into_response();
+    }
+    let wanted = state.fleet().model(&id).map_or(id.clone(), |model| model.id.clone());
+    match entries(&state).into_iter().find(|entry| entry.id == wanted) {
+        Some(entry) => axum::Json(entry).into_response(),
+        None => ApiError::UnknownModel(id).in_dialect(Dialect::OpenAi).into_response(),
+    }
 }
 
 /// The neurons where `id` could be loaded now (evicting by policy if need be): the planner's
@@ -88,6 +106,8 @@ pub fn entries(state: &AppState) -> Vec<ModelEntry> {
                 pinned: model.pinned_on.clone(),
                 declared: true,
                 estimated_cold_start_ms: cold_start(&model.id),
+                context_length: model.profile.ctx_size,
+                max_output_tokens: model.max_output_tokens,
             }
         })
         .collect();
@@ -112,6 +132,8 @@ pub fn entries(state: &AppState) -> Vec<ModelEntry> {
         pinned: Vec::new(),
         declared: false,
         estimated_cold_start_ms: None,
+        context_length: None,
+        max_output_tokens: None,
     }));
     entries
 }

@@ -23,8 +23,17 @@ pub enum StreamEdit {
     None,
     /// Drop the usage-only chunk (`"choices":[]`): cortex asked for it, the client did not.
     StripUsageChunk,
-    /// Hand each complete event to a transformer (Anthropic pass-through fixes, translation).
+    /// Forward whole events as they are unless `fix` rewrites them (native pass-through with
+    /// known engine deviations): the common event is only scanned, never parsed or copied.
+    FixRaw(Box<dyn RawFix>),
+    /// Hand each complete event to a transformer (translation, stream fix-ups).
     Transform(Box<dyn EventTransform>),
+}
+
+/// Fixes whole raw SSE events on their way through.
+pub trait RawFix: Send {
+    /// `events` holds one or more complete events; `None` forwards them unchanged.
+    fn fix(&mut self, events: &[u8]) -> Option<Bytes>;
 }
 
 /// Rewrites a stream on its way to the client (the Anthropic routes): gets every upstream
@@ -40,6 +49,9 @@ pub trait EventTransform: Send {
     fn usage(&self) -> Option<(u64, u64)>;
 }
 
+/// Receives the engine's response id once the stream (or body) shows it.
+pub type IdSink = Box<dyn FnOnce(&str) + Send>;
+
 /// Labels and context of one forwarded request, for metrics.
 pub struct Exchange {
     pub route: &'static str,
@@ -47,28 +59,57 @@ pub struct Exchange {
     pub target: Target,
     pub started: Instant,
     pub guard: InFlightGuard,
+    pub on_response_id: Option<IdSink>,
+    /// The request's place under the gateway's in-flight bound, held until the body ends.
+    pub admitted: Option<std::sync::Arc<crate::gateway::pipeline::Admitted>>,
 }
 
-/// Send `body` to `path` on the target's neuron and return the upstream response, or an
-/// error if it could not be reached or refused the request.
-pub async fn send(target: &Target, path: &str, body: Bytes) -> Result<reqwest::Response, ApiError> {
-    let response = target
-        .neuron
-        .request(reqwest::Method::POST, path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
+/// One request to a neuron's inference routes.
+pub struct Call<'a> {
+    pub method: reqwest::Method,
+    pub path: &'a str,
+    pub body: Bytes,
+    /// Extra headers for the engine (Anthropic version and betas on native pass-through).
+    pub headers: axum::http::HeaderMap,
+    /// The fleet id, named in a header for requests without a body.
+    pub model: &'a str,
+}
+
+/// The header that names the model of a bodiless request to a neuron.
+const MODEL_HEADER: &str = "x-cortex-model";
+
+/// Send `call` to the target's neuron and return the upstream response, or an error if it
+/// could not be reached.
+pub async fn send(target: &Target, call: Call<'_>) -> Result<reqwest::Response, ApiError> {
+    let mut request = target.neuron.request(call.method, call.path);
+    if call.body.is_empty() {
+        request = request.header(MODEL_HEADER, call.model);
+    } else {
+        request = request.header(header::CONTENT_TYPE, "application/json").body(call.body);
+    }
+    for (name, value) in &call.headers {
+        request = request.header(name.as_str(), value.as_bytes());
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name)))?;
     Ok(response)
 }
 
+/// The most of an engine's error body cortex reads.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 /// Map a non-success upstream answer to the client's error, keeping the engine's message and,
-/// for client mistakes (4xx), its status.
-pub async fn upstream_error(response: reqwest::Response) -> ApiError {
+/// for client mistakes (4xx), its status. A prompt over the context window becomes
+/// [`ApiError::ContextOverflow`] (`ctx_size`: the fleet's window, when it sets one).
+pub async fn upstream_error(response: reqwest::Response, ctx_size: Option<u64>) -> ApiError {
     let status = response.status();
-    let body = response.bytes().await.unwrap_or_default();
+    let body = read_limited(response, ERROR_BODY_LIMIT).await;
     let message = error_message(&body);
+    if let Some(overflow) = crate::gateway::overflow::detect(status.as_u16(), &body, &message, ctx_size) {
+        return overflow;
+    }
     match status.as_u16() {
         404 => ApiError::Upstream(format!("the engine does not serve this: {message}")),
         400..=499 if status != reqwest::StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),
@@ -76,6 +117,20 @@ pub async fn upstream_error(response: reqwest::Response) -> ApiError {
         504 => ApiError::UpstreamTimeout(message),
         _ => ApiError::Upstream(format!("the engine failed: {message}")),
     }
+}
+
+/// Up to `limit` bytes of a response body (an engine's error page is never read whole).
+async fn read_limited(response: reqwest::Response, limit: usize) -> Bytes {
+    let mut body = BytesMut::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut chunks).await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body.freeze()
 }
 
 /// Turn a successful upstream response into the client's response, streaming its body.
@@ -151,7 +206,7 @@ impl Watcher {
             let mut keep = true;
             for_each_event(&chunk, |event| keep &= self.inspect(event));
             if keep {
-                return chunk;
+                return self.fix_raw(chunk);
             }
         }
         let mut out = BytesMut::new();
@@ -167,12 +222,25 @@ impl Watcher {
                 out.extend_from_slice(&event);
             }
         }
-        out.freeze()
+        self.fix_raw(out.freeze())
+    }
+
+    /// Whole events after the raw fix, if the stream has one.
+    fn fix_raw(&mut self, events: Bytes) -> Bytes {
+        match &mut self.edit {
+            StreamEdit::FixRaw(fix) if !events.is_empty() => fix.fix(&events).unwrap_or(events),
+            _ => events,
+        }
     }
 
     /// Look at one complete event: note the first token and the usage; returns whether to
     /// forward it.
     fn inspect(&mut self, event: &[u8]) -> bool {
+        if self.exchange.on_response_id.is_some() && contains(event, b"\"response.created\"") {
+            if let (Some(sink), Some(id)) = (self.exchange.on_response_id.take(), created_id(event)) {
+                sink(&id);
+            }
+        }
         // One scan for the common event (no usage); the usage-only test only when it has usage.
         let has_usage = contains(event, b"\"usage\"");
         let usage_only = has_usage && contains(event, b"\"choices\":[]");
@@ -190,9 +258,24 @@ impl Watcher {
         if let StreamEdit::Transform(transform) = &mut self.edit {
             transform.finish(&mut out);
             self.usage = transform.usage().or(self.usage);
+        } else if self.stream && !self.buffer.is_empty() {
+            // The engine closed right after its last event without the blank line: the event
+            // still goes out, terminated, rather than being lost.
+            let mut last = std::mem::take(&mut self.buffer);
+            last.extend_from_slice(b"\n\n");
+            let last = last.freeze();
+            if self.inspect(&last) {
+                let last = self.fix_raw(last);
+                out.extend_from_slice(&last);
+            }
         }
         if !self.stream {
             record_usage(&self.copy, &mut self.usage);
+            if let Some(sink) = self.exchange.on_response_id.take()
+                && let Some(id) = response_id(&self.copy)
+            {
+                sink(&id);
+            }
         }
         out.freeze()
     }
@@ -252,6 +335,7 @@ impl Drop for Watcher {
         let exchange = &self.exchange;
         let model = exchange.target.model.clone();
         let neuron = exchange.target.neuron.name.clone();
+        crate::gateway::traffic::add(&model, exchange.started, self.first_event_at, self.usage, self.failed);
         let status = if self.failed {
             "upstream_error"
         } else if self.finished {
@@ -285,9 +369,39 @@ impl Drop for Watcher {
     }
 }
 
-/// Read `usage` from a JSON body or an SSE event (OpenAI or Anthropic names).
+/// The JSON object inside a body or an SSE event (from its first `{` to its last `}`).
+fn json_of(bytes: &[u8]) -> Option<&[u8]> {
+    let start = bytes.iter().position(|&b| b == b'{')?;
+    let json = &bytes[start..];
+    let end = json.iter().rposition(|&b| b == b'}').map_or(json.len(), |i| i + 1);
+    Some(&json[..end])
+}
+
+/// The top-level `id` of a (non-streaming) Responses body.
+fn response_id(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Top {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Top>(json_of(bytes)?).ok()?.id
+}
+
+/// The `response.id` of a `response.created` event.
+fn created_id(event: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        response: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Created>(json_of(event)?).ok()?.response?.id
+}
+
+/// Read `usage` from a JSON body or an SSE event (OpenAI, Anthropic or Responses names).
 pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
-    /// Only the two fields that may hold usage are kept; the rest of the document (choices,
+    /// Only the fields that may hold usage are kept; the rest of the document (choices,
     /// content) is skipped without building a tree: this runs once per response.
     #[derive(serde::Deserialize)]
     struct Top {
@@ -295,15 +409,15 @@ pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
         usage: Option<serde_json::Value>,
         #[serde(default)]
         message: Option<serde_json::Value>,
+        #[serde(default)]
+        response: Option<serde_json::Value>,
     }
-    let json = match bytes.iter().position(|&b| b == b'{') {
-        Some(start) => &bytes[start..],
-        None => return,
+    let Some(json) = json_of(bytes) else { return };
+    let Ok(top) = serde_json::from_slice::<Top>(json) else { return };
+    let nested = |outer: Option<serde_json::Value>| {
+        outer.and_then(|mut m| m.get_mut("usage").map(serde_json::Value::take))
     };
-    let end = json.iter().rposition(|&b| b == b'}').map_or(json.len(), |i| i + 1);
-    let Ok(top) = serde_json::from_slice::<Top>(&json[..end]) else { return };
-    let found =
-        top.usage.or_else(|| top.message.and_then(|mut m| m.get_mut("usage").map(serde_json::Value::take)));
+    let found = top.usage.or_else(|| nested(top.message)).or_else(|| nested(top.response));
     let Some(found) = found.filter(|u| u.is_object()) else { return };
     let number = |keys: &[&str]| keys.iter().find_map(|k| found.get(*k).and_then(serde_json::Value::as_u64));
     let prompt = number(&["prompt_tokens", "input_tokens"]);

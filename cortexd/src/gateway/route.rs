@@ -11,6 +11,7 @@ use plans::plan::{PlanOptions, place_one};
 use plans::topology::ModelState;
 use tokio::sync::watch;
 
+use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::{NeuronClient, NeuronError};
 use crate::control::poller::now_unix_ms;
@@ -118,6 +119,41 @@ struct LoadSlot {
 #[derive(Default)]
 pub struct ColdLoads {
     slots: Mutex<HashMap<String, Arc<LoadSlot>>>,
+    /// Failed cold loads per (model, neuron), under the reconciler's backoff policy, so that a
+    /// broken model is not loaded again at every request. Held only for short sections.
+    failures: Mutex<Backoff>,
+    policy: BackoffPolicy,
+}
+
+impl ColdLoads {
+    pub fn with_backoff(policy: BackoffPolicy) -> ColdLoads {
+        ColdLoads { policy, ..ColdLoads::default() }
+    }
+
+    /// The 503 for `(model, neuron)` while its last failed load backs off.
+    fn backing_off(&self, model: &str, neuron: &str) -> Option<ApiError> {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        let entry = failures.entry(model, neuron).filter(|e| e.until > now)?;
+        let wait_s = (entry.until - now).as_secs_f64().ceil().max(1.0) as u64;
+        Some(ApiError::Overloaded {
+            message: format!(
+                "{model} cannot be loaded on {neuron} now: the last load failed: {}, next try in {wait_s}s",
+                entry.error
+            ),
+            retry_after_s: wait_s,
+        })
+    }
+
+    fn record(&self, model: &str, neuron: &str, failure: Option<String>) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match failure {
+            Some(error) => {
+                failures.failed(model, neuron, error, self.policy, tokio::time::Instant::now());
+            }
+            None => failures.succeeded(model, neuron),
+        }
+    }
 }
 
 /// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet).
@@ -239,6 +275,9 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
                 retry_after_s: 30,
             }
         })?;
+        if let Some(backing_off) = state.cold_loads.backing_off(id, &placement.neuron) {
+            return Err(backing_off);
+        }
         let client = observed
             .clients
             .get(&placement.neuron)
@@ -260,6 +299,10 @@ async fn cold_load(state: &AppState, id: &str) -> Result<Target, ApiError> {
         }
         if outcome.is_ok() {
             outcome = execute::run(client, &placement.load, generation, timeouts).await.map(drop);
+        }
+        if !outcome.as_ref().is_err_and(execute::ExecError::is_conflict) {
+            let failure = outcome.as_ref().err().map(ToString::to_string);
+            state.cold_loads.record(id, &placement.neuron, failure);
         }
         match outcome {
             Ok(()) => {

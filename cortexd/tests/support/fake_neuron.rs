@@ -34,6 +34,16 @@ pub struct FakeNeuron {
     pub requests: Mutex<Vec<serde_json::Value>>,
     /// Whether its engine speaks the Anthropic Messages API natively (discovery says so).
     pub anthropic_native: AtomicBool,
+    /// Whether its engine serves `/v1/responses` natively (discovery says so).
+    pub responses_native: AtomicBool,
+    /// Headers and path (with query) of every inference request, in order.
+    pub seen: Mutex<Vec<(String, axum::http::HeaderMap)>>,
+    /// When set, chat streams go on for a long time, one chunk every 20 ms.
+    pub endless_streams: AtomicBool,
+    /// Streams the engine is writing now (its "slots" in use); drops when a client goes away.
+    pub active_streams: Arc<AtomicUsize>,
+    /// When set, every inference request is refused with this status and JSON body.
+    pub refuse_with: Mutex<Option<(u16, serde_json::Value)>>,
 }
 
 impl FakeNeuron {
@@ -49,6 +59,11 @@ impl FakeNeuron {
             break_streams: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             anthropic_native: AtomicBool::new(false),
+            responses_native: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+            endless_streams: AtomicBool::new(false),
+            active_streams: Arc::new(AtomicUsize::new(0)),
+            refuse_with: Mutex::new(None),
         })
     }
 
@@ -102,6 +117,10 @@ impl FakeNeuron {
             .route("/models/wait", get(wait))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/messages", post(messages))
+            .route("/v1/responses", post(responses))
+            .route("/v1/responses/{id}", get(stored_response))
+            .route("/v1/responses/{id}/cancel", post(stored_response))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), record_and_refuse))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
@@ -128,6 +147,7 @@ async fn discovery(State(fake): Fake) -> Json<Discovery> {
             anthropic_messages: fake.anthropic_native.load(Ordering::SeqCst),
             count_tokens: true,
             embeddings: true,
+            responses: fake.responses_native.load(Ordering::SeqCst),
         }],
     })
 }
@@ -252,6 +272,9 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
         }))
         .into_response();
     }
+    if fake.endless_streams.load(Ordering::SeqCst) {
+        return endless_stream(&fake, &model);
+    }
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
     let broken = fake.break_streams.load(Ordering::SeqCst);
     let mut events: Vec<Result<Bytes, std::io::Error>> = words
@@ -320,4 +343,79 @@ async fn messages(State(fake): Fake, body: Bytes) -> Response {
     let text: String =
         events.iter().map(|(event, data)| format!("event: {event}\ndata: {data}\n\n")).collect();
     Response::builder().header("content-type", "text/event-stream").body(Body::from(text)).expect("response")
+}
+
+/// Records each inference request's path and headers; refuses it when told to.
+async fn record_and_refuse(
+    State(fake): Fake,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path_and_query().map_or(String::new(), |p| p.as_str().to_owned());
+    if path.starts_with("/v1/") {
+        fake.seen.lock().expect("lock").push((path, request.headers().clone()));
+        if let Some((status, body)) = fake.refuse_with.lock().expect("lock").clone() {
+            let status = StatusCode::from_u16(status).expect("status");
+            return (status, Json(body)).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Counts a stream as active until the response body is dropped (the client or cortex left).
+struct ActiveStream(Arc<AtomicUsize>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn endless_stream(fake: &Arc<FakeNeuron>, model: &str) -> Response {
+    fake.active_streams.fetch_add(1, Ordering::SeqCst);
+    let active = ActiveStream(fake.active_streams.clone());
+    let model = model.to_owned();
+    let stream = futures_util::stream::unfold((0u64, active), move |(n, active)| {
+        let model = model.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let chunk = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {"content": format!(" w{n}")}, "finish_reason": null}]});
+            Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {chunk}\n\n"))), (n + 1, active)))
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+/// A native Responses engine: a short text answer, streamed or not.
+async fn responses(State(fake): Fake, body: Bytes) -> Response {
+    let request: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    fake.requests.lock().expect("lock").push(request.clone());
+    let model = request["model"].as_str().unwrap_or_default();
+    let item = serde_json::json!({"id": "msg_n1", "type": "message", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": "native", "annotations": []}]});
+    let usage = serde_json::json!({"input_tokens": 4, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 1,
+        "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5});
+    let response = serde_json::json!({"id": "resp_native1", "object": "response", "created_at": 1, "status": "completed",
+        "model": model, "output": [item], "usage": usage});
+    if request["stream"].as_bool() != Some(true) {
+        return Json(response).into_response();
+    }
+    let created = serde_json::json!({"type": "response.created", "sequence_number": 0,
+        "response": {"id": "resp_native1", "object": "response", "created_at": 1, "status": "in_progress", "model": model, "output": []}});
+    let completed =
+        serde_json::json!({"type": "response.completed", "sequence_number": 1, "response": response});
+    // The last event without its blank line: the gateway must still deliver it.
+    let text =
+        format!("event: response.created\ndata: {created}\n\nevent: response.completed\ndata: {completed}");
+    Response::builder().header("content-type", "text/event-stream").body(Body::from(text)).expect("response")
+}
+
+/// `GET /v1/responses/{id}` of a native engine that stores responses.
+async fn stored_response(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    Json(serde_json::json!({"id": id, "object": "response", "status": "completed", "output": []}))
+        .into_response()
 }

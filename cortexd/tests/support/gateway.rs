@@ -66,5 +66,6 @@ pub fn limits() -> GatewayConfig {
         max_wait: Duration::from_secs(10),
         keepalive_interval: Duration::from_millis(100),
         neuron_timeout: Duration::from_secs(5),
+        max_in_flight: 64,
     }
 }

@@ -96,6 +96,7 @@ impl Harness for CommandHarness {
             anthropic_messages: self.settings.anthropic_messages,
             count_tokens: self.settings.count_tokens,
             embeddings: self.settings.embeddings,
+            responses: self.settings.responses,
         }
     }
 
@@ -246,6 +247,7 @@ mod tests {
             anthropic_messages: false,
             count_tokens: false,
             embeddings: false,
+            responses: false,
             allow_args: false,
         }
     }

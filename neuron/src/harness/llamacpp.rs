@@ -39,11 +39,26 @@ pub struct LlamaCpp {
     binary: PathBuf,
     allow_args: bool,
     default_args: Vec<String>,
+    native: Native,
+}
+
+/// The APIs beyond Chat Completions that the pinned llama-server serves itself (both by
+/// default); an operator may turn them off in neuron.toml so the gateway translates instead.
+#[derive(Clone, Copy, Debug)]
+pub struct Native {
+    pub anthropic_messages: bool,
+    pub responses: bool,
+}
+
+impl Default for Native {
+    fn default() -> Self {
+        Native { anthropic_messages: true, responses: true }
+    }
 }
 
 impl LlamaCpp {
-    pub fn new(binary: PathBuf, allow_args: bool, default_args: Vec<String>) -> LlamaCpp {
-        LlamaCpp { binary, allow_args, default_args }
+    pub fn new(binary: PathBuf, allow_args: bool, default_args: Vec<String>, native: Native) -> LlamaCpp {
+        LlamaCpp { binary, allow_args, default_args, native }
     }
 
     /// The full argv (without the program) and extra environment for `launch`.
@@ -81,9 +96,10 @@ impl Harness for LlamaCpp {
         HarnessInfo {
             name: name.to_owned(),
             kind: "llamacpp".to_owned(),
-            anthropic_messages: true,
+            anthropic_messages: self.native.anthropic_messages,
             count_tokens: true,
             embeddings,
+            responses: self.native.responses,
         }
     }
 
@@ -149,7 +165,12 @@ mod tests {
 
     #[test]
     fn cpu_models_get_no_gpu_layers_and_no_visible_devices() {
-        let harness = LlamaCpp::new(PathBuf::from("llama-server"), false, vec!["--jinja".to_owned()]);
+        let harness = LlamaCpp::new(
+            PathBuf::from("llama-server"),
+            false,
+            vec!["--jinja".to_owned()],
+            Native::default(),
+        );
         let launch = launch(vec![], vec![]);
         let (args, env) = harness.command(&launch);
         let port = launch.port.port.to_string();
@@ -176,7 +197,7 @@ mod tests {
 
     #[test]
     fn several_devices_are_made_visible_and_split_evenly() {
-        let harness = LlamaCpp::new(PathBuf::from("llama-server"), true, vec![]);
+        let harness = LlamaCpp::new(PathBuf::from("llama-server"), true, vec![], Native::default());
         let (args, env) = harness.command(&launch(vec![1, 3], vec!["--flash-attn".to_owned()]));
         assert_eq!(env, [("CUDA_VISIBLE_DEVICES".to_owned(), "1,3".to_owned())]);
         let joined = args.join(" ");
@@ -185,10 +206,10 @@ mod tests {
 
     #[test]
     fn args_are_refused_unless_allowed_and_reserved_flags_always() {
-        let strict = LlamaCpp::new(PathBuf::from("x"), false, vec![]);
+        let strict = LlamaCpp::new(PathBuf::from("x"), false, vec![], Native::default());
         assert!(strict.check_args("llamacpp", &[]).is_ok());
         assert!(strict.check_args("llamacpp", &["--jinja".to_owned()]).is_err());
-        let open = LlamaCpp::new(PathBuf::from("x"), true, vec![]);
+        let open = LlamaCpp::new(PathBuf::from("x"), true, vec![], Native::default());
         assert!(open.check_args("llamacpp", &["--jinja".to_owned()]).is_ok());
         assert!(open.check_args("llamacpp", &["--host=0.0.0.0".to_owned()]).is_err());
         assert!(open.check_args("llamacpp", &["--port".to_owned(), "80".to_owned()]).is_err());

@@ -179,6 +179,8 @@ impl Harness for MistralRs {
             anthropic_messages: false,
             count_tokens: false,
             embeddings: self.settings.embeddings,
+            // 0.8.1 serves /v1/responses (and GET/cancel by id) itself.
+            responses: self.settings.responses.unwrap_or(true),
         }
     }
 
@@ -498,6 +500,7 @@ mod tests {
             env: BTreeMap::new(),
             model_ids: BTreeMap::from([("tiny".to_owned(), "/models/tiny-llama".to_owned())]),
             embeddings: false,
+            responses: None,
         }
     }
 

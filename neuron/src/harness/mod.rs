@@ -102,8 +102,23 @@ pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
         .iter()
         .map(|(name, harness)| {
             let harness: Arc<dyn Harness> = match harness {
-                HarnessConfig::Llamacpp { binary, allow_args, default_args } => {
-                    Arc::new(llamacpp::LlamaCpp::new(binary.clone(), *allow_args, default_args.clone()))
+                HarnessConfig::Llamacpp {
+                    binary,
+                    allow_args,
+                    default_args,
+                    anthropic_messages,
+                    responses,
+                } => {
+                    let native = llamacpp::Native {
+                        anthropic_messages: anthropic_messages.unwrap_or(true),
+                        responses: responses.unwrap_or(true),
+                    };
+                    Arc::new(llamacpp::LlamaCpp::new(
+                        binary.clone(),
+                        *allow_args,
+                        default_args.clone(),
+                        native,
+                    ))
                 }
                 HarnessConfig::Command(settings) => Arc::new(command::CommandHarness::new(settings.clone())),
                 HarnessConfig::Mistralrs(settings) => Arc::new(mistralrs::MistralRs::new(

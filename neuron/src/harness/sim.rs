@@ -30,6 +30,7 @@ impl Harness for Sim {
             anthropic_messages: false,
             count_tokens: false,
             embeddings: true,
+            responses: false,
         }
     }
 

@@ -23,6 +23,20 @@ pub struct PlanFile {
     pub boot_ids: BTreeMap<String, String>,
     pub plan: Plan,
     pub created_unix_ms: u64,
+    /// The fleet it was made from, so that `cortex apply FILE` reads the same one from any
+    /// directory (as a Terraform plan carries its configuration). Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
+}
+
+/// Where the fleet of a saved plan came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetOrigin {
+    /// A fleet directory, as an absolute path.
+    Dir(String),
+    /// The default fleet compiled into cortex.
+    Embedded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,7 @@ impl PlanFile {
             boot_ids,
             plan,
             created_unix_ms,
+            fleet: None,
         }
     }
 

@@ -291,7 +291,19 @@ impl<'a> Planner<'a> {
                 detail: format!("no fleet file declares a model or alias {name:?}"),
             });
         };
-        match self.place_anywhere(m, Reason::Requested, Role::OnDemand) {
+        let placed = match self.failed_copy(m) {
+            // A failed copy is not serving: it counts as absent. Clear it and load afresh in
+            // its place (the neuron it failed on still fits the model, and the cold load's
+            // chain of actions stays on one neuron).
+            Some((n, r)) => {
+                self.unload(n, r, Reason::Failed);
+                self.place_on(n, m, Reason::Requested, Role::OnDemand, false).map(|()| n).map_err(
+                    |(dimension, detail)| vec![(self.neurons[n].spec.name.clone(), dimension, detail)],
+                )
+            }
+            None => self.place_anywhere(m, Reason::Requested, Role::OnDemand),
+        };
+        match placed {
             Ok(n) => {
                 let (mut actions, _) = order::finish(std::mem::take(&mut self.drafts));
                 let Some(load) = actions.pop() else {
@@ -317,6 +329,25 @@ impl<'a> Planner<'a> {
                 })
             }
         }
+    }
+
+    /// The first reachable neuron (by name) holding a failed copy of model `m` loaded through
+    /// cortex, and that copy. A failed copy on a neuron the model is pinned on is not the
+    /// router's: the reconciler reloads it in place (and pinned copies are never evicted).
+    fn failed_copy(&self, m: usize) -> Option<(usize, usize)> {
+        let mut failed: Vec<(usize, usize)> = self.copies[m]
+            .iter()
+            .copied()
+            .filter(|&(n, r)| {
+                let copy = &self.neurons[n].residents[r];
+                self.neurons[n].reachable()
+                    && !copy.gone
+                    && copy.status == ModelState::Failed
+                    && copy.role != Role::Pinned
+            })
+            .collect();
+        failed.sort_unstable();
+        failed.first().copied()
     }
 
     fn no_neuron(&self, m: usize) -> Infeasible {
@@ -367,8 +398,15 @@ impl<'a> Planner<'a> {
         let mut eligible = Vec::new();
         let mut best: Option<(u64, usize, Vec<usize>)> = None;
         for (n, ledger) in self.neurons.iter().enumerate() {
-            if ledger.by_model.contains_key(spec.id.as_str()) {
-                let detail = format!("{} already holds a copy", ledger.spec.name);
+            if let Some(&r) = ledger.by_model.get(spec.id.as_str()) {
+                let detail = match ledger.residents[r].observed.filter(|o| o.status == ModelState::Failed) {
+                    Some(failed) => format!(
+                        "its copy on {} failed ({}) and is reloaded by the reconciler",
+                        ledger.spec.name,
+                        failed.error.as_deref().unwrap_or("no reason given")
+                    ),
+                    None => format!("{} already holds a copy", ledger.spec.name),
+                };
                 rejects.push((ledger.spec.name.clone(), Dimension::Neurons, detail));
                 continue;
             }

@@ -13,7 +13,7 @@
 //! in an `event: error` the SDK raises; never a silent truncation.
 
 mod native;
-mod openai;
+pub(crate) mod openai;
 mod request;
 mod response;
 mod stream;

@@ -15,8 +15,18 @@
 //!   `disabled` → `false` (understood by llama.cpp and vLLM templates that can think; ignored by
 //!   the others). The budget has no per-request equivalent and is dropped. Reasoning comes back in
 //!   `reasoning_content`, llama.cpp's default `reasoning_format`, so nothing else is set.
-//! - `metadata` and fields unknown here (`service_tier`, betas' extras) are dropped, not refused,
-//!   so newer clients keep working; malformed known fields are refused.
+//! - `role: "system"` messages inside `messages` (Claude Code sends one after the first user
+//!   turn) are folded, in order, into the one leading system message after the top-level
+//!   `system`: chat templates accept a system message only first.
+//! - `output_config.effort` → `reasoning_effort` (`low`/`medium`/`high`; `xhigh` and `max` →
+//!   `high`), which engines with a reasoning-effort knob read and the others ignore.
+//! - Server tools (any `type` other than `custom`, e.g. `web_search_20250305`) are dropped from
+//!   what the engine sees: no local engine runs them, and the model can still use the client
+//!   tools. `defer_loading` and `cache_control` on tools are dropped with them.
+//! - Content blocks of types the engine has no equivalent for (`document`, `search_result`,
+//!   `server_tool_use`, `web_search_tool_result`, `container_upload`, …) are dropped, not refused.
+//! - `metadata`, `context_management`, `service_tier` and fields unknown here (betas' extras)
+//!   are dropped, not refused, so newer clients keep working; malformed known fields are refused.
 
 use serde_json::{Map, Value, json};
 
@@ -48,13 +58,6 @@ pub fn request_to_chat(body: &Value) -> Result<Value> {
         Some(_) => return Err(invalid("max_tokens: must be an integer of at least 1")),
     }
 
-    let mut messages = Vec::new();
-    if let Some(system) = request.get("system") {
-        let text = system_text(system)?;
-        if !text.is_empty() {
-            messages.push(json!({"role": "system", "content": text}));
-        }
-    }
     let turns = match request.get("messages") {
         None => return Err(invalid("messages: field required")),
         Some(Value::Array(turns)) => turns,
@@ -63,8 +66,24 @@ pub fn request_to_chat(body: &Value) -> Result<Value> {
     if turns.is_empty() {
         return Err(invalid("messages: at least one message is required"));
     }
+    let mut system = Vec::new();
+    if let Some(top) = request.get("system") {
+        system.push(system_text(top, "system")?);
+    }
+    let mut messages = Vec::new();
     for (position, turn) in turns.iter().enumerate() {
-        translate_turn(&mut messages, &format!("messages.{position}"), turn)?;
+        let path = format!("messages.{position}");
+        if turn.get("role").and_then(Value::as_str) == Some("system") {
+            let content =
+                turn.get("content").ok_or_else(|| invalid(format!("{path}.content: field required")))?;
+            system.push(system_text(content, &format!("{path}.content"))?);
+        } else {
+            translate_turn(&mut messages, &path, turn)?;
+        }
+    }
+    system.retain(|text| !text.is_empty());
+    if !system.is_empty() {
+        messages.insert(0, json!({"role": "system", "content": system.join("\n\n")}));
     }
     chat.insert("messages".into(), Value::Array(messages));
 
@@ -102,6 +121,18 @@ pub fn request_to_chat(body: &Value) -> Result<Value> {
         };
         chat.insert("chat_template_kwargs".into(), json!({"enable_thinking": enable}));
     }
+    if let Some(effort) = body.pointer("/output_config/effort") {
+        let mapped = match effort.as_str() {
+            Some(level @ ("low" | "medium" | "high")) => level,
+            Some("xhigh" | "max") => "high",
+            _ => {
+                return Err(invalid(
+                    r#"output_config.effort: must be "low", "medium", "high", "xhigh" or "max""#,
+                ));
+            }
+        };
+        chat.insert("reasoning_effort".into(), mapped.into());
+    }
 
     match request.get("stream") {
         None | Some(Value::Bool(false)) => {}
@@ -114,7 +145,8 @@ pub fn request_to_chat(body: &Value) -> Result<Value> {
     Ok(Value::Object(chat))
 }
 
-fn system_text(system: &Value) -> Result<String> {
+/// The text of a top-level `system` or of a system message's `content` (at `path`).
+fn system_text(system: &Value, path: &str) -> Result<String> {
     match system {
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => {
@@ -122,12 +154,12 @@ fn system_text(system: &Value) -> Result<String> {
             for (position, block) in blocks.iter().enumerate() {
                 match (block_type(block), block.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(text)) => texts.push(text),
-                    _ => return Err(invalid(format!("system.{position}: must be a text block"))),
+                    _ => return Err(invalid(format!("{path}.{position}: must be a text block"))),
                 }
             }
             Ok(texts.join("\n"))
         }
-        _ => Err(invalid("system: must be a string or an array of text blocks")),
+        _ => Err(invalid(format!("{path}: must be a string or an array of text blocks"))),
     }
 }
 
@@ -159,7 +191,7 @@ fn translate_turn(messages: &mut Vec<Value>, path: &str, turn: &Value) -> Result
 }
 
 fn bad_role(path: &str) -> TranslateError {
-    invalid(format!(r#"{path}.role: must be "user" or "assistant""#))
+    invalid(format!(r#"{path}.role: must be "user", "assistant" or "system""#))
 }
 
 fn translate_user_blocks(messages: &mut Vec<Value>, path: &str, blocks: &[Value]) -> Result<()> {
@@ -173,7 +205,7 @@ fn translate_user_blocks(messages: &mut Vec<Value>, path: &str, blocks: &[Value]
                 let tool_message = tool_message(&block_path, block, &mut parts)?;
                 messages.push(tool_message);
             }
-            other => return Err(unsupported_block(&block_path, other, "user")),
+            other => unsupported_block(&block_path, other, "user")?,
         }
     }
     if !parts.is_empty() {
@@ -191,7 +223,7 @@ fn translate_assistant_blocks(messages: &mut Vec<Value>, path: &str, blocks: &[V
             Some("text") => parts.push(text_part(&block_path, block)?),
             Some("thinking" | "redacted_thinking") => {}
             Some("tool_use") => tool_calls.push(tool_call(&block_path, block)?),
-            other => return Err(unsupported_block(&block_path, other, "assistant")),
+            other => unsupported_block(&block_path, other, "assistant")?,
         }
     }
     let content = if parts.is_empty() {
@@ -209,12 +241,15 @@ fn translate_assistant_blocks(messages: &mut Vec<Value>, path: &str, blocks: &[V
     Ok(())
 }
 
-fn unsupported_block(path: &str, block_type: Option<&str>, role: &str) -> TranslateError {
+/// A block the translation has no rule for: dropped (the real API accepts more block types
+/// than any engine understands), unless it has no type at all.
+fn unsupported_block(path: &str, block_type: Option<&str>, role: &str) -> Result<()> {
     match block_type {
         Some(name) => {
-            invalid(format!(r#"{path}.type: unsupported content block type "{name}" in {role} content"#))
+            tracing::debug!(%path, block = %name, %role, "content block dropped: no chat equivalent");
+            Ok(())
         }
-        None => invalid(format!("{path}.type: field required")),
+        None => Err(invalid(format!("{path}.type: field required"))),
     }
 }
 
@@ -265,7 +300,7 @@ fn tool_message(path: &str, block: &Value, user_parts: &mut Vec<Value>) -> Resul
                 match block_type(inner) {
                     Some("text") => texts.push(required_str(&inner_path, inner, "text")?),
                     Some("image") => user_parts.push(image_part(&inner_path, inner)?),
-                    other => return Err(unsupported_block(&inner_path, other, "tool_result")),
+                    other => unsupported_block(&inner_path, other, "tool_result")?,
                 }
             }
             texts.join("\n")
@@ -299,9 +334,8 @@ fn translate_tools(tools: &Value) -> Result<Vec<Value>> {
     for (position, tool) in tools.iter().enumerate() {
         let path = format!("tools.{position}");
         if let Some(kind) = tool.get("type").and_then(Value::as_str).filter(|kind| *kind != "custom") {
-            return Err(invalid(format!(
-                r#"{path}.type: server tool "{kind}" is not supported by this model; only client tools are"#
-            )));
+            tracing::debug!(%path, tool = %kind, "server tool dropped: no local engine runs it");
+            continue;
         }
         let name = required_str(&path, tool, "name")?;
         let schema = match tool.get("input_schema") {

@@ -10,7 +10,7 @@ use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{ModelSpec, Profile};
 
-const MODEL_KEYS: [&str; 15] = [
+const MODEL_KEYS: [&str; 16] = [
     "id",
     "aliases",
     "harness",
@@ -26,6 +26,7 @@ const MODEL_KEYS: [&str; 15] = [
     "replicas",
     "priority",
     "require_labels",
+    "max_output_tokens",
 ];
 
 /// The priority of a model that does not set one: the middle of the usual 0..=100 range.
@@ -71,6 +72,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
     let replicas = fields.unsigned32("replicas");
     let priority = fields.integer("priority");
     let require_labels = fields.string_map("require_labels");
+    let max_output_tokens = fields.unsigned("max_output_tokens");
 
     let id_ok = id.as_ref().is_some_and(|id| check_name(id, "model id", sink));
     let aliases: Vec<_> = aliases.into_iter().filter(|alias| check_name(alias, "alias", sink)).collect();
@@ -87,6 +89,9 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
             ctx_size.at,
             "ctx_size must be a positive integer, found 0; leave it out for the engine's default",
         );
+    }
+    if let Some(cap) = max_output_tokens.as_ref().filter(|cap| cap.value == 0) {
+        sink.error(cap.at, "max_output_tokens must be a positive integer, found 0; leave it out for no cap");
     }
     check_pinned_twice(&pinned_on, sink);
     let (vram_mb, min_devices, min_device_vram_mb) = check_resources(&resources, sink);
@@ -113,6 +118,7 @@ pub(crate) fn model<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) ->
             replicas: replicas.map_or(0, |replicas| replicas.value),
             priority: priority.map_or(DEFAULT_PRIORITY, |priority| priority.value),
             require_labels: require_labels.map(|labels| labels.value).unwrap_or_default(),
+            max_output_tokens: max_output_tokens.map(|cap| cap.value),
             origin: at.origin(),
         },
         aliases,

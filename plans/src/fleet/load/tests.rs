@@ -265,7 +265,7 @@ vram = 1000
             fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]]
             fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source
             fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels
-            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels
+            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, max_output_tokens
         "#]],
     );
 }
@@ -720,7 +720,17 @@ fn the_digest_covers_paths_and_texts_in_path_order() {
     // sha256 of "a.toml\0[policy]\n\0b.toml\0\0", computed independently.
     expect!["sha256:9663b72ad4f5663ac06110f6e48eab2d53ef54ae0345ad6e2a04a6b59a4f62de"].assert_eq(&forward);
     let renamed = ("c.toml".to_owned(), "".to_owned());
-    assert_ne!(forward, digest(&[a, renamed]));
+    assert_ne!(forward, digest(&[a.clone(), renamed]));
+    // However the directory is named, the same files have the same digest.
+    let under =
+        |dir: &str| digest(&[(format!("{dir}a.toml"), a.1.clone()), (format!("{dir}b.toml"), b.1.clone())]);
+    assert_eq!(under("fleet/"), forward);
+    assert_eq!(under("/srv/cortex/fleet/"), forward);
+    let nested = |dir: &str| {
+        digest(&[(format!("{dir}a.toml"), a.1.clone()), (format!("{dir}sub/b.toml"), String::new())])
+    };
+    assert_eq!(nested("fleet/"), nested("/abs/fleet/"));
+    assert_ne!(nested("fleet/"), forward, "a file moved into a subfolder is a change");
 }
 
 #[test]
@@ -735,4 +745,52 @@ fn the_embedded_default_fleet_loads_without_any_diagnostic() {
     assert!(model.is_cpu());
     assert_eq!(model.pinned_on, ["local"]);
     assert_eq!(fleet.neuron("local").map(|neuron| neuron.endpoint.as_str()), Some("http://127.0.0.1:13131"));
+}
+
+#[test]
+fn max_output_tokens_is_an_optional_positive_cap() {
+    let loaded = load(&files(
+        r#"
+[[neuron]]
+name = "a"
+endpoint = "http://a:13131"
+
+[[model]]
+id = "capped"
+harness = "llamacpp"
+source = "a.gguf"
+max_output_tokens = 512
+
+[[model]]
+id = "free"
+harness = "llamacpp"
+source = "b.gguf"
+"#,
+    ));
+    let fleet = loaded.fleet.expect("valid fleet");
+    let caps: Vec<_> = fleet.models.iter().map(|m| (m.id.as_str(), m.max_output_tokens)).collect();
+    assert_eq!(caps, [("capped", Some(512)), ("free", None)]);
+    check(
+        r#"
+[[neuron]]
+name = "a"
+endpoint = "http://a:13131"
+
+[[model]]
+id = "m"
+harness = "llamacpp"
+source = "a.gguf"
+max_output_tokens = 0
+
+[[model]]
+id = "n"
+harness = "llamacpp"
+source = "b.gguf"
+max_output_tokens = "lots"
+"#,
+        expect![[r#"
+            fleet.toml:9:21: error: max_output_tokens must be a positive integer, found 0; leave it out for no cap
+            fleet.toml:15:21: error: max_output_tokens must be a non-negative integer, found string
+        "#]],
+    );
 }

@@ -1,0 +1,369 @@
+//! The dialect-neutral request pipeline: authorise, read the body (bounded), parse the envelope
+//! (`model`, `stream`), route (ready replica, or wait for a cold load, with SSE keep-alives for a
+//! waiting stream), forward, record metrics and render errors in the route's dialect.
+//!
+//! Each dialect is a thin adapter (`routes` for OpenAI Chat/Completions/Embeddings, `messages`
+//! for Anthropic, `responses` for OpenAI Responses): a function that, given the target the
+//! pipeline resolved, decides once from the target's harness capabilities whether the request
+//! passes through natively or is translated, and describes the upstream call as an [`Upstream`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::Stream;
+use plans::wire::HarnessInfo;
+
+use crate::gateway::AppState;
+use crate::gateway::error::{ApiError, Dialect};
+use crate::gateway::proxy::{self, Exchange, StreamEdit};
+use crate::gateway::route::{self, LoadTicket, Resolution, Target};
+
+/// The part of a request body the gateway reads; the rest is forwarded untouched.
+#[derive(Debug, serde::Deserialize)]
+pub struct Envelope {
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Responses: the response this one continues (routes to the replica that made it).
+    #[serde(default)]
+    pub previous_response_id: Option<String>,
+    /// Responses: `false` asks the engine not to keep the response.
+    #[serde(default)]
+    pub store: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Which route a request came in on: its metrics label and its error dialect.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteInfo {
+    pub name: &'static str,
+    pub dialect: Dialect,
+}
+
+/// A request that passed the common checks: authorised, within the size limit, valid JSON
+/// with a model name.
+pub struct Checked {
+    pub body: Bytes,
+    pub envelope: Envelope,
+    pub model: String,
+    pub started: Instant,
+    /// Client headers the engine may need (Anthropic version and betas).
+    pub forward_headers: HeaderMap,
+    pub route: RouteInfo,
+    /// Holds the request's place under `max_in_flight` (shared with the response body).
+    pub admitted: Option<Arc<Admitted>>,
+}
+
+/// The gateway-wide bound on inference requests in flight.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+/// One admitted request; its place is given back when the last holder drops it.
+#[derive(Debug)]
+pub struct Admitted(Arc<Admission>);
+
+impl Admission {
+    pub fn new(limit: usize) -> Self {
+        Admission { in_flight: AtomicUsize::new(0), limit }
+    }
+
+    /// A place for one more request, or the overload error when all are taken.
+    pub fn admit(self: &Arc<Self>) -> Result<Arc<Admitted>, ApiError> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "cortex has {} requests in flight, its limit; try again shortly",
+                    self.limit
+                ),
+                retry_after_s: 1,
+            });
+        }
+        Ok(Arc::new(Admitted(self.clone())))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Client request headers forwarded to the engine on native pass-through.
+const FORWARDED_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
+
+/// Authorise, read (bounded) and parse the envelope.
+pub async fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    route: RouteInfo,
+) -> Result<Checked, ApiError> {
+    let started = Instant::now();
+    if !state.keys.allows(headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    // Shed before reading the body: an overload must not become buffered memory.
+    let admitted = state.admission.admit()?;
+    let limit = state.limits.max_body_bytes;
+    let body =
+        axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit_bytes: limit })?;
+    let envelope: Envelope = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON for this route: {e}")))?;
+    let model = envelope
+        .model
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("\"model\" is required".into()))?;
+    let mut forward_headers = HeaderMap::new();
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = headers.get(*name) {
+            forward_headers.insert(*name, value.clone());
+        }
+    }
+    Ok(Checked { body, envelope, model, started, forward_headers, route, admitted: Some(admitted) })
+}
+
+/// Run the whole pipeline for one request; `adapter` builds and sends the upstream call once
+/// the target is known.
+pub async fn run<F, Fut>(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    route: RouteInfo,
+    adapter: F,
+) -> Response
+where
+    F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    let outcome = async {
+        let checked = check(&state, &headers, body, route).await?;
+        dispatch(state, checked, adapter).await
+    };
+    outcome.await.unwrap_or_else(|e| rejected(e, route.name, route.dialect))
+}
+
+/// Route a checked request and hand it to `adapter` (after a cold load if need be).
+pub async fn dispatch<F, Fut>(state: AppState, checked: Checked, adapter: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    let stream = checked.envelope.stream;
+    match route::resolve(&state, &checked.model)? {
+        Resolution::Ready(target) => adapter(state, target, checked).await,
+        Resolution::Waiting(ticket) if !stream => {
+            let target = wait(ticket, checked.started, &checked.model).await?;
+            adapter(state, target, checked).await
+        }
+        Resolution::Waiting(ticket) => Ok(waiting_stream(state, ticket, checked, adapter)),
+    }
+}
+
+/// The error response for a request that did not get a response from an engine, counted in
+/// `cortex_requests_total` with its status (model and neuron labels empty: they may be unknown,
+/// and arbitrary names from clients must not create series).
+pub fn rejected(error: ApiError, route: &'static str, dialect: Dialect) -> Response {
+    let status = error.status().as_u16().to_string();
+    metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => status)
+        .increment(1);
+    error.in_dialect(dialect).into_response()
+}
+
+/// Wait for a cold load, recording how long the request queued.
+pub async fn wait(ticket: LoadTicket, started: Instant, model: &str) -> Result<Target, ApiError> {
+    let result = ticket.wait().await;
+    metrics::histogram!("cortex_queue_wait_seconds", "model" => model.to_owned())
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// What the engine serving `target` can do natively (nothing known: translate everything).
+pub fn capabilities(state: &AppState, target: &Target) -> HarnessInfo {
+    state.observed().harness(&target.neuron.name, &target.harness).cloned().unwrap_or_default()
+}
+
+/// The fleet's context window for `model`, when it sets `ctx_size`.
+pub fn ctx_size(state: &AppState, model: &str) -> Option<u64> {
+    state.fleet().model(model).and_then(|m| m.profile.ctx_size).map(u64::from)
+}
+
+/// The fleet's output cap for `model`, when it sets `max_output_tokens`.
+pub fn output_cap(state: &AppState, model: &str) -> Option<u64> {
+    state.fleet().model(model).and_then(|m| m.max_output_tokens)
+}
+
+/// One call to the engine, as an adapter describes it.
+pub struct Upstream {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub body: Bytes,
+    pub stream: bool,
+    pub edit: StreamEdit,
+    /// Also send the client's forwarded headers (native pass-through only).
+    pub native: bool,
+    /// Called with the engine's response id once it is seen (Responses routing).
+    pub on_response_id: Option<proxy::IdSink>,
+}
+
+impl Upstream {
+    pub fn post(path: impl Into<String>, body: Bytes, stream: bool, edit: StreamEdit, native: bool) -> Self {
+        Upstream {
+            method: reqwest::Method::POST,
+            path: path.into(),
+            body,
+            stream,
+            edit,
+            native,
+            on_response_id: None,
+        }
+    }
+}
+
+/// Send `upstream` to the target and stream the answer back; an engine's refusal becomes an
+/// error in the route's dialect (context overflows in the form agents act on).
+pub async fn forward(
+    state: &AppState,
+    target: Target,
+    checked: &Checked,
+    upstream: Upstream,
+) -> Result<Response, ApiError> {
+    let guard = state.inflight.enter(&target.model, &target.neuron.name);
+    let headers = if upstream.native { checked.forward_headers.clone() } else { HeaderMap::new() };
+    let request = proxy::Call {
+        method: upstream.method,
+        path: &upstream.path,
+        body: upstream.body,
+        headers,
+        model: &target.model,
+    };
+    let response = proxy::send(&target, request).await?;
+    if !response.status().is_success() {
+        return Err(proxy::upstream_error(response, ctx_size(state, &target.model)).await);
+    }
+    let exchange = Exchange {
+        route: checked.route.name,
+        dialect: checked.route.dialect,
+        target,
+        started: checked.started,
+        guard,
+        on_response_id: upstream.on_response_id,
+        admitted: checked.admitted.clone(),
+    };
+    Ok(proxy::respond(response, exchange, upstream.stream, upstream.edit))
+}
+
+/// Read a whole (non-streaming) response body, up to `limit` bytes.
+pub async fn read_bounded(response: Response, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(response.into_body(), limit).await.map_err(|e| {
+        ApiError::Upstream(format!("the engine's answer broke off or exceeded {limit} bytes: {e}"))
+    })
+}
+
+/// The largest non-streaming engine answer a translating adapter reads into memory.
+pub const MAX_TRANSLATED_BODY: usize = 16 * 1024 * 1024;
+
+/// Read a whole (non-streaming) engine answer as JSON, bounded.
+pub async fn read_json(response: Response) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_bounded(response, MAX_TRANSLATED_BODY).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Upstream(format!("the engine answered invalid JSON: {e}")))
+}
+
+/// A streaming response for a request that must wait for a cold load: SSE comment
+/// keep-alives go out while it waits, so clients do not time out, then the upstream stream
+/// follows (or an error event in the route's dialect). One body stream, no relay task: once
+/// the engine's answer is there its chunks go straight to the client.
+fn waiting_stream<F, Fut>(state: AppState, ticket: LoadTicket, checked: Checked, adapter: F) -> Response
+where
+    F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    let every = state.limits.keepalive_interval;
+    let dialect = checked.route.dialect;
+    let answer = Box::pin(async move {
+        let model = checked.model.clone();
+        let target = wait(ticket, checked.started, &model).await?;
+        adapter(state, target, checked).await
+    });
+    let body = WaitingBody {
+        phase: Phase::Waiting(answer),
+        ticks: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        dialect,
+    };
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>;
+
+enum Phase {
+    Waiting(Answer),
+    Streaming(axum::body::BodyDataStream),
+    Done,
+}
+
+struct WaitingBody {
+    phase: Phase,
+    ticks: tokio::time::Interval,
+    dialect: Dialect,
+}
+
+const LOADING_COMMENT: &[u8] = b": cortex: loading model\n\n";
+
+impl Stream for WaitingBody {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Streaming(body) => {
+                    let next = Pin::new(body).poll_next(cx);
+                    if matches!(next, Poll::Ready(None)) {
+                        this.phase = Phase::Done;
+                    }
+                    return next;
+                }
+                Phase::Waiting(answer) => match answer.as_mut().poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        this.phase = Phase::Streaming(response.into_body().into_data_stream());
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.phase = Phase::Done;
+                        return Poll::Ready(Some(Ok(Bytes::from(error.sse_event(this.dialect)))));
+                    }
+                    Poll::Pending => {
+                        return match this.ticks.poll_tick(cx) {
+                            Poll::Ready(_) => Poll::Ready(Some(Ok(Bytes::from_static(LOADING_COMMENT)))),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
