@@ -200,7 +200,7 @@ are not meant to be good. Add a model of your own (below) for real answers.
 
   OpenAI API      $api/v1
   Anthropic API   $api
-  fleet page      http://127.0.0.1:$metrics_port/ui
+  fleet page      http://127.0.0.1:$metrics_port/ui?key=$(cat "$state/admin.key")   (the admin key; a cookie keeps you in)
   metrics         http://127.0.0.1:$metrics_port/metrics
   status          $bin/cortex status --config $state/cortex.toml
   logs            $state/cortex.log, $state/neuron.log, engines in $state/logs/
