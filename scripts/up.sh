@@ -175,7 +175,7 @@ demo() {
   step "a chat completion through cortex (curl $api/v1/chat/completions)"
   local reply
   reply=$(curl -sS --max-time 120 "$api/v1/chat/completions" -H 'content-type: application/json' \
-    -d '{"model": "gemma-3-270m", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello to the fleet in one sentence."}]}') \
+    -d '{"model": "gemma-3-270m", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello to the fleet in one sentence."}]}') \
     || fail "the chat completion failed (logs: $state/cortex.log, $state/logs/)"
   python3 -c 'import json, sys
 r = json.loads(sys.argv[1])
@@ -200,7 +200,7 @@ are not meant to be good. Add a model of your own (below) for real answers.
 
   OpenAI API      $api/v1
   Anthropic API   $api
-  fleet page      http://127.0.0.1:$metrics_port/ui
+  fleet page      http://127.0.0.1:$metrics_port/ui?key=$(cat "$state/admin.key")   (the admin key; a cookie keeps you in)
   metrics         http://127.0.0.1:$metrics_port/metrics
   status          $bin/cortex status --config $state/cortex.toml
   logs            $state/cortex.log, $state/neuron.log, engines in $state/logs/

@@ -35,11 +35,16 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
+        Rig::with_neuron_settings("").await
+    }
+
+    /// With top-level neuron.toml `settings` (e.g. `load_timeout = "3s"`).
+    async fn with_neuron_settings(settings: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let models = dir.path().join("models");
         std::fs::create_dir_all(&models).unwrap();
-        let neuron =
-            Neuron::start_in(dir.path(), "n1", &fault_harness(Path::new(ENGINE)), Some(&models)).await;
+        let harness = format!("{settings}\n{}", fault_harness(Path::new(ENGINE)));
+        let neuron = Neuron::start_in(dir.path(), "n1", &harness, Some(&models)).await;
         let fleet = dir.path().join("fleet");
         std::fs::create_dir_all(&fleet).unwrap();
         let (config, port) = cortex_config_with(dir.path(), POLL, RECONCILE);
@@ -88,6 +93,39 @@ async fn a_missing_source_converges_once_it_exists_without_a_fleet_edit() {
     eprintln!("missing source: cause fixed -> Synced in {} ms", fixed.elapsed().as_millis());
     let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
     assert_eq!(healing["trigger"], "backoff_expiry", "the backoff expiry woke the pass: {status:#}");
+}
+
+/// A pinned model whose engine first behaves as `first` (`fail`: exits while loading; `hang`:
+/// never ready, failed by the neuron's load_timeout) is left `failed` on the neuron; once its
+/// file is fixed, the reconciler's retry reloads it. Returns the time from fix to Synced.
+async fn a_failed_pinned_copy_recovers(first: &str, neuron_settings: &str) -> Duration {
+    let rig = Rig::with_neuron_settings(neuron_settings).await;
+    rig.model_file("m.bin", first);
+    rig.fleet(&fault_model("m", "m.bin", &["n1"]));
+    let daemon = rig.serve().await;
+    let status = eventually("the failed copy to back off", Duration::from_secs(60), async || {
+        let status = daemon.status().await;
+        let failed = status["topology"]["neurons"][0]["models"][0]["status"] == "failed";
+        (failed && status["backing_off"].as_array().is_some_and(|b| !b.is_empty())).then_some(status)
+    })
+    .await;
+    assert_eq!(status["sync"], "OutOfSync", "{status:#}");
+    rig.model_file("m.bin", "serve");
+    let fixed = Instant::now();
+    synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(60)).await;
+    fixed.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_that_exits_while_loading_is_retried_once_fixed() {
+    let healed = a_failed_pinned_copy_recovers("fail", "").await;
+    eprintln!("engine exits while loading: cause fixed -> Synced in {} ms", healed.as_millis());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_that_hangs_while_loading_is_retried_once_fixed() {
+    let healed = a_failed_pinned_copy_recovers("hang", "load_timeout = \"3s\"").await;
+    eprintln!("engine hangs while loading: cause fixed -> Synced in {} ms", healed.as_millis());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -395,4 +433,22 @@ async fn the_saved_plan_hint_works_from_another_directory() {
     assert_eq!(apply.status.code(), Some(0), "`{hint}` from {}: {}", elsewhere.display(), text(&apply));
     assert!(text(&apply).contains("Apply complete! Loaded 1"), "{}", text(&apply));
     assert_eq!(rig.neuron.loaded().await, ["m"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_retries_at_once_whatever_the_backoff() {
+    let rig = Rig::new().await;
+    rig.fleet(&fault_model("m", "m.bin", &["n1"]));
+    let daemon = rig.serve().await;
+    eventually("a second failure in a row", Duration::from_secs(60), async || {
+        let status = daemon.status().await;
+        (status["backing_off"][0]["failures"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    rig.model_file("m.bin", "serve");
+    let pid = daemon.process.child.id().to_string();
+    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let status = synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
+    let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
+    assert_eq!(healing["trigger"], "admin_request", "{status:#}");
 }

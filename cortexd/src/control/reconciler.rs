@@ -169,8 +169,8 @@ impl Reconciler {
     /// One pass: plan, and in auto mode apply what is not backing off.
     async fn pass_now(&mut self, trigger: Trigger) {
         let fleet: Arc<Fleet> = self.fleet.fleet.borrow().clone();
-        if fleet.digest != self.last_digest {
-            // A new desired revision deserves a fresh try of everything.
+        if fleet.digest != self.last_digest || trigger == Trigger::AdminRequest {
+            // A new desired revision, or an operator asking, deserves a fresh try of everything.
             self.backoff.reset();
             self.last_digest = fleet.digest.clone();
         }
