@@ -351,18 +351,27 @@ async fn codex_runs_a_tool_through_cortex_natively_over_responses() {
 
 /// The fleet's output cap for gemma: a turn of a base model ends in seconds.
 const GEMMA_MAX_OUTPUT: u32 = 64;
+/// gemma-3-270m is a base model: it never ends a turn by itself, so every answer would stop at
+/// the cap with `max_tokens`, which Claude Code reports as an error after its recovery retries
+/// (`API Error: Claude's response exceeded the 128000 output token maximum`). A strong bias on
+/// its end-of-sequence token (id 1) makes the engine end each answer itself.
+const GEMMA_ENDS_ITS_TURN: &str = "1+30";
 
 /// gemma twice on one neuron: `gemma-native` on the llamacpp harness (native Messages and
 /// Responses) and `gemma-chat` on a command harness running the same llama-server without the
 /// native keys (cortex translates).
-async fn gemma_stack() -> Stack {
+/// With `ends_turn`, llama-server is biased to end each answer itself (see
+/// [`GEMMA_ENDS_ITS_TURN`]); without, every answer runs to the fleet's cap.
+async fn gemma_stack(ends_turn: bool) -> Stack {
     let (server, models) = installed_llama_server();
     let server = server.display().to_string();
+    let bias =
+        if ends_turn { format!("\"--logit-bias\", \"{GEMMA_ENDS_ITS_TURN}\", ") } else { String::new() };
     let harnesses = format!(
-        "[harness.llamacpp]\nkind = \"llamacpp\"\nbinary = {server:?}\ndefault_args = [\"--parallel\", \"1\"]\n\n\
+        "[harness.llamacpp]\nkind = \"llamacpp\"\nbinary = {server:?}\ndefault_args = [{bias}\"--parallel\", \"1\"]\n\n\
          [harness.chatonly]\nkind = \"command\"\n\
          command = [{server:?}, \"-m\", \"{{source}}\", \"--alias\", \"{{model}}\", \"-ngl\", \"0\", \
-                    \"--parallel\", \"1\", \"--host\", \"127.0.0.1\", \"--port\", \"{{port}}\"]\n\
+                    {bias}\"--parallel\", \"1\", \"--host\", \"127.0.0.1\", \"--port\", \"{{port}}\"]\n\
          ctx_size_args = [\"-c\", \"{{ctx_size}}\"]\nhealth_path = \"/health\"\n"
     );
     let model = |id: &str, harness: &str| {
@@ -395,7 +404,7 @@ async fn assert_gemma_paths(stack: &Stack) {
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_completes_a_turn_with_gemma_natively_and_translated() {
     let _serial = SERIAL.lock().await;
-    let stack = gemma_stack().await;
+    let stack = gemma_stack(true).await;
     assert_gemma_paths(&stack).await;
     for model in ["gemma-native", "gemma-chat"] {
         let (output, result) = claude(&stack, model).await;
@@ -407,12 +416,19 @@ async fn claude_code_completes_a_turn_with_gemma_natively_and_translated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn codex_completes_a_turn_with_gemma_natively_and_translated() {
     let _serial = SERIAL.lock().await;
-    let stack = gemma_stack().await;
+    // Codex sends no output limit at all: the fleet's cap is what ends each answer here.
+    let stack = gemma_stack(false).await;
     assert_gemma_paths(&stack).await;
     for model in ["gemma-native", "gemma-chat"] {
         let (output, events) = codex(&stack, model).await;
         assert_codex_finished(&output, &events, &stack);
         let usage = events.iter().find(|e| e["type"] == "turn.completed").map(|e| e["usage"].clone());
-        eprintln!("codex exec with {model}: usage {}", usage.unwrap_or_default());
+        let usage = usage.unwrap_or_default();
+        eprintln!("codex exec with {model}: usage {usage}");
+        let generated = usage["output_tokens"].as_u64().unwrap_or_default();
+        assert!(
+            (1..=u64::from(GEMMA_MAX_OUTPUT)).contains(&generated),
+            "one answer, capped at {GEMMA_MAX_OUTPUT} tokens by the fleet: {usage}"
+        );
     }
 }

@@ -32,7 +32,7 @@ mkdir -p "$dir"
 [ -f "$dir/package.json" ] || printf '{"name":"cortex-agents","private":true}\n' >"$dir/package.json"
 step "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION and @openai/codex@$CODEX_VERSION from npm into $dir"
 # claude-code declares node >=22 but ships a native binary; engine-strict stays off so the OS node
-# (20 on Debian 13) can run its postinstall.
+# (20 on this Debian 12) can install it: the binary is native (the platform package), node only unpacks it.
 npm install --prefix "$dir" --no-audit --no-fund --no-update-notifier --engine-strict=false \
   --save-exact "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" >&2
 
