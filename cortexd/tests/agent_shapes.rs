@@ -443,3 +443,30 @@ async fn an_engine_that_closes_right_after_its_last_event_loses_nothing() {
         "translated to the end: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_stop_at_the_fleets_cap_is_an_end_turn_for_claude_code_but_a_clients_own_limit_is_not() {
+    for native in [true, false] {
+        let (fake, gateway) = setup(native, false, "max_output_tokens = 64\n").await;
+        fake.length_finish.store(true, Ordering::SeqCst);
+        let text = post(&gateway, "/v1/messages", &claude_code_request()).await.text().await.expect("body");
+        assert!(
+            text.contains(r#""stop_reason":"end_turn""#) && !text.contains("max_tokens\""),
+            "native={native}: {text}"
+        );
+        let mut own_limit = claude_code_request();
+        own_limit["max_tokens"] = json!(8);
+        let text = post(&gateway, "/v1/messages", &own_limit).await.text().await.expect("body");
+        assert!(text.contains(r#""stop_reason":"max_tokens""#), "native={native}: {text}");
+        if !native {
+            // Non-streaming too (the fake's native engine only streams).
+            own_limit["stream"] = json!(false);
+            let message: Value = post(&gateway, "/v1/messages", &own_limit).await.json().await.expect("json");
+            assert_eq!(message["stop_reason"], "max_tokens", "{message}");
+            let mut capped = claude_code_request();
+            capped["stream"] = json!(false);
+            let message: Value = post(&gateway, "/v1/messages", &capped).await.json().await.expect("json");
+            assert_eq!(message["stop_reason"], "end_turn", "{message}");
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub struct Envelope {
     /// Responses: `false` asks the engine not to keep the response.
     #[serde(default)]
     pub store: Option<bool>,
+    /// Messages: the client's output limit (any JSON: judging it is the engine's business).
+    #[serde(default)]
+    pub max_tokens: Option<Value>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -225,6 +228,11 @@ pub struct OutputCap {
 impl OutputCap {
     pub fn new(cap: u64, fields: &'static [&'static str]) -> Self {
         OutputCap { cap, fields }
+    }
+
+    /// Whether the cap is below the client's own limit (or the client set none).
+    pub fn binds(&self, asked: Option<&Value>) -> bool {
+        asked.and_then(Value::as_u64).is_none_or(|asked| asked > self.cap)
     }
 
     /// Clamp every output-limit field of `object` to the cap; set the first when none is there.

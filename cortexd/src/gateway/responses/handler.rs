@@ -91,6 +91,7 @@ async fn by_id(
                 stream_options: None,
                 previous_response_id: None,
                 store: None,
+                max_tokens: None,
             },
             model: target.model.clone(),
             started: std::time::Instant::now(),
