@@ -424,3 +424,49 @@ async fn past_max_in_flight_requests_are_shed_with_503_until_room_frees() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_engine_that_closes_right_after_its_last_event_loses_nothing() {
+    let (fake, gateway) = setup(false, false, "").await;
+    fake.unterminated_done.store(true, Ordering::SeqCst);
+    let chat = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let text = post(&gateway, "/v1/chat/completions", &chat).await.text().await.expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "passed through, terminated: {text:?}");
+    let text = post(&gateway, "/v1/messages", &claude_code_request()).await.text().await.expect("body");
+    assert!(
+        text.contains("event: message_stop") && !text.contains("event: error"),
+        "translated to the end: {text}"
+    );
+    let text = post(&gateway, "/v1/responses", &codex_request()).await.text().await.expect("body");
+    assert!(
+        text.contains("response.completed") && !text.contains("response.failed"),
+        "translated to the end: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_at_the_fleets_cap_is_an_end_turn_for_claude_code_but_a_clients_own_limit_is_not() {
+    for native in [true, false] {
+        let (fake, gateway) = setup(native, false, "max_output_tokens = 64\n").await;
+        fake.length_finish.store(true, Ordering::SeqCst);
+        let text = post(&gateway, "/v1/messages", &claude_code_request()).await.text().await.expect("body");
+        assert!(
+            text.contains(r#""stop_reason":"end_turn""#) && !text.contains("max_tokens\""),
+            "native={native}: {text}"
+        );
+        let mut own_limit = claude_code_request();
+        own_limit["max_tokens"] = json!(8);
+        let text = post(&gateway, "/v1/messages", &own_limit).await.text().await.expect("body");
+        assert!(text.contains(r#""stop_reason":"max_tokens""#), "native={native}: {text}");
+        if !native {
+            // Non-streaming too (the fake's native engine only streams).
+            own_limit["stream"] = json!(false);
+            let message: Value = post(&gateway, "/v1/messages", &own_limit).await.json().await.expect("json");
+            assert_eq!(message["stop_reason"], "max_tokens", "{message}");
+            let mut capped = claude_code_request();
+            capped["stream"] = json!(false);
+            let message: Value = post(&gateway, "/v1/messages", &capped).await.json().await.expect("json");
+            assert_eq!(message["stop_reason"], "end_turn", "{message}");
+        }
+    }
+}

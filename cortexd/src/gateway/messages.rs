@@ -12,10 +12,9 @@ use serde_json::Value;
 use crate::gateway::AppState;
 use crate::gateway::anthropic;
 use crate::gateway::error::{ApiError, Dialect};
-use crate::gateway::pipeline::{self, Checked, RouteInfo, Upstream};
+use crate::gateway::pipeline::{self, Checked, OutputCap, RouteInfo, Upstream};
 use crate::gateway::proxy::{self, EventTransform, RawFix, StreamEdit};
 use crate::gateway::route::Target;
-use crate::gateway::routes::OutputCap;
 use crate::gateway::sse::SseParser;
 
 const MESSAGES: RouteInfo = RouteInfo { name: "messages", dialect: Dialect::Anthropic };
@@ -34,12 +33,14 @@ pub async fn count_tokens(state: AppState, headers: HeaderMap, body: Body) -> Re
 async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> Result<Response, ApiError> {
     let stream = checked.envelope.stream;
     let cap = pipeline::output_cap(&state, &target.model).map(|cap| OutputCap::new(cap, &["max_tokens"]));
+    let cap_binds = cap.is_some_and(|cap| cap.binds(checked.envelope.max_tokens.as_ref()));
     if pipeline::capabilities(&state, &target).anthropic_messages {
         let body = edit_body(&checked.body, &checked.model, &target.model, cap)?;
-        let edit = if stream { StreamEdit::FixRaw(Box::new(NativeFix)) } else { StreamEdit::None };
+        let edit =
+            if stream { StreamEdit::FixRaw(Box::new(NativeFix { cap_binds })) } else { StreamEdit::None };
         let upstream = Upstream::post("/v1/messages", body, stream, edit, true);
         let response = pipeline::forward(&state, target, &checked, upstream).await?;
-        return if stream { Ok(response) } else { fix_native_body(response).await };
+        return if stream { Ok(response) } else { fix_native_body(response, cap_binds).await };
     }
     let request: Value = serde_json::from_slice(&checked.body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
@@ -50,14 +51,14 @@ async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> 
     }
     let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
     let edit = if stream {
-        let translator = anthropic::StreamTranslator::new(&checked.model);
+        let translator = anthropic::StreamTranslator::new(&checked.model).cap_binds(cap_binds);
         StreamEdit::Transform(Box::new(Translate { parser: SseParser::new(), translator, usage: None }))
     } else {
         StreamEdit::None
     };
     let upstream = Upstream::post("/v1/chat/completions", body, stream, edit, false);
     let response = pipeline::forward(&state, target, &checked, upstream).await?;
-    if stream { Ok(response) } else { translate_body(response, &checked.model).await }
+    if stream { Ok(response) } else { translate_body(response, &checked.model, cap_binds).await }
 }
 
 async fn count_tokens_adapter(
@@ -98,27 +99,50 @@ pub fn edit_body(body: &Bytes, requested: &str, id: &str, cap: Option<OutputCap>
 }
 
 /// A native engine's complete (non-streaming) Message, with known deviations fixed.
-async fn fix_native_body(response: Response) -> Result<Response, ApiError> {
+async fn fix_native_body(response: Response, cap_binds: bool) -> Result<Response, ApiError> {
     let mut message = pipeline::read_json(response).await?;
     anthropic::fix_native_message(&mut message);
+    cap_is_not_a_stop(&mut message, cap_binds);
     Ok(axum::Json(message).into_response())
 }
 
 /// Translate a complete (non-streaming) Chat Completions answer into a Message.
-async fn translate_body(response: Response, requested: &str) -> Result<Response, ApiError> {
+async fn translate_body(response: Response, requested: &str, cap_binds: bool) -> Result<Response, ApiError> {
     let chat = pipeline::read_json(response).await?;
-    let message =
+    let mut message =
         anthropic::chat_to_message(&chat, requested).map_err(|e| ApiError::Upstream(e.to_string()))?;
+    cap_is_not_a_stop(&mut message, cap_binds);
     Ok(axum::Json(message).into_response())
 }
 
+/// When the fleet's cap, not the client's `max_tokens`, ended the answer, it ended as the
+/// operator's limit: `end_turn`. Claude Code treats `max_tokens` as a failed turn (it retries to
+/// continue, then gives up with "response exceeded the output token maximum").
+fn cap_is_not_a_stop(message: &mut Value, cap_binds: bool) {
+    if cap_binds && message["stop_reason"] == "max_tokens" {
+        message["stop_reason"] = "end_turn".into();
+    }
+}
+
 /// Pass-through of a native Anthropic stream, fixing known engine deviations on the raw events
-/// (only events with a `tool_use` block are parsed).
-struct NativeFix;
+/// (only events with a `tool_use` block are parsed), and reporting a stop at the fleet's cap as
+/// `end_turn` (see [`cap_is_not_a_stop`]).
+struct NativeFix {
+    cap_binds: bool,
+}
+
+const MAX_TOKENS_STOP: &str = r#""stop_reason":"max_tokens""#;
 
 impl RawFix for NativeFix {
     fn fix(&mut self, events: &[u8]) -> Option<Bytes> {
-        anthropic::fix_native_raw_event(events).map(Bytes::from)
+        let fixed = anthropic::fix_native_raw_event(events);
+        let capped =
+            self.cap_binds && events.windows(MAX_TOKENS_STOP.len()).any(|w| w == MAX_TOKENS_STOP.as_bytes());
+        if !capped {
+            return fixed.map(Bytes::from);
+        }
+        let text = fixed.unwrap_or_else(|| String::from_utf8_lossy(events).into_owned());
+        Some(Bytes::from(text.replace(MAX_TOKENS_STOP, r#""stop_reason":"end_turn""#)))
     }
 }
 

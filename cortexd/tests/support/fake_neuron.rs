@@ -42,6 +42,10 @@ pub struct FakeNeuron {
     pub endless_streams: AtomicBool,
     /// Streams the engine is writing now (its "slots" in use); drops when a client goes away.
     pub active_streams: Arc<AtomicUsize>,
+    /// When set, answers stop at their length limit (`length`, `max_tokens`).
+    pub length_finish: AtomicBool,
+    /// When set, chat streams end with `data: [DONE]` and no blank line after it.
+    pub unterminated_done: AtomicBool,
     /// When set, every inference request is refused with this status and JSON body.
     pub refuse_with: Mutex<Option<(u16, serde_json::Value)>>,
 }
@@ -64,6 +68,8 @@ impl FakeNeuron {
             endless_streams: AtomicBool::new(false),
             active_streams: Arc::new(AtomicUsize::new(0)),
             refuse_with: Mutex::new(None),
+            unterminated_done: AtomicBool::new(false),
+            length_finish: AtomicBool::new(false),
         })
     }
 
@@ -264,10 +270,11 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
             .into_response();
     }
     let words = ["Hello", " from", " the", " fake", " engine", "."];
+    let stop = if fake.length_finish.load(Ordering::SeqCst) { "length" } else { "stop" };
     if request["stream"].as_bool() != Some(true) {
         return Json(serde_json::json!({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": stop}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
         }))
         .into_response();
@@ -286,7 +293,7 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
             } else {
                 serde_json::json!({"content": word})
             };
-            let finish = if i + 1 == words.len() { serde_json::json!("stop") } else { serde_json::Value::Null };
+            let finish = if i + 1 == words.len() { serde_json::json!(stop) } else { serde_json::Value::Null };
             let chunk = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
             Ok(Bytes::from(format!("data: {chunk}\n\n")))
@@ -297,7 +304,9 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
             "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}});
         events.push(Ok(Bytes::from(format!("data: {chunk}\n\n"))));
     }
-    events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    let done: &'static [u8] =
+        if fake.unterminated_done.load(Ordering::SeqCst) { b"data: [DONE]" } else { b"data: [DONE]\n\n" };
+    events.push(Ok(Bytes::from_static(done)));
     let stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = if broken {
         events.truncate(2);
         // The crash comes after the first chunks went out, as a real one would.
@@ -320,6 +329,7 @@ async fn messages(State(fake): Fake, body: Bytes) -> Response {
     let request: serde_json::Value = serde_json::from_slice(&body).expect("json body");
     fake.requests.lock().expect("lock").push(request.clone());
     let model = request["model"].as_str().unwrap_or_default();
+    let stop = if fake.length_finish.load(Ordering::SeqCst) { "max_tokens" } else { "tool_use" };
     let events = [
         (
             "message_start",
@@ -336,7 +346,7 @@ async fn messages(State(fake): Fake, body: Bytes) -> Response {
         ("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
         (
             "message_delta",
-            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 9}}),
         ),
         ("message_stop", serde_json::json!({"type": "message_stop"})),
     ];

@@ -65,6 +65,9 @@ pub struct StreamTranslator {
     content_chunks: u64,
     /// Reused to format per-token deltas without allocating.
     scratch: Vec<u8>,
+    /// The fleet's output cap, not the client's `max_tokens`, bounds this answer: a `length`
+    /// finish is the operator's limit, reported as `end_turn` (see [`StreamTranslator::cap_binds`]).
+    cap_binds: bool,
     /// Splits raw events given to `push_event`.
     parser: SseParser,
 }
@@ -91,8 +94,17 @@ impl StreamTranslator {
             early_input: None,
             content_chunks: 0,
             scratch: Vec::new(),
+            cap_binds: false,
             parser: SseParser::new(),
         }
+    }
+
+    /// Marks that the fleet's output cap is below what the client asked for: the engine
+    /// stopping at it is reported as `end_turn`, not `max_tokens` (Claude Code treats
+    /// `max_tokens` as a failed turn, retries and gives up; the client's own limit was not hit).
+    pub fn cap_binds(mut self, binds: bool) -> Self {
+        self.cap_binds = binds;
+        self
     }
 
     /// Whether the output is complete (`message_stop` or `event: error` written).
@@ -176,6 +188,7 @@ impl StreamTranslator {
                 let has_tool_use = !self.tool_indices_seen.is_empty();
                 let (reason, sequence) =
                     stop_reason(Some(finish_reason), choice.stop_reason.as_ref(), has_tool_use);
+                let reason = if self.cap_binds && reason == "max_tokens" { "end_turn" } else { reason };
                 self.finish = Some((reason, sequence));
             }
         }
