@@ -77,11 +77,18 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler, shutdown.clone()));
 
-    // The fleet page reads the same channels (and the gateway's traffic window) on the operator listener.
+    // Failed cold loads back off like the reconciler's actions.
+    let schedule = Arc::new(gateway::route::Schedule::new(
+        config.gateway.swap_schedule,
+        reconcile_config_backoff(&config),
+    ));
+    // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
+    // operator listener.
     let ui_sources = gateway::ui::feed::Sources {
         fleet: fleet_receiver.clone(),
         observed: poller.observed.clone(),
         status: status.clone(),
+        queues: schedule.queues(),
         traffic: gateway::traffic::GLOBAL.clone(),
     };
     let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
@@ -89,11 +96,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
-    // Failed cold loads back off like the reconciler's actions.
-    state.schedule = Arc::new(gateway::route::Schedule::new(
-        config.gateway.swap_schedule,
-        reconcile_config_backoff(&config),
-    ));
+    state.schedule = schedule;
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,

@@ -17,13 +17,13 @@ use bytes::Bytes;
 use plans::fleet::Fleet;
 use plans::plan::{Activity, Dimension, Placement, PlanOptions, place_one_with};
 use plans::topology::ModelState;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::{NeuronClient, NeuronError};
 use crate::control::poller::{Observed, now_unix_ms};
-use crate::control::status::Contention;
+use crate::control::status::{Contention, QueueStatus};
 use crate::gateway::AppState;
 use crate::gateway::error::ApiError;
 use crate::gateway::proxy;
@@ -157,6 +157,8 @@ pub struct Schedule {
     wake: Notify,
     driver: OnceLock<()>,
     next_request: AtomicU64,
+    /// The queues as of the driver's last gauge tick (about once a second), for the fleet page.
+    queues: watch::Sender<Arc<Vec<QueueStatus>>>,
 }
 
 struct Inner {
@@ -181,7 +183,24 @@ impl Schedule {
             wake: Notify::new(),
             driver: OnceLock::new(),
             next_request: AtomicU64::new(1),
+            queues: watch::channel(Arc::new(Vec::new())).0,
         }
+    }
+
+    /// A read-only view of the queues (models with requests waiting or in flight), updated by
+    /// the driver about once a second, and only when they changed.
+    pub fn queues(&self) -> watch::Receiver<Arc<Vec<QueueStatus>>> {
+        self.queues.subscribe()
+    }
+
+    fn publish_queues(&self, queues: &[QueueStatus]) {
+        self.queues.send_if_modified(|current| {
+            let modified = current.as_slice() != queues;
+            if modified {
+                *current = Arc::new(queues.to_vec());
+            }
+            modified
+        });
     }
 
     /// The refusal for `(model, neuron)` while its last failed load backs off.
@@ -571,6 +590,7 @@ fn publish_gauges(state: &AppState, shown: &mut Shown) {
         let inner = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner);
         (inner.core.status(now_unix_ms()), inner.core.models().map(str::to_owned).collect::<Vec<_>>())
     };
+    state.schedule.publish_queues(&queues);
     for model in models {
         if shown.models.insert(model.clone()) {
             metrics::gauge!("cortex_queue_depth", "model" => model.clone()).set(0.0);

@@ -1,5 +1,5 @@
 //! The fleet page's live feed. One task watches the daemon's own channels (the fleet in force,
-//! the observed topology, the reconciler's status) and rebuilds the page's state document once
+//! the observed topology, the reconciler's status, the gateway's queues) and rebuilds the page's state document once
 //! per change, whatever the number of pages open; the traffic window is sampled every few
 //! seconds. Each page's server-sent event stream starts with the whole state and then gets
 //! every new document, so a page that reconnects (after a daemon restart) is in sync at once.
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::poller::{Observed, now_unix_ms};
-use crate::control::status::DaemonStatus;
+use crate::control::status::{DaemonStatus, QueueStatus};
 use crate::gateway::traffic::Traffic;
 use crate::gateway::ui::page::{self, Inputs, Memory};
 
@@ -30,6 +30,8 @@ pub struct Sources {
     pub fleet: watch::Receiver<Arc<Fleet>>,
     pub observed: watch::Receiver<Arc<Observed>>,
     pub status: watch::Receiver<Arc<DaemonStatus>>,
+    /// The gateway's queues (`route::Schedule::queues`).
+    pub queues: watch::Receiver<Arc<Vec<QueueStatus>>>,
     pub traffic: Arc<Traffic>,
 }
 
@@ -73,6 +75,7 @@ impl Documents {
         let fleet = self.sources.fleet.borrow().clone();
         let observed = self.sources.observed.borrow().clone();
         let status = self.sources.status.borrow().clone();
+        let queues = self.sources.queues.borrow().clone();
         let now_unix_ms = now_unix_ms();
         let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
         memory.observe(&observed.topology, now_unix_ms);
@@ -82,6 +85,7 @@ impl Documents {
             status: &status,
             now_unix_ms,
             daemon_started_unix_ms: self.started_unix_ms,
+            queues: &queues,
         };
         to_json(&page::build(&inputs, &memory))
     }
@@ -100,7 +104,7 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
     let (traffic_sender, traffic) = watch::channel(traffic_json(&documents.sources.traffic));
     let feed = Feed { state, traffic, documents: documents.clone() };
     let task = tokio::spawn(async move {
-        let Sources { mut fleet, mut observed, mut status, traffic } = documents.sources.clone();
+        let Sources { mut fleet, mut observed, mut status, mut queues, traffic } = documents.sources.clone();
         let mut tick = tokio::time::interval(TRAFFIC_EVERY);
         loop {
             let changed = tokio::select! {
@@ -108,6 +112,7 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
                 changed = fleet.changed() => changed,
                 changed = observed.changed() => changed,
                 changed = status.changed() => changed,
+                changed = queues.changed() => changed,
                 _ = tick.tick() => {
                     if listened(&traffic_sender) {
                         let next = traffic_json(&traffic);
@@ -123,10 +128,11 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
             if changed.is_err() {
                 return; // a source stopped: the daemon is shutting down
             }
-            // Mark all three seen: one document covers whatever changed.
+            // Mark all four seen: one document covers whatever changed.
             fleet.borrow_and_update();
             observed.borrow_and_update();
             status.borrow_and_update();
+            queues.borrow_and_update();
             if listened(&state_sender) {
                 state_sender.send_replace(documents.state());
             } else {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use plans::fleet::{Fleet, ModelSpec, ReconcileMode, SourceMode};
 use plans::topology::{LoadedModel, ModelState, NeuronStatus, Topology};
 
-use crate::control::status::{Condition, DaemonStatus, Health, RevisionRecord, Run, Sync};
+use crate::control::status::{Condition, DaemonStatus, Health, QueueStatus, RevisionRecord, Run, Sync};
 
 /// The document's format; the page checks it.
 pub const FORMAT_VERSION: u32 = 1;
@@ -116,6 +116,10 @@ pub struct ModelView {
     pub min_devices: u32,
     /// The last measured load time of this model, anywhere.
     pub estimated_cold_start_ms: Option<u64>,
+    /// Requests waiting in this gateway's queue for the model (for a copy, a load or room).
+    pub queue_depth: usize,
+    /// How long the oldest of them has waited.
+    pub queue_oldest_wait_ms: u64,
     pub placements: Vec<PlacementView>,
 }
 
@@ -187,6 +191,8 @@ pub struct Inputs<'a> {
     pub status: &'a DaemonStatus,
     pub now_unix_ms: u64,
     pub daemon_started_unix_ms: u64,
+    /// The gateway's queues (models with requests waiting or in flight).
+    pub queues: &'a [QueueStatus],
 }
 
 /// Build the document. `memory` must have observed `inputs.topology`.
@@ -207,7 +213,7 @@ pub fn build(inputs: &Inputs<'_>, memory: &Memory) -> PageState {
         last_applied: revision(&status.last_applied),
         last_attempted: revision(&status.last_attempted),
         neurons: neurons(inputs.fleet, inputs.topology),
-        models: models(inputs.fleet, inputs.topology, memory),
+        models: with_queues(models(inputs.fleet, inputs.topology, memory), inputs.queues),
         plan: plan_view(inputs),
         runs: status.runs.clone(),
     }
@@ -362,8 +368,20 @@ fn models(fleet: &Fleet, topology: &Topology, memory: &Memory) -> Vec<ModelView>
         ram_mb: model.ram_mb,
         min_devices: u32::try_from(model.devices.len()).unwrap_or(u32::MAX),
         estimated_cold_start_ms: memory.load_ms.get(&model.id).copied(),
+        queue_depth: 0,
+        queue_oldest_wait_ms: 0,
         placements: placements(&model.id, topology, memory),
     }));
+    views
+}
+
+/// Each model's queue depth and oldest wait; a model with no queue has none waiting.
+fn with_queues(mut views: Vec<ModelView>, queues: &[QueueStatus]) -> Vec<ModelView> {
+    for view in &mut views {
+        if let Some(queue) = queues.iter().find(|q| q.model == view.id) {
+            (view.queue_depth, view.queue_oldest_wait_ms) = (queue.waiting, queue.oldest_wait_ms);
+        }
+    }
     views
 }
 
@@ -379,6 +397,8 @@ fn declared(spec: &ModelSpec, topology: &Topology, memory: &Memory) -> ModelView
         ram_mb: spec.ram_mb,
         min_devices: spec.min_devices,
         estimated_cold_start_ms: memory.load_ms.get(&spec.id).copied(),
+        queue_depth: 0,
+        queue_oldest_wait_ms: 0,
         placements: placements(&spec.id, topology, memory),
     }
 }
@@ -464,16 +484,21 @@ mod tests {
             ("by-hand".into(), ModelState::Unloading, None);
         topology.neurons[0].models.push(hand_started);
         let status = DaemonStatus::default();
+        let queues = [QueueStatus { model: "m".into(), waiting: 3, oldest_wait_ms: 1200, in_flight: 1 }];
         let inputs = Inputs {
             fleet: &fleet,
             topology: &topology,
             status: &status,
             now_unix_ms: 1,
             daemon_started_unix_ms: 0,
+            queues: &queues,
         };
         let page = build(&inputs, &Memory::default());
         let ids: Vec<(&str, bool)> = page.models.iter().map(|m| (m.id.as_str(), m.declared)).collect();
         assert_eq!(ids, [("m", true), ("by-hand", false)]);
+        let depth = |m: &ModelView| (m.queue_depth, m.queue_oldest_wait_ms);
+        assert_eq!(depth(&page.models[0]), (3, 1200), "the queued model shows its waiting requests");
+        assert_eq!(depth(&page.models[1]), (0, 0), "a model without a queue has none waiting");
         let failed = &page.models[0].placements[0];
         assert_eq!(
             (failed.status, failed.error.as_deref()),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::fleetwatch::FleetStatus;
 use crate::control::poller::Observed;
-use crate::control::status::{Condition, DaemonStatus};
+use crate::control::status::{Condition, DaemonStatus, QueueStatus};
 use crate::gateway::sse::SseParser;
 use crate::gateway::traffic::Traffic;
 use crate::gateway::ui::feed::{self, Sources};
@@ -106,6 +106,7 @@ fn topology(coder: ModelState, pico_reachable: bool) -> Topology {
 struct Harness {
     observed: watch::Sender<Arc<Observed>>,
     status: watch::Sender<Arc<DaemonStatus>>,
+    queues: watch::Sender<Arc<Vec<QueueStatus>>>,
     url: String,
     shutdown: CancellationToken,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -135,8 +136,14 @@ async fn serve(admin_key: Option<&str>) -> Harness {
         Some(Duration::from_millis(80)),
         42,
     );
-    let sources =
-        Sources { fleet: fleet_receiver, observed: observed_receiver, status: status_receiver, traffic };
+    let (queues_sender, queues) = watch::channel(Arc::new(Vec::new()));
+    let sources = Sources {
+        fleet: fleet_receiver,
+        observed: observed_receiver,
+        status: status_receiver,
+        queues,
+        traffic,
+    };
     let shutdown = CancellationToken::new();
     let (feed, _task) = feed::spawn(sources, shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
@@ -145,7 +152,15 @@ async fn serve(admin_key: Option<&str>) -> Harness {
     let served = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
     );
-    Harness { observed: observed_sender, status: status_sender, url, shutdown, served, _fleet: fleet_sender }
+    Harness {
+        observed: observed_sender,
+        status: status_sender,
+        queues: queues_sender,
+        url,
+        shutdown,
+        served,
+        _fleet: fleet_sender,
+    }
 }
 
 fn client() -> reqwest::Client {
@@ -261,6 +276,16 @@ async fn the_feed_starts_with_the_whole_state_and_follows_every_change() {
     }));
     let state = events.state_where(|s| s["models"][0]["placements"][0]["status"] == "loaded").await;
     assert_eq!(state["models"][0]["estimated_cold_start_ms"], 1500);
+    assert_eq!(state["models"][1]["queue_depth"], 0, "no queue yet: {}", state["models"][1]);
+
+    // Requests queue for `embed` in the gateway: its row shows how many and for how long.
+    let queue = QueueStatus { model: "embed".into(), waiting: 4, oldest_wait_ms: 2500, in_flight: 1 };
+    harness.queues.send_replace(Arc::new(vec![queue]));
+    let state = events.state_where(|s| s["models"][1]["queue_depth"] == 4).await;
+    assert_eq!(
+        (state["models"][1]["queue_oldest_wait_ms"].as_u64(), state["models"][0]["queue_depth"].as_u64()),
+        (Some(2500), Some(0))
+    );
 
     // An invalid edit: the errors arrive with their position; the last good revision stays.
     let diagnostic = Diagnostic {

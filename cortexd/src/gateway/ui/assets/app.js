@@ -237,7 +237,7 @@ function placement(m, p) {
 }
 
 function renderModels(s) {
-  const head = el('tr', {}, ['Model', 'Policy', 'Where', 'In flight', 'Last used', 'Needs'].map((t) => el('th', {}, t)));
+  const head = el('tr', {}, ['Model', 'Policy', 'Where', 'In flight', 'Queued', 'Last used', 'Needs'].map((t) => el('th', {}, t)));
   const rows = s.models.map((m) => {
     const lastUsed = Math.max(0, ...m.placements.map((p) => p.last_used_unix_ms || 0));
     const inFlight = m.placements.reduce((n, p) => n + p.in_flight, 0);
@@ -251,10 +251,12 @@ function renderModels(s) {
         : el('span', { class: 'faint', dataset: { status: 'not-loaded' } },
           'not loaded' + (m.estimated_cold_start_ms ? ` · cold start ~${duration(m.estimated_cold_start_ms)}` : ''))),
       el('td', { class: 'num' }, String(inFlight)),
+      el('td', { class: 'num', dataset: { queue: String(m.queue_depth) }, title: m.queue_depth ? `oldest waiting ${duration(m.queue_oldest_wait_ms)}` : '' },
+        m.queue_depth ? `${m.queue_depth} · ${duration(m.queue_oldest_wait_ms)}` : '0'),
       el('td', { class: 'num' }, lastUsed ? agoSpan(lastUsed) : 'never'),
       el('td', { class: 'num' }, `${needs} · ${m.harness}`));
   });
-  fill('models', el('thead', {}, head), el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { class: 'empty', colspan: 6 }, 'The fleet declares no model.'))));
+  fill('models', el('thead', {}, head), el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { class: 'empty', colspan: 7 }, 'The fleet declares no model.'))));
 }
 
 // ---- plan and runs ---------------------------------------------------------------------------
