@@ -295,3 +295,81 @@ async fn anthropic_requests_pass_through_to_native_engines_with_tool_use_fixed()
         "forwarded as is"
     );
 }
+
+/// `(requests, errors)` in the traffic window for `model`, once `done` holds of them (polled,
+/// with a deadline: a request is added when its response ends on the gateway's side).
+async fn traffic_until(model: &str, done: impl Fn(u32, u32) -> bool) -> (u32, u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let window = cortexd::gateway::traffic::GLOBAL.window(cortexd::control::poller::now_unix_ms());
+        let counts = window
+            .models
+            .iter()
+            .find(|s| s.model == model)
+            .map_or((0, 0), |s| (s.requests.iter().sum::<u32>(), s.errors.iter().sum::<u32>()));
+        if done(counts.0, counts.1) || tokio::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const COUNTED_MODEL: &str = r#"
+[[model]]
+id = "counted"
+aliases = ["counted-alias"]
+harness = "llamacpp"
+source = "counted.gguf"
+vram_mb = 1000
+min_devices = 1
+"#;
+
+#[tokio::test]
+async fn an_engine_error_status_counts_as_an_error_of_its_model_but_a_client_mistake_does_not() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::ZERO);
+    fake.preload("counted", "counted.gguf", 1000, 1);
+    let endpoint = fake.start().await;
+    let gateway = start(&fleet(&endpoint, COUNTED_MODEL), &[], limits()).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let refuse = |status: u16| {
+        *fake.refuse_with.lock().expect("lock") =
+            Some((status, serde_json::json!({"error": {"message": "refused by the fake engine"}})));
+    };
+    refuse(500);
+    assert_eq!(post(&url, &chat("counted", false)).await.status(), 502);
+    assert_eq!(post(&url, &chat("counted-alias", true)).await.status(), 502, "an alias counts for its model");
+    refuse(400);
+    assert_eq!(post(&url, &chat("counted", false)).await.status(), 400);
+    assert_eq!(post(&url, &chat("made-up-model", false)).await.status(), 404);
+    *fake.refuse_with.lock().expect("lock") = None;
+    assert_eq!(post(&url, &chat("counted", false)).await.status(), 200);
+    let counts = traffic_until("counted", |requests, _| requests >= 3).await;
+    assert_eq!(counts, (3, 2), "two engine failures and one answer; the 400 is the client's mistake");
+    let window = cortexd::gateway::traffic::GLOBAL.window(cortexd::control::poller::now_unix_ms());
+    assert!(!window.models.iter().any(|s| s.model == "made-up-model"), "an unknown name gets no chart");
+}
+
+const REFUSED_MODEL: &str = r#"
+[[model]]
+id = "refused"
+harness = "llamacpp"
+source = "refused.gguf"
+vram_mb = 1000
+min_devices = 1
+"#;
+
+#[tokio::test]
+async fn requests_a_full_queue_turns_away_count_as_errors_of_their_model() {
+    let fake = FakeNeuron::new("fake", 24_000, Duration::from_secs(1));
+    let endpoint = fake.start().await;
+    let mut limits = limits();
+    limits.max_waiting_per_model = 2;
+    let gateway = start(&fleet(&endpoint, REFUSED_MODEL), &[], limits).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let body = chat("refused", false);
+    let responses = futures_util::future::join_all((0..5).map(|_| post(&url, &body))).await;
+    let refused = responses.iter().filter(|r| r.status() == 503).count() as u32;
+    assert_eq!(refused, 3, "two wait, three are turned away");
+    let counts = traffic_until("refused", |requests, _| requests >= 5).await;
+    assert_eq!(counts, (5, 3), "five requests, the three refused are errors");
+}

@@ -167,8 +167,22 @@ where
     outcome.await.unwrap_or_else(|e| rejected(e, route.name, route.dialect))
 }
 
-/// Route a checked request and hand it to `adapter` (after a cold load if need be).
+/// Route a checked request and hand it to `adapter` (after a cold load if need be). A request
+/// that fails on the fleet's side is counted in its model's traffic window (see [`count_failure`]).
 pub async fn dispatch<F, Fut>(state: AppState, checked: Checked, adapter: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    let (name, started) = (checked.model.clone(), checked.started);
+    let result = route_and_call(state.clone(), checked, adapter).await;
+    if let Err(error) = &result {
+        count_failure(&state, &name, started, error);
+    }
+    result
+}
+
+async fn route_and_call<F, Fut>(state: AppState, checked: Checked, adapter: F) -> Result<Response, ApiError>
 where
     F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
@@ -182,6 +196,31 @@ where
         }
         Resolution::Waiting(ticket) => Ok(waiting_stream(state, ticket, checked, adapter)),
     }
+}
+
+/// Add a request that failed on the fleet's side to its model's traffic window (the fleet
+/// page's errors chart): refused by its queue (full, timed out, unplaceable, load failed), an
+/// engine's error status, a neuron that did not answer (502, 503, 504, 500). Client mistakes
+/// (4xx) and capability gaps (501) are not failures of the model, and a name the fleet does
+/// not know gets no chart (clients must not fill the window with made-up names). Streams that
+/// break off midway are counted where the proxy records them.
+pub fn count_failure(state: &AppState, name: &str, started: Instant, error: &ApiError) {
+    let fleet_side = matches!(
+        error,
+        ApiError::Overloaded { .. }
+            | ApiError::Upstream(_)
+            | ApiError::UpstreamTimeout(_)
+            | ApiError::Internal(_)
+    );
+    if !fleet_side {
+        return;
+    }
+    let id = match state.fleet().model(name) {
+        Some(spec) => spec.id.clone(),
+        None if state.observed().topology.neurons.iter().any(|n| n.model(name).is_some()) => name.to_owned(),
+        None => return,
+    };
+    crate::gateway::traffic::add(&id, started, None, None, true);
 }
 
 /// The error response for a request that did not get a response from an engine, counted in
@@ -335,9 +374,15 @@ where
     let every = state.limits.keepalive_interval;
     let (dialect, route) = (checked.route.dialect, checked.route.name);
     let answer = Box::pin(async move {
-        let model = checked.model.clone();
-        let target = wait(ticket, checked.started, &model).await?;
-        adapter(state, target, checked).await
+        let (model, started) = (checked.model.clone(), checked.started);
+        let answered = match wait(ticket, started, &model).await {
+            Ok(target) => adapter(state.clone(), target, checked).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &answered {
+            count_failure(&state, &model, started, error);
+        }
+        answered
     });
     let body = WaitingBody {
         phase: Phase::Waiting(answer),

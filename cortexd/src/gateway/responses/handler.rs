@@ -34,8 +34,15 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bod
         let checked = pipeline::check(&state, &headers, body, CREATE).await?;
         match checked.envelope.previous_response_id.clone() {
             Some(previous) => {
-                let target = remembered_target(&state, &previous)?;
-                create_adapter(state, target, checked).await
+                let (name, started) = (checked.model.clone(), checked.started);
+                let answered = match remembered_target(&state, &previous) {
+                    Ok(target) => create_adapter(state.clone(), target, checked).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = &answered {
+                    pipeline::count_failure(&state, &name, started, error);
+                }
+                answered
             }
             None => pipeline::dispatch(state, checked, create_adapter).await,
         }
