@@ -452,3 +452,27 @@ async fn sighup_retries_at_once_whatever_the_backoff() {
     let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
     assert_eq!(healing["trigger"], "admin_request", "{status:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_admin_reconcile_retries_at_once_whatever_the_backoff() {
+    let rig = Rig::new().await;
+    rig.fleet(&fault_model("m", "m.bin", &["n1"]));
+    let daemon = rig.serve().await;
+    eventually("a second failure in a row", Duration::from_secs(60), async || {
+        let status = daemon.status().await;
+        (status["backing_off"][0]["failures"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    rig.model_file("m.bin", "serve");
+    let url = format!("http://127.0.0.1:{}/admin/reconcile", daemon.port);
+    let client = reqwest::Client::new();
+    let refused = client.post(&url).bearer_auth("not-the-key").send().await.unwrap();
+    assert_eq!(refused.status(), 401, "the admin key is required");
+    let answer = client.post(&url).bearer_auth(cortex_e2e::ADMIN_KEY).send().await.unwrap();
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!((body["requested"].as_bool(), body["trigger"].as_str()), (Some(true), Some("admin_request")));
+    let status = synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
+    let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
+    assert_eq!(healing["trigger"], "admin_request", "{status:#}");
+}

@@ -75,7 +75,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
-    tokio::spawn(pass_on_sighup(reconciler, shutdown.clone()));
+    tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
     // Failed cold loads back off like the reconciler's actions.
     let schedule = Arc::new(gateway::route::Schedule::new(
@@ -102,6 +102,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         status,
         timeouts,
         parallelism: config.reconcile.parallelism,
+        reconciler,
     });
     let api = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -1,5 +1,6 @@
 //! The admin API (admin key required): `GET /admin/status` (the daemon's status, as
-//! `cortex status` shows it) and `POST /admin/apply` (apply a saved plan file, refused when stale).
+//! `cortex status` shows it), `POST /admin/apply` (apply a saved plan file, refused when stale)
+//! and `POST /admin/reconcile` (a reconcile pass now, every backoff cleared: what SIGHUP does).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
 use crate::control::execute::ExecTimeouts;
+use crate::control::reconciler::ReconcileHandle;
 use crate::control::status::DaemonStatus;
 use crate::gateway::AppState;
 
@@ -22,6 +24,8 @@ pub struct Admin {
     pub status: watch::Receiver<Arc<DaemonStatus>>,
     pub timeouts: ExecTimeouts,
     pub parallelism: usize,
+    /// Asks the reconciler for a pass.
+    pub reconciler: ReconcileHandle,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -98,4 +102,31 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
         .collect();
     axum::Json(ApplyResponse { succeeded: report.succeeded(), summary: report.summary(), outcomes })
         .into_response()
+}
+
+/// The answer to `POST /admin/reconcile`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReconcileResponse {
+    pub requested: bool,
+    /// The trigger the pass is recorded under in the status's runs.
+    pub trigger: String,
+    pub message: String,
+}
+
+/// `POST /admin/reconcile`: ask for a reconcile pass now; it clears every backoff, as SIGHUP
+/// does. Answers 202 at once: the pass runs after the one in progress, if any, and shows in
+/// `GET /admin/status` under the trigger `admin_request`.
+pub async fn reconcile(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let admin = match authorised(&state, &headers) {
+        Ok(admin) => admin,
+        Err((status, message)) => return error(status, message),
+    };
+    tracing::info!("admin API: a reconcile pass was requested");
+    admin.reconciler.request();
+    let body = ReconcileResponse {
+        requested: true,
+        trigger: "admin_request".into(),
+        message: "a reconcile pass was requested; every backoff is cleared".into(),
+    };
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }

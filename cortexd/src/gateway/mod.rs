@@ -105,6 +105,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(routes::health))
         .route("/admin/status", get(admin::status))
         .route("/admin/apply", post(admin::apply))
+        .route("/admin/reconcile", post(admin::reconcile).fallback(routes::wrong_method))
         .fallback(routes::no_route)
         // Bodies are read by the handlers themselves so that a too-large body is a 413 in
         // the route's dialect; axum's own limit is set just above ours as a backstop.
