@@ -66,22 +66,24 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         }
     });
 
+    // Failed cold loads back off like the reconciler's actions.
+    let schedule = Arc::new(gateway::route::Schedule::new(
+        config.gateway.swap_schedule,
+        reconcile_config_backoff(&config),
+    ));
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let reconcile_config = ReconcileConfig {
         resync: config.reconcile.resync,
         parallelism: config.reconcile.parallelism,
         timeouts,
         backoff: reconcile_config_backoff(&config),
+        // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
+        activity: schedule.activity(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
-    // Failed cold loads back off like the reconciler's actions.
-    let schedule = Arc::new(gateway::route::Schedule::new(
-        config.gateway.swap_schedule,
-        reconcile_config_backoff(&config),
-    ));
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
     // operator listener.
     let ui_sources = gateway::ui::feed::Sources {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plans::fleet::{Fleet, ReconcileMode};
-use plans::plan::{Action, ActionKind, Plan, PlanOptions};
+use plans::plan::{Action, ActionKind, Activity, Plan, PlanOptions};
+use plans::topology::Topology;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,11 @@ pub struct ReconcileConfig {
     pub parallelism: usize,
     pub timeouts: ExecTimeouts,
     pub backoff: BackoffPolicy,
+    /// What the gateway knows that neurons do not report (requests waiting in its queues, since
+    /// when each copy is resident), for the eviction choice: the same view the router's cold
+    /// loads plan with. Written by the gateway's scheduler; a receiver whose sender is gone
+    /// keeps its last value (an empty one: plan on in-flight requests alone).
+    pub activity: watch::Receiver<Activity>,
 }
 
 /// Asks the running reconciler for a pass.
@@ -165,6 +171,18 @@ struct Started {
     record: RevisionRecord,
 }
 
+/// The plan against `topology` at `now_unix_ms`, weighing the gateway's queues and residency in
+/// evictions, so that a pass and a cold load choose the same copy to give up.
+fn plan_now(
+    fleet: &Fleet,
+    topology: &Topology,
+    activity: &watch::Receiver<Activity>,
+    now_unix_ms: u64,
+) -> Plan {
+    let options = PlanOptions { now_unix_ms, prune: false };
+    plans::plan::plan_with(fleet, topology, &options, &activity.borrow())
+}
+
 impl Reconciler {
     /// One pass: plan, and in auto mode apply what is not backing off.
     async fn pass_now(&mut self, trigger: Trigger) {
@@ -177,11 +195,7 @@ impl Reconciler {
         let fleet_status = self.fleet.status.borrow().clone();
         let observed = self.poller.observed.borrow().clone();
         let unix_ms = now_unix_ms();
-        let plan = plans::plan::plan(
-            &fleet,
-            &observed.topology,
-            &PlanOptions { now_unix_ms: unix_ms, prune: false },
-        );
+        let plan = plan_now(&fleet, &observed.topology, &self.config.activity, unix_ms);
         let revision = fleet_status.revision.short(&fleet.digest);
         let record = RevisionRecord {
             revision: fleet_status.revision.clone(),
@@ -228,11 +242,7 @@ impl Reconciler {
         // Look again at what the neurons say now, so that status reflects the result.
         self.poller.refreshed().await;
         let observed = self.poller.observed.borrow().clone();
-        let after = plans::plan::plan(
-            &fleet,
-            &observed.topology,
-            &PlanOptions { now_unix_ms: now_unix_ms(), prune: false },
-        );
+        let after = plan_now(&fleet, &observed.topology, &self.config.activity, now_unix_ms());
         let applied = report.succeeded().then(|| started.record.clone());
         self.publish(Some(after), Some((started.record, applied)));
     }
@@ -408,4 +418,79 @@ fn jitter(max: Duration) -> Duration {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(0).max(1);
     Duration::from_millis(u64::from(nanos) % max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLEET: &str = r#"
+[[neuron]]
+name = "n"
+endpoint = "http://127.0.0.1:1"
+
+[[model]]
+id = "big"
+harness = "sim"
+source = "big.gguf"
+vram_mb = 12000
+pinned_on = ["n"]
+
+[[model]]
+id = "a"
+harness = "sim"
+source = "a.gguf"
+vram_mb = 12000
+
+[[model]]
+id = "b"
+harness = "sim"
+source = "b.gguf"
+vram_mb = 12000
+"#;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    /// One full GPU holding `a` (used longest ago) and `b`, idle, both on demand.
+    fn topology() -> Topology {
+        let copy = |id: &str, last_used: u64| {
+            serde_json::json!({"id": id, "harness": "sim", "status": "loaded", "devices": [0],
+                "vram_mb": 12000, "last_used_unix_ms": last_used, "in_flight": 0,
+                "profile": {"harness": "sim", "source": format!("{id}.gguf"), "args": []}})
+        };
+        let json = serde_json::json!({"format_version": 1, "observed_at_unix_ms": NOW, "neurons": [
+            {"name": "n", "reachable": true, "generation": 3, "boot_id": "b1",
+             "devices": [{"index": 0, "name": "GPU", "vram_total_mb": 24000, "vram_free_mb": 0}],
+             "ram_total_mb": 64000, "ram_free_mb": 60000, "harnesses": ["sim"],
+             "models": [copy("a", NOW - 60_000), copy("b", NOW - 30_000)]}]});
+        serde_json::from_value(json).expect("a valid topology")
+    }
+
+    fn evicted(plan: &Plan) -> Vec<&str> {
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a.reason, plans::plan::Reason::Evict { .. }))
+            .map(|a| a.model.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_pass_weighs_the_gateways_queues_in_its_eviction_choice() {
+        let load = plans::fleet::load(&[("fleet.toml".to_owned(), FLEET.to_owned())]);
+        let fleet = load.fleet.unwrap_or_else(|| panic!("valid: {:?}", load.diagnostics));
+        let topology = topology();
+        let (gateway, activity) = watch::channel(Activity::default());
+        let plan = plan_now(&fleet, &topology, &activity, NOW);
+        assert_eq!(evicted(&plan), ["a"], "idle everywhere: the least recently used goes");
+        // Requests wait in the gateway for `a`: the pass gives up `b` instead.
+        gateway.send_replace(Activity { queued: [("a".to_owned(), 3)].into(), ..Activity::default() });
+        let plan = plan_now(&fleet, &topology, &activity, NOW);
+        assert_eq!(evicted(&plan), ["b"], "a model with requests waiting is evicted last");
+        // `b` became resident a moment ago (within its minimum residency): it is held, so the
+        // pin takes `a` after all (a busy copy is evicted last, not never).
+        let resident = [(("b".to_owned(), "n".to_owned()), NOW - 1_000)].into();
+        gateway.send_replace(Activity { queued: [("a".to_owned(), 3)].into(), resident_since: resident });
+        let plan = plan_now(&fleet, &topology, &activity, NOW);
+        assert_eq!(evicted(&plan), ["a"], "the gateway's residency holds `b`");
+    }
 }

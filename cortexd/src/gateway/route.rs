@@ -159,6 +159,9 @@ pub struct Schedule {
     next_request: AtomicU64,
     /// The queues as of the driver's last gauge tick (about once a second), for the fleet page.
     queues: watch::Sender<Arc<Vec<QueueStatus>>>,
+    /// The scheduler's queues and residency for the reconciler's eviction choice, published
+    /// with the queues.
+    activity: watch::Sender<Activity>,
 }
 
 struct Inner {
@@ -184,6 +187,7 @@ impl Schedule {
             driver: OnceLock::new(),
             next_request: AtomicU64::new(1),
             queues: watch::channel(Arc::new(Vec::new())).0,
+            activity: watch::channel(Activity::default()).0,
         }
     }
 
@@ -193,7 +197,18 @@ impl Schedule {
         self.queues.subscribe()
     }
 
-    fn publish_queues(&self, queues: &[QueueStatus]) {
+    /// What the scheduler knows for the planner (queued requests, residency), updated with the
+    /// queues: the reconciler plans with it (`ReconcileConfig::activity`).
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.activity.subscribe()
+    }
+
+    fn publish_queues(&self, queues: &[QueueStatus], activity: Activity) {
+        self.activity.send_if_modified(|current| {
+            let modified = *current != activity;
+            *current = activity;
+            modified
+        });
         self.queues.send_if_modified(|current| {
             let modified = current.as_slice() != queues;
             if modified {
@@ -586,11 +601,12 @@ struct Shown {
 /// series of every known model and neuron start at zero (so dashboards and alerts see them
 /// before the first swap or rejection).
 fn publish_gauges(state: &AppState, shown: &mut Shown) {
-    let (queues, models) = {
+    let (queues, models, activity) = {
         let inner = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (inner.core.status(now_unix_ms()), inner.core.models().map(str::to_owned).collect::<Vec<_>>())
+        let models = inner.core.models().map(str::to_owned).collect::<Vec<_>>();
+        (inner.core.status(now_unix_ms()), models, inner.core.activity())
     };
-    state.schedule.publish_queues(&queues);
+    state.schedule.publish_queues(&queues, activity);
     for model in models {
         if shown.models.insert(model.clone()) {
             metrics::gauge!("cortex_queue_depth", "model" => model.clone()).set(0.0);

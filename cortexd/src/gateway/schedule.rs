@@ -505,7 +505,7 @@ impl Scheduler {
 
     /// What the planner should weigh: queued requests per model and each ready copy's start.
     /// Nothing with the schedule off: arrival order evicts by the fleet's policy alone.
-    fn activity(&self) -> Activity {
+    pub fn activity(&self) -> Activity {
         let mut activity = Activity::default();
         if self.mode == Mode::Arrival {
             return activity;
