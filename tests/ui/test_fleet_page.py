@@ -115,12 +115,16 @@ def run(fleet: SimFleet, browser: Browser) -> None:
     browser.wait_for(f"{placement_status('gemma-3-12b')} === 'loading'", 10, "gemma-3-12b loading")
     browser.wait_for("document.querySelector('[data-model=\"gemma-3-12b\"] .loading-progress')", 2,
                      "the loading copy's elapsed time")
+    # The cold request waits in the gateway's queue for the load (3 s on atlas): the row shows it.
+    queued = "(document.querySelector('[data-model=\"gemma-3-12b\"] [data-queue]') || {dataset: {}}).dataset.queue"
+    browser.wait_for(f"{queued} === '1'", 2.5, "the waiting request in gemma-3-12b's queue")
     browser.screenshot(ARTIFACTS / "loading.png")
     loader.join(timeout=60)
     assert answer.get("status") == 200, f"the cold request was answered: {answer}"
     answered_at = time.monotonic()
     browser.wait_for(f"{placement_status('gemma-3-12b')} === 'loaded'", 2, "gemma-3-12b loaded within 2 s")
     print(f"gemma-3-12b showed loaded {time.monotonic() - answered_at:.2f} s after the API answered")
+    browser.wait_for(f"{queued} === '0'", 3, "gemma-3-12b's queue empty once its request was admitted")
 
     # Traffic shows up in the charts; then the overview screenshot.
     traffic.start()
