@@ -1,7 +1,9 @@
 //! The gateway's recent traffic per model, for the fleet page's charts: the last 15 minutes in
 //! 10-second buckets, kept in memory. Bounded by construction: each model owns a fixed ring of
 //! buckets (old buckets are overwritten, never appended), and at most [`MAX_MODELS`] models are
-//! kept (the one idle longest makes room). Fed by one call when a forwarded request ends.
+//! kept (the one idle longest makes room). Fed by one call when a forwarded request ends, and
+//! one when a request for a known model fails on the fleet's side before an engine answered it
+//! (`gateway::pipeline::count_failure`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
