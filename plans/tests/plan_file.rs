@@ -58,7 +58,7 @@ pinned_on = ["beast"]
     let changed = file.staleness("sha256:ffffffffffffffff", &topology(8, "boot-a"));
     let restarted = file.staleness(&fleet.digest, &topology(1, "boot-b"));
     expect![[r#"
-        the fleet changed: digest 9e760ce08072 is now ffffffffffff
+        the fleet changed: digest c16edc7118be is now ffffffffffff
         neuron beast changed: generation 7 is now 8 (models were loaded or unloaded)
         neuron beast restarted (boot id "boot-a" is now "boot-b")"#]]
     .assert_eq(&format!("{}\n{}", changed.join("\n"), restarted.join("\n")));

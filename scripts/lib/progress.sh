@@ -154,15 +154,20 @@ progress_wait() {
     fi
     sleep 1
   done
-  return 0
+  rm -rf "$_progress_dir"
+  _progress_dir=""
 }
 
 progress_kill_all() {
   local key pgid
   for key in "${_progress_keys[@]}"; do
     pgid=$(cat "$_progress_dir/$key.pgid" 2>/dev/null) || continue
+    # Its process group, and the rest of its session (ninja runs each compiler in a group of its own).
     kill -TERM -- "-$pgid" 2>/dev/null || true
+    pkill -TERM -s "$pgid" 2>/dev/null || true
     printf '    %s: stopped\n' "${_progress_label[$key]}" >&2
   done
   _progress_keys=()
+  [ -z "$_progress_dir" ] || rm -rf "$_progress_dir"
+  _progress_dir=""
 }

@@ -334,3 +334,72 @@ impl Daemon {
             .unwrap()
     }
 }
+
+/// A `[harness.fault]` table running the `fault-engine` test binary at `engine` through the
+/// command harness (what it does is read from each model's source file).
+pub fn fault_harness(engine: &Path) -> String {
+    format!(
+        "[harness.fault]\nkind = \"command\"\ncommand = [\"{}\", \"--port\", \"{{port}}\", \"--model\", \"{{model}}\", \"--source\", \"{{source}}\", \"--host\", \"127.0.0.1\"]\nhealth_path = \"/health\"\ndevices_env = \"\"\n",
+        engine.display()
+    )
+}
+
+/// A CPU model table for the `fault` harness, pinned on `pinned_on` (empty: on demand).
+pub fn fault_model(id: &str, source: &str, pinned_on: &[&str]) -> String {
+    let pins: Vec<String> = pinned_on.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[[model]]\nid = \"{id}\"\nharness = \"fault\"\nsource = \"{source}\"\nmin_devices = 0\nram_mb = 64\npinned_on = [{}]\n\n",
+        pins.join(", ")
+    )
+}
+
+/// As [`cortex_config`], with the `[poll]` and `[reconcile]` tables given as TOML text.
+pub fn cortex_config_with(dir: &Path, poll: &str, reconcile: &str) -> (PathBuf, u16) {
+    let port = free_port();
+    let path = dir.join("cortex.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nadmin_key = \"{ADMIN_KEY}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\n\
+             [poll]\n{poll}\n\n[reconcile]\n{reconcile}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    (path, port)
+}
+
+/// The value of `flag` in the argv of process `pid`.
+pub fn process_flag(pid: u32, flag: &str) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args.iter().position(|a| *a == flag.as_bytes())?;
+    args.get(at + 1).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Whether process `pid` has ended: gone, or a zombie waiting for a reaper (it holds no
+/// ports and runs no code).
+pub fn process_ended(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next());
+    state.is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// Whether something accepts connections on loopback `port`.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+impl Daemon {
+    /// `POST /v1/chat/completions` for `model`: the status and the body as text.
+    pub async fn chat(&self, model: &str) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/v1/chat/completions", self.port))
+            .json(&serde_json::json!({"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+}

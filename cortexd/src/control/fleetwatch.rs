@@ -375,3 +375,58 @@ fn git_dir(dir: &Path) -> Option<PathBuf> {
         Command::new("git").arg("-C").arg(dir).args(["rev-parse", "--absolute-git-dir"]).output().ok()?;
     output.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
+
+#[cfg(test)]
+mod tests {
+    use notify_debouncer_full::notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind,
+    };
+    use notify_debouncer_full::notify::{Event, EventKind};
+
+    use super::*;
+
+    fn fleet(text: &str) -> Fleet {
+        plans::fleet::load(&[("fleet/fleet.toml".to_owned(), text.to_owned())]).fleet.expect("valid")
+    }
+
+    #[test]
+    fn a_fleet_dropping_every_neuron_or_model_is_destructive() {
+        let full = fleet(
+            "[[neuron]]\nname = \"n1\"\nendpoint = \"http://n1:13131\"\n\n[[model]]\nid = \"m\"\nharness = \"sim\"\nsource = \"m\"\npinned_on = [\"n1\"]\n",
+        );
+        let no_models = fleet("[[neuron]]\nname = \"n1\"\nendpoint = \"http://n1:13131\"\n");
+        let empty = fleet("");
+        assert_eq!(
+            destructive(&full, &empty).as_deref(),
+            Some("the fleet declares no neurons; it would drop all 1 of the fleet in force (n1)")
+        );
+        assert_eq!(
+            destructive(&full, &no_models).as_deref(),
+            Some("the fleet declares no models; it would drop all 1 of the fleet in force (m)")
+        );
+        assert_eq!(destructive(&full, &full), None);
+        assert_eq!(destructive(&empty, &empty), None, "nothing to lose");
+    }
+
+    #[test]
+    fn only_edits_of_visible_entries_and_commits_count() {
+        let filter = EditFilter { dir: PathBuf::from("/f"), git: Some(PathBuf::from("/f/.git")) };
+        let event = |kind: EventKind, path: &str| Event::new(kind).add_path(PathBuf::from(path));
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(filter.is_edit(&event(data, "/f/fleet.toml")));
+        assert!(filter.is_edit(&event(EventKind::Create(CreateKind::File), "/f/sub/x.toml")));
+        assert!(filter.is_edit(&event(data, "/f/.git/refs/heads/main")), "a commit");
+        assert!(
+            !filter.is_edit(&event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/f/fleet.toml"))
+        );
+        assert!(
+            !filter.is_edit(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/f/fleet.toml"))
+        );
+        assert!(
+            !filter
+                .is_edit(&event(EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)), "/f/fleet.toml"))
+        );
+        assert!(!filter.is_edit(&event(data, "/f/.git/index")), "git looking is not an edit");
+        assert!(!filter.is_edit(&event(data, "/f/.fleet.toml.swp")));
+    }
+}

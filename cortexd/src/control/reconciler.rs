@@ -67,19 +67,29 @@ pub fn spawn(
     let (sender, receiver) =
         watch::channel(Arc::new(DaemonStatus { format_version: 1, ..DaemonStatus::default() }));
     let (wakes, wake_receiver) = mpsc::unbounded_channel();
-    tokio::spawn(forward_wakes(fleet.clone(), poller.clone(), wakes.clone(), shutdown.clone()));
-    let last_digest = fleet.fleet.borrow().digest.clone();
-    let reconciler = Reconciler {
-        last_digest,
-        fleet,
-        poller,
-        config,
-        status: sender,
-        backoff: Backoff::default(),
-        runs: Vec::new(),
-    };
-    let task = tokio::spawn(reconcile::run(reconciler, wake_receiver, shutdown));
-    (receiver, ReconcileHandle { wakes }, task)
+    let handle = ReconcileHandle { wakes: wakes.clone() };
+    let task = tokio::spawn(async move {
+        // The first pass plans against what the neurons say, not against nothing.
+        let mut first = poller.observed.clone();
+        let polled = async { first.wait_for(|o| o.topology.observed_at_unix_ms != 0).await.is_ok() };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            polled = polled => if !polled { return },
+        }
+        tokio::spawn(forward_wakes(fleet.clone(), poller.clone(), wakes, shutdown.clone()));
+        let last_digest = fleet.fleet.borrow().digest.clone();
+        let reconciler = Reconciler {
+            last_digest,
+            fleet,
+            poller,
+            config,
+            status: sender,
+            backoff: Backoff::default(),
+            runs: Vec::new(),
+        };
+        reconcile::run(reconciler, wake_receiver, shutdown).await;
+    });
+    (receiver, handle, task)
 }
 
 /// Turn changes of the fleet and of the observed state into wake-ups: a new fleet or a moved

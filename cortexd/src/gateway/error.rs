@@ -198,6 +198,27 @@ mod tests {
     }
 
     #[test]
+    fn openai_codes_are_strings_or_null_and_overflow_reads_like_anthropics() {
+        assert_eq!(
+            ApiError::BadRequest("x".into()).body(Dialect::OpenAi)["error"]["code"],
+            serde_json::Value::Null
+        );
+        let overflow = ApiError::ContextOverflow {
+            prompt_tokens: Some(9000),
+            max_tokens: Some(8192),
+            message: "engine words".into(),
+        };
+        assert_eq!(overflow.body(Dialect::OpenAi)["error"]["code"], "context_length_exceeded");
+        expect_test::expect![[r#"{"error":{"message":"prompt is too long: 9000 tokens > 8192 maximum","type":"invalid_request_error"},"type":"error"}"#]]
+            .assert_eq(&overflow.body(Dialect::Anthropic).to_string());
+        let event = ApiError::Upstream("broke".into()).sse_event(Dialect::Responses);
+        assert!(
+            event.starts_with("event: error\ndata: {") && event.contains(r#""code":"server_error""#),
+            "{event}"
+        );
+    }
+
+    #[test]
     fn overload_carries_retry_after() {
         let response = ApiError::Overloaded { message: "queue full".into(), retry_after_s: 7 }
             .in_dialect(Dialect::Anthropic)

@@ -12,10 +12,9 @@ use serde_json::Value;
 use crate::gateway::AppState;
 use crate::gateway::anthropic;
 use crate::gateway::error::{ApiError, Dialect};
-use crate::gateway::pipeline::{self, Checked, RouteInfo, Upstream};
+use crate::gateway::pipeline::{self, Checked, OutputCap, RouteInfo, Upstream};
 use crate::gateway::proxy::{self, EventTransform, RawFix, StreamEdit};
 use crate::gateway::route::Target;
-use crate::gateway::routes::OutputCap;
 use crate::gateway::sse::SseParser;
 
 const MESSAGES: RouteInfo = RouteInfo { name: "messages", dialect: Dialect::Anthropic };

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::Stream;
 use plans::wire::HarnessInfo;
+use serde_json::{Map, Value};
 
 use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
@@ -211,6 +212,35 @@ pub fn ctx_size(state: &AppState, model: &str) -> Option<u64> {
 /// The fleet's output cap for `model`, when it sets `max_output_tokens`.
 pub fn output_cap(state: &AppState, model: &str) -> Option<u64> {
     state.fleet().model(model).and_then(|m| m.max_output_tokens)
+}
+
+/// The fleet's output cap and the request fields that carry an output limit (the first one is
+/// set when the request has none).
+#[derive(Clone, Copy, Debug)]
+pub struct OutputCap {
+    pub cap: u64,
+    pub fields: &'static [&'static str],
+}
+
+impl OutputCap {
+    pub fn new(cap: u64, fields: &'static [&'static str]) -> Self {
+        OutputCap { cap, fields }
+    }
+
+    /// Clamp every output-limit field of `object` to the cap; set the first when none is there.
+    pub fn apply(&self, object: &mut Map<String, Value>) {
+        let mut present = false;
+        for field in self.fields {
+            if let Some(value) = object.get_mut(*field).filter(|v| !v.is_null()) {
+                present = true;
+                let asked = value.as_u64().unwrap_or(u64::MAX);
+                *value = asked.min(self.cap).into();
+            }
+        }
+        if !present && let Some(first) = self.fields.first() {
+            object.insert((*first).to_owned(), self.cap.into());
+        }
+    }
 }
 
 /// One call to the engine, as an adapter describes it.

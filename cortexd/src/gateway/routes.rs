@@ -1,16 +1,16 @@
-//! The OpenAI adapter (Chat Completions, Completions, Embeddings) over the pipeline, the
-//! output cap shared by every adapter, and the API's fallback answers (404, 405).
+//! The OpenAI adapter (Chat Completions, Completions, Embeddings) over the pipeline, and the
+//! API's fallback answers (404, 405).
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
-use crate::gateway::pipeline::{self, Checked, RouteInfo, Upstream};
+use crate::gateway::pipeline::{self, Checked, OutputCap, RouteInfo, Upstream};
 use crate::gateway::proxy::StreamEdit;
 use crate::gateway::route::Target;
 
@@ -81,35 +81,6 @@ async fn forward_openai(
     let body = rewrite(checked.body.clone(), &checked.model, &target.model, add_usage, cap)?;
     let edit = if add_usage { StreamEdit::StripUsageChunk } else { StreamEdit::None };
     pipeline::forward(&state, target, &checked, Upstream::post(path, body, stream, edit, true)).await
-}
-
-/// The fleet's output cap and the request fields that carry an output limit (the first one is
-/// set when the request has none).
-#[derive(Clone, Copy, Debug)]
-pub struct OutputCap {
-    pub cap: u64,
-    pub fields: &'static [&'static str],
-}
-
-impl OutputCap {
-    pub fn new(cap: u64, fields: &'static [&'static str]) -> Self {
-        OutputCap { cap, fields }
-    }
-
-    /// Clamp every output-limit field of `object` to the cap; set the first when none is there.
-    pub fn apply(&self, object: &mut Map<String, Value>) {
-        let mut present = false;
-        for field in self.fields {
-            if let Some(value) = object.get_mut(*field).filter(|v| !v.is_null()) {
-                present = true;
-                let asked = value.as_u64().unwrap_or(u64::MAX);
-                *value = asked.min(self.cap).into();
-            }
-        }
-        if !present && let Some(first) = self.fields.first() {
-            object.insert((*first).to_owned(), self.cap.into());
-        }
-    }
 }
 
 /// The body to send upstream: the client's own bytes, unless the model was named by an alias

@@ -42,6 +42,8 @@ pub struct FakeNeuron {
     pub endless_streams: AtomicBool,
     /// Streams the engine is writing now (its "slots" in use); drops when a client goes away.
     pub active_streams: Arc<AtomicUsize>,
+    /// When set, chat streams end with `data: [DONE]` and no blank line after it.
+    pub unterminated_done: AtomicBool,
     /// When set, every inference request is refused with this status and JSON body.
     pub refuse_with: Mutex<Option<(u16, serde_json::Value)>>,
 }
@@ -64,6 +66,7 @@ impl FakeNeuron {
             endless_streams: AtomicBool::new(false),
             active_streams: Arc::new(AtomicUsize::new(0)),
             refuse_with: Mutex::new(None),
+            unterminated_done: AtomicBool::new(false),
         })
     }
 
@@ -297,7 +300,9 @@ async fn chat(State(fake): Fake, body: Bytes) -> Response {
             "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}});
         events.push(Ok(Bytes::from(format!("data: {chunk}\n\n"))));
     }
-    events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+    let done: &'static [u8] =
+        if fake.unterminated_done.load(Ordering::SeqCst) { b"data: [DONE]" } else { b"data: [DONE]\n\n" };
+    events.push(Ok(Bytes::from_static(done)));
     let stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = if broken {
         events.truncate(2);
         // The crash comes after the first chunks went out, as a real one would.

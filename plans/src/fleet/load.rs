@@ -58,16 +58,31 @@ pub fn load(files: &[(String, String)]) -> FleetLoad {
 
 /// `sha256:<hex>` over the files sorted by path, each as its path, a 0 byte, its text, a 0 byte.
 /// The 0 bytes keep `("a", "bc")` and `("ab", "c")` apart (neither paths nor TOML hold a NUL).
+/// Paths count from the files' common directory, so that the same fleet has the same digest
+/// however its directory is named (`fleet`, `./fleet`, `/srv/fleet`): a plan saved from one
+/// working directory is not stale in another.
 fn digest(sorted: &[(&str, &str)]) -> String {
+    let common = common_dir(sorted.iter().map(|(path, _)| *path));
     let mut hasher = Sha256::new();
     for (path, text) in sorted {
-        hasher.update(path.as_bytes());
+        hasher.update(path.get(common..).unwrap_or(path).as_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
     }
     let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// The length of the longest directory prefix (up to and including a `/`) all `paths` share.
+fn common_dir<'a>(mut paths: impl Iterator<Item = &'a str>) -> usize {
+    let Some(first) = paths.next() else { return 0 };
+    let mut common = first.rfind('/').map_or(0, |at| at + 1);
+    for path in paths {
+        let same = first.bytes().zip(path.bytes()).take(common).take_while(|(a, b)| a == b).count();
+        common = first[..same].rfind('/').map_or(0, |at| at + 1);
+    }
+    common
 }
 
 /// A place in one file: where a diagnostic points and where a declaration came from.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::gateway::AppState;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::messages::edit_body;
-use crate::gateway::pipeline::{self, Checked, Envelope, RouteInfo, Upstream};
+use crate::gateway::pipeline::{self, Checked, Envelope, OutputCap, RouteInfo, Upstream};
 use crate::gateway::proxy::{self, EventTransform, IdSink, StreamEdit};
 use crate::gateway::responses::native::NativeFix;
 use crate::gateway::responses::request::{self, ToolNames};
@@ -23,7 +23,6 @@ use crate::gateway::responses::response;
 use crate::gateway::responses::stream::StreamTranslator;
 use crate::gateway::responses::{Replica, ResponseIndex};
 use crate::gateway::route::Target;
-use crate::gateway::routes::OutputCap;
 use crate::gateway::sse::{self, SseParser};
 
 const CREATE: RouteInfo = RouteInfo { name: "responses", dialect: Dialect::Responses };

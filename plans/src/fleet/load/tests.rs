@@ -720,7 +720,17 @@ fn the_digest_covers_paths_and_texts_in_path_order() {
     // sha256 of "a.toml\0[policy]\n\0b.toml\0\0", computed independently.
     expect!["sha256:9663b72ad4f5663ac06110f6e48eab2d53ef54ae0345ad6e2a04a6b59a4f62de"].assert_eq(&forward);
     let renamed = ("c.toml".to_owned(), "".to_owned());
-    assert_ne!(forward, digest(&[a, renamed]));
+    assert_ne!(forward, digest(&[a.clone(), renamed]));
+    // However the directory is named, the same files have the same digest.
+    let under =
+        |dir: &str| digest(&[(format!("{dir}a.toml"), a.1.clone()), (format!("{dir}b.toml"), b.1.clone())]);
+    assert_eq!(under("fleet/"), forward);
+    assert_eq!(under("/srv/cortex/fleet/"), forward);
+    let nested = |dir: &str| {
+        digest(&[(format!("{dir}a.toml"), a.1.clone()), (format!("{dir}sub/b.toml"), String::new())])
+    };
+    assert_eq!(nested("fleet/"), nested("/abs/fleet/"));
+    assert_ne!(nested("fleet/"), forward, "a file moved into a subfolder is a change");
 }
 
 #[test]
