@@ -35,7 +35,7 @@ const SECRET: &str = "the parrot's name is 4242-marmalade";
 const REPLY: &str = "scripted-engine: the file was read";
 const KEY: &str = "e2e-agent-key";
 /// How long one agent run may take before the test fails (it bounds failures only: on a loaded
-/// 2-core machine gemma reads a Codex prompt, ~10,000 tokens, at ~35 tokens/s).
+/// 2-core machine gemma read an agent's prompt, ~4,500 tokens, at ~35 tokens/s: over 2 minutes).
 const AGENT_DEADLINE: Duration = Duration::from_secs(600);
 
 /// An installed agent binary: `$<env>`, else where `tests/install-agents.sh` puts it.
