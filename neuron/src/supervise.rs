@@ -388,7 +388,11 @@ mod tests {
 
     #[test]
     fn ports_are_leased_once_and_returned_on_drop() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // A port below the kernel's ephemeral range, so that no test binding port 0 beside this
+        // one can take it between the drop and the lease.
+        let listener = (20_000..30_000)
+            .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+            .expect("a free port below the ephemeral range");
         let busy = listener.local_addr().expect("addr").port();
         let pool = PortPool::new((busy, busy));
         assert!(pool.lease().is_none(), "a port something listens on is not leased");
