@@ -212,7 +212,7 @@ Point a client at it (no key is needed; client keys are api_keys in $state/corte
                export ANTHROPIC_BASE_URL=$api ANTHROPIC_API_KEY=none
   Claude Code  ANTHROPIC_BASE_URL=$api ANTHROPIC_API_KEY=none \\
                  ANTHROPIC_DEFAULT_HAIKU_MODEL=gemma-3-270m claude --model gemma-3-270m
-               (its prompt is ~4,000 tokens before you type: give the model ctx_size = 32768)
+               (its prompt is ~4,000 tokens before you type: the default fleet gives gemma ctx_size = 32768)
   Codex        in ~/.codex/config.toml, then: CORTEX_KEY=none codex
                  model = "gemma-3-270m"
                  model_provider = "cortex"
