@@ -435,8 +435,8 @@ async fn the_saved_plan_hint_works_from_another_directory() {
     assert_eq!(rig.neuron.loaded().await, ["m"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sighup_retries_at_once_whatever_the_backoff() {
+/// A pinned model whose load has failed twice in a row (so it is backing off), then fixed.
+async fn backing_off_then_fixed() -> (Rig, Daemon) {
     let rig = Rig::new().await;
     rig.fleet(&fault_model("m", "m.bin", &["n1"]));
     let daemon = rig.serve().await;
@@ -446,24 +446,27 @@ async fn sighup_retries_at_once_whatever_the_backoff() {
     })
     .await;
     rig.model_file("m.bin", "serve");
-    let pid = daemon.process.child.id().to_string();
-    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    let status = synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
+    (rig, daemon)
+}
+
+/// The fleet reaches Synced, and the pass that healed it was an admin request.
+async fn healed_by_an_admin_request(rig: &Rig, daemon: &Daemon) {
+    let status = synced_with(daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
     let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
     assert_eq!(healing["trigger"], "admin_request", "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sighup_retries_at_once_whatever_the_backoff() {
+    let (rig, daemon) = backing_off_then_fixed().await;
+    let pid = daemon.process.child.id().to_string();
+    std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    healed_by_an_admin_request(&rig, &daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn post_admin_reconcile_retries_at_once_whatever_the_backoff() {
-    let rig = Rig::new().await;
-    rig.fleet(&fault_model("m", "m.bin", &["n1"]));
-    let daemon = rig.serve().await;
-    eventually("a second failure in a row", Duration::from_secs(60), async || {
-        let status = daemon.status().await;
-        (status["backing_off"][0]["failures"].as_u64() >= Some(2)).then_some(())
-    })
-    .await;
-    rig.model_file("m.bin", "serve");
+    let (rig, daemon) = backing_off_then_fixed().await;
     let url = format!("http://127.0.0.1:{}/admin/reconcile", daemon.port);
     let client = reqwest::Client::new();
     let refused = client.post(&url).bearer_auth("not-the-key").send().await.unwrap();
@@ -472,7 +475,5 @@ async fn post_admin_reconcile_retries_at_once_whatever_the_backoff() {
     assert_eq!(answer.status(), 202);
     let body: Value = answer.json().await.unwrap();
     assert_eq!((body["requested"].as_bool(), body["trigger"].as_str()), (Some(true), Some("admin_request")));
-    let status = synced_with(&daemon, &rig.neuron, "m", Duration::from_secs(30)).await;
-    let healing = status["runs"].as_array().unwrap().iter().rev().find(|r| r["result"] == "applied").unwrap();
-    assert_eq!(healing["trigger"], "admin_request", "{status:#}");
+    healed_by_an_admin_request(&rig, &daemon).await;
 }
