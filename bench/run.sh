@@ -36,6 +36,15 @@ if [[ ! -x $LITELLM_VENV/bin/litellm ]]; then
 fi
 export LITELLM_VENV
 
+# nginx, the reference streaming proxy measured in the same run (Debian's nginx-light).
+if ! command -v nginx >/dev/null && [[ -x /usr/sbin/nginx ]]; then PATH="$PATH:/usr/sbin"; fi
+if ! command -v nginx >/dev/null; then
+  echo "installing nginx-light (the reference proxy of the streaming figures)"
+  sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get install -y -q nginx-light || echo "nginx is unavailable: its reference path is left out"
+fi
+if command -v nginx >/dev/null; then export NGINX="$(command -v nginx)"; fi
+
 planner_log="$(mktemp)"
 trap 'rm -f "$planner_log"' EXIT
 cargo bench --locked -p plans --bench planner | tee "$planner_log"

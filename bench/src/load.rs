@@ -51,6 +51,10 @@ pub struct OpenLoop {
     pub sent: usize,
     pub ok: usize,
     pub errors: usize,
+    /// Of the errors: answered 429 or 503 (shed by an overloaded gateway, as it should be).
+    pub shed: usize,
+    /// Of the errors: no HTTP answer at all (connection refused, reset or timed out).
+    pub transport_errors: usize,
     /// Latency from the scheduled send time (µs): p50, p90, p99, max.
     pub latency_us: Value,
     /// Latency from the actual send time (µs): differs from the above when the client lags.
@@ -91,13 +95,13 @@ pub async fn open_loop(
                         .body(body)
                         .send()
                         .await?;
-                    let ok = response.status().is_success();
+                    let status = response.status().as_u16();
                     let _ = response.bytes().await?;
-                    Ok::<_, reqwest::Error>(ok)
+                    Ok::<_, reqwest::Error>(status)
                 }
                 .await;
                 let done = Instant::now();
-                (matches!(result, Ok(true)), done - at, done - sent, sent - at, done)
+                (result.map_err(drop), done - at, done - sent, sent - at, done)
             });
             if sender.send(task).is_err() {
                 return;
@@ -109,20 +113,25 @@ pub async fn open_loop(
         tasks.push(task);
     }
     let (mut latency, mut service, mut lag) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
-    let (mut errors, mut last) = (0, start);
+    let (mut errors, mut shed, mut transport_errors, mut last) = (0, 0, 0, start);
     for task in tasks {
-        let Ok((ok, total, serve, late, done)) = task.await else {
+        let Ok((status, total, serve, late, done)) = task.await else {
             errors += 1;
             continue;
         };
         lag.push(late.as_micros() as u64);
-        if ok {
-            latency.push(total.as_micros() as u64);
-            service.push(serve.as_micros() as u64);
-            last = last.max(done);
-        } else {
-            errors += 1;
+        match status {
+            Ok(200..=299) => {
+                latency.push(total.as_micros() as u64);
+                service.push(serve.as_micros() as u64);
+                last = last.max(done);
+                continue;
+            }
+            Ok(429 | 503) => shed += 1,
+            Ok(_) => {}
+            Err(()) => transport_errors += 1,
         }
+        errors += 1;
     }
     lag.sort_unstable();
     let ok = latency.len();
@@ -133,6 +142,8 @@ pub async fn open_loop(
         sent: n,
         ok,
         errors,
+        shed,
+        transport_errors,
         latency_us: dist(latency),
         service_us: dist(service),
         send_lag_p99_us: percentile(&lag, 99.0),

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every scenario and write the report.
-    All(scenarios::Args),
+    All(Box<scenarios::Args>),
     /// Serve the mock engine (models named m-<ttft_ms>-<itl_ms>).
     Mock {
         #[arg(long)]

@@ -288,6 +288,35 @@ pub fn start_litellm(
     )
 }
 
+/// nginx as a plain streaming reverse proxy in front of the mock: the reference for what any
+/// proxy adds on this machine (one read and one write per event, no HTTP/2, no buffering).
+/// Two worker processes, as cortex runs two worker threads on this machine's two cores.
+pub fn start_nginx(nginx: &Path, dir: &Path, port: u16, mock_port: u16) -> anyhow::Result<Proc> {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(&root)?;
+    let root_text = root.display();
+    let config = format!(
+        "daemon off;\nworker_processes 2;\npid {root_text}/nginx.pid;\nerror_log {root_text}/error.log warn;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {root_text}/body;\n  proxy_temp_path {root_text}/proxy;\n\
+           fastcgi_temp_path {root_text}/fastcgi;\n  uwsgi_temp_path {root_text}/uwsgi;\n  scgi_temp_path {root_text}/scgi;\n\
+           keepalive_requests 1000000;\n\
+           upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 1024; keepalive_requests 1000000; }}\n\
+           server {{\n    listen 127.0.0.1:{port} reuseport;\n    tcp_nodelay on;\n\
+             location / {{\n      proxy_pass http://mock;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    let file = root.join("nginx.conf");
+    std::fs::write(&file, config)?;
+    Proc::spawn("nginx", Command::new(nginx).arg("-p").arg(&root).arg("-c").arg(&file), dir)
+}
+
+/// `pid` and its child processes (nginx's workers under its master).
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok())).collect()
+}
+
 /// First line of `<program> <args>`'s output, or why it could not be had.
 pub fn version_of(program: &Path, args: &[&str]) -> String {
     match Command::new(program).args(args).stdin(Stdio::null()).output() {

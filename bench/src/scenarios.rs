@@ -42,6 +42,10 @@ pub struct Args {
     /// LiteLLM's virtual environment; skipped when absent.
     #[arg(long, env = "LITELLM_VENV")]
     pub litellm_venv: Option<PathBuf>,
+    /// nginx, measured as a streaming reverse proxy in front of the same mock (the reference
+    /// for what any proxy adds on this machine); skipped when absent.
+    #[arg(long, env = "NGINX")]
+    pub nginx: Option<PathBuf>,
     /// llama-server for the cold-load scenario; skipped when absent.
     #[arg(long, env = "LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
@@ -57,6 +61,9 @@ pub struct Args {
     /// Comma-separated subset of scenarios: nonstream, stream, memory, cold, contention.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Non-streaming rates to measure instead of the scale's (comma-separated req/s).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<f64>,
     /// Rounds per measurement (paths alternate within each round); default 3 (1 with --smoke).
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -84,6 +91,14 @@ struct Scale {
 
 impl Scale {
     fn new(args: &Args) -> Scale {
+        let mut scale = Scale::default_for(args);
+        if !args.rates.is_empty() {
+            scale.rates.clone_from(&args.rates);
+        }
+        scale
+    }
+
+    fn default_for(args: &Args) -> Scale {
         if args.smoke {
             Scale {
                 rounds: args.rounds.unwrap_or(1),
@@ -134,12 +149,14 @@ struct Rig {
     cortex_url: String,
     sim_url: String,
     litellm_url: Option<String>,
+    nginx_url: Option<String>,
     cortex: Proc,
     /// Every process of the rig, for `procs::quiesce`.
     pids: Vec<u32>,
     mock: Proc,
     _neuron: Proc,
     _litellm: Option<Proc>,
+    nginx: Option<Proc>,
 }
 
 async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
@@ -205,7 +222,8 @@ async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
             Err(error) => println!("LiteLLM is left out of this run: {error}"),
         }
     }
-    let pids = [Some(&mock), Some(&neuron), Some(&cortex), litellm.as_ref()]
+    let (nginx, nginx_url) = start_nginx(args, dir, mock_port, &http).await?.unzip();
+    let pids = [Some(&mock), Some(&neuron), Some(&cortex), litellm.as_ref(), nginx.as_ref()]
         .into_iter()
         .flatten()
         .map(Proc::pid)
@@ -216,11 +234,31 @@ async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
         cortex_url,
         sim_url: format!("http://127.0.0.1:{engine_port}"),
         litellm_url,
+        nginx_url,
         cortex,
         mock,
         _neuron: neuron,
         _litellm: litellm,
+        nginx,
     })
+}
+
+/// nginx in front of the mock, when `--nginx` names one; its URL once it routes.
+async fn start_nginx(
+    args: &Args,
+    dir: &Path,
+    mock_port: u16,
+    http: &reqwest::Client,
+) -> anyhow::Result<Option<(Proc, String)>> {
+    let Some(nginx) = args.nginx.as_ref().filter(|n| n.is_file()) else { return Ok(None) };
+    let port = procs::free_port()?;
+    let proc = procs::start_nginx(nginx, dir, port, mock_port)?;
+    let url = format!("http://127.0.0.1:{port}");
+    procs::eventually("nginx to route to the mock", Duration::from_secs(10), Some(&proc), || {
+        procs::chat_ok(http, &url, NONSTREAM_MODEL)
+    })
+    .await?;
+    Ok(Some((proc, url)))
 }
 
 /// Run `paths` in rotating order for `rounds` rounds; `measure` gives one result per path.
@@ -315,6 +353,8 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
         .await;
         let base_runs =
             paths.iter().position(|p| p.name == base).map(|i| results[i].clone()).unwrap_or_default();
+        // What an overload leaves behind: cortex's memory once the rate's runs are over.
+        let cortex_rss_kib = rig.cortex.rss_kib().unwrap_or(0);
         for (path, runs) in paths.iter().zip(&results) {
             let row = json!({
                 "path": path.name,
@@ -322,6 +362,9 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "rate": rate,
                 "achieved_rps": med(runs, "/achieved_rps"),
                 "errors": runs.iter().map(|r| num(r, "/errors")).sum::<f64>(),
+                "shed": runs.iter().map(|r| num(r, "/shed")).sum::<f64>(),
+                "transport_errors": runs.iter().map(|r| num(r, "/transport_errors")).sum::<f64>(),
+                "cortex_rss_kib_after": cortex_rss_kib,
                 "p50_us": med(runs, "/latency_us/p50"),
                 "p99_us": med(runs, "/latency_us/p99"),
                 "added_p50_us": added(runs, &base_runs, "/latency_us/p50"),
@@ -330,7 +373,7 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "runs": runs,
             });
             println!(
-                "nonstream {:>13} @ {:>5} rps: achieved {:>7.0}  p50 {:>8.0} µs  p99 {:>8.0} µs  added p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
+                "nonstream {:>13} @ {:>5} rps: achieved {:>7.0}  p50 {:>8.0} µs  p99 {:>8.0} µs  added p50 {:>7.0} µs  p99 {:>7.0} µs  errors {} (shed {}, no answer {}); cortex RSS after {} MiB",
                 path.name,
                 rate,
                 row["achieved_rps"].as_f64().unwrap_or(f64::NAN),
@@ -338,7 +381,10 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 row["p99_us"].as_f64().unwrap_or(f64::NAN),
                 row["added_p50_us"].as_f64().unwrap_or(f64::NAN),
                 row["added_p99_us"].as_f64().unwrap_or(f64::NAN),
-                row["errors"]
+                row["errors"],
+                row["shed"],
+                row["transport_errors"],
+                cortex_rss_kib / 1024,
             );
             rows.push(row);
         }
@@ -375,6 +421,10 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 body: messages,
             },
         ];
+        if let Some(url) = &rig.nginx_url {
+            let url = format!("{url}/v1/chat/completions");
+            level_paths.push(Path_ { name: "nginx", url, body: chat.clone() });
+        }
         // The sim engine streams at a fixed 100 tokens/s: the neuron path only where that
         // does not saturate the machine; LiteLLM (one Python worker) likewise.
         if concurrency < 1000 {
@@ -402,15 +452,22 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
             )
             .await;
         }
-        let pids = (rig.cortex.pid(), rig.mock.pid());
+        let pids = (rig.cortex.pid(), rig.mock.pid(), rig.nginx.as_ref().map(Proc::pid));
         let results = alternate(rig, &level_paths, scale.rounds, |path| {
             let client = client.clone();
             async move {
-                let before = (procs::cpu_us(pids.0), procs::cpu_us(pids.1));
+                let nginx_us =
+                    || pids.2.map_or(0, |p| procs::with_children(p).into_iter().map(procs::cpu_us).sum());
+                let before = (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us());
                 let mut run = load::streams(&client, &path.url, path.body, total, ramp, sequential).await;
-                let after = (procs::cpu_us(pids.0), procs::cpu_us(pids.1));
-                run["cpu"] =
-                    cpu_per_event(&run, after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+                let after = (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us());
+                let used = |a: u64, b: u64| a.saturating_sub(b);
+                run["cpu"] = cpu_per_event(
+                    &run,
+                    used(after.0, before.0),
+                    used(after.1, before.1),
+                    used(after.2, before.2),
+                );
                 run
             }
         })
@@ -459,6 +516,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "mock_cpu_ms": med(runs, "/cpu/mock_us") / 1000.0,
                 "cortex_cpu_us_per_event": med(runs, "/cpu/cortex_us_per_event"),
                 "mock_cpu_us_per_event": med(runs, "/cpu/mock_us_per_event"),
+                "nginx_cpu_us_per_event": med(runs, "/cpu/nginx_us_per_event"),
                 "runs": runs,
             });
             let v = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
@@ -480,11 +538,12 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 row["errors"],
             );
             println!(
-                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks)",
+                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs, nginx {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks)",
                 path.name,
                 concurrency,
                 v("cortex_cpu_us_per_event"),
                 v("mock_cpu_us_per_event"),
+                v("nginx_cpu_us_per_event"),
                 v("events"),
                 v("cortex_cpu_ms"),
                 v("mock_cpu_ms"),
@@ -495,13 +554,14 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
     Ok(Value::Array(rows))
 }
 
-/// CPU time cortex and the mock spent during one streaming run, per event the client received
-/// (the events cortex forwarded; on the direct path cortex is idle and its figure is ~0).
-fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64) -> Value {
+/// CPU time cortex, the mock and nginx (0 when not run) spent during one streaming run, per
+/// event the client received (the events the proxy forwarded; an idle proxy's figure is ~0).
+fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64, nginx_us: u64) -> Value {
     let events = num(run, "/events_per_stream") * num(run, "/ok");
     let per_event = |us: u64| if events > 0.0 { us as f64 / events } else { f64::NAN };
-    json!({"events": events, "cortex_us": cortex_us, "mock_us": mock_us,
-           "cortex_us_per_event": per_event(cortex_us), "mock_us_per_event": per_event(mock_us)})
+    json!({"events": events, "cortex_us": cortex_us, "mock_us": mock_us, "nginx_us": nginx_us,
+           "cortex_us_per_event": per_event(cortex_us), "mock_us_per_event": per_event(mock_us),
+           "nginx_us_per_event": per_event(nginx_us)})
 }
 
 async fn memory(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
@@ -775,6 +835,7 @@ pub async fn all(args: &Args) -> anyhow::Result<Value> {
             "cortex_bench": env!("CARGO_PKG_VERSION"),
             "rustc": shell("rustc", &["--version"]),
             "litellm": litellm_version,
+            "nginx": args.nginx.as_ref().map(|nginx| procs::version_of(nginx, &["-v"])),
             "bin_dir": args.bin_dir.display().to_string(),
         },
         "mock": {

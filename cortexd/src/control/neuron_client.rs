@@ -57,6 +57,19 @@ impl NeuronClient {
         Some(url)
     }
 
+    /// The full URL of `path` on this neuron, as text (the gateway's own client sends it).
+    pub fn url_of(&self, path: &str) -> String {
+        match self.url(path) {
+            Some(url) => url.into(),
+            None => format!("{}{path}", self.endpoint),
+        }
+    }
+
+    /// The token this neuron expects, if it expects one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// A request to `path` on this neuron, authenticated.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = match self.url(path) {

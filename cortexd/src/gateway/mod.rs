@@ -7,6 +7,7 @@ pub mod admin;
 pub mod anthropic;
 pub mod auth;
 pub mod error;
+pub mod listen;
 pub mod messages;
 pub mod models;
 pub mod overflow;
@@ -19,6 +20,7 @@ pub mod schedule;
 pub mod sse;
 pub mod traffic;
 pub mod ui;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -55,6 +57,8 @@ pub struct AppState {
     pub response_index: Arc<ResponseIndex>,
     /// Inference requests in flight through this gateway, bounded by `max_in_flight`.
     pub admission: Arc<pipeline::Admission>,
+    /// The pooled client that forwards inference requests to the neurons.
+    pub inference: upstream::InferenceClient,
 }
 
 impl AppState {
@@ -75,6 +79,7 @@ impl AppState {
             inflight: Arc::new(route::InFlight::default()),
             admin: None,
             response_index: Arc::new(ResponseIndex::default()),
+            inference: upstream::InferenceClient::default(),
         }
     }
 
@@ -119,12 +124,5 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // No Nagle: a stream's small events must leave as they come, not wait for the client's
-    // delayed ACK of the previous write (that held first tokens back by up to 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    listen::serve(listener, app(state), shutdown).await
 }

@@ -4,18 +4,22 @@
 //! on the client's behalf is removed again.
 
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use memchr::memmem::Finder;
 
 use crate::control::neuron_client::error_message;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::route::{InFlightGuard, Target};
+use crate::gateway::upstream::{self, InferenceClient};
 
 /// What to do with a streamed response on its way to the client.
 pub enum StreamEdit {
@@ -80,21 +84,27 @@ const MODEL_HEADER: &str = "x-cortex-model";
 
 /// Send `call` to the target's neuron and return the upstream response, or an error if it
 /// could not be reached.
-pub async fn send(target: &Target, call: Call<'_>) -> Result<reqwest::Response, ApiError> {
-    let mut request = target.neuron.request(call.method, call.path);
+pub async fn send(
+    client: &InferenceClient,
+    target: &Target,
+    call: Call<'_>,
+) -> Result<upstream::Response, ApiError> {
+    let unreachable =
+        |e: String| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name));
+    let mut request = hyper::Request::builder().method(call.method).uri(target.neuron.url_of(call.path));
     if call.body.is_empty() {
         request = request.header(MODEL_HEADER, call.model);
     } else {
-        request = request.header(header::CONTENT_TYPE, "application/json").body(call.body);
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(token) = target.neuron.token() {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     for (name, value) in &call.headers {
-        request = request.header(name.as_str(), value.as_bytes());
+        request = request.header(name, value);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name)))?;
-    Ok(response)
+    let request = request.body(Full::new(call.body)).map_err(|e| unreachable(e.to_string()))?;
+    client.send(request).await.map_err(unreachable)
 }
 
 /// The most of an engine's error body cortex reads.
@@ -103,26 +113,26 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Map a non-success upstream answer to the client's error, keeping the engine's message and,
 /// for client mistakes (4xx), its status. A prompt over the context window becomes
 /// [`ApiError::ContextOverflow`] (`ctx_size`: the fleet's window, when it sets one).
-pub async fn upstream_error(response: reqwest::Response, ctx_size: Option<u64>) -> ApiError {
+pub async fn upstream_error(response: upstream::Response, ctx_size: Option<u64>) -> ApiError {
     let status = response.status();
     let body = error_body(response).await;
     upstream_error_from(status, &body, ctx_size)
 }
 
 /// The body of a refusal, bounded.
-pub async fn error_body(response: reqwest::Response) -> Bytes {
+pub async fn error_body(response: upstream::Response) -> Bytes {
     read_limited(response, ERROR_BODY_LIMIT).await
 }
 
 /// [`upstream_error`] for a refusal whose body was already read.
-pub fn upstream_error_from(status: reqwest::StatusCode, body: &[u8], ctx_size: Option<u64>) -> ApiError {
+pub fn upstream_error_from(status: StatusCode, body: &[u8], ctx_size: Option<u64>) -> ApiError {
     let message = error_message(body);
     if let Some(overflow) = crate::gateway::overflow::detect(status.as_u16(), body, &message, ctx_size) {
         return overflow;
     }
     match status.as_u16() {
         404 => ApiError::Upstream(format!("the engine does not serve this: {message}")),
-        400..=499 if status != reqwest::StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),
+        400..=499 if status != StatusCode::TOO_MANY_REQUESTS => ApiError::BadRequest(message),
         429 | 503 => ApiError::Overloaded { message, retry_after_s: 1 },
         504 => ApiError::UpstreamTimeout(message),
         _ => ApiError::Upstream(format!("the engine failed: {message}")),
@@ -130,10 +140,11 @@ pub fn upstream_error_from(status: reqwest::StatusCode, body: &[u8], ctx_size: O
 }
 
 /// Up to `limit` bytes of a response body (an engine's error page is never read whole).
-async fn read_limited(response: reqwest::Response, limit: usize) -> Bytes {
+async fn read_limited(response: upstream::Response, limit: usize) -> Bytes {
     let mut body = BytesMut::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut chunks).await {
+    let mut incoming = response.into_body();
+    while let Some(Ok(frame)) = incoming.frame().await {
+        let Ok(chunk) = frame.into_data() else { continue };
         let room = limit.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if body.len() >= limit {
@@ -144,11 +155,11 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Bytes {
 }
 
 /// Turn a successful upstream response into the client's response, streaming its body.
-pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, edit: StreamEdit) -> Response {
+pub fn respond(upstream: upstream::Response, exchange: Exchange, stream: bool, edit: StreamEdit) -> Response {
     let status = upstream.status();
     let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
     let watcher = Watcher {
-        upstream: Box::pin(upstream.bytes_stream()),
+        upstream: upstream.into_body(),
         buffer: BytesMut::new(),
         stream,
         edit,
@@ -159,8 +170,8 @@ pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, ed
         finished: false,
         failed: false,
     };
-    let mut response = Response::new(Body::from_stream(watcher));
-    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::new(watcher));
+    *response.status_mut() = status;
     let content_type = if stream {
         HeaderValue::from_static("text/event-stream")
     } else {
@@ -173,8 +184,6 @@ pub fn respond(upstream: reqwest::Response, exchange: Exchange, stream: bool, ed
     response
 }
 
-type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
 // Pass-through streams are split at event boundaries by hand (`event_end`) rather than through
 // `crate::gateway::sse::SseParser`: forwarding needs the raw bytes of each event, untouched, and the
 // parser yields decoded fields. Transforms (the Anthropic routes) use the parser.
@@ -182,7 +191,7 @@ type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>
 /// The response body: forwards upstream bytes, event by event for streams, and records the
 /// request's metrics when it ends (completed, failed or dropped by the client).
 struct Watcher {
-    upstream: Upstream,
+    upstream: Incoming,
     /// Bytes of an incomplete SSE event carried to the next read.
     buffer: BytesMut,
     stream: bool,
@@ -246,14 +255,14 @@ impl Watcher {
     /// Look at one complete event: note the first token and the usage; returns whether to
     /// forward it.
     fn inspect(&mut self, event: &[u8]) -> bool {
-        if self.exchange.on_response_id.is_some() && contains(event, b"\"response.created\"") {
+        if self.exchange.on_response_id.is_some() && contains(event, &CREATED) {
             if let (Some(sink), Some(id)) = (self.exchange.on_response_id.take(), created_id(event)) {
                 sink(&id);
             }
         }
         // One scan for the common event (no usage); the usage-only test only when it has usage.
-        let has_usage = contains(event, b"\"usage\"");
-        let usage_only = has_usage && contains(event, b"\"choices\":[]");
+        let has_usage = contains(event, &USAGE);
+        let usage_only = has_usage && contains(event, &NO_CHOICES);
         if !usage_only {
             self.first_event_at.get_or_insert_with(Instant::now);
         }
@@ -290,7 +299,7 @@ impl Watcher {
         out.freeze()
     }
 
-    fn fail(&mut self, error: &reqwest::Error) -> Bytes {
+    fn fail(&mut self, error: &hyper::Error) -> Bytes {
         self.failed = true;
         let error = ApiError::Upstream(format!("the engine's stream broke off: {error}"));
         tracing::warn!(model = %self.exchange.target.model, neuron = %self.exchange.target.neuron.name, %error, "stream failed");
@@ -303,20 +312,28 @@ impl Watcher {
     }
 }
 
-impl Stream for Watcher {
-    type Item = Result<Bytes, std::io::Error>;
+impl HttpBody for Watcher {
+    type Data = Bytes;
+    type Error = std::io::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         loop {
             if self.finished {
                 return Poll::Ready(None);
             }
-            let next = match self.upstream.as_mut().poll_next(cx) {
+            let next = match Pin::new(&mut self.upstream).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(next) => next,
             };
             let out = match next {
-                Some(Ok(chunk)) => self.chunk(chunk),
+                // Trailers: engines send none, and the client's body is plain.
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => self.chunk(chunk),
+                    Err(_) => continue,
+                },
                 Some(Err(error)) if self.stream => {
                     self.finished = true;
                     self.fail(&error)
@@ -334,9 +351,13 @@ impl Stream for Watcher {
                 }
             };
             if !out.is_empty() {
-                return Poll::Ready(Some(Ok(out)));
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
     }
 }
 
@@ -438,17 +459,18 @@ pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
 
 /// Whether `chunk` ends at an event boundary.
 fn ends_event(chunk: &[u8]) -> bool {
-    chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
+    chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n")
 }
 
-/// The length of the first complete event in `buffer` (separator included), if any.
+/// The length of the first complete event in `buffer` (separator included), if any: one
+/// SIMD scan for line feeds, each checked for the blank line that follows (`\n\n`, or
+/// `\n\r\n` when lines end in CRLF).
 fn event_end(buffer: &[u8]) -> Option<usize> {
-    let lf = find(buffer, b"\n\n").map(|i| i + 2);
-    let crlf = find(buffer, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    memchr::memchr_iter(b'\n', buffer).find_map(|at| match buffer.get(at + 1..) {
+        Some([b'\n', ..]) => Some(at + 2),
+        Some([b'\r', b'\n', ..]) => Some(at + 3),
+        _ => None,
+    })
 }
 
 /// Call `f` on each complete event of `chunk`.
@@ -459,31 +481,13 @@ fn for_each_event(mut chunk: &[u8], mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// Substring search, a few times per stream event: through `str::find` (SIMD-assisted in std)
-/// when the bytes are UTF-8, as engine events are; else byte by byte.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    match (std::str::from_utf8(haystack), std::str::from_utf8(needle)) {
-        (Ok(haystack), Ok(needle)) => haystack.find(needle),
-        _ => find_bytes(haystack, needle),
-    }
-}
+/// The needles looked for in every streamed event, each searcher built once.
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+static CREATED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.created\""));
 
-/// Scan for the needle's first byte, then compare the rest.
-fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut from = 0;
-    while let Some(offset) = haystack.get(from..)?.iter().position(|&b| b == first) {
-        let at = from + offset;
-        if haystack.get(at + 1..).is_some_and(|tail| tail.starts_with(rest)) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+fn contains(haystack: &[u8], needle: &Finder<'_>) -> bool {
+    needle.find(haystack).is_some()
 }
 
 #[cfg(test)]
@@ -491,20 +495,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn find_matches_a_naive_search() {
-        let haystack = b"data: {\"choices\":[],\"usage\":{}}\n\ndata: x\r\n\r\n";
-        for needle in
-            [&b"\n\n"[..], b"\r\n\r\n", b"\"choices\":[]", b"\"usage\"", b"d", b"}\n", b"absent", b"x\r"]
-        {
-            let naive = haystack.windows(needle.len()).position(|w| w == needle);
-            assert_eq!(find(haystack, needle), naive, "{}", String::from_utf8_lossy(needle));
-            assert_eq!(find_bytes(haystack, needle), naive, "{}", String::from_utf8_lossy(needle));
-        }
-        // Not UTF-8 (an event split inside a character): the byte search answers.
-        assert_eq!(find(b"\xE2\x82\n\n", b"\n\n"), Some(2));
-        assert_eq!(find(b"aab", b"ab"), Some(1));
-        assert_eq!(find(b"a", b"ab"), None);
-        assert_eq!(find(b"", b"a"), None);
+    fn events_end_at_a_blank_line_in_either_line_ending() {
+        assert_eq!(event_end(b"data: a\n\ndata: b\n\n"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\ndata: b"), Some(11));
+        assert_eq!(event_end(b"event: x\ndata: a\n\n"), Some(18));
+        assert_eq!(event_end(b"data: a\ndata: b\n"), None);
+        assert_eq!(event_end(b"data: a\r\n"), None);
+        assert_eq!(event_end(b""), None);
+        let mut events = Vec::new();
+        for_each_event(b"data: 1\n\ndata: 2\r\n\r\ndata: 3", |e| events.push(e.to_vec()));
+        assert_eq!(events, [b"data: 1\n\n".to_vec(), b"data: 2\r\n\r\n".to_vec()]);
+        assert!(ends_event(b"data: 2\r\n\r\n") && ends_event(b"data: 1\n\n") && !ends_event(b"data: 1\n"));
+        assert!(contains(br#"data: {"choices":[],"usage":{}}"#, &USAGE));
+        assert!(contains(br#"data: {"choices":[],"usage":{}}"#, &NO_CHOICES));
+        assert!(!contains(br#"data: {"choices":[{}]}"#, &NO_CHOICES));
     }
 
     #[test]

@@ -488,7 +488,7 @@ pub async fn send(
     state: &AppState,
     mut target: Target,
     call: Resend<'_>,
-) -> Result<(Target, reqwest::Response), ApiError> {
+) -> Result<(Target, crate::gateway::upstream::Response), ApiError> {
     for _ in 0..RESENDS {
         let request = proxy::Call {
             method: call.method.clone(),
@@ -497,7 +497,7 @@ pub async fn send(
             headers: call.headers.clone(),
             model: &target.model,
         };
-        let response = proxy::send(&target, request).await?;
+        let response = proxy::send(&state.inference, &target, request).await?;
         if !matches!(response.status().as_u16(), 404 | 409 | 503) {
             return Ok((target, response));
         }
