@@ -67,6 +67,10 @@ pub struct GatewayConfig {
     /// Inference requests in flight at once (streams included); past that, new ones get 503
     /// with Retry-After before their body is read, so a sustained overload is shed, not buffered.
     pub max_in_flight: usize,
+    /// Event-loop delay past which new inference requests get 503 with Retry-After before their
+    /// body is read (CPU saturation: every request already waits that long); `0s` never sheds.
+    #[serde(with = "duration")]
+    pub overload_delay: Duration,
     /// How contended neurons swap models: `elevator` (the schedule of docs/gateway.md) or
     /// `arrival` (swap on demand in arrival order, for comparison).
     pub swap_schedule: SwapSchedule,
@@ -90,6 +94,7 @@ impl Default for GatewayConfig {
             keepalive_interval: Duration::from_secs(5),
             neuron_timeout: Duration::from_secs(10),
             max_in_flight: 16_384,
+            overload_delay: Duration::from_millis(50),
             swap_schedule: SwapSchedule::Elevator,
         }
     }

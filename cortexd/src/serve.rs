@@ -106,6 +106,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         parallelism: config.reconcile.parallelism,
         reconciler,
     });
+    let probe_task = tokio::spawn(gateway::admission::probe_delay(state.admission.clone(), shutdown.clone()));
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -125,7 +126,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();
-    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task);
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task);
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 //! it on an already-bound listener until the shutdown token fires.
 
 pub mod admin;
+pub mod admission;
 pub mod anthropic;
 pub mod auth;
 pub mod error;
@@ -56,7 +57,7 @@ pub struct AppState {
     /// and `GET /v1/responses/{id}`.
     pub response_index: Arc<ResponseIndex>,
     /// Inference requests in flight through this gateway, bounded by `max_in_flight`.
-    pub admission: Arc<pipeline::Admission>,
+    pub admission: Arc<admission::Admission>,
     /// The pooled client that forwards inference requests to the neurons.
     pub inference: upstream::InferenceClient,
 }
@@ -73,7 +74,7 @@ impl AppState {
             fleet,
             poller,
             keys: Arc::new(keys),
-            admission: Arc::new(pipeline::Admission::new(limits.max_in_flight)),
+            admission: Arc::new(admission::Admission::new(limits.max_in_flight, limits.overload_delay)),
             limits: Arc::new(limits),
             schedule: Arc::new(route::Schedule::new(mode, BackoffPolicy::default())),
             inflight: Arc::new(route::InFlight::default()),

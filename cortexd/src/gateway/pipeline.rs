@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -23,6 +22,7 @@ use plans::wire::HarnessInfo;
 use serde_json::{Map, Value};
 
 use crate::gateway::AppState;
+use crate::gateway::admission::Admitted;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::proxy::{self, Exchange, StreamEdit};
 use crate::gateway::route::{self, LoadTicket, Resolution, Target};
@@ -71,45 +71,6 @@ pub struct Checked {
     pub route: RouteInfo,
     /// Holds the request's place under `max_in_flight` (shared with the response body).
     pub admitted: Option<Arc<Admitted>>,
-}
-
-/// The gateway-wide bound on inference requests in flight.
-#[derive(Debug)]
-pub struct Admission {
-    in_flight: AtomicUsize,
-    limit: usize,
-}
-
-/// One admitted request; its place is given back when the last holder drops it.
-#[derive(Debug)]
-pub struct Admitted(Arc<Admission>);
-
-impl Admission {
-    pub fn new(limit: usize) -> Self {
-        Admission { in_flight: AtomicUsize::new(0), limit }
-    }
-
-    /// A place for one more request, or the overload error when all are taken.
-    pub fn admit(self: &Arc<Self>) -> Result<Arc<Admitted>, ApiError> {
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::Overloaded {
-                message: format!(
-                    "cortex has {} requests in flight, its limit; try again shortly",
-                    self.limit
-                ),
-                retry_after_s: 1,
-            });
-        }
-        Ok(Arc::new(Admitted(self.clone())))
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Client request headers forwarded to the engine on native pass-through.

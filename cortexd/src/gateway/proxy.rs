@@ -65,7 +65,7 @@ pub struct Exchange {
     pub guard: InFlightGuard,
     pub on_response_id: Option<IdSink>,
     /// The request's place under the gateway's in-flight bound, held until the body ends.
-    pub admitted: Option<std::sync::Arc<crate::gateway::pipeline::Admitted>>,
+    pub admitted: Option<std::sync::Arc<crate::gateway::admission::Admitted>>,
 }
 
 /// One request to a neuron's inference routes.

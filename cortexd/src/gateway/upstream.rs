@@ -18,10 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// An engine's answer as it arrives: status, headers, and the body still on the connection.
 pub type Response = hyper::Response<Incoming>;
 
-/// Idle connections kept per neuron: one per stream in flight, as the benchmark's 1,000.
-const IDLE_PER_NEURON: usize = 1024;
-
-/// How long an idle connection stays pooled (reqwest's default too).
+/// How long an idle connection stays pooled (reqwest's default too). The pool keeps every idle
+/// connection until then (no count cap): a cap closes the connections a burst opened as soon as
+/// they are free, and under a sustained burst that churn fills the host's ephemeral ports with
+/// TIME_WAIT sockets until new connections fail.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A pooled HTTP/1.1 client for the neurons' inference routes. Cheap to clone.
@@ -37,7 +37,6 @@ impl Default for InferenceClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(IDLE_PER_NEURON)
             .build(connector);
         InferenceClient { http }
     }
