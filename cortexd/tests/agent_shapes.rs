@@ -248,6 +248,10 @@ async fn codexs_request_is_translated_for_a_chat_only_engine() {
     assert_eq!(types.last(), Some(&"response.completed"), "{text}");
     let numbers: Vec<u64> = events.iter().filter_map(|e| e["sequence_number"].as_u64()).collect();
     assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+    // A base URL without `/v1` reaches the same route.
+    let unprefixed = post(&gateway, "/responses", &codex_request()).await;
+    assert_eq!(unprefixed.status(), 200);
+    assert!(unprefixed.text().await.expect("body").contains("response.completed"));
     let completed = events.last().expect("completed");
     assert_eq!(completed["response"]["output"][0]["content"][0]["text"], "Hello from the fake engine.");
     assert_eq!(completed["response"]["usage"]["output_tokens"], 6);

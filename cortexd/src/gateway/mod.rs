@@ -93,21 +93,26 @@ impl AppState {
     }
 }
 
-/// The inference API's routes.
+/// The inference API's routes. The OpenAI and Anthropic routes answer under `/v1` and also
+/// without it, as llama-server and other gateways do: a client configured with a base URL that
+/// lacks `/v1` (Codex's `base_url`, an SDK's `base_url`) still reaches them.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let api = Router::new()
+        .route("/chat/completions", post(routes::chat_completions).fallback(routes::wrong_method))
+        .route("/completions", post(routes::completions).fallback(routes::wrong_method))
+        .route("/embeddings", post(routes::embeddings).fallback(routes::wrong_method))
+        .route("/messages", post(routes::messages).fallback(routes::wrong_method))
+        .route("/messages/count_tokens", post(routes::count_tokens).fallback(routes::wrong_method))
+        .route("/responses", post(responses::create).fallback(routes::wrong_method))
+        .route("/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
+        .route("/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
+        .route("/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
+        .route("/models", get(models::list).fallback(routes::wrong_method))
+        .route("/models/{*id}", get(models::retrieve).fallback(routes::wrong_method));
     Router::new()
-        .route("/v1/chat/completions", post(routes::chat_completions).fallback(routes::wrong_method))
-        .route("/v1/completions", post(routes::completions).fallback(routes::wrong_method))
-        .route("/v1/embeddings", post(routes::embeddings).fallback(routes::wrong_method))
-        .route("/v1/messages", post(routes::messages).fallback(routes::wrong_method))
-        .route("/v1/messages/count_tokens", post(routes::count_tokens).fallback(routes::wrong_method))
-        .route("/v1/responses", post(responses::create).fallback(routes::wrong_method))
-        .route("/v1/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
-        .route("/v1/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
-        .route("/v1/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
-        .route("/v1/models", get(models::list).fallback(routes::wrong_method))
-        .route("/v1/models/{*id}", get(models::retrieve).fallback(routes::wrong_method))
+        .nest("/v1", api.clone())
+        .merge(api)
         .route("/health", get(routes::health))
         .route("/admin/status", get(admin::status))
         .route("/admin/apply", post(admin::apply))
