@@ -44,6 +44,10 @@ fn describe() {
     );
     describe_histogram!("cortex_queue_wait_seconds", "Time requests waited in a model's queue");
     describe_gauge!("cortex_inflight_requests", "Requests in flight through the gateway");
+    describe_gauge!(
+        "cortex_gateway_loop_delay_seconds",
+        "How late the gateway's event loop runs (least of the last four 10 ms probes); past overload_delay new requests are shed"
+    );
     describe_gauge!("cortex_queue_depth", "Requests waiting in a model's queue");
     describe_gauge!(
         "cortex_queue_oldest_wait_seconds",
