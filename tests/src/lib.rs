@@ -54,6 +54,30 @@ pub async fn eventually<T>(what: &str, deadline: Duration, mut check: impl Async
     }
 }
 
+/// Wait until the neuron on `port` answers `/livez` (true), or it exits because the port was
+/// taken (false); any other exit or 20 s of silence fails the test with its log.
+async fn listens(process: &mut Process, name: &str, port: u16) -> bool {
+    let url = format!("http://127.0.0.1:{port}/livez");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        ticks.tick().await;
+        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            return true;
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            let log = process.log_text();
+            assert!(log.contains("in use"), "neuron {name} exited ({status}):\n{log}");
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 20s waiting for neuron {name} to listen:\n{}",
+            process.log_text()
+        );
+    }
+}
+
 /// Write `text` to `path` the way editors save: a temporary file renamed over the original.
 pub fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("toml.swp");
@@ -130,32 +154,33 @@ impl Neuron {
         Neuron::start_in(dir, name, harnesses, models.as_deref()).await
     }
 
-    /// As [`Neuron::start`], with models_dir `models` when given.
+    /// As [`Neuron::start`], with models_dir `models` when given. A port picked free can be
+    /// taken before the neuron binds it (another test's process, an outgoing connection's
+    /// ephemeral port): a neuron that exits saying so is started again on fresh ports.
     pub async fn start_in(dir: &Path, name: &str, harnesses: &str, models: Option<&Path>) -> Neuron {
         let root = dir.join(name);
         std::fs::create_dir_all(root.join("models")).unwrap();
         std::fs::write(root.join("token"), NEURON_TOKEN).unwrap();
-        let port = free_port();
-        let engines = free_port();
-        let config = format!(
-            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
-             log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\nstop_grace = \"3s\"\ndrain_timeout = \"5s\"\n\n{harnesses}",
-            models = models.map_or_else(|| root.join("models"), Path::to_path_buf).display(),
-            token = root.join("token").display(),
-            logs = root.join("logs").display(),
-            end = engines + 50,
-        );
-        std::fs::write(root.join("neuron.toml"), config).unwrap();
-        let process = Process::spawn(
-            Command::new(neuron_bin()).arg("--config").arg(root.join("neuron.toml")),
-            root.join("neuron.log"),
-        );
-        let url = format!("http://127.0.0.1:{port}/livez");
-        eventually(&format!("neuron {name} to listen"), Duration::from_secs(20), async || {
-            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
-        })
-        .await;
-        Neuron { name: name.to_owned(), port, process }
+        for _ in 0..3 {
+            let (port, engines) = (free_port(), free_port());
+            let config = format!(
+                "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
+                 log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\nstop_grace = \"3s\"\ndrain_timeout = \"5s\"\n\n{harnesses}",
+                models = models.map_or_else(|| root.join("models"), Path::to_path_buf).display(),
+                token = root.join("token").display(),
+                logs = root.join("logs").display(),
+                end = engines + 50,
+            );
+            std::fs::write(root.join("neuron.toml"), config).unwrap();
+            let mut process = Process::spawn(
+                Command::new(neuron_bin()).arg("--config").arg(root.join("neuron.toml")),
+                root.join("neuron.log"),
+            );
+            if listens(&mut process, name, port).await {
+                return Neuron { name: name.to_owned(), port, process };
+            }
+        }
+        panic!("neuron {name} found no free port in three tries");
     }
 
     pub fn endpoint(&self) -> String {
