@@ -295,18 +295,7 @@ pub fn sim_model(id: &str, vram_mb: u64, pinned_on: &[&str], source: &str) -> St
 
 /// The cortex.toml for tests: free ports, the neurons' token, the admin key, fast polling.
 pub fn cortex_config(dir: &Path) -> (PathBuf, u16) {
-    let port = free_port();
-    let path = dir.join("cortex.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nadmin_key = \"{ADMIN_KEY}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\n\
-             [poll]\ninterval = \"200ms\"\n\n[reconcile]\nresync = \"5s\"\nbackoff_base = \"500ms\"\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    (path, port)
+    cortex_config_with(dir, "interval = \"200ms\"", "resync = \"5s\"\nbackoff_base = \"500ms\"")
 }
 
 /// Run the `cortex` CLI to completion.
