@@ -33,6 +33,8 @@ pub struct NeuronClient {
     /// the gateway's cost (spec §10).
     base: Option<reqwest::Url>,
     token: Option<String>,
+    /// `Bearer <token>` built once: the gateway sends it with every forwarded request.
+    authorization: Option<reqwest::header::HeaderValue>,
     http: reqwest::Client,
 }
 
@@ -42,7 +44,12 @@ impl NeuronClient {
         let base = reqwest::Url::parse(&endpoint)
             .ok()
             .filter(|url| url.query().is_none() && url.fragment().is_none());
-        NeuronClient { name: name.to_owned(), endpoint, base, token, http }
+        let authorization = token.as_ref().and_then(|token| {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        NeuronClient { name: name.to_owned(), endpoint, base, token, authorization, http }
     }
 
     /// The URL of `path` on this neuron, from the parsed endpoint (`None`: parse it per call).
@@ -65,9 +72,9 @@ impl NeuronClient {
         }
     }
 
-    /// The token this neuron expects, if it expects one.
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// The `Authorization` header this neuron expects, if it expects one.
+    pub fn authorization(&self) -> Option<&reqwest::header::HeaderValue> {
+        self.authorization.as_ref()
     }
 
     /// A request to `path` on this neuron, authenticated.

@@ -89,22 +89,23 @@ pub async fn send(
     target: &Target,
     call: Call<'_>,
 ) -> Result<upstream::Response, ApiError> {
-    let unreachable =
-        |e: String| ApiError::Upstream(format!("neuron {} did not answer: {e}", target.neuron.name));
+    let neuron = &target.neuron.name;
     let mut request = hyper::Request::builder().method(call.method).uri(target.neuron.url_of(call.path));
     if call.body.is_empty() {
         request = request.header(MODEL_HEADER, call.model);
     } else {
         request = request.header(header::CONTENT_TYPE, "application/json");
     }
-    if let Some(token) = target.neuron.token() {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(authorization) = target.neuron.authorization() {
+        request = request.header(header::AUTHORIZATION, authorization);
     }
     for (name, value) in &call.headers {
         request = request.header(name, value);
     }
-    let request = request.body(Full::new(call.body)).map_err(|e| unreachable(e.to_string()))?;
-    client.send(request).await.map_err(unreachable)
+    let request = request.body(Full::new(call.body)).map_err(|e| {
+        ApiError::Upstream(format!("cannot address neuron {neuron} at {}: {e}", target.neuron.endpoint))
+    })?;
+    client.send(request).await.map_err(|e| ApiError::Upstream(format!("neuron {neuron} did not answer: {e}")))
 }
 
 /// The most of an engine's error body cortex reads.
