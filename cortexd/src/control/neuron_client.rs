@@ -64,11 +64,11 @@ impl NeuronClient {
         Some(url)
     }
 
-    /// The full URL of `path` on this neuron, as text (the gateway's own client sends it).
-    pub fn url_of(&self, path: &str) -> String {
+    /// The full URL of `path` on this neuron (the gateway's own client sends it).
+    pub fn url_of(&self, path: &str) -> Result<reqwest::Url, String> {
         match self.url(path) {
-            Some(url) => url.into(),
-            None => format!("{}{path}", self.endpoint),
+            Some(url) => Ok(url),
+            None => reqwest::Url::parse(&format!("{}{path}", self.endpoint)).map_err(|e| e.to_string()),
         }
     }
 

@@ -12,8 +12,8 @@ use axum::body::{Body, HttpBody};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
 use memchr::memmem::Finder;
 
 use crate::control::neuron_client::error_message;
@@ -90,21 +90,39 @@ pub async fn send(
     call: Call<'_>,
 ) -> Result<upstream::Response, ApiError> {
     let neuron = &target.neuron.name;
-    let mut request = hyper::Request::builder().method(call.method).uri(target.neuron.url_of(call.path));
-    if call.body.is_empty() {
-        request = request.header(MODEL_HEADER, call.model);
-    } else {
-        request = request.header(header::CONTENT_TYPE, "application/json");
-    }
-    if let Some(authorization) = target.neuron.authorization() {
-        request = request.header(header::AUTHORIZATION, authorization);
-    }
-    for (name, value) in &call.headers {
-        request = request.header(name, value);
-    }
-    let request = request.body(Full::new(call.body)).map_err(|e| {
+    let url = target.neuron.url_of(call.path).map_err(|e| {
         ApiError::Upstream(format!("cannot address neuron {neuron} at {}: {e}", target.neuron.endpoint))
     })?;
+    let (Some(host), "http") = (url.host_str(), url.scheme()) else {
+        return Err(ApiError::Upstream(format!(
+            "cannot address neuron {neuron} at {}: the gateway forwards over http:// only",
+            target.neuron.endpoint
+        )));
+    };
+    let host = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
+    let path_and_query = match url.query() {
+        Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", url.path())),
+        None => std::borrow::Cow::Borrowed(url.path()),
+    };
+    let mut headers = call.headers;
+    if call.body.is_empty() {
+        headers.insert(
+            MODEL_HEADER,
+            HeaderValue::from_str(call.model).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        );
+    } else {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(authorization) = target.neuron.authorization() {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    let request = upstream::Request {
+        method: call.method,
+        host: &host,
+        target: &path_and_query,
+        headers,
+        body: call.body,
+    };
     client.send(request).await.map_err(|e| ApiError::Upstream(format!("neuron {neuron} did not answer: {e}")))
 }
 
@@ -192,7 +210,7 @@ pub fn respond(upstream: upstream::Response, exchange: Exchange, stream: bool, e
 /// The response body: forwards upstream bytes, event by event for streams, and records the
 /// request's metrics when it ends (completed, failed or dropped by the client).
 struct Watcher {
-    upstream: Incoming,
+    upstream: upstream::Body,
     /// Bytes of an incomplete SSE event carried to the next read.
     buffer: BytesMut,
     stream: bool,
@@ -300,7 +318,7 @@ impl Watcher {
         out.freeze()
     }
 
-    fn fail(&mut self, error: &hyper::Error) -> Bytes {
+    fn fail(&mut self, error: &std::io::Error) -> Bytes {
         self.failed = true;
         let error = ApiError::Upstream(format!("the engine's stream broke off: {error}"));
         tracing::warn!(model = %self.exchange.target.model, neuron = %self.exchange.target.neuron.name, %error, "stream failed");
