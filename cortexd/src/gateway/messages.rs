@@ -160,7 +160,7 @@ impl EventTransform for Translate {
         // Events are written straight into the response bytes. An Err means the translator
         // already wrote `event: error`: the rest is dropped.
         let _ = self.parser.feed(chunk, |event| {
-            if event.data.contains("\"usage\"") {
+            if proxy::has_usage(event.data.as_bytes()) {
                 proxy::record_usage(event.data.as_bytes(), usage);
             }
             translator.push(event.data, out)

@@ -505,6 +505,11 @@ static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage
 static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
 static CREATED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response.created\""));
 
+/// Whether an event or body mentions `"usage"` (the one scan before parsing for it).
+pub fn has_usage(bytes: &[u8]) -> bool {
+    contains(bytes, &USAGE)
+}
+
 fn contains(haystack: &[u8], needle: &Finder<'_>) -> bool {
     needle.find(haystack).is_some()
 }

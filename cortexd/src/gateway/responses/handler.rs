@@ -199,7 +199,7 @@ impl NativeStream {
                 remember(&id);
             }
         }
-        if data.contains("\"usage\"") {
+        if proxy::has_usage(data.as_bytes()) {
             proxy::record_usage(data.as_bytes(), &mut self.usage);
         }
         let fixed = self.fix.event(data);

@@ -1,5 +1,7 @@
 //! Idle keep-alive connections to the neurons, by `host:port`: the most recently used first, each
 //! kept until it has been idle for [`IDLE_TIMEOUT`], checked for a close before it is reused.
+//! Expired connections are dropped whenever the pool is used: those of the host at hand at once,
+//! every host's at most every third of that (a neuron that left the fleet keeps none).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,9 +15,37 @@ use tokio::net::TcpStream;
 /// ports with TIME_WAIT sockets until new connections fail.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<Hosts>,
+    /// [`IDLE_TIMEOUT`] but in tests.
+    timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::with_idle_timeout(IDLE_TIMEOUT)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Hosts {
+    by_host: HashMap<String, Vec<Idle>>,
+    swept: Option<Instant>,
+}
+
+impl Hosts {
+    /// Drop every host's expired connections if the last sweep is a third of `timeout` ago.
+    fn sweep(&mut self, timeout: Duration) {
+        if self.swept.is_some_and(|at| at.elapsed() < timeout / 3) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        self.by_host.retain(|_, list| {
+            expire(list, timeout);
+            !list.is_empty()
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -25,11 +55,16 @@ struct Idle {
 }
 
 impl Pool {
+    pub fn with_idle_timeout(timeout: Duration) -> Self {
+        Pool { idle: Mutex::default(), timeout }
+    }
+
     /// An idle connection to `host` that is still open, if there is one.
     pub fn checkout(&self, host: &str) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(host)?;
-        expire(list);
+        idle.sweep(self.timeout);
+        let list = idle.by_host.get_mut(host)?;
+        expire(list, self.timeout);
         while let Some(connection) = list.pop() {
             if open(&connection.io) {
                 return Some(connection.io);
@@ -41,24 +76,31 @@ impl Pool {
     /// Keep `io` for the next request to `host`.
     fn checkin(&self, host: &str, io: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = match idle.get_mut(host) {
+        idle.sweep(self.timeout);
+        let list = match idle.by_host.get_mut(host) {
             Some(list) => list,
-            None => idle.entry(host.to_owned()).or_default(),
+            None => idle.by_host.entry(host.to_owned()).or_default(),
         };
-        expire(list);
+        expire(list, self.timeout);
         list.push(Idle { io, since: Instant::now() });
     }
 
     /// How many idle connections to `host` the pool holds.
     #[cfg(test)]
+    pub fn hosts(&self) -> usize {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).by_host.len()
+    }
+
+    /// How many idle connections to `host` the pool holds.
+    #[cfg(test)]
     pub fn idle(&self, host: &str) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).get(host).map_or(0, Vec::len)
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).by_host.get(host).map_or(0, Vec::len)
     }
 }
 
-/// Drop the connections idle for longer than [`IDLE_TIMEOUT`] (the oldest are first).
-fn expire(list: &mut Vec<Idle>) {
-    let fresh = list.iter().position(|c| c.since.elapsed() < IDLE_TIMEOUT).unwrap_or(list.len());
+/// Drop the connections idle for longer than `timeout` (the oldest are first).
+fn expire(list: &mut Vec<Idle>, timeout: Duration) {
+    let fresh = list.iter().position(|c| c.since.elapsed() < timeout).unwrap_or(list.len());
     list.drain(..fresh);
 }
 

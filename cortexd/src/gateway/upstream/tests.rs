@@ -244,3 +244,23 @@ async fn broken_answers_are_errors_that_say_what_broke() {
     let error = client.send(post(&host, "/a path", "{}")).await.expect_err("invalid target");
     assert!(error.contains("not a valid request target"), "{error}");
 }
+
+#[tokio::test]
+async fn idle_connections_expire_for_every_host_as_the_pool_is_used() {
+    let (host, _) = server(|_, mut io, _| async move {
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("answer");
+        read_request(&mut io).await;
+    })
+    .await;
+    let client = InferenceClient { pool: Arc::new(Pool::with_idle_timeout(Duration::from_millis(60))) };
+    let response = client.send(post(&host, "/v1/completions", "{}")).await.expect("answer");
+    assert_eq!(read_all(response).await.expect("body"), b"ok");
+    assert_eq!(client.pool.idle(&host), 1);
+    // Only another host is used from now on: the idle connection still goes, and its host too.
+    let gone = eventually(Duration::from_secs(5), || {
+        client.pool.checkout("127.0.0.1:1");
+        client.pool.hosts() == 0
+    })
+    .await;
+    assert!(gone, "the expired connection was dropped");
+}
