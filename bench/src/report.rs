@@ -48,6 +48,12 @@ pub fn targets(report: &Value) -> Value {
     };
     let (direct, cortex, anthropic) = (stream("direct"), stream("cortex"), stream("cortex-anthropic"));
     let level = format!("{top:.0} concurrent streams");
+    // What nginx added in the same run, when it was measured: whether this machine lets any
+    // proxy meet the bound.
+    let nginx = stream("nginx");
+    let reference = |key: &str| {
+        nginx.and_then(|r| f(r, key)).map_or(String::new(), |v| format!("; nginx in the same run: {v:.0} µs"))
+    };
     // TTFT and per-chunk delay as the mock stamps them (its timer's jitter taken out); the
     // plain client-side figures beside them.
     let ttft = cortex.and_then(|r| f(r, "added_ttft_net_p99_us"));
@@ -56,8 +62,9 @@ pub fn targets(report: &Value) -> Value {
         "≤ 1,000 µs",
         ttft.map(|v| {
             format!(
-                "{v:.0} µs (client clock only: {:.0} µs)",
-                cortex.and_then(|r| f(r, "added_ttft_p99_us")).unwrap_or(f64::NAN)
+                "{v:.0} µs (client clock only: {:.0} µs){}",
+                cortex.and_then(|r| f(r, "added_ttft_p99_us")).unwrap_or(f64::NAN),
+                reference("added_ttft_net_p99_us")
             )
         }),
         ttft.map(|v| v <= 1000.0),
@@ -68,10 +75,11 @@ pub fn targets(report: &Value) -> Value {
         "≤ 500 µs",
         delay.map(|v| {
             format!(
-                "{v:.0} µs per chunk (inter-chunk gap p99 {:.0} µs added, longest stall {:.0} µs vs {:.0} µs direct)",
+                "{v:.0} µs per chunk (inter-chunk gap p99 {:.0} µs added, longest stall {:.0} µs vs {:.0} µs direct){}",
                 cortex.and_then(|r| f(r, "added_gap_p99_us")).unwrap_or(f64::NAN),
                 cortex.and_then(|r| f(r, "gap_max_us")).unwrap_or(f64::NAN),
-                direct.and_then(|r| f(r, "gap_max_us")).unwrap_or(f64::NAN)
+                direct.and_then(|r| f(r, "gap_max_us")).unwrap_or(f64::NAN),
+                reference("added_delivery_p99_us")
             )
         }),
         delay.map(|v| v <= 500.0),
@@ -251,5 +259,38 @@ mod tests {
     fn timestamps_are_utc_civil_time() {
         assert_eq!(timestamp(0), "19700101T000000Z");
         assert_eq!(timestamp(1_700_000_000), "20231114T221320Z");
+    }
+
+    #[test]
+    fn the_streaming_targets_name_what_nginx_added_in_the_same_run() {
+        let row = |path: &str, ttft: f64, delivery: f64| json!({"path": path, "concurrency": 1000.0, "added_ttft_net_p99_us": ttft, "added_delivery_p99_us": delivery});
+        let report = json!({"streaming": [row("direct", 0.0, 0.0), row("cortex", 1200.0, 450.0), row("nginx", 640.0, 330.0)]});
+        let targets = targets(&report);
+        let find = |name: &str| {
+            targets
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["target"].as_str().is_some_and(|n| n.starts_with(name))))
+                .cloned()
+        };
+        let ttft = find("added TTFT p99").expect("the TTFT target");
+        assert_eq!(ttft["met"], false);
+        assert!(
+            ttft["measured"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("1200 µs") && m.ends_with("nginx in the same run: 640 µs")),
+            "{ttft}"
+        );
+        let chunk = find("added inter-chunk delay p99").expect("the per-chunk target");
+        assert_eq!(chunk["met"], true);
+        assert!(
+            chunk["measured"].as_str().is_some_and(|m| m.ends_with("nginx in the same run: 330 µs")),
+            "{chunk}"
+        );
+        let alone = targets_of(&json!({"streaming": [row("direct", 0.0, 0.0), row("cortex", 900.0, 450.0)]}));
+        assert!(!alone.contains("nginx"), "no reference without nginx: {alone}");
+    }
+
+    fn targets_of(report: &Value) -> String {
+        targets(report).to_string()
     }
 }
