@@ -14,6 +14,7 @@ pub mod models;
 pub mod overflow;
 pub mod pipeline;
 pub mod proxy;
+pub mod request_metrics;
 pub mod responses;
 pub mod route;
 pub mod routes;

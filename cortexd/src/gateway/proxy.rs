@@ -18,6 +18,7 @@ use memchr::memmem::Finder;
 
 use crate::control::neuron_client::error_message;
 use crate::gateway::error::{ApiError, Dialect};
+use crate::gateway::request_metrics::{self, Outcome};
 use crate::gateway::route::{InFlightGuard, Target};
 use crate::gateway::upstream::{self, InferenceClient};
 
@@ -383,38 +384,34 @@ impl HttpBody for Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let exchange = &self.exchange;
-        let model = exchange.target.model.clone();
-        let neuron = exchange.target.neuron.name.clone();
-        crate::gateway::traffic::add(&model, exchange.started, self.first_event_at, self.usage, self.failed);
-        let status = if self.failed {
-            "upstream_error"
+        let (model, neuron) = (&exchange.target.model, &exchange.target.neuron.name);
+        crate::gateway::traffic::add(model, exchange.started, self.first_event_at, self.usage, self.failed);
+        let outcome = if self.failed {
+            Outcome::UpstreamError
         } else if self.finished {
-            "ok"
+            Outcome::Ok
         } else {
-            "client_closed"
+            Outcome::ClientClosed
         };
-        metrics::counter!("cortex_requests_total", "model" => model.clone(), "neuron" => neuron, "route" => exchange.route, "status" => status)
-            .increment(1);
+        let handles = request_metrics::handles(model, neuron, exchange.route);
+        handles.requests(outcome).increment(1);
         let elapsed = exchange.started.elapsed();
-        metrics::histogram!("cortex_request_duration_seconds", "model" => model.clone(), "route" => exchange.route)
-            .record(elapsed.as_secs_f64());
+        handles.duration.record(elapsed.as_secs_f64());
         if let Some(first) = self.first_event_at {
-            metrics::histogram!("cortex_time_to_first_token_seconds", "model" => model.clone(), "route" => exchange.route)
-                .record(first.duration_since(exchange.started).as_secs_f64());
-            if let Some((_, completion)) = self.usage {
-                let generating =
-                    exchange.started.elapsed().saturating_sub(first.duration_since(exchange.started));
-                if completion > 0 && self.stream && !generating.is_zero() {
-                    metrics::histogram!("cortex_tokens_per_second", "model" => model.clone())
-                        .record(completion as f64 / generating.as_secs_f64());
-                }
+            let to_first = first.duration_since(exchange.started);
+            handles.time_to_first_token.record(to_first.as_secs_f64());
+            let generating = elapsed.saturating_sub(to_first);
+            if let Some((_, completion)) = self.usage
+                && completion > 0
+                && self.stream
+                && !generating.is_zero()
+            {
+                handles.tokens_per_second.record(completion as f64 / generating.as_secs_f64());
             }
         }
         if let Some((prompt, completion)) = self.usage {
-            metrics::counter!("cortex_tokens_total", "model" => model.clone(), "kind" => "prompt")
-                .increment(prompt);
-            metrics::counter!("cortex_tokens_total", "model" => model, "kind" => "completion")
-                .increment(completion);
+            handles.prompt_tokens.increment(prompt);
+            handles.completion_tokens.increment(completion);
         }
     }
 }
