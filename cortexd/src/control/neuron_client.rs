@@ -64,12 +64,21 @@ impl NeuronClient {
         Some(url)
     }
 
-    /// The full URL of `path` on this neuron (the gateway's own client sends it).
-    pub fn url_of(&self, path: &str) -> Result<reqwest::Url, String> {
-        match self.url(path) {
-            Some(url) => Ok(url),
-            None => reqwest::Url::parse(&format!("{}{path}", self.endpoint)).map_err(|e| e.to_string()),
-        }
+    /// Where the gateway's own HTTP/1.1 client sends `path`: the `host:port` to connect to and
+    /// the request target (path and query, percent-encoded).
+    pub fn http_address(&self, path: &str) -> Result<(String, String), String> {
+        let url = match self.url(path) {
+            Some(url) => url,
+            None => reqwest::Url::parse(&format!("{}{path}", self.endpoint)).map_err(|e| e.to_string())?,
+        };
+        let (Some(host), "http") = (url.host_str(), url.scheme()) else {
+            return Err("the gateway forwards over http:// only".into());
+        };
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        Ok((format!("{host}:{}", url.port_or_known_default().unwrap_or(80)), target))
     }
 
     /// The `Authorization` header this neuron expects, if it expects one.

@@ -91,20 +91,9 @@ pub async fn send(
     call: Call<'_>,
 ) -> Result<upstream::Response, ApiError> {
     let neuron = &target.neuron.name;
-    let url = target.neuron.url_of(call.path).map_err(|e| {
+    let (host, path_and_query) = target.neuron.http_address(call.path).map_err(|e| {
         ApiError::Upstream(format!("cannot address neuron {neuron} at {}: {e}", target.neuron.endpoint))
     })?;
-    let (Some(host), "http") = (url.host_str(), url.scheme()) else {
-        return Err(ApiError::Upstream(format!(
-            "cannot address neuron {neuron} at {}: the gateway forwards over http:// only",
-            target.neuron.endpoint
-        )));
-    };
-    let host = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
-    let path_and_query = match url.query() {
-        Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", url.path())),
-        None => std::borrow::Cow::Borrowed(url.path()),
-    };
     let mut headers = call.headers;
     if call.body.is_empty() {
         headers.insert(

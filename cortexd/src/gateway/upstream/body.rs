@@ -45,6 +45,16 @@ enum State {
     Done,
 }
 
+impl From<Framing> for State {
+    fn from(framing: Framing) -> Self {
+        match framing {
+            Framing::Length(length) => State::Length(length),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        }
+    }
+}
+
 /// What the buffered bytes yield.
 enum Decoded {
     Data(Bytes),
@@ -74,13 +84,8 @@ pub struct Body {
 impl Body {
     /// A body framed by `framing` on `io`; `buffer` holds what was read past the head.
     pub(super) fn new(io: TcpStream, buffer: BytesMut, framing: Framing, reuse: Option<Return>) -> Self {
-        let state = match framing {
-            Framing::Length(length) => State::Length(length),
-            Framing::Chunked => State::ChunkSize,
-            Framing::Close => State::Close,
-        };
         let reuse = reuse.filter(|_| framing != Framing::Close);
-        Body { io: Some(io), buffer, state, reuse }
+        Body { io: Some(io), buffer, state: State::from(framing), reuse }
     }
 
     /// The next piece of the body the buffer holds, or what it lacks.
@@ -145,6 +150,14 @@ impl Body {
         Ok(Some(value))
     }
 
+    /// The body cannot go on: the connection is closed, and later polls end it.
+    fn broken(&mut self, error: io::Error) -> io::Error {
+        self.state = State::Done;
+        self.io = None;
+        self.reuse = None;
+        error
+    }
+
     /// The body has ended: the connection goes back to the pool if it may.
     fn end(&mut self) -> Decoded {
         self.state = State::Done;
@@ -173,17 +186,18 @@ impl Body {
             let start = self.buffer.len();
             self.buffer.resize(start + READ_WINDOW, 0);
             let mut read = None;
+            // A drained read answers `WouldBlock` to `try_io`, which clears the readiness; `read`
+            // keeps what it read.
             let result = io.try_io(Interest::READABLE, || {
                 let n = (&*SockRef::from(io)).read(&mut self.buffer[start..])?;
                 read = Some(n);
-                if n > 0 && n < READ_WINDOW { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+                if n > 0 && n < READ_WINDOW { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
             });
             self.buffer.truncate(start + read.unwrap_or(0));
-            match (read, result) {
-                (Some(n), _) => return Poll::Ready(Ok(n)),
-                (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                (None, Err(error)) => return Poll::Ready(Err(error)),
-                (None, Ok(())) => continue,
+            match (result, read) {
+                (Ok(n), _) | (Err(_), Some(n)) => return Poll::Ready(Ok(n)),
+                (Err(error), None) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(error), None) => return Poll::Ready(Err(error)),
             }
         }
     }
@@ -233,16 +247,6 @@ impl HttpBody for Body {
     }
 }
 
-impl Body {
-    /// The body cannot go on: the connection is closed, and later polls end it.
-    fn broken(&mut self, error: io::Error) -> io::Error {
-        self.state = State::Done;
-        self.io = None;
-        self.reuse = None;
-        error
-    }
-}
-
 /// The size on a chunk-size line (hex, before any `;extension`).
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
@@ -263,17 +267,8 @@ mod tests {
 
     /// Decode `wire` fed in pieces of `step` bytes; the data frames joined, or the error.
     fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, bool), String> {
-        let (state, mut out) = (framing, Vec::new());
-        let mut body = Body {
-            io: None,
-            buffer: BytesMut::new(),
-            state: match state {
-                Framing::Length(n) => State::Length(n),
-                Framing::Chunked => State::ChunkSize,
-                Framing::Close => State::Close,
-            },
-            reuse: None,
-        };
+        let mut out = Vec::new();
+        let mut body = Body { io: None, buffer: BytesMut::new(), state: State::from(framing), reuse: None };
         for piece in std::iter::once(&[][..]).chain(wire.chunks(step.max(1))) {
             body.buffer.extend_from_slice(piece);
             loop {
