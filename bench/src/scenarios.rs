@@ -64,6 +64,10 @@ pub struct Args {
     /// Non-streaming rates to measure instead of the scale's (comma-separated req/s).
     #[arg(long, value_delimiter = ',')]
     pub rates: Vec<f64>,
+    /// Concurrent-stream levels to measure instead of the scale's (comma-separated; 1 runs eight
+    /// streams one after another, any other level that many at once).
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
     /// Rounds per measurement (paths alternate within each round); default 3 (1 with --smoke).
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -94,6 +98,10 @@ impl Scale {
         let mut scale = Scale::default_for(args);
         if !args.rates.is_empty() {
             scale.rates.clone_from(&args.rates);
+        }
+        if !args.streams.is_empty() {
+            scale.stream_levels =
+                args.streams.iter().map(|&c| if c == 1 { (1, 8, true) } else { (c, c, false) }).collect();
         }
         scale
     }
@@ -873,4 +881,31 @@ pub async fn all(args: &Args) -> anyhow::Result<Value> {
     report["duration_s"] = json!(started.elapsed().as_secs_f64());
     report["targets"] = crate::report::targets(&report);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn scale(argv: &[&str]) -> Scale {
+        let cli =
+            Cli::try_parse_from(["cortex-bench", "--bin-dir", "bin"].into_iter().chain(argv.iter().copied()))
+                .expect("arguments parse");
+        Scale::new(&cli.args)
+    }
+
+    #[test]
+    fn streams_replace_the_scales_levels() {
+        assert_eq!(scale(&[]).stream_levels, vec![(1, 8, true), (100, 100, false), (1000, 1000, false)]);
+        assert_eq!(scale(&["--streams", "1,1000"]).stream_levels, vec![(1, 8, true), (1000, 1000, false)]);
+        assert_eq!(scale(&["--smoke", "--streams", "10"]).stream_levels, vec![(10, 10, false)]);
+    }
 }
