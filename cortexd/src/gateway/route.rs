@@ -469,6 +469,20 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
     }
 }
 
+/// Admit a request that can only go to `model` on `neuron` (it continues a response that copy
+/// made; see [`schedule::Scheduler::arrive_on`]): `None` when that copy does not serve it now.
+pub fn resolve_on(state: &AppState, model: &str, neuron: &str) -> Result<Option<Target>, ApiError> {
+    let schedule = &state.schedule;
+    schedule.start(state);
+    let settings = settings(state, &state.fleet(), model);
+    let admitted = schedule
+        .apply(state, |inner, _| (inner.core.arrive_on(now_unix_ms(), model, neuron, settings), Vec::new()));
+    if !admitted {
+        return Ok(None);
+    }
+    target(state, &state.observed(), model, neuron).map(Some)
+}
+
 /// How often one request may be re-queued because the copy it was sent to went away.
 const RESENDS: usize = 5;
 

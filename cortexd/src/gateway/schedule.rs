@@ -256,6 +256,25 @@ impl Scheduler {
         (Arrival::Queued, self.pump(now, placer))
     }
 
+    /// A request that can only go to `model` on `neuron` (it continues a response that copy
+    /// made): admitted at once when that copy is ready and not chosen for eviction, whatever its
+    /// concurrency (it cannot go elsewhere, and the engine queues it as it would queue behind
+    /// cortex); refused otherwise. Once admitted it counts like any other request, so no swap
+    /// evicts the copy under it.
+    pub fn arrive_on(&mut self, now: u64, model: &str, neuron: &str, settings: Settings) -> bool {
+        self.queue(model, settings);
+        let key = (model.to_owned(), neuron.to_owned());
+        let serving = self
+            .copies
+            .get(&key)
+            .is_some_and(|copy| matches!(copy.state, CopyState::Ready { .. }) && !copy.draining);
+        if serving {
+            *self.in_flight.entry(key.clone()).or_default() += 1;
+            self.last_active.insert(key, now);
+        }
+        serving
+    }
+
     /// Record `model`'s settings before any request for it arrives (a resident that may be
     /// evicted: its `min_residency` counts).
     pub fn configure(&mut self, model: &str, settings: Settings) {

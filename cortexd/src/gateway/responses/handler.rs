@@ -22,7 +22,7 @@ use crate::gateway::responses::request::{self, ToolNames};
 use crate::gateway::responses::response;
 use crate::gateway::responses::stream::StreamTranslator;
 use crate::gateway::responses::{Replica, ResponseIndex};
-use crate::gateway::route::Target;
+use crate::gateway::route::{self, Target};
 use crate::gateway::sse::{self, SseParser};
 
 const CREATE: RouteInfo = RouteInfo { name: "responses", dialect: Dialect::Responses };
@@ -35,7 +35,7 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bod
         match checked.envelope.previous_response_id.clone() {
             Some(previous) => {
                 let (name, started) = (checked.model.clone(), checked.started);
-                let answered = match remembered_target(&state, &previous) {
+                let answered = match remembered_target(&state, &previous, Admit::Yes) {
                     Ok(target) => create_adapter(state.clone(), target, checked).await,
                     Err(error) => Err(error),
                 };
@@ -85,7 +85,7 @@ async fn by_id(
         if !state.keys.allows(&headers) {
             return Err(ApiError::Unauthorized);
         }
-        let target = remembered_target(&state, &id).map_err(|_| {
+        let target = remembered_target(&state, &id, Admit::No).map_err(|_| {
             ApiError::NotFound(format!(
                 "no response with id {id:?} is known (only stored, native responses are)"
             ))
@@ -113,32 +113,49 @@ async fn by_id(
     outcome.await.unwrap_or_else(|e| pipeline::rejected(e, RETRIEVE.name, RETRIEVE.dialect))
 }
 
+/// Whether a call about a stored response is admitted by the scheduler like a generation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// A generation (`previous_response_id`): it counts against its copy, so no swap evicts the
+    /// copy under it, and a copy chosen for eviction refuses it.
+    Yes,
+    /// A retrieval or a cancel: quick, and a cancel must reach a copy that is draining.
+    No,
+}
+
 /// The replica that produced response `id`, if this gateway remembers it and it still serves
 /// the model.
-fn remembered_target(state: &AppState, id: &str) -> Result<Target, ApiError> {
-    let unknown = || {
+fn remembered_target(state: &AppState, id: &str, admit: Admit) -> Result<Target, ApiError> {
+    let replica = state.response_index.find(id).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "previous response {id:?} is not known to this gateway (it remembers stored responses of native engines for {} h); \
              send the whole conversation in input instead",
             ResponseIndex::MAX_AGE.as_secs() / 3600
         ))
+    })?;
+    let target = match admit {
+        Admit::Yes => route::resolve_on(state, &replica.model, &replica.neuron)?,
+        Admit::No => serving(state, &replica),
     };
-    let replica = state.response_index.find(id).ok_or_else(unknown)?;
-    let observed = state.observed();
-    let neuron = observed.topology.neurons.iter().find(|n| n.name == replica.neuron && n.reachable);
-    let model = neuron.and_then(|n| n.model(&replica.model)).filter(|m| m.status == ModelState::Loaded);
-    match (model, observed.clients.get(&replica.neuron)) {
-        (Some(model), Some(client)) => Ok(Target {
-            model: replica.model.clone(),
-            neuron: client.clone(),
-            harness: model.harness.clone(),
-            permit: None,
-        }),
-        _ => Err(ApiError::BadRequest(format!(
+    target.ok_or_else(|| {
+        ApiError::BadRequest(format!(
             "previous response {id:?} was made by {} on neuron {}, which no longer serves it; send the whole conversation in input instead",
             replica.model, replica.neuron
-        ))),
-    }
+        ))
+    })
+}
+
+/// `replica` as a target outside the scheduler, if its neuron reports the model loaded.
+fn serving(state: &AppState, replica: &Replica) -> Option<Target> {
+    let observed = state.observed();
+    let neuron = observed.topology.neurons.iter().find(|n| n.name == replica.neuron && n.reachable)?;
+    let model = neuron.model(&replica.model).filter(|m| m.status == ModelState::Loaded)?;
+    Some(Target {
+        model: replica.model.clone(),
+        neuron: observed.clients.get(&replica.neuron)?.clone(),
+        harness: model.harness.clone(),
+        permit: None,
+    })
 }
 
 async fn create_adapter(state: AppState, target: Target, checked: Checked) -> Result<Response, ApiError> {

@@ -140,6 +140,16 @@ impl World {
                 self.log.push_str(&format!("t={:>6} {line}\n", self.now));
                 commands
             }
+            ["continue", id, model] => {
+                let settings = self.settings(model);
+                let line = if self.core.arrive_on(self.now, model, "n1", settings) {
+                    format!("{id} {model} continued on n1")
+                } else {
+                    format!("{id} {model} refused: n1 does not serve it now")
+                };
+                self.log.push_str(&format!("t={:>6} {line}\n", self.now));
+                Vec::new()
+            }
             ["finish", model] => self.core.finish(self.now, model, "n1", &mut self.neuron),
             ["cancel", id, model] => {
                 let id: u64 = id.trim_start_matches('#').parse().expect("id");
@@ -441,6 +451,52 @@ fn requests_for_a_draining_copy_wait_for_the_turn_back() {
             t= 15000 ready od-a
             t= 15000 admit #2 od-a on n1 after 8900ms
             t= 28200 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_continuation_holds_its_copy_like_any_request_and_is_refused_once_the_copy_drains() {
+    // #1 continues a response od-a made on n1: admitted there at once, it keeps od-a loaded
+    // until it finishes, as an ordinary request would. Once od-a is chosen for eviction (at
+    // max_wait), a continuation is refused: it could only wait for a copy that is going.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 continue #1 od-a
+        1000 arrive #2 od-b
+        9000 continue #3 od-a
+        11500 continue #4 od-a
+        12000 finish od-a
+        12000 finish od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a continued on n1
+            t=  1000 #2 od-b queued
+            t=  9000 #3 od-a continued on n1
+            t= 11500 #4 od-a refused: n1 does not serve it now
+            t= 12000 load od-b on n1 evicting ["od-a"]
+            t= 14000 ready od-b
+            t= 14000 admit #2 od-b on n1 after 13000ms
+            t= 32000 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_continuation_for_a_model_not_there_is_refused() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 continue #1 od-b
+        ",
+        expect![[r#"
+            t=     0 #1 od-b refused: n1 does not serve it now
+            t= 20000 end
         "#]],
     );
 }
