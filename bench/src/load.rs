@@ -162,6 +162,8 @@ struct StreamSample {
     /// Time to first token without the mock's own delay: request send → mock arrival, plus
     /// first token written → received (µs).
     ttft_net_us: Option<u64>,
+    /// The request's part of that: send → the mock's arrival (µs).
+    request_us: Option<u64>,
     tokens: u64,
     events: u64,
     reads: u64,
@@ -250,7 +252,9 @@ async fn one_stream(
                     let delivery = wall.saturating_sub(written);
                     sample.delivery_us.push(delivery);
                     if let Some(arrived) = arrived {
-                        sample.ttft_net_us = Some(arrived.saturating_sub(sent_wall) + delivery);
+                        let request = arrived.saturating_sub(sent_wall);
+                        sample.request_us = Some(request);
+                        sample.ttft_net_us = Some(request + delivery);
                     }
                 }
             }
@@ -294,6 +298,7 @@ fn summarize(samples: Vec<StreamSample>) -> Value {
     let ok: Vec<&StreamSample> = samples.iter().filter(|s| s.ok).collect();
     let ttft: Vec<u64> = ok.iter().filter_map(|s| s.ttft_us).collect();
     let ttft_net: Vec<u64> = ok.iter().filter_map(|s| s.ttft_net_us).collect();
+    let request: Vec<u64> = ok.iter().filter_map(|s| s.request_us).collect();
     let gaps: Vec<u64> = ok.iter().flat_map(|s| s.gaps_us.iter().copied()).collect();
     let delivery: Vec<u64> = ok.iter().flat_map(|s| s.delivery_us.iter().copied()).collect();
     let tokens: Vec<u64> = ok.iter().map(|s| s.tokens).collect();
@@ -306,6 +311,7 @@ fn summarize(samples: Vec<StreamSample>) -> Value {
         "errors": samples.len() - ok.len(),
         "ttft_us": dist(ttft),
         "ttft_net_us": if ttft_net.is_empty() { Value::Null } else { dist(ttft_net) },
+        "request_us": if request.is_empty() { Value::Null } else { dist(request) },
         "gap_us": dist(gaps),
         "delivery_us": if delivery.is_empty() { Value::Null } else { dist(delivery) },
         "tokens_min": tokens.iter().min().copied().unwrap_or(0),
