@@ -237,6 +237,28 @@ async fn stored_native_responses_route_back_to_their_replica() {
 }
 
 #[tokio::test]
+async fn a_continuation_whose_copy_went_away_is_refused_not_sent_elsewhere() {
+    let (fake, gateway) = setup(false, true, "").await;
+    let mut request = codex_request();
+    request["store"] = json!(true);
+    request["stream"] = json!(false);
+    let response: Value = post(&gateway, "/v1/responses", &request).await.json().await.expect("json");
+    assert_eq!(response["id"], "resp_native1");
+    // The copy is unloaded behind cortex's back: the neuron still listed it at the last poll,
+    // but now answers that it does not serve the model.
+    *fake.refuse_with.lock().expect("lock") =
+        Some((404, json!({"error": {"code": "model_not_found", "message": "m is not loaded"}})));
+    request["previous_response_id"] = json!("resp_native1");
+    let started = Instant::now();
+    let refused = post(&gateway, "/v1/responses", &request).await;
+    assert_eq!(refused.status(), 400, "the response it continues is on that copy only");
+    let body: Value = refused.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("send the whole conversation"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not queued for a load");
+}
+
+#[tokio::test]
 async fn codexs_request_is_translated_for_a_chat_only_engine() {
     let (fake, gateway) = setup(false, false, "").await;
     let response = post(&gateway, "/v1/responses", &codex_request()).await;

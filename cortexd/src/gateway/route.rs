@@ -42,6 +42,9 @@ pub struct Target {
     /// The scheduler's admission: the request counts against the copy's concurrency until the
     /// last clone of the target (held by the response body) is dropped.
     pub permit: Option<Arc<Permit>>,
+    /// Only this copy can answer (the request continues a response stored there): when the copy
+    /// goes away under the request, the request fails instead of moving to another copy.
+    pub pinned: bool,
 }
 
 /// Gateway-side count of requests in flight per (model, neuron), for the gauge.
@@ -343,7 +346,13 @@ fn target(state: &AppState, observed: &Observed, model: &str, neuron: &str) -> R
         .map(|m| m.harness.clone())
         .or_else(|| state.fleet().model(model).map(|m| m.profile.harness.clone()))
         .unwrap_or_default();
-    Ok(Target { model: model.to_owned(), neuron: client.clone(), harness, permit: Some(permit) })
+    Ok(Target {
+        model: model.to_owned(),
+        neuron: client.clone(),
+        harness,
+        permit: Some(permit),
+        pinned: false,
+    })
 }
 
 /// The client's error for a refused request, in terms it can act on.
@@ -480,7 +489,8 @@ pub fn resolve_on(state: &AppState, model: &str, neuron: &str) -> Result<Option<
     if !admitted {
         return Ok(None);
     }
-    target(state, &state.observed(), model, neuron).map(Some)
+    let target = target(state, &state.observed(), model, neuron)?;
+    Ok(Some(Target { pinned: true, ..target }))
 }
 
 /// How often one request may be re-queued because the copy it was sent to went away.
@@ -522,11 +532,16 @@ pub async fn send(
             return Err(proxy::upstream_error_from(status, &body, ctx_size));
         }
         let (model, neuron) = (target.model.clone(), target.neuron.name.clone());
-        tracing::info!(%model, %neuron, "the copy went away under a request; queueing it again");
         state
             .schedule
             .apply(state, |inner, placer| ((), inner.core.lost(now_unix_ms(), &model, &neuron, placer)));
         state.poller.kick();
+        if target.pinned {
+            return Err(ApiError::BadRequest(format!(
+                "{model} went away from neuron {neuron}, which holds the response this request continues; send the whole conversation in input instead"
+            )));
+        }
+        tracing::info!(%model, %neuron, "the copy went away under a request; queueing it again");
         drop(target);
         target = match resolve(state, &model)? {
             Resolution::Ready(target) => target,

@@ -155,6 +155,7 @@ fn serving(state: &AppState, replica: &Replica) -> Option<Target> {
         neuron: observed.clients.get(&replica.neuron)?.clone(),
         harness: model.harness.clone(),
         permit: None,
+        pinned: true,
     })
 }
 
