@@ -286,11 +286,8 @@ mod tests {
             chunk["measured"].as_str().is_some_and(|m| m.ends_with("nginx in the same run: 330 µs")),
             "{chunk}"
         );
-        let alone = targets_of(&json!({"streaming": [row("direct", 0.0, 0.0), row("cortex", 900.0, 450.0)]}));
-        assert!(!alone.contains("nginx"), "no reference without nginx: {alone}");
-    }
-
-    fn targets_of(report: &Value) -> String {
-        targets(report).to_string()
+        let alone =
+            super::targets(&json!({"streaming": [row("direct", 0.0, 0.0), row("cortex", 900.0, 450.0)]}));
+        assert!(!alone.to_string().contains("nginx"), "no reference without nginx: {alone}");
     }
 }

@@ -195,14 +195,21 @@ async fn codexs_request_passes_through_natively_and_its_last_event_arrives() {
     assert_eq!(last_request(&fake), request, "forwarded untouched");
 }
 
-#[tokio::test]
-async fn stored_native_responses_route_back_to_their_replica() {
-    let (_fake, gateway) = setup(false, true, "").await;
+/// Codex's request, stored (`store: true`) and not streamed, sent once: the engine answers
+/// with `resp_native1`. Returns the request for the continuation to reuse.
+async fn store_one(gateway: &Gateway) -> Value {
     let mut request = codex_request();
     request["store"] = json!(true);
     request["stream"] = json!(false);
-    let response: Value = post(&gateway, "/v1/responses", &request).await.json().await.expect("json");
+    let response: Value = post(gateway, "/v1/responses", &request).await.json().await.expect("json");
     assert_eq!(response["id"], "resp_native1");
+    request
+}
+
+#[tokio::test]
+async fn stored_native_responses_route_back_to_their_replica() {
+    let (_fake, gateway) = setup(false, true, "").await;
+    let mut request = store_one(&gateway).await;
     request["previous_response_id"] = json!("resp_native1");
     assert_eq!(post(&gateway, "/v1/responses", &request).await.status(), 200);
     let retrieved = client()
@@ -239,11 +246,7 @@ async fn stored_native_responses_route_back_to_their_replica() {
 #[tokio::test]
 async fn a_continuation_whose_copy_went_away_is_refused_not_sent_elsewhere() {
     let (fake, gateway) = setup(false, true, "").await;
-    let mut request = codex_request();
-    request["store"] = json!(true);
-    request["stream"] = json!(false);
-    let response: Value = post(&gateway, "/v1/responses", &request).await.json().await.expect("json");
-    assert_eq!(response["id"], "resp_native1");
+    let mut request = store_one(&gateway).await;
     // The copy is unloaded behind cortex's back: the neuron still listed it at the last poll,
     // but now answers that it does not serve the model.
     *fake.refuse_with.lock().expect("lock") =

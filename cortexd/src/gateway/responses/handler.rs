@@ -114,7 +114,6 @@ async fn by_id(
 }
 
 /// Whether a call about a stored response is admitted by the scheduler like a generation.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Admit {
     /// A generation (`previous_response_id`): it counts against its copy, so no swap evicts the
     /// copy under it, and a copy chosen for eviction refuses it.

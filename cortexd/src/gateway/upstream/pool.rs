@@ -85,7 +85,7 @@ impl Pool {
         list.push(Idle { io, since: Instant::now() });
     }
 
-    /// How many idle connections to `host` the pool holds.
+    /// How many hosts the pool holds idle connections for.
     #[cfg(test)]
     pub fn hosts(&self) -> usize {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).by_host.len()
