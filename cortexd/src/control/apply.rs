@@ -74,7 +74,7 @@ impl ApplyReport {
 /// Apply `plan` through `clients`. `progress` is called as actions start and finish.
 pub async fn apply(
     plan: &Plan,
-    clients: &BTreeMap<String, NeuronClient>,
+    clients: &crate::control::poller::Clients,
     parallelism: usize,
     timeouts: ExecTimeouts,
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
@@ -130,7 +130,7 @@ struct ChainReport {
 
 /// Run one neuron's actions in order, chaining the generation precondition.
 async fn run_chain(
-    client: Option<NeuronClient>,
+    client: Option<Arc<NeuronClient>>,
     chain: Vec<Action>,
     timeouts: ExecTimeouts,
     progress: &(dyn Fn(Progress) + Send + Sync),

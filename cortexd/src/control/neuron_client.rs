@@ -1,6 +1,7 @@
 //! The client side of the neuron API (spec §8): discovery, health, models, load, unload and
 //! waiting for readiness, with the wire types from `plans::wire`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use plans::topology::LoadedModel;
@@ -24,7 +25,8 @@ pub enum NeuronError {
     },
 }
 
-/// A handle on one neuron: its name, endpoint and the token to present. Cheap to clone.
+/// A handle on one neuron: its name, endpoint and the token to present. The poller shares one
+/// per neuron behind an `Arc` ([`crate::control::poller::Clients`]).
 #[derive(Clone, Debug)]
 pub struct NeuronClient {
     pub name: String,
@@ -35,7 +37,34 @@ pub struct NeuronClient {
     token: Option<String>,
     /// `Bearer <token>` built once: the gateway sends it with every forwarded request.
     authorization: Option<reqwest::header::HeaderValue>,
+    /// Where forwarded requests go (`http://` endpoints), worked out once from `base`.
+    address: Option<Address>,
     http: reqwest::Client,
+}
+
+/// A neuron's forwarding address: the `host:port` to connect to and the endpoint's path, which
+/// each request target starts with (empty at the root).
+#[derive(Clone, Debug)]
+struct Address {
+    host_port: String,
+    prefix: String,
+}
+
+impl Address {
+    fn of(base: &reqwest::Url) -> Option<Self> {
+        let (Some(host), "http") = (base.host_str(), base.scheme()) else { return None };
+        let host_port = format!("{host}:{}", base.port_or_known_default().unwrap_or(80));
+        let prefix = if base.path() == "/" { String::new() } else { base.path().to_owned() };
+        Some(Address { host_port, prefix })
+    }
+}
+
+/// Whether `path` is one the URL parser would leave exactly as it is (no character to
+/// percent-encode, no dot segment, no query): those skip the parser on the forwarding path.
+fn plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !path.contains("/.")
 }
 
 impl NeuronClient {
@@ -49,7 +78,8 @@ impl NeuronClient {
             value.set_sensitive(true);
             Some(value)
         });
-        NeuronClient { name: name.to_owned(), endpoint, base, token, authorization, http }
+        let address = base.as_ref().and_then(Address::of);
+        NeuronClient { name: name.to_owned(), endpoint, base, token, authorization, address, http }
     }
 
     /// The URL of `path` on this neuron, from the parsed endpoint (`None`: parse it per call).
@@ -65,8 +95,16 @@ impl NeuronClient {
     }
 
     /// Where the gateway's own HTTP/1.1 client sends `path`: the `host:port` to connect to and
-    /// the request target (path and query, percent-encoded).
-    pub fn http_address(&self, path: &str) -> Result<(String, String), String> {
+    /// the request target (path and query, percent-encoded). The fleet's own paths are plain
+    /// and come from the address worked out once; any other goes through the URL parser.
+    pub fn http_address<'a>(&'a self, path: &'a str) -> Result<(Cow<'a, str>, Cow<'a, str>), String> {
+        if let Some(address) = self.address.as_ref().filter(|_| plain_path(path)) {
+            let target = match address.prefix.as_str() {
+                "" => Cow::Borrowed(path),
+                prefix => Cow::Owned(format!("{prefix}{path}")),
+            };
+            return Ok((Cow::Borrowed(address.host_port.as_str()), target));
+        }
         let url = match self.url(path) {
             Some(url) => url,
             None => reqwest::Url::parse(&format!("{}{path}", self.endpoint)).map_err(|e| e.to_string())?,
@@ -78,7 +116,7 @@ impl NeuronClient {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
         };
-        Ok((format!("{host}:{}", url.port_or_known_default().unwrap_or(80)), target))
+        Ok((Cow::Owned(format!("{host}:{}", url.port_or_known_default().unwrap_or(80))), Cow::Owned(target)))
     }
 
     /// The `Authorization` header this neuron expects, if it expects one.
@@ -200,4 +238,53 @@ pub fn error_message(body: &[u8]) -> String {
             .map(str::to_owned)
     });
     message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The address through the URL parser, as every path took it before the shortcut.
+    fn parsed(client: &NeuronClient, path: &str) -> (String, String) {
+        let url = client.url(path).expect("a parsed endpoint");
+        let target = url.query().map_or_else(|| url.path().to_owned(), |q| format!("{}?{q}", url.path()));
+        (format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(80)), target)
+    }
+
+    #[test]
+    fn the_worked_out_address_is_the_one_the_url_parser_gives() {
+        let http = reqwest::Client::new();
+        for endpoint in
+            ["http://127.0.0.1:8080", "http://gpu-1/", "http://[::1]:9000/neuron/", "http://h:81/a/b"]
+        {
+            let client = NeuronClient::new("n", endpoint, None, http.clone());
+            for path in [
+                "/v1/chat/completions",
+                "/v1/responses/resp_01.abc-X_y",
+                "/v1/responses/id with space",
+                "/v1/responses/../x",
+                "/v1/responses/%2e%2e",
+                "/v1/models?x=1",
+            ] {
+                let (host, target) = client.http_address(path).expect("an http endpoint");
+                let expected = if path.contains('?') {
+                    let url = reqwest::Url::parse(&format!("{}{path}", client.endpoint)).expect("url");
+                    let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+                    (
+                        format!(
+                            "{}:{}",
+                            url.host_str().unwrap_or(""),
+                            url.port_or_known_default().unwrap_or(80)
+                        ),
+                        target,
+                    )
+                } else {
+                    parsed(&client, path)
+                };
+                assert_eq!((host.into_owned(), target.into_owned()), expected, "{endpoint} {path}");
+            }
+        }
+        let tls = NeuronClient::new("n", "https://gpu-1", None, http);
+        assert!(tls.http_address("/v1/chat/completions").is_err(), "https is refused, not shortcut");
+    }
 }

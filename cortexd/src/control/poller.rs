@@ -22,7 +22,7 @@ pub struct Observed {
     /// Per neuron: the harnesses it offers and what their engines can do (from discovery).
     pub harnesses: BTreeMap<String, Vec<HarnessInfo>>,
     /// Per neuron: the client to reach it.
-    pub clients: BTreeMap<String, NeuronClient>,
+    pub clients: Clients,
 }
 
 impl Observed {
@@ -50,7 +50,7 @@ struct Memory {
 /// Poll every neuron of `fleet` once, in parallel, and build the observed state. `memory`
 /// carries discovery and failure counts between cycles.
 async fn poll_once(
-    clients: &BTreeMap<String, NeuronClient>,
+    clients: &Clients,
     memory: &mut BTreeMap<String, Memory>,
     config: &PollConfig,
 ) -> Observed {
@@ -127,19 +127,20 @@ async fn poll_once(
 }
 
 /// Clients for the neurons `fleet` declares.
-pub fn clients_for(
-    fleet: &Fleet,
-    token: Option<&str>,
-    http: &reqwest::Client,
-) -> BTreeMap<String, NeuronClient> {
+pub fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
     fleet
         .neurons
         .iter()
         .map(|n| {
-            (n.name.clone(), NeuronClient::new(&n.name, &n.endpoint, token.map(str::to_owned), http.clone()))
+            let client = NeuronClient::new(&n.name, &n.endpoint, token.map(str::to_owned), http.clone());
+            (n.name.clone(), Arc::new(client))
         })
         .collect()
 }
+
+/// The clients of the fleet's neurons by name, shared: every forwarded request's target holds
+/// one (an `Arc` clone, not a copy of its strings and URL).
+pub type Clients = BTreeMap<String, Arc<NeuronClient>>;
 
 /// Fetch the topology once (for `cortex topology` and `cortex plan` without a snapshot).
 pub async fn observe(fleet: &Fleet, token: Option<&str>, config: &PollConfig) -> Observed {

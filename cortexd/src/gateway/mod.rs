@@ -50,8 +50,6 @@ pub struct AppState {
     pub limits: Arc<GatewayConfig>,
     /// The swap scheduler: per-model queues and the loads they wait for.
     pub schedule: Arc<route::Schedule>,
-    /// Requests this gateway has in flight per (model, neuron): picks the least busy replica.
-    pub inflight: Arc<route::InFlight>,
     /// The admin API, when an admin key is configured.
     pub admin: Option<admin::Admin>,
     /// Which replica produced each recent Responses id (bounded), for `previous_response_id`
@@ -78,7 +76,6 @@ impl AppState {
             admission: Arc::new(admission::Admission::new(limits.max_in_flight, limits.overload_delay)),
             limits: Arc::new(limits),
             schedule: Arc::new(route::Schedule::new(mode, BackoffPolicy::default())),
-            inflight: Arc::new(route::InFlight::default()),
             admin: None,
             response_index: Arc::new(ResponseIndex::default()),
             inference: upstream::InferenceClient::default(),
@@ -99,21 +96,7 @@ impl AppState {
 /// lacks `/v1` (Codex's `base_url`, an SDK's `base_url`) still reaches them.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    let api = Router::new()
-        .route("/chat/completions", post(routes::chat_completions).fallback(routes::wrong_method))
-        .route("/completions", post(routes::completions).fallback(routes::wrong_method))
-        .route("/embeddings", post(routes::embeddings).fallback(routes::wrong_method))
-        .route("/messages", post(routes::messages).fallback(routes::wrong_method))
-        .route("/messages/count_tokens", post(routes::count_tokens).fallback(routes::wrong_method))
-        .route("/responses", post(responses::create).fallback(routes::wrong_method))
-        .route("/responses/input_tokens", post(responses::input_tokens).fallback(routes::wrong_method))
-        .route("/responses/{id}", get(responses::retrieve).fallback(routes::wrong_method))
-        .route("/responses/{id}/cancel", post(responses::cancel).fallback(routes::wrong_method))
-        .route("/models", get(models::list).fallback(routes::wrong_method))
-        .route("/models/{*id}", get(models::retrieve).fallback(routes::wrong_method));
-    Router::new()
-        .nest("/v1", api.clone())
-        .merge(api)
+    api_routes(api_routes(Router::new(), "/v1"), "")
         .route("/health", get(routes::health))
         .route("/admin/status", get(admin::status))
         .route("/admin/apply", post(admin::apply))
@@ -123,6 +106,25 @@ pub fn app(state: AppState) -> Router {
         // the route's dialect; axum's own limit is set just above ours as a backstop.
         .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))
         .with_state(state)
+}
+
+/// The API's routes under `prefix`, each path registered in full rather than through
+/// `Router::nest`: a nested router rebuilds every request's URI without the prefix and adds a
+/// routing level per request (docs/benchmarks.md, "The request path").
+fn api_routes(router: Router<AppState>, prefix: &str) -> Router<AppState> {
+    let at = |path: &str| format!("{prefix}{path}");
+    router
+        .route(&at("/chat/completions"), post(routes::chat_completions).fallback(routes::wrong_method))
+        .route(&at("/completions"), post(routes::completions).fallback(routes::wrong_method))
+        .route(&at("/embeddings"), post(routes::embeddings).fallback(routes::wrong_method))
+        .route(&at("/messages"), post(routes::messages).fallback(routes::wrong_method))
+        .route(&at("/messages/count_tokens"), post(routes::count_tokens).fallback(routes::wrong_method))
+        .route(&at("/responses"), post(responses::create).fallback(routes::wrong_method))
+        .route(&at("/responses/input_tokens"), post(responses::input_tokens).fallback(routes::wrong_method))
+        .route(&at("/responses/{id}"), get(responses::retrieve).fallback(routes::wrong_method))
+        .route(&at("/responses/{id}/cancel"), post(responses::cancel).fallback(routes::wrong_method))
+        .route(&at("/models"), get(models::list).fallback(routes::wrong_method))
+        .route(&at("/models/{*id}"), get(models::retrieve).fallback(routes::wrong_method))
 }
 
 /// Serve the inference API on `listener` until `shutdown` fires.

@@ -25,6 +25,7 @@ use crate::gateway::AppState;
 use crate::gateway::admission::Admitted;
 use crate::gateway::error::{ApiError, Dialect};
 use crate::gateway::proxy::{self, Exchange, StreamEdit};
+use crate::gateway::request_metrics::{self, InFlightGuard};
 use crate::gateway::route::{self, LoadTicket, Resolution, Target};
 
 /// The part of a request body the gateway reads; the rest is forwarded untouched.
@@ -293,7 +294,8 @@ pub async fn forward(
     if !response.status().is_success() {
         return Err(proxy::upstream_error(response, ctx_size(state, &target.model)).await);
     }
-    let guard = state.inflight.enter(&target.model, &target.neuron.name);
+    let handles = request_metrics::handles(&target.model, &target.neuron.name, checked.route.name);
+    let guard = InFlightGuard::enter(handles);
     let exchange = Exchange {
         route: checked.route.name,
         dialect: checked.route.dialect,

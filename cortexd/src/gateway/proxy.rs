@@ -18,8 +18,8 @@ use memchr::memmem::Finder;
 
 use crate::control::neuron_client::error_message;
 use crate::gateway::error::{ApiError, Dialect};
-use crate::gateway::request_metrics::{self, Outcome};
-use crate::gateway::route::{InFlightGuard, Target};
+use crate::gateway::request_metrics::{InFlightGuard, Outcome};
+use crate::gateway::route::Target;
 use crate::gateway::upstream::{self, InferenceClient};
 
 /// What to do with a streamed response on its way to the client.
@@ -229,13 +229,11 @@ impl Watcher {
             return chunk;
         }
         // The common case: the chunk is exactly whole events and nothing needs rewriting.
-        // Forward the very same bytes (no copy), only looking into them.
+        // Forward the very same bytes (no copy), only looking into them; each event is
+        // inspected once, and only a chunk that loses an event is copied.
         if self.buffer.is_empty() && ends_event(&chunk) && !matches!(self.edit, StreamEdit::Transform(_)) {
-            let mut keep = true;
-            for_each_event(&chunk, |event| keep &= self.inspect(event));
-            if keep {
-                return self.fix_raw(chunk);
-            }
+            let events = kept_events(chunk, |event| self.inspect(event));
+            return self.fix_raw(events);
         }
         let mut out = BytesMut::new();
         if let StreamEdit::Transform(transform) = &mut self.edit {
@@ -373,8 +371,13 @@ impl HttpBody for Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let exchange = &self.exchange;
-        let (model, neuron) = (&exchange.target.model, &exchange.target.neuron.name);
-        crate::gateway::traffic::add(model, exchange.started, self.first_event_at, self.usage, self.failed);
+        crate::gateway::traffic::add(
+            &exchange.target.model,
+            exchange.started,
+            self.first_event_at,
+            self.usage,
+            self.failed,
+        );
         let outcome = if self.failed {
             Outcome::UpstreamError
         } else if self.finished {
@@ -382,7 +385,7 @@ impl Drop for Watcher {
         } else {
             Outcome::ClientClosed
         };
-        let handles = request_metrics::handles(model, neuron, exchange.route);
+        let handles = exchange.guard.handles();
         handles.requests(outcome).increment(1);
         let elapsed = exchange.started.elapsed();
         handles.duration.record(elapsed.as_secs_f64());
@@ -437,27 +440,40 @@ fn created_id(event: &[u8]) -> Option<String> {
 
 /// Read `usage` from a JSON body or an SSE event (OpenAI, Anthropic or Responses names).
 pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
-    /// Only the fields that may hold usage are kept; the rest of the document (choices,
-    /// content) is skipped without building a tree: this runs once per response.
+    /// Only the fields that may hold usage are read, into typed fields; the rest of the
+    /// document (choices, content) is skipped without building a tree: this runs once per
+    /// response, on the path every request takes.
     #[derive(serde::Deserialize)]
     struct Top {
         #[serde(default)]
-        usage: Option<serde_json::Value>,
+        usage: Option<Counts>,
         #[serde(default)]
-        message: Option<serde_json::Value>,
+        message: Option<Holder>,
         #[serde(default)]
-        response: Option<serde_json::Value>,
+        response: Option<Holder>,
+    }
+    /// Anthropic's `message_start.message` and Responses' `response.completed.response`.
+    #[derive(serde::Deserialize)]
+    struct Holder {
+        #[serde(default)]
+        usage: Option<Counts>,
+    }
+    /// OpenAI's names and Anthropic's (and Responses') for the same two counts.
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        prompt_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        output_tokens: Option<u64>,
     }
     let Some(json) = json_of(bytes) else { return };
     let Ok(top) = serde_json::from_slice::<Top>(json) else { return };
-    let nested = |outer: Option<serde_json::Value>| {
-        outer.and_then(|mut m| m.get_mut("usage").map(serde_json::Value::take))
+    let nested = |holder: Option<Holder>| holder.and_then(|h| h.usage);
+    let Some(found) = top.usage.or_else(|| nested(top.message)).or_else(|| nested(top.response)) else {
+        return;
     };
-    let found = top.usage.or_else(|| nested(top.message)).or_else(|| nested(top.response));
-    let Some(found) = found.filter(|u| u.is_object()) else { return };
-    let number = |keys: &[&str]| keys.iter().find_map(|k| found.get(*k).and_then(serde_json::Value::as_u64));
-    let prompt = number(&["prompt_tokens", "input_tokens"]);
-    let completion = number(&["completion_tokens", "output_tokens"]);
+    let prompt = found.prompt_tokens.or(found.input_tokens);
+    let completion = found.completion_tokens.or(found.output_tokens);
     let (old_prompt, old_completion) = usage.unwrap_or((0, 0));
     *usage = Some((prompt.unwrap_or(old_prompt), completion.unwrap_or(old_completion)));
 }
@@ -484,6 +500,22 @@ fn for_each_event(mut chunk: &[u8], mut f: impl FnMut(&[u8])) {
         f(&chunk[..end]);
         chunk = &chunk[end..];
     }
+}
+
+/// The events of `chunk` (whole events only) that `keep` accepts, each event passed to it once:
+/// the very same bytes when it accepts all, a copy of the kept ones otherwise.
+fn kept_events(chunk: Bytes, mut keep: impl FnMut(&[u8]) -> bool) -> Bytes {
+    let mut kept: Option<BytesMut> = None;
+    let mut at = 0;
+    for_each_event(&chunk, |event| {
+        match (keep(event), &mut kept) {
+            (true, Some(kept)) => kept.extend_from_slice(event),
+            (false, None) => kept = Some(BytesMut::from(&chunk[..at])),
+            _ => {}
+        }
+        at += event.len();
+    });
+    kept.map_or(chunk, BytesMut::freeze)
 }
 
 /// The needles looked for in every streamed event, each searcher built once.
@@ -522,6 +554,27 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_keeps_its_bytes_unless_an_event_is_dropped_and_each_event_is_looked_at_once() {
+        let chunk = Bytes::from_static(b"data: 1\n\ndata: {\"choices\":[],\"usage\":{}}\n\ndata: [DONE]\n\n");
+        let mut seen = Vec::new();
+        let all = kept_events(chunk.clone(), |event| {
+            seen.push(event.to_vec());
+            true
+        });
+        assert_eq!(all.as_ptr(), chunk.as_ptr(), "all kept: the same bytes, not a copy");
+        assert_eq!(seen.len(), 3);
+        let mut looked = 0;
+        let kept = kept_events(chunk.clone(), |event| {
+            looked += 1;
+            !contains(event, &NO_CHOICES)
+        });
+        assert_eq!((&kept[..], looked), (&b"data: 1\n\ndata: [DONE]\n\n"[..], 3));
+        let first_dropped = kept_events(chunk, |event| !event.starts_with(b"data: 1"));
+        assert_eq!(&first_dropped[..], &b"data: {\"choices\":[],\"usage\":{}}\n\ndata: [DONE]\n\n"[..]);
+        assert!(kept_events(Bytes::from_static(b"data: x\n\n"), |_| false).is_empty());
+    }
+
+    #[test]
     fn usage_is_read_in_both_dialects() {
         let mut usage = None;
         record_usage(br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#, &mut usage);
@@ -534,5 +587,7 @@ mod tests {
         let mut usage = None;
         record_usage(br#"{"message":"not an object","usage":null}"#, &mut usage);
         assert_eq!(usage, None);
+        record_usage(br#"data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":4,"output_tokens":2,"output_tokens_details":{"reasoning_tokens":0}}}}"#, &mut usage);
+        assert_eq!(usage, Some((4, 2)), "Responses' usage, with the details it carries");
     }
 }

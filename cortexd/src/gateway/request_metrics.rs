@@ -1,11 +1,11 @@
-//! The metric handles a forwarded request records into when it ends, looked up in the registry
-//! once per (model, neuron, route) and kept: building five label sets and registry keys per
-//! request was about 9% of a request's instructions (docs/benchmarks.md).
+//! The metric handles a forwarded request records into while in flight and when it ends, looked
+//! up in the registry once per (model, neuron, route) and kept: building five label sets and
+//! registry keys per request was about 9% of a request's instructions (docs/benchmarks.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 /// How a forwarded request ended, as `cortex_requests_total{status}` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct Handles {
     pub tokens_per_second: Histogram,
     pub prompt_tokens: Counter,
     pub completion_tokens: Counter,
+    /// `cortex_inflight_requests{model, neuron}` (the same series for every route).
+    inflight: Gauge,
 }
 
 impl Handles {
@@ -41,7 +43,31 @@ impl Handles {
             tokens_per_second: metrics::histogram!("cortex_tokens_per_second", "model" => model.to_owned()),
             prompt_tokens: tokens("prompt"),
             completion_tokens: tokens("completion"),
+            inflight: metrics::gauge!("cortex_inflight_requests", "model" => model.to_owned(), "neuron" => neuron.to_owned()),
         }
+    }
+}
+
+/// One forwarded request in `cortex_inflight_requests` until it is dropped (with the response
+/// body); it carries the request's handles for the metrics recorded at its end.
+pub struct InFlightGuard {
+    handles: Arc<Handles>,
+}
+
+impl InFlightGuard {
+    pub fn enter(handles: Arc<Handles>) -> Self {
+        handles.inflight.increment(1.0);
+        InFlightGuard { handles }
+    }
+
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.handles.inflight.decrement(1.0);
     }
 }
 

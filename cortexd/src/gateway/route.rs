@@ -36,7 +36,7 @@ use crate::gateway::schedule::{
 pub struct Target {
     /// The model's fleet id (what the engine serves it as).
     pub model: String,
-    pub neuron: NeuronClient,
+    pub neuron: Arc<NeuronClient>,
     /// The harness name it runs under on that neuron.
     pub harness: String,
     /// The scheduler's admission: the request counts against the copy's concurrency until the
@@ -45,45 +45,6 @@ pub struct Target {
     /// Only this copy can answer (the request continues a response stored there): when the copy
     /// goes away under the request, the request fails instead of moving to another copy.
     pub pinned: bool,
-}
-
-/// Gateway-side count of requests in flight per (model, neuron), for the gauge.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    counts: Mutex<HashMap<(String, String), usize>>,
-}
-
-impl InFlight {
-    /// Count one request until the returned guard is dropped.
-    pub fn enter(self: &Arc<Self>, model: &str, neuron: &str) -> InFlightGuard {
-        let key = (model.to_owned(), neuron.to_owned());
-        *self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default() += 1;
-        // One registry lookup per request: the guard keeps the handle for the decrement.
-        let gauge =
-            metrics::gauge!("cortex_inflight_requests", "model" => key.0.clone(), "neuron" => key.1.clone());
-        gauge.increment(1.0);
-        InFlightGuard { inflight: self.clone(), key, gauge }
-    }
-}
-
-/// Decrements the in-flight count when the request (and its response body) is done.
-pub struct InFlightGuard {
-    inflight: Arc<InFlight>,
-    key: (String, String),
-    gauge: metrics::Gauge,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        let mut counts = self.inflight.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-        self.gauge.decrement(1.0);
-    }
 }
 
 /// The outcome of resolving a model name: served now, or a place in its queue.
@@ -156,7 +117,7 @@ pub struct Schedule {
     /// while taking `inner`.
     failures: Mutex<Backoff>,
     policy: BackoffPolicy,
-    /// Wakes the driver when the next timer may have moved.
+    /// Wakes the driver when the next timer moved earlier than the one it sleeps on.
     wake: Notify,
     driver: OnceLock<()>,
     next_request: AtomicU64,
@@ -170,6 +131,8 @@ pub struct Schedule {
 struct Inner {
     core: Scheduler,
     waiters: HashMap<RequestId, oneshot::Sender<Result<Target, ApiError>>>,
+    /// The deadline the driver's timer is set for (`None`: no timer).
+    armed: Option<u64>,
 }
 
 /// What leaves the lock: answers to deliver and loads to start.
@@ -183,7 +146,7 @@ impl Schedule {
     /// A scheduler whose failed loads back off under `policy` (the reconciler's).
     pub fn new(mode: schedule::Mode, policy: BackoffPolicy) -> Self {
         Schedule {
-            inner: Mutex::new(Inner { core: Scheduler::new(mode), waiters: HashMap::new() }),
+            inner: Mutex::new(Inner { core: Scheduler::new(mode), waiters: HashMap::new(), armed: None }),
             failures: Mutex::new(Backoff::default()),
             policy,
             wake: Notify::new(),
@@ -262,13 +225,17 @@ impl Schedule {
     ) -> R {
         let (fleet, observed) = (state.fleet(), state.observed());
         let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, schedule: self };
-        let (result, outgoing) = {
+        let (result, outgoing, rearm) = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             let (result, commands) = event(&mut inner, &mut placer);
             let outgoing: Vec<Outgoing> = commands.into_iter().filter_map(|c| inner.take(c)).collect();
-            (result, outgoing)
+            (result, outgoing, inner.rearm())
         };
-        self.wake.notify_one();
+        // Most events (a request admitted at once, one finishing) leave the next deadline
+        // where it was: the driver sleeps on, and no task is woken per request.
+        if rearm {
+            self.wake.notify_one();
+        }
         for out in outgoing {
             deliver(state, &observed, out);
         }
@@ -285,6 +252,17 @@ impl Schedule {
 }
 
 impl Inner {
+    /// Whether the scheduler's next deadline is earlier than the driver's timer. A deadline
+    /// that moved later needs no wake-up: the driver's timer fires, finds nothing due, and is
+    /// set again.
+    fn rearm(&self) -> bool {
+        match (self.core.wake_at(), self.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
     /// Pair a command with the waiting request's answer channel.
     fn take(&mut self, command: Command<Placement>) -> Option<Outgoing> {
         match command {
@@ -595,7 +573,11 @@ async fn drive(state: AppState) {
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     let mut shown = Shown::default();
     loop {
-        let wake_at = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner).core.wake_at();
+        let wake_at = {
+            let mut inner = state.schedule.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.armed = inner.core.wake_at();
+            inner.armed
+        };
         let due = wake_at.map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())));
         let timer = async {
             match due {
