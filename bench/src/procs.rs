@@ -87,16 +87,29 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
-/// CPU time (user + system) `pid` has used, in µs, at the kernel's tick resolution (`CLK_TCK`,
-/// 100 per second on Linux: 10 ms steps); 0 if unreadable.
-pub fn cpu_us(pid: u32) -> u64 {
+/// Time the hypervisor gave this machine's CPUs to someone else (`steal` in /proc/stat, all
+/// CPUs together), in µs at tick resolution; 0 where unreadable (no VM, no /proc). On a shared
+/// VM it marks the runs whose latency tails the host, not the processes measured, set.
+pub fn steal_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let steal =
+        stat.lines().next().and_then(|cpu| cpu.split_whitespace().nth(8)).and_then(|s| s.parse().ok());
+    steal.unwrap_or(0) * 1_000_000 / ticks_per_second()
+}
+
+fn ticks_per_second() -> u64 {
     static TICKS_PER_SECOND: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let hz = *TICKS_PER_SECOND.get_or_init(|| {
+    *TICKS_PER_SECOND.get_or_init(|| {
         let out = Command::new("getconf").arg("CLK_TCK").output().ok();
         let text = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
         text.parse().ok().filter(|&hz: &u64| hz > 0).unwrap_or(100)
-    });
-    cpu_ticks(pid) * 1_000_000 / hz
+    })
+}
+
+/// CPU time (user + system) `pid` has used, in µs, at the kernel's tick resolution (`CLK_TCK`,
+/// 100 per second on Linux: 10 ms steps); 0 if unreadable.
+pub fn cpu_us(pid: u32) -> u64 {
+    cpu_ticks(pid) * 1_000_000 / ticks_per_second()
 }
 
 /// Wait until `pids` together use under a quarter of a core over 200 ms (at most `limit`), so

@@ -54,6 +54,12 @@ pub fn targets(report: &Value) -> Value {
     let reference = |key: &str| {
         nginx.and_then(|r| f(r, key)).map_or(String::new(), |v| format!("; nginx in the same run: {v:.0} µs"))
     };
+    // CPU time the hypervisor took from this machine during the cortex runs (median per run):
+    // on a shared VM the tails move with it.
+    let stolen = cortex
+        .and_then(|r| f(r, "steal_ms"))
+        .filter(|&ms| ms > 0.0)
+        .map_or(String::new(), |ms| format!("; the host took {ms:.0} ms of CPU during each cortex run"));
     // TTFT and per-chunk delay as the mock stamps them (its timer's jitter taken out); the
     // plain client-side figures beside them.
     let ttft = cortex.and_then(|r| f(r, "added_ttft_net_p99_us"));
@@ -62,7 +68,7 @@ pub fn targets(report: &Value) -> Value {
         "≤ 1,000 µs",
         ttft.map(|v| {
             format!(
-                "{v:.0} µs (client clock only: {:.0} µs){}",
+                "{v:.0} µs (client clock only: {:.0} µs){stolen}{}",
                 cortex.and_then(|r| f(r, "added_ttft_p99_us")).unwrap_or(f64::NAN),
                 reference("added_ttft_net_p99_us")
             )
@@ -75,7 +81,7 @@ pub fn targets(report: &Value) -> Value {
         "≤ 500 µs",
         delay.map(|v| {
             format!(
-                "{v:.0} µs per chunk (inter-chunk gap p99 {:.0} µs added, longest stall {:.0} µs vs {:.0} µs direct){}",
+                "{v:.0} µs per chunk (inter-chunk gap p99 {:.0} µs added, longest stall {:.0} µs vs {:.0} µs direct){stolen}{}",
                 cortex.and_then(|r| f(r, "added_gap_p99_us")).unwrap_or(f64::NAN),
                 cortex.and_then(|r| f(r, "gap_max_us")).unwrap_or(f64::NAN),
                 direct.and_then(|r| f(r, "gap_max_us")).unwrap_or(f64::NAN),
@@ -289,5 +295,10 @@ mod tests {
         let alone =
             super::targets(&json!({"streaming": [row("direct", 0.0, 0.0), row("cortex", 900.0, 450.0)]}));
         assert!(!alone.to_string().contains("nginx"), "no reference without nginx: {alone}");
+        assert!(!alone.to_string().contains("the host took"), "no steal named when none: {alone}");
+        let mut contended = row("cortex", 900.0, 450.0);
+        contended["steal_ms"] = json!(37.0);
+        let stolen = super::targets(&json!({"streaming": [row("direct", 0.0, 0.0), contended]}));
+        assert!(stolen.to_string().contains("the host took 37 ms of CPU during each cortex run"), "{stolen}");
     }
 }

@@ -466,9 +466,11 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
             async move {
                 let nginx_us =
                     || pids.2.map_or(0, |p| procs::with_children(p).into_iter().map(procs::cpu_us).sum());
-                let before = (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us());
+                let (before, stolen) =
+                    ((procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us()), procs::steal_us());
                 let mut run = load::streams(&client, &path.url, path.body, total, ramp, sequential).await;
                 let after = (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us());
+                run["steal_ms"] = json!(procs::steal_us().saturating_sub(stolen) as f64 / 1000.0);
                 let used = |a: u64, b: u64| a.saturating_sub(b);
                 run["cpu"] = cpu_per_event(
                     &run,
@@ -525,6 +527,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "cortex_cpu_us_per_event": med(runs, "/cpu/cortex_us_per_event"),
                 "mock_cpu_us_per_event": med(runs, "/cpu/mock_us_per_event"),
                 "nginx_cpu_us_per_event": med(runs, "/cpu/nginx_us_per_event"),
+                "steal_ms": med(runs, "/steal_ms"),
                 "runs": runs,
             });
             let v = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
@@ -546,7 +549,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 row["errors"],
             );
             println!(
-                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs, nginx {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks)",
+                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs, nginx {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks; stolen by the host {:.0} ms)",
                 path.name,
                 concurrency,
                 v("cortex_cpu_us_per_event"),
@@ -555,6 +558,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 v("events"),
                 v("cortex_cpu_ms"),
                 v("mock_cpu_ms"),
+                v("steal_ms"),
             );
             rows.push(row);
         }
