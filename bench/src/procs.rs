@@ -128,9 +128,34 @@ pub async fn quiesce(pids: &[u32], limit: Duration) -> Duration {
     start.elapsed()
 }
 
-/// A free loopback port.
+/// The lowest port a benchmark listener may take.
+const LOWEST_PORT: u16 = 10_000;
+
+/// A free loopback port, below the kernel's ephemeral range. A run opens thousands of client
+/// connections, whose source ports come from that range; a port picked inside it could be taken
+/// by one of them before the process meant for it binds it (the sim engine binds its port only
+/// when its model loads, minutes later), and the neuron then refuses the load (`no_free_port`).
+/// Each call in a process returns a different port.
 pub fn free_port() -> anyhow::Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let below = ephemeral_start().unwrap_or(32_768).max(LOWEST_PORT + 1);
+    let span = u32::from(below - LOWEST_PORT);
+    // Spread by process, so that two benchmarks started together try different ports first.
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LOWEST_PORT + u16::try_from((offset + step) % span).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`).
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Poll `check` every 50 ms until it is true, or fail after `deadline` naming `what`.
@@ -339,5 +364,27 @@ pub fn version_of(program: &Path, args: &[&str]) -> String {
             text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
         }
         Err(e) => format!("unavailable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_distinct_and_outside_the_ephemeral_range() {
+        let below = ephemeral_start().unwrap_or(32_768);
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a port")).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "each call a different port: {ports:?}");
+        assert!(
+            ports.iter().all(|&p| (LOWEST_PORT..below).contains(&p)),
+            "{ports:?} (ephemeral from {below})"
+        );
+        for port in ports {
+            TcpListener::bind(("127.0.0.1", port)).expect("each port returned is free to bind");
+        }
     }
 }
