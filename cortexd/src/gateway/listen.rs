@@ -1,4 +1,5 @@
-//! The inference listener's connections: HTTP/1.1 on hyper directly, Nagle off, drained on shutdown.
+//! The inference listener's connections: HTTP/1.1 on hyper directly, Nagle off, writes
+//! flattened, drained on shutdown.
 //!
 //! `axum::serve` would sniff every connection for HTTP/2 and wrap its socket for the replay;
 //! cortex's clients speak HTTP/1.1, and that layer was a measurable share of the per-event cost
@@ -21,7 +22,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// connections to finish what they are sending.
 pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Each streamed event goes out as one chunk: its size line, the event and a CRLF. Copied
+    // into one buffer and sent with one `write`, that costs ~9% fewer instructions per event
+    // than hyper's queue of three buffers for a `writev` (docs/benchmarks.md).
+    http.writev(false);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
