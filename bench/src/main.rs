@@ -1,7 +1,8 @@
 //! `cortex-bench`: the benchmark suite of spec §10. `cortex-bench all` starts a mock engine, a
 //! sim neuron, `cortex serve` and (when installed) LiteLLM's proxy, sends the same requests
 //! three ways in one run, alternating (direct to the mock = the physical limit, through cortex,
-//! through LiteLLM), prints a table and writes JSON. `cortex-bench mock` is the mock engine.
+//! through LiteLLM), prints a table and writes JSON. `cortex-bench mock` is the mock engine;
+//! `cortex-bench tally` counts how often the streaming bounds held over many reports.
 //! `bench/run.sh` is the documented way to run it; docs/benchmarks.md explains the method.
 
 mod contention;
@@ -10,6 +11,7 @@ mod mock;
 mod procs;
 mod report;
 mod scenarios;
+mod tally;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,12 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "m-5-0")]
         models: Vec<String>,
     },
+    /// How often the streaming bounds held over many reports, per build (bench/alternate.sh).
+    Tally {
+        /// Report files; a build is named by the text after a file's timestamp, else its folder.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(mock::run(port, name, models))
         }
+        Command::Tally { reports } => tally::run(&reports),
         Command::All(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = runtime.block_on(scenarios::all(&args))?;
