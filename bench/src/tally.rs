@@ -2,7 +2,6 @@
 //! a shared VM one run's tail says little; what a build is judged by is how often its bounds hold
 //! against nginx's in the same runs, and the median and range of its p99s.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -31,18 +30,18 @@ impl Run {
     fn of(report: &Value) -> Run {
         let level = top_level(report);
         let row = |path: &str| stream_row(report, path, level);
-        let added = |path: &str, key: &str| row(path).and_then(|r| f(r, key));
+        let figure = |path: &str, key: &str| row(path).and_then(|r| f(r, key));
         let cpu = row("cortex").and_then(|r| f(r, "cortex_cpu_us_per_event"));
         let nginx_cpu = row("nginx").and_then(|r| f(r, "nginx_cpu_us_per_event")).filter(|&v| v > 0.0);
         Run {
-            ttft: added("cortex", "added_ttft_net_p99_us"),
-            chunk: added("cortex", "added_delivery_p99_us"),
-            anthropic_ttft: added("cortex-anthropic", "added_ttft_net_p99_us"),
-            anthropic_chunk: added("cortex-anthropic", "added_delivery_p99_us"),
-            nginx_ttft: added("nginx", "added_ttft_net_p99_us"),
-            nginx_chunk: added("nginx", "added_delivery_p99_us"),
+            ttft: figure("cortex", "added_ttft_net_p99_us"),
+            chunk: figure("cortex", "added_delivery_p99_us"),
+            anthropic_ttft: figure("cortex-anthropic", "added_ttft_net_p99_us"),
+            anthropic_chunk: figure("cortex-anthropic", "added_delivery_p99_us"),
+            nginx_ttft: figure("nginx", "added_ttft_net_p99_us"),
+            nginx_chunk: figure("nginx", "added_delivery_p99_us"),
             cpu_vs_nginx: cpu.zip(nginx_cpu).map(|(c, n)| c / n),
-            steal_ms: added("cortex", "steal_ms"),
+            steal_ms: figure("cortex", "steal_ms"),
         }
     }
 }
@@ -111,7 +110,6 @@ fn table(groups: &[(String, Vec<Run>)]) -> String {
 /// Read every report in `paths` and print the table.
 pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut groups: Vec<(String, Vec<Run>)> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for path in paths {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -119,11 +117,10 @@ pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
             serde_json::from_str(&text).with_context(|| format!("{} is not a report", path.display()))?;
         anyhow::ensure!(top_level(&report) > 0.0, "{} has no streaming figures", path.display());
         let name = label(path);
-        let at = *index.entry(name.clone()).or_insert_with(|| {
-            groups.push((name, Vec::new()));
-            groups.len() - 1
-        });
-        groups[at].1.push(Run::of(&report));
+        match groups.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, runs)) => runs.push(Run::of(&report)),
+            None => groups.push((name, vec![Run::of(&report)])),
+        }
     }
     anyhow::ensure!(!groups.is_empty(), "no reports given");
     print!("{}", table(&groups));
