@@ -6,13 +6,12 @@
 //! through a channel, puts a stream's whole path in one task: one wake-up per event instead of
 //! two (docs/benchmarks.md).
 
-use std::io::{self, Read};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -66,9 +65,8 @@ enum Decoded {
 const MAX_LINE: usize = 8 * 1024;
 /// Read buffer growth: what hyper starts with too.
 const READ_SIZE: usize = 8 * 1024;
-/// The most one read takes: an event or a few (the window is zeroed before each read, so it is
-/// kept small).
-const READ_WINDOW: usize = 2 * 1024;
+/// The buffer grows by `READ_SIZE` when less than this is free for the next read.
+const MIN_ROOM: usize = 2 * 1024;
 
 /// The body of one engine response. Dropping it before its end closes the connection, which
 /// is how an engine learns that the client went away and stops generating.
@@ -171,29 +169,30 @@ impl Body {
 
     /// Read more from the connection into the buffer; `Ok(0)`: the engine closed it.
     ///
-    /// A read that leaves room in its window has drained the socket, so the socket's readiness
-    /// is cleared at once (as nginx does) instead of by a second read that would fail with
-    /// `EAGAIN`: one system call per event fewer. Clearing is safe against bytes arriving after
-    /// the read: tokio clears only the readiness it had reported before the read, and a later
-    /// arrival is a new edge (see `TcpStream::try_io`).
+    /// The read goes into the buffer's spare capacity as it is (tokio's `try_read_buf`): no
+    /// window is zeroed before it, and no socket handle is borrowed around tokio's.
+    ///
+    /// A read that leaves room has drained the socket, so the socket's readiness is cleared at
+    /// once (as nginx does) instead of by a second read that would fail with `EAGAIN`: one
+    /// system call per event fewer. Clearing is safe against bytes arriving after the read:
+    /// tokio clears only the readiness it had reported before the read, and a later arrival is
+    /// a new edge (see `TcpStream::try_io`).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let Some(io) = &self.io else { return Poll::Ready(Ok(0)) };
-        if self.buffer.capacity() - self.buffer.len() < READ_WINDOW {
+        if self.buffer.capacity() - self.buffer.len() < MIN_ROOM {
             self.buffer.reserve(READ_SIZE);
         }
         loop {
             ready!(io.poll_read_ready(cx))?;
-            let start = self.buffer.len();
-            self.buffer.resize(start + READ_WINDOW, 0);
+            let room = self.buffer.capacity() - self.buffer.len();
             let mut read = None;
             // A drained read answers `WouldBlock` to `try_io`, which clears the readiness; `read`
             // keeps what it read.
             let result = io.try_io(Interest::READABLE, || {
-                let n = (&*SockRef::from(io)).read(&mut self.buffer[start..])?;
+                let n = io.try_read_buf(&mut self.buffer)?;
                 read = Some(n);
-                if n > 0 && n < READ_WINDOW { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
+                if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
             });
-            self.buffer.truncate(start + read.unwrap_or(0));
             match (result, read) {
                 (Ok(n), _) | (Err(_), Some(n)) => return Poll::Ready(Ok(n)),
                 (Err(error), None) if error.kind() == io::ErrorKind::WouldBlock => continue,

@@ -173,6 +173,52 @@ async fn a_reused_connection_closed_under_the_request_is_retried_once() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// A body of `len` bytes that says where each byte is (a misplaced read shows).
+fn numbered(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i % 251) ^ (i / 251 % 256)) as u8).collect()
+}
+
+#[tokio::test]
+async fn bodies_larger_than_the_read_buffer_arrive_whole_in_every_framing() {
+    const LEN: usize = 1 << 20;
+    let (host, _) = server(|n, mut io, _| async move {
+        let body = numbered(LEN);
+        let mut answer = Vec::new();
+        match n {
+            0 => answer.extend_from_slice(
+                format!("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
+            ),
+            1 => answer.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            _ => answer.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n"),
+        }
+        if n == 1 {
+            // Chunks many times the read buffer, then thousands of 5-byte ones.
+            for piece in
+                body.chunks(100_003).flat_map(|c| c.chunks(if c.len() > 50_000 { 77_777 } else { 5 }))
+            {
+                answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                answer.extend_from_slice(piece);
+                answer.extend_from_slice(b"\r\n");
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            answer.extend_from_slice(&body);
+        }
+        io.write_all(&answer).await.expect("answer");
+    })
+    .await;
+    let client = InferenceClient::default();
+    // Each answer closes its connection, so the three requests take connections 0, 1 and 2.
+    for framing in ["content-length", "chunked", "close"] {
+        let response = client.send(post(&host, "/v1/completions", "{}")).await.expect("answer");
+        let body = read_all(response).await.expect("body");
+        assert_eq!(body.len(), LEN, "{framing}");
+        assert!(body == numbered(LEN), "{framing}: the bytes arrive in order, none lost or repeated");
+    }
+}
+
 #[tokio::test]
 async fn close_delimited_and_connection_close_answers_are_read_and_not_pooled() {
     let (host, _) = server(|n, mut io, _| async move {
