@@ -183,29 +183,27 @@ async fn bodies_larger_than_the_read_buffer_arrive_whole_in_every_framing() {
     const LEN: usize = 1 << 20;
     let (host, _) = server(|n, mut io, _| async move {
         let body = numbered(LEN);
-        let mut answer = Vec::new();
-        match n {
-            0 => answer.extend_from_slice(
+        let answer = match n {
+            0 => [
                 format!("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {LEN}\r\n\r\n").as_bytes(),
-            ),
-            1 => answer.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
-            ),
-            _ => answer.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n"),
-        }
-        if n == 1 {
-            // Chunks many times the read buffer, then thousands of 5-byte ones.
-            for piece in
-                body.chunks(100_003).flat_map(|c| c.chunks(if c.len() > 50_000 { 77_777 } else { 5 }))
-            {
-                answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                answer.extend_from_slice(piece);
-                answer.extend_from_slice(b"\r\n");
+                &body,
+            ]
+            .concat(),
+            1 => {
+                let mut answer =
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                // Chunks many times the read buffer, then thousands of 5-byte ones.
+                let (large, small) = body.split_at(1_000_000);
+                for piece in large.chunks(77_777).chain(small.chunks(5)) {
+                    answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    answer.extend_from_slice(piece);
+                    answer.extend_from_slice(b"\r\n");
+                }
+                answer.extend_from_slice(b"0\r\n\r\n");
+                answer
             }
-            answer.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            answer.extend_from_slice(&body);
-        }
+            _ => [&b"HTTP/1.1 200 OK\r\n\r\n"[..], &body].concat(),
+        };
         io.write_all(&answer).await.expect("answer");
     })
     .await;
