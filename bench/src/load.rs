@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::stream_client::Streamer;
 
 /// A client tuned like a load generator: no proxy, no Nagle, an unbounded keep-alive pool.
 pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
@@ -21,6 +22,12 @@ pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(300))
         .timeout(timeout)
         .build()?)
+}
+
+/// The streaming client: what [`streams`] and [`hold`] use, with the header the Anthropic
+/// route asks for (the OpenAI ones ignore it).
+pub fn streamer(timeout: Duration) -> Streamer {
+    Streamer::new(timeout).with_header("anthropic-version", "2023-06-01")
 }
 
 /// Percentile `p` (0–100) of sorted values (nearest rank).
@@ -192,7 +199,7 @@ fn stamps(event: &[u8]) -> Option<(u64, Option<u64>)> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn wall_us() -> u64 {
@@ -201,7 +208,7 @@ fn wall_us() -> u64 {
 
 /// Run one stream scheduled at `at`; `started` (if given) counts streams that got a token.
 async fn one_stream(
-    client: reqwest::Client,
+    client: Streamer,
     url: String,
     body: Bytes,
     at: Instant,
@@ -209,65 +216,74 @@ async fn one_stream(
 ) -> StreamSample {
     tokio::time::sleep_until(at).await;
     let mut sample = StreamSample::default();
+    let timeout = client.timeout;
+    let _ = tokio::time::timeout(timeout, read_stream(&client, &url, &body, at, started, &mut sample)).await;
+    sample
+}
+
+/// Send the request and read its events into `sample`; `sample.ok` once the body ends cleanly
+/// with a token in it.
+async fn read_stream(
+    client: &Streamer,
+    url: &str,
+    body: &Bytes,
+    at: Instant,
+    started: Option<Arc<AtomicUsize>>,
+    sample: &mut StreamSample,
+) -> std::io::Result<()> {
     let sent_wall = wall_us();
-    let response = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("anthropic-version", "2023-06-01")
-        .body(body)
-        .send()
-        .await;
-    let Ok(response) = response else { return sample };
-    if !response.status().is_success() {
-        return sample;
+    let mut response = client.post(url, body).await?;
+    if !(200..300).contains(&response.status) {
+        return Ok(());
     }
-    let mut body = response.bytes_stream();
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let mut last_token: Option<Instant> = None;
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else { return sample };
+    while response.next(&mut buffer).await? {
         let now = Instant::now();
         let wall = wall_us();
         sample.reads += 1;
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = find(&buffer, b"\n\n") {
-            let event: Vec<u8> = buffer.drain(..end + 2).collect();
+        let mut from = 0;
+        while let Some(end) = find(&buffer[from..], b"\n\n") {
+            let event = &buffer[from..from + end + 2];
+            from += end + 2;
             if event.starts_with(b":") {
                 continue; // a keep-alive comment
             }
             sample.events += 1;
-            if is_token(&event) {
-                sample.tokens += 1;
-                match last_token {
-                    None => {
-                        sample.ttft_us = Some((now - at).as_micros() as u64);
-                        if let Some(counter) = &started {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
+            if !is_token(event) {
+                continue;
+            }
+            sample.tokens += 1;
+            match last_token {
+                None => {
+                    sample.ttft_us = Some((now - at).as_micros() as u64);
+                    if let Some(counter) = &started {
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(previous) => sample.gaps_us.push((now - previous).as_micros() as u64),
                 }
-                last_token = Some(now);
-                if let Some((written, arrived)) = stamps(&event) {
-                    let delivery = wall.saturating_sub(written);
-                    sample.delivery_us.push(delivery);
-                    if let Some(arrived) = arrived {
-                        let request = arrived.saturating_sub(sent_wall);
-                        sample.request_us = Some(request);
-                        sample.ttft_net_us = Some(request + delivery);
-                    }
+                Some(previous) => sample.gaps_us.push((now - previous).as_micros() as u64),
+            }
+            last_token = Some(now);
+            if let Some((written, arrived)) = stamps(event) {
+                let delivery = wall.saturating_sub(written);
+                sample.delivery_us.push(delivery);
+                if let Some(arrived) = arrived {
+                    let request = arrived.saturating_sub(sent_wall);
+                    sample.request_us = Some(request);
+                    sample.ttft_net_us = Some(request + delivery);
                 }
             }
         }
+        buffer.drain(..from);
     }
     sample.ok = sample.tokens > 0;
-    sample
+    Ok(())
 }
 
 /// `streams` streams, started evenly over `ramp` (all at once when `ramp` is zero), or one
 /// after another when `sequential`. Returns the summary.
 pub async fn streams(
-    client: &reqwest::Client,
+    client: &Streamer,
     url: &str,
     body: Bytes,
     streams: usize,
@@ -328,7 +344,7 @@ pub struct Held {
 }
 
 /// Open `n` more streams over `ramp`, adding them to `held`.
-pub fn hold(held: &mut Held, client: &reqwest::Client, url: &str, body: &Bytes, n: usize, ramp: Duration) {
+pub fn hold(held: &mut Held, client: &Streamer, url: &str, body: &Bytes, n: usize, ramp: Duration) {
     let start = Instant::now() + Duration::from_millis(10);
     for i in 0..n {
         let at = start + ramp.mul_f64(i as f64 / n as f64);

@@ -163,17 +163,18 @@ async fn chat(State(mock): State<Arc<Mock>>, body: Bytes) -> Response {
     // Events: `count` tokens, then the finish chunk, the usage chunk if asked, and [DONE], all
     // written at the last token's time.
     let events = count + 2 + u64::from(include_usage);
+    // Every event's beginning, made once per stream (no per-event copies of the model's name).
+    let head: Arc<str> =
+        format!(r#"data: {{"id":"mock-{id}","object":"chat.completion.chunk","created":0,"model":"{model}""#)
+            .into();
+    let usage: Arc<str> = usage.into();
     let stream = futures_util::stream::unfold(0u64, move |i| {
-        let model = model.clone();
-        let usage = usage.clone();
+        let (head, usage) = (head.clone(), usage.clone());
         async move {
             if i >= events {
                 return None;
             }
             tokio::time::sleep_until(started + due(i.min(count - 1))).await;
-            let head = format!(
-                r#"{{"id":"mock-{id}","object":"chat.completion.chunk","created":0,"model":"{model}""#
-            );
             let event = if i < count {
                 // The text is the write time (and for the first token, the request's arrival),
                 // so it survives any proxy and translation: `@<write µs>[:<arrival µs>] `.
@@ -183,15 +184,15 @@ async fn chat(State(mock): State<Arc<Mock>>, body: Bytes) -> Response {
                     ("", String::new())
                 };
                 format!(
-                    "data: {head},\"choices\":[{{\"index\":0,\"delta\":{{{role}\"content\":\"@{}{arrival} \"}},\"finish_reason\":null}}]}}\n\n",
+                    "{head},\"choices\":[{{\"index\":0,\"delta\":{{{role}\"content\":\"@{}{arrival} \"}},\"finish_reason\":null}}]}}\n\n",
                     now_us()
                 )
             } else if i == count {
                 format!(
-                    "data: {head},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"{finish}\"}}]}}\n\n"
+                    "{head},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"{finish}\"}}]}}\n\n"
                 )
             } else if include_usage && i == count + 1 {
-                format!("data: {head},\"choices\":[],\"usage\":{usage}}}\n\n")
+                format!("{head},\"choices\":[],\"usage\":{usage}}}\n\n")
             } else {
                 "data: [DONE]\n\n".to_owned()
             };

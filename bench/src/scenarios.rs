@@ -401,7 +401,7 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
 }
 
 async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
-    let client = load::client(Duration::from_secs(60))?;
+    let client = load::streamer(Duration::from_secs(60));
     let tokens = scale.stream_tokens;
     let mut rows = Vec::new();
     for &(concurrency, total, sequential) in &scale.stream_levels {
@@ -461,15 +461,17 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
             .await;
         }
         let pids = (rig.cortex.pid(), rig.mock.pid(), rig.nginx.as_ref().map(Proc::pid));
+        let client_pid = std::process::id();
         let results = alternate(rig, &level_paths, scale.rounds, |path| {
             let client = client.clone();
             async move {
                 let nginx_us =
                     || pids.2.map_or(0, |p| procs::with_children(p).into_iter().map(procs::cpu_us).sum());
-                let (before, stolen) =
-                    ((procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us()), procs::steal_us());
+                let cpu =
+                    || (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us(), procs::cpu_us(client_pid));
+                let (before, stolen) = (cpu(), procs::steal_us());
                 let mut run = load::streams(&client, &path.url, path.body, total, ramp, sequential).await;
-                let after = (procs::cpu_us(pids.0), procs::cpu_us(pids.1), nginx_us());
+                let after = cpu();
                 run["steal_ms"] = json!(procs::steal_us().saturating_sub(stolen) as f64 / 1000.0);
                 let used = |a: u64, b: u64| a.saturating_sub(b);
                 run["cpu"] = cpu_per_event(
@@ -477,6 +479,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                     used(after.0, before.0),
                     used(after.1, before.1),
                     used(after.2, before.2),
+                    used(after.3, before.3),
                 );
                 run
             }
@@ -527,6 +530,7 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 "cortex_cpu_us_per_event": med(runs, "/cpu/cortex_us_per_event"),
                 "mock_cpu_us_per_event": med(runs, "/cpu/mock_us_per_event"),
                 "nginx_cpu_us_per_event": med(runs, "/cpu/nginx_us_per_event"),
+                "client_cpu_us_per_event": med(runs, "/cpu/client_us_per_event"),
                 "steal_ms": med(runs, "/steal_ms"),
                 "runs": runs,
             });
@@ -549,12 +553,13 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
                 row["errors"],
             );
             println!(
-                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs, nginx {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks; stolen by the host {:.0} ms)",
+                "stream {:>16} c={:<5} CPU per event: cortex {:>5.1} µs, mock {:>5.1} µs, nginx {:>5.1} µs, client {:>5.1} µs  ({:.0} events; CPU cortex {:.0} ms, mock {:.0} ms; 10 ms ticks; stolen by the host {:.0} ms)",
                 path.name,
                 concurrency,
                 v("cortex_cpu_us_per_event"),
                 v("mock_cpu_us_per_event"),
                 v("nginx_cpu_us_per_event"),
+                v("client_cpu_us_per_event"),
                 v("events"),
                 v("cortex_cpu_ms"),
                 v("mock_cpu_ms"),
@@ -566,18 +571,21 @@ async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
     Ok(Value::Array(rows))
 }
 
-/// CPU time cortex, the mock and nginx (0 when not run) spent during one streaming run, per
-/// event the client received (the events the proxy forwarded; an idle proxy's figure is ~0).
-fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64, nginx_us: u64) -> Value {
+/// CPU time cortex, the mock, nginx (0 when not run) and the load generator itself spent during
+/// one streaming run, per event the client received (the events the proxy forwarded; an idle
+/// proxy's figure is ~0). The client shares the machine's cores with the proxy: its own figure
+/// says how much of a tail is the measuring side's.
+fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64, nginx_us: u64, client_us: u64) -> Value {
     let events = num(run, "/events_per_stream") * num(run, "/ok");
     let per_event = |us: u64| if events > 0.0 { us as f64 / events } else { f64::NAN };
     json!({"events": events, "cortex_us": cortex_us, "mock_us": mock_us, "nginx_us": nginx_us,
+           "client_us": client_us,
            "cortex_us_per_event": per_event(cortex_us), "mock_us_per_event": per_event(mock_us),
-           "nginx_us_per_event": per_event(nginx_us)})
+           "nginx_us_per_event": per_event(nginx_us), "client_us_per_event": per_event(client_us)})
 }
 
 async fn memory(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
-    let client = load::client(Duration::from_secs(600))?;
+    let client = load::streamer(Duration::from_secs(600));
     let url = format!("{}/v1/chat/completions", rig.cortex_url);
     let body = chat_body(SLOW_MODEL, 1000, true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -652,6 +660,9 @@ async fn cold(args: &Args, dir: &Path, scale: &Scale) -> anyhow::Result<Value> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", procs::NEURON_TOKEN).parse()?);
     let neuron_http = reqwest::Client::builder().no_proxy().default_headers(headers).build()?;
+    let streamer = load::streamer(Duration::from_secs(300));
+    let neuron_streamer =
+        streamer.clone().with_header("authorization", &format!("Bearer {}", procs::NEURON_TOKEN));
     let load_request = json!({"model": "gemma", "devices": [], "ram_mb": 1000,
         "profile": {"harness": "llamacpp", "source": args.gguf, "ctx_size": 2048, "args": []}});
     let mut runs = Vec::new();
@@ -685,7 +696,7 @@ async fn cold(args: &Args, dir: &Path, scale: &Scale) -> anyhow::Result<Value> {
             .await?;
             let started = Instant::now();
             let first_token_ms = if which == "cortex" {
-                let cold = load::streams(&http, &url, body.clone(), 1, Duration::ZERO, true).await;
+                let cold = load::streams(&streamer, &url, body.clone(), 1, Duration::ZERO, true).await;
                 num(&cold, "/ttft_us/p50") / 1000.0
             } else {
                 let accepted =
@@ -710,7 +721,7 @@ async fn cold(args: &Args, dir: &Path, scale: &Scale) -> anyhow::Result<Value> {
                 }
                 let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let first = load::streams(
-                    &neuron_http,
+                    &neuron_streamer,
                     &format!("{neuron_url}/v1/chat/completions"),
                     body.clone(),
                     1,
@@ -729,7 +740,7 @@ async fn cold(args: &Args, dir: &Path, scale: &Scale) -> anyhow::Result<Value> {
             row[format!("{which}_ttft_ms")] = json!(first_token_ms);
             row[format!("{which}_load_ms")] = json!(load_ms);
             if which == "cortex" {
-                let warm = load::streams(&http, &url, body.clone(), 3, Duration::ZERO, true).await;
+                let warm = load::streams(&streamer, &url, body.clone(), 3, Duration::ZERO, true).await;
                 row["warm_ttft_ms"] = json!(num(&warm, "/ttft_us/p50") / 1000.0);
             }
         }
