@@ -2,8 +2,8 @@
 //! (no connection task and no channel between it and the reader, as a general client has), and
 //! kept-alive connections are pooled per host. On a 2-core machine the client shares the cores
 //! with the proxy it measures, so what it spends per event shows up in every path's tail: it is
-//! kept as cheap as wrk's. Plain `http://` on loopback only; bodies framed by chunked encoding,
-//! by content-length, or by the connection's close.
+//! kept lean. Plain `http://` on loopback only; bodies framed by chunked encoding, by
+//! content-length, or by the connection's close.
 
 use std::collections::HashMap;
 use std::io;
