@@ -216,8 +216,8 @@ async fn one_stream(
 ) -> StreamSample {
     tokio::time::sleep_until(at).await;
     let mut sample = StreamSample::default();
-    let timeout = client.timeout;
-    let _ = tokio::time::timeout(timeout, read_stream(&client, &url, &body, at, started, &mut sample)).await;
+    let _ = tokio::time::timeout(client.timeout, read_stream(&client, &url, &body, at, started, &mut sample))
+        .await;
     sample
 }
 

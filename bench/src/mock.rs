@@ -17,6 +17,7 @@
 //! proxy measured: a general server's per-event machinery would be CPU the proxy's tail waits
 //! for. Request bodies need a content-length; connections are kept alive.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,15 @@ fn now_us() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
 }
 
+/// A request head as parsed: its length, and its body's.
+struct Head {
+    len: usize,
+    body_len: usize,
+    method: String,
+    target: String,
+    close: bool,
+}
+
 /// One request as read off a connection.
 struct Incoming {
     method: String,
@@ -88,14 +98,11 @@ async fn connection(mut socket: TcpStream, mock: Arc<Mock>) {
 /// closes between requests.
 async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Incoming>> {
     loop {
-        if let Some((head, incoming)) = parse_request(buf)? {
-            let length = incoming.body.capacity();
-            if buf.len() >= head + length {
-                let mut incoming = incoming;
-                incoming.body.extend_from_slice(&buf[head..head + length]);
-                buf.drain(..head + length);
-                return Ok(Some(incoming));
-            }
+        if let Some(head) = parse_request(buf)?
+            && buf.len() >= head.len + head.body_len
+        {
+            let body = buf.drain(..head.len + head.body_len).skip(head.len).collect();
+            return Ok(Some(Incoming { method: head.method, target: head.target, body, close: head.close }));
         }
         if buf.len() > MAX_REQUEST {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too large"));
@@ -107,14 +114,13 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     }
 }
 
-/// The head's length and the request (its body empty, with the capacity of its length) once
-/// `buf` holds a whole head.
-fn parse_request(buf: &[u8]) -> std::io::Result<Option<(usize, Incoming)>> {
+/// The request's head once `buf` holds all of it.
+fn parse_request(buf: &[u8]) -> std::io::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
-    let head = match request.parse(buf).map_err(|e| invalid(e.to_string()))? {
-        httparse::Status::Complete(head) => head,
+    let len = match request.parse(buf).map_err(|e| invalid(e.to_string()))? {
+        httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
     let (mut length, mut close) = (0, request.version == Some(0));
@@ -133,7 +139,7 @@ fn parse_request(buf: &[u8]) -> std::io::Result<Option<(usize, Incoming)>> {
     }
     let method = request.method.unwrap_or("").to_owned();
     let target = request.path.unwrap_or("/").to_owned();
-    Ok(Some((head, Incoming { method, target, body: Vec::with_capacity(length), close })))
+    Ok(Some(Head { len, body_len: length, method, target, close }))
 }
 
 /// The GET routes: the neuron API cortex polls and `/v1/models`.
@@ -296,7 +302,7 @@ async fn stream(socket: &mut TcpStream, plan: &Plan) -> std::io::Result<()> {
             "data: [DONE]\n\n".to_owned()
         };
         out.clear();
-        out.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+        write!(out, "{:x}\r\n", event.len())?;
         out.extend_from_slice(event.as_bytes());
         out.extend_from_slice(b"\r\n");
         if i + 1 == events {
@@ -320,9 +326,9 @@ mod tests {
     #[test]
     fn requests_are_read_with_their_bodies_and_queries() {
         let wire = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
-        let (head, incoming) = parse_request(wire).expect("valid").expect("whole head");
-        assert_eq!((head, incoming.method.as_str(), incoming.body.capacity()), (wire.len() - 2, "POST", 2));
-        assert!(!incoming.close);
+        let head = parse_request(wire).expect("valid").expect("whole head");
+        assert_eq!((head.len, head.method.as_str(), head.body_len), (wire.len() - 2, "POST", 2));
+        assert!(!head.close);
         assert!(parse_request(b"GET / HTTP/1.1\r\nhost").expect("valid so far").is_none());
         let chunked = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n";
         assert!(parse_request(chunked).is_err(), "a chunked body is refused, not misread");

@@ -31,10 +31,15 @@ pub struct Streamer {
     pub timeout: Duration,
 }
 
-/// A response whose body is read as it arrives.
+/// A response whose body is read as it arrives: its connection, the bytes read but not yet
+/// decoded (`buf[at..]`), and the pool the connection returns to when the body ends cleanly.
 pub struct Response {
     pub status: u16,
-    body: BodyReader,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    at: usize,
+    framing: Framing,
+    home: Option<(Pool, String)>,
 }
 
 impl Streamer {
@@ -84,8 +89,7 @@ impl Streamer {
             if let Some((status, framing, reuse, used)) = parse_head(&buf)? {
                 buf.drain(..used);
                 let home = reuse.then(|| (self.idle.clone(), host.to_owned()));
-                let body = BodyReader { stream: Some(stream), buf, at: 0, framing, home };
-                return Ok(Response { status, body });
+                return Ok(Response { status, stream: Some(stream), buf, at: 0, framing, home });
             }
             if buf.len() > MAX_HEAD {
                 return Err(invalid("response head too long"));
@@ -95,14 +99,6 @@ impl Streamer {
 
     fn take_idle(&self, host: &str) -> Option<TcpStream> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).get_mut(host)?.pop()
-    }
-}
-
-impl Response {
-    /// Append the body's next bytes to `out` as they arrive: `false` once the body has ended
-    /// (its connection then goes back to the pool).
-    pub async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
-        self.body.next(out).await
     }
 }
 
@@ -176,18 +172,10 @@ enum Chunk {
     Trailers,
 }
 
-/// A body being read: the connection, the bytes read but not yet decoded (`buf[at..]`), and the
-/// pool it returns to when the body ends cleanly.
-struct BodyReader {
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-    at: usize,
-    framing: Framing,
-    home: Option<(Pool, String)>,
-}
-
-impl BodyReader {
-    async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+impl Response {
+    /// Append the body's next bytes to `out` as they arrive: `false` once the body has ended
+    /// (its connection then goes back to the pool).
+    pub async fn next(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         loop {
             let before = out.len();
             decode(&mut self.framing, &self.buf, &mut self.at, out)?;
