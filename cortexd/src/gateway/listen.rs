@@ -1,43 +1,35 @@
-//! The inference listener's connections: HTTP/1.1 on hyper directly, Nagle off, writes
-//! flattened, drained on shutdown.
+//! The inference listener: accepts connections, Nagle off, each served by the gateway's own
+//! HTTP/1.1 connection (`http1::server`), and drained on shutdown.
 //!
-//! `axum::serve` would sniff every connection for HTTP/2 and wrap its socket for the replay;
-//! cortex's clients speak HTTP/1.1, and that layer was a measurable share of the per-event cost
-//! at 1,000 streams (docs/benchmarks.md).
+//! cortex's clients speak HTTP/1.1 (the SDKs, the agents, curl): the listener serves no HTTP/2
+//! and no upgrades. Its connections are not hyper's: at 1,000 streams hyper's dispatcher was
+//! the largest share of the per-event cost left (docs/benchmarks.md).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::http1::server::{self, Drain};
 
 /// How long to wait before accepting again after an error that is not the peer's (e.g. out of
 /// file descriptors), so that the loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-type Connection = http1::Connection<TokioIo<TcpStream>, TowerToHyperService<Router>>;
-
 /// Serve `app` on `listener` until `shutdown` fires; then stop accepting and wait for the open
-/// connections to finish what they are sending.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+/// connections to finish what they are sending. Request bodies over `max_body` bytes are not
+/// read (the handlers answer 413).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_body: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let drain = Arc::new(Drain::default());
     let connections = TaskTracker::new();
-    let mut http = http1::Builder::new();
-    // Each streamed event goes out as one chunk: its size line, the event and a CRLF. Copied
-    // into one buffer and sent with one `write`, that costs ~9% fewer instructions per event
-    // than hyper's queue of three buffers for a `writev` (docs/benchmarks.md).
-    http.writev(false);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -59,8 +51,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let connection = Drained::new(http.serve_connection(TokioIo::new(tcp), service), &drain);
+        let connection = server::serve(tcp, app.clone(), drain.clone(), max_body);
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
@@ -72,63 +63,6 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     connections.close();
     connections.wait().await;
     Ok(())
-}
-
-/// The request to every open connection to finish what it is sending and close.
-#[derive(Default)]
-struct Drain {
-    asked: AtomicBool,
-    notify: Arc<Notify>,
-}
-
-impl Drain {
-    fn ask(&self) {
-        self.asked.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-}
-
-/// A connection that is told to shut down gracefully once the drain is asked for.
-///
-/// The drain's signal is polled once, so that it holds the task's waker, and again only once
-/// the drain has been asked for: hyper-util's `GracefulShutdown` polled its signal with every
-/// poll of the connection, that is with every event of a stream (docs/benchmarks.md).
-struct Drained {
-    connection: Pin<Box<Connection>>,
-    /// `None` once the connection has been told.
-    signal: Option<Pin<Box<OwnedNotified>>>,
-    registered: bool,
-    drain: Arc<Drain>,
-}
-
-impl Drained {
-    fn new(connection: Connection, drain: &Arc<Drain>) -> Self {
-        // Created before the drain is asked for: `notify_waiters` reaches it even unpolled.
-        let signal = Box::pin(drain.notify.clone().notified_owned());
-        Drained {
-            connection: Box::pin(connection),
-            signal: Some(signal),
-            registered: false,
-            drain: drain.clone(),
-        }
-    }
-}
-
-impl Future for Drained {
-    type Output = hyper::Result<()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let due = !this.registered || this.drain.asked.load(Ordering::Acquire);
-        if let Some(signal) = this.signal.as_mut().filter(|_| due) {
-            this.registered = true;
-            if signal.as_mut().poll(cx).is_ready() {
-                this.signal = None;
-                this.connection.as_mut().graceful_shutdown();
-            }
-        }
-        this.connection.as_mut().poll(cx)
-    }
 }
 
 /// Accept errors that concern one connection only (the peer gave up before it was accepted).
@@ -191,7 +125,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let address = listener.local_addr().expect("its address");
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, app, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, app, 1024, shutdown.clone()));
 
         let mut streaming = TcpStream::connect(address).await.expect("connect");
         streaming.write_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n\r\n").await.expect("send");

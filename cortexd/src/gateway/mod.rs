@@ -8,6 +8,7 @@ pub mod admission;
 pub mod anthropic;
 pub mod auth;
 pub mod error;
+pub mod http1;
 pub mod listen;
 pub mod messages;
 pub mod models;
@@ -133,5 +134,6 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    listen::serve(listener, app(state), shutdown).await
+    let max_body = state.limits.max_body_bytes;
+    listen::serve(listener, app(state), max_body, shutdown).await
 }

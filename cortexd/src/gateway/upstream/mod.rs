@@ -14,14 +14,15 @@ mod pool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub use body::Body;
-use body::Framing;
 use pool::{Pool, Return};
+
+use crate::gateway::http1::{Framing, ends_chunked, has_token, header_map};
 
 /// An engine's answer as it arrives: status, headers, and the body still on the connection.
 pub type Response = axum::http::Response<Body>;
@@ -90,10 +91,9 @@ impl InferenceClient {
         io.write_all(message).await.map_err(|e| failed(e, true))?;
         let mut buffer = BytesMut::with_capacity(8 * 1024);
         loop {
-            if let Some((length, head)) =
-                parse_head(&buffer).map_err(|message| Failure { message, unanswered: false })?
+            if let Some(head) =
+                parse_head(&mut buffer).map_err(|message| Failure { message, unanswered: false })?
             {
-                let _head_bytes = buffer.split_to(length);
                 if head.status.is_informational() {
                     continue;
                 }
@@ -190,51 +190,40 @@ struct Head {
     keep_alive: bool,
 }
 
-/// The response head at the start of `buffer`, with its length, once it is all there.
-fn parse_head(buffer: &[u8]) -> Result<Option<(usize, Head)>, String> {
+/// The response head at the start of `buffer`, taken from it once it is all there; its
+/// header values are views of the head's bytes, not copies.
+fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let length = match parsed.parse(buffer) {
+    let length = match httparse::Response::new(&mut slots).parse(buffer) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(format!("the engine's answer is not HTTP/1.1: {error}")),
     };
+    let bytes = buffer.split_to(length).freeze();
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    parsed.parse(&bytes).map_err(|error| format!("the engine's answer is not HTTP/1.1: {error}"))?;
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| format!("the engine answered status {code}"))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let (mut chunked, mut content_length, mut close) = (false, None, parsed.version == Some(0));
-    for header in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes());
-        let value = HeaderValue::from_bytes(header.value);
-        let (Ok(name), Ok(value)) = (name, value) else {
-            return Err(format!("the engine sent an invalid header {:?}", header.name));
-        };
-        let text = value.to_str().unwrap_or_default();
-        match name.as_str() {
-            "transfer-encoding" => {
-                chunked = text.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-            }
-            "content-length" => {
-                content_length = Some(
-                    text.trim()
-                        .parse::<u64>()
-                        .map_err(|_| format!("the engine sent content-length {text:?}"))?,
-                )
-            }
-            "connection" => {
-                let has = |token: &str| text.split(',').any(|t| t.trim().eq_ignore_ascii_case(token));
-                close = has("close") || (close && !has("keep-alive"));
-            }
-            _ => {}
+    let headers = header_map(parsed.headers, &bytes)
+        .map_err(|name| format!("the engine sent an invalid header {name:?}"))?;
+    let content_length = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default().trim();
+            Some(text.parse::<u64>().map_err(|_| format!("the engine sent content-length {text:?}"))?)
         }
-        headers.append(name, value);
-    }
+    };
+    let chunked = headers.get(header::TRANSFER_ENCODING).is_some_and(|v| ends_chunked(v.as_bytes()));
+    let connection =
+        |token| headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token));
+    let close = connection("close") || (parsed.version == Some(0) && !connection("keep-alive"));
     let framing = match (chunked, content_length) {
         (true, _) => Framing::Chunked,
         (false, Some(length)) => Framing::Length(length),
         (false, None) => Framing::Close,
     };
-    Ok(Some((length, Head { status, headers, framing, keep_alive: !close })))
+    Ok(Some(Head { status, headers, framing, keep_alive: !close }))
 }
 
 /// An error and its sources, joined with `: `.
