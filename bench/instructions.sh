@@ -3,6 +3,7 @@
 # callgrind: a figure that, unlike latency on a shared VM, does not move from run to run.
 #
 #   bash bench/instructions.sh BIN_DIR     (BIN_DIR holds release `cortex` and `cortex-bench`)
+#   ROUTE=messages bash bench/instructions.sh BIN_DIR     (the Anthropic route, translated)
 #
 # cortex serves in front of the bench's mock engine; 200 streaming requests of one token go
 # through one kept-alive connection, then 20 streams of 50 tokens. The poller runs once a
@@ -35,10 +36,15 @@ curl -sf "127.0.0.1:$api_port/v1/models" | grep -q m-0-1 || {
     exit 1
 }
 
-url="http://127.0.0.1:$api_port/v1/chat/completions"
+case ${ROUTE:-chat} in
+    chat) path=/v1/chat/completions end='^data: \[DONE\]' ;;
+    messages) path=/v1/messages end='^event: message_stop' ;;
+    *) echo "instructions.sh: ROUTE is chat or messages" >&2; exit 2 ;;
+esac
+url="http://127.0.0.1:$api_port$path"
 body() { printf '{"model":"%s","max_tokens":%s,"stream":true,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' "$1" "$2"; }
 urls() { for _ in $(seq "$1"); do printf 'url = "%s"\n' "$url"; done >"$work/urls"; }
-run() { curl -s -H 'content-type: application/json' -d "$(body "$1" "$2")" -K "$work/urls" | grep -c '^data: \[DONE\]' || true; }
+run() { curl -s -H 'content-type: application/json' -d "$(body "$1" "$2")" -K "$work/urls" | grep -c "$end" || true; }
 count() { grep '^summary:' "$work/cg.out.$1" | cut -d' ' -f2; }
 
 urls 5; run m-0-0 1 >/dev/null; run m-0-1 50 >/dev/null # warm: connections, metric handles
