@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, Response, Version};
+use axum::http::{Method, Request, Response, StatusCode, Version};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -111,8 +111,8 @@ struct Sending {
     large: Option<(Bytes, &'static [u8])>,
     /// Data bytes sent, against a `content-length`.
     sent: u64,
-    /// The body returned `Pending` and its waker is registered: no need to poll it again until
-    /// the task wakes.
+    /// The body returned `Pending` in this poll (its waker is registered) and a flush came
+    /// after: the task then parks without polling the body a second time.
     parked: bool,
     ended: bool,
     watching: bool,
@@ -167,7 +167,15 @@ impl Connection {
             self.read.reserve((length as usize).saturating_sub(self.read.len()));
         }
         loop {
-            match decoder.decode(&mut self.read)? {
+            let decoded = match decoder.decode(&mut self.read) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let message = "the request's chunked body is malformed";
+                    self.refuse(Refused { status: StatusCode::BAD_REQUEST, message }).await?;
+                    return Err(error);
+                }
+            };
+            match decoded {
                 Decoded::Data(data) if whole.is_empty() && decoder.is_done() => {
                     return Ok((Body::from(data), true));
                 }

@@ -1,6 +1,6 @@
 //! The listener's HTTP/1.1 connections against raw sockets: keep-alive and pipelining, both
 //! request framings, `100 Continue`, HTTP/1.0, bodiless answers, bodies over the limit, bad
-//! heads, and clients that leave before their answer has ended.
+//! heads and bodies, and clients that leave before their answer has ended.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,11 +202,12 @@ async fn a_body_over_the_limit_is_answered_413_and_the_connection_closes() {
 }
 
 #[tokio::test]
-async fn bad_heads_are_answered_in_the_openai_error_shape_and_closed() {
+async fn bad_heads_and_bodies_are_answered_in_the_openai_error_shape_and_closed() {
     let (address, _) = start().await;
     for wire in [
         &b"GARBAGE\r\n\r\n"[..],
         b"POST /echo HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n",
     ] {
         let mut tcp = TcpStream::connect(address).await.expect("connect");
         tcp.write_all(wire).await.expect("send");
