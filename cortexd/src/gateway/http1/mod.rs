@@ -49,6 +49,18 @@ enum State {
     Done,
 }
 
+/// Read buffer growth: what hyper starts with too.
+pub const READ_SIZE: usize = 8 * 1024;
+/// A read buffer grows by `READ_SIZE` when less than this is free for the next read.
+pub const MIN_ROOM: usize = 2 * 1024;
+
+/// Room in `buffer` for the next read from a connection.
+pub fn make_room(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < MIN_ROOM {
+        buffer.reserve(READ_SIZE);
+    }
+}
+
 /// A line in the chunked framing (size line, trailer) longer than this is refused.
 pub const MAX_LINE: usize = 8 * 1024;
 
@@ -176,16 +188,46 @@ pub fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// The headers httparse found in `bytes` (a message head's own bytes, which it parsed), each
-/// value a view of `bytes` rather than a copy; an invalid header is refused with its name.
-pub fn header_map<'h>(parsed: &[httparse::Header<'h>], bytes: &Bytes) -> Result<HeaderMap, &'h str> {
-    let mut headers = HeaderMap::with_capacity(parsed.len());
-    for header in parsed {
-        let name = HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| header.name)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(header.value)).map_err(|_| header.name)?;
-        headers.append(name, value);
+/// Where a parsed head's header names and values lie, as offsets into the bytes httparse
+/// parsed. It is what is kept of httparse's borrowed view when the head is then taken from its
+/// buffer: the head is parsed once, and each header value becomes a view of the taken bytes.
+pub struct Spans {
+    /// Name start, name end, value start, value end (sized to the head: no zeroed array).
+    at: Vec<[usize; 4]>,
+}
+
+impl Spans {
+    /// The spans of `headers`, which httparse parsed from `parsed`.
+    pub fn of(parsed: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+        let at = headers
+            .iter()
+            .map(|header| {
+                let (name, value) = (span(parsed, header.name.as_bytes()), span(parsed, header.value));
+                [name.start, name.end, value.start, value.end]
+            })
+            .collect();
+        Spans { at }
     }
-    Ok(headers)
+
+    /// The headers, read from `head`: the parsed bytes, taken from the buffer and frozen. An
+    /// invalid header is refused with its name.
+    pub fn header_map(&self, head: &Bytes) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::with_capacity(self.at.len());
+        for &[name_start, name_end, value_start, value_end] in &self.at {
+            let name = &head[name_start..name_end];
+            let refused = || String::from_utf8_lossy(name).into_owned();
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value_start..value_end)).map_err(|_| refused())?;
+            headers.append(HeaderName::from_bytes(name).map_err(|_| refused())?, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Where `part`, a slice of `parsed`, lies in it.
+pub fn span(parsed: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(parsed.as_ptr() as usize).min(parsed.len());
+    start..(start + part.len()).min(parsed.len())
 }
 
 /// Whether a comma-separated header value (`connection`, `transfer-encoding`) has `token`.
@@ -260,6 +302,23 @@ mod tests {
         }
         let long = vec![b'1'; MAX_LINE + 1];
         assert!(decode_in_steps(Framing::Chunked, &long, 64).is_err());
+    }
+
+    #[test]
+    fn spans_make_header_views_of_the_taken_head() {
+        let mut buffer = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nbody");
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let length = match parsed.parse(&buffer) {
+            Ok(httparse::Status::Complete(length)) => length,
+            other => panic!("a complete head: {other:?}"),
+        };
+        let spans = Spans::of(&buffer, parsed.headers);
+        let head = buffer.split_to(length).freeze();
+        let headers = spans.header_map(&head).expect("valid headers");
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers["x-a"], "1");
+        assert_eq!(&buffer[..], b"body");
     }
 
     #[test]

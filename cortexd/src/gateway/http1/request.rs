@@ -4,7 +4,7 @@
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, Version, request};
 use bytes::BytesMut;
 
-use super::{Framing, ends_chunked, has_token, header_map};
+use super::{Framing, Spans, ends_chunked, has_token, span};
 
 /// The most of a request head (request line and headers) the listener reads.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -39,28 +39,24 @@ const TOO_LARGE: Refused =
 
 /// The request head at the front of `buffer`, taken from it once it is all there.
 pub fn parse(buffer: &mut BytesMut) -> Result<Option<Head>, Refused> {
+    let bad = |message| refused(StatusCode::BAD_REQUEST, message);
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let length = match httparse::Request::new(&mut slots).parse(buffer) {
+    let mut parsed = httparse::Request::new(&mut slots);
+    let length = match parsed.parse(buffer) {
         Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD => length,
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => return Err(TOO_LARGE),
         Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD => return Err(TOO_LARGE),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(refused(StatusCode::BAD_REQUEST, "the request is not HTTP/1.1")),
+        Err(_) => return Err(bad("the request is not HTTP/1.1")),
     };
-    // Parsed again from the bytes taken out, so that each header value is a view of them.
-    let bytes = buffer.split_to(length).freeze();
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    if !matches!(parsed.parse(&bytes), Ok(httparse::Status::Complete(_))) {
-        return Err(refused(StatusCode::BAD_REQUEST, "the request is not HTTP/1.1"));
-    }
-    let bad = |message| refused(StatusCode::BAD_REQUEST, message);
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| bad("the request method is invalid"))?;
-    let uri = Uri::from_maybe_shared(bytes.slice_ref(parsed.path.unwrap_or_default().as_bytes()))
-        .map_err(|_| bad("the request target is invalid"))?;
+    let path = span(buffer, parsed.path.unwrap_or_default().as_bytes());
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let headers = header_map(parsed.headers, &bytes).map_err(|_| bad("a header is invalid"))?;
+    let spans = Spans::of(buffer, parsed.headers);
+    let head = buffer.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| bad("the request target is invalid"))?;
+    let headers = spans.header_map(&head).map_err(|_| bad("a header is invalid"))?;
     let (framing, keep_alive, expects_continue) = delimits(&headers, version)?;
     let mut request = Request::new(());
     *request.method_mut() = method;

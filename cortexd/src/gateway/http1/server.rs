@@ -27,12 +27,8 @@ use tower_service::Service;
 
 use super::request::{self, Head, MAX_HEAD, Refused};
 use super::response::{self, LAST_CHUNK, chunk_size_line};
-use super::{Decoded, Decoder, Framing};
+use super::{Decoded, Decoder, Framing, make_room};
 
-/// Read buffer growth.
-const READ_SIZE: usize = 8 * 1024;
-/// The read buffer grows by `READ_SIZE` when less than this is free for the next read.
-const MIN_ROOM: usize = 2 * 1024;
 /// Frames ready at once are gathered into one write up to this many bytes.
 const GATHER: usize = 64 * 1024;
 /// A data frame this large is written from its own buffer rather than copied.
@@ -360,7 +356,7 @@ impl Connection {
                 *watching = false;
                 break;
             }
-            self.read.reserve(MIN_ROOM);
+            make_room(&mut self.read);
             match self.io.try_read_buf(&mut self.read) {
                 Ok(0) => return Poll::Ready(()),
                 Ok(_) => {}
@@ -373,9 +369,7 @@ impl Connection {
 
     /// Read more from the client; `Ok(0)`: it closed the connection.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.read.capacity() - self.read.len() < MIN_ROOM {
-            self.read.reserve(READ_SIZE);
-        }
+        make_room(&mut self.read);
         loop {
             self.io.readable().await?;
             match self.io.try_read_buf(&mut self.read) {

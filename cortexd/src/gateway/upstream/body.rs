@@ -16,12 +16,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::pool::Return;
-use crate::gateway::http1::{Decoded, Decoder, Framing};
-
-/// Read buffer growth: what hyper starts with too.
-const READ_SIZE: usize = 8 * 1024;
-/// The buffer grows by `READ_SIZE` when less than this is free for the next read.
-const MIN_ROOM: usize = 2 * 1024;
+use crate::gateway::http1::{Decoded, Decoder, Framing, make_room};
 
 /// The body of one engine response. Dropping it before its end closes the connection, which
 /// is how an engine learns that the client went away and stops generating.
@@ -70,9 +65,7 @@ impl Body {
     /// a new edge (see `TcpStream::try_io`).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let Some(io) = &self.io else { return Poll::Ready(Ok(0)) };
-        if self.buffer.capacity() - self.buffer.len() < MIN_ROOM {
-            self.buffer.reserve(READ_SIZE);
-        }
+        make_room(&mut self.buffer);
         loop {
             ready!(io.poll_read_ready(cx))?;
             let room = self.buffer.capacity() - self.buffer.len();

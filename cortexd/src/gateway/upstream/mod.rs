@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 pub use body::Body;
 use pool::{Pool, Return};
 
-use crate::gateway::http1::{Framing, ends_chunked, has_token, header_map};
+use crate::gateway::http1::{Framing, Spans, ends_chunked, has_token};
 
 /// An engine's answer as it arrives: status, headers, and the body still on the connection.
 pub type Response = axum::http::Response<Body>;
@@ -194,19 +194,19 @@ struct Head {
 /// header values are views of the head's bytes, not copies.
 fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let length = match httparse::Response::new(&mut slots).parse(buffer) {
+    let mut parsed = httparse::Response::new(&mut slots);
+    let length = match parsed.parse(buffer) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(format!("the engine's answer is not HTTP/1.1: {error}")),
     };
-    let bytes = buffer.split_to(length).freeze();
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    parsed.parse(&bytes).map_err(|error| format!("the engine's answer is not HTTP/1.1: {error}"))?;
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| format!("the engine answered status {code}"))?;
-    let headers = header_map(parsed.headers, &bytes)
-        .map_err(|name| format!("the engine sent an invalid header {name:?}"))?;
+    let http10 = parsed.version == Some(0);
+    let spans = Spans::of(buffer, parsed.headers);
+    let head = buffer.split_to(length).freeze();
+    let headers =
+        spans.header_map(&head).map_err(|name| format!("the engine sent an invalid header {name:?}"))?;
     let content_length = match headers.get(header::CONTENT_LENGTH) {
         None => None,
         Some(value) => {
@@ -217,7 +217,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, String> {
     let chunked = headers.get(header::TRANSFER_ENCODING).is_some_and(|v| ends_chunked(v.as_bytes()));
     let connection =
         |token| headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token));
-    let close = connection("close") || (parsed.version == Some(0) && !connection("keep-alive"));
+    let close = connection("close") || (http10 && !connection("keep-alive"));
     let framing = match (chunked, content_length) {
         (true, _) => Framing::Chunked,
         (false, Some(length)) => Framing::Length(length),
