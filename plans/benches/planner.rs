@@ -139,6 +139,7 @@ fn scenario(models: usize, neurons: usize) -> (Fleet, Topology) {
                 name: name.clone(),
                 endpoint: format!("http://{name}:13131"),
                 labels: BTreeMap::new(),
+                state: Default::default(),
                 origin: Origin::default(),
             })
             .collect(),

@@ -8,7 +8,7 @@ use crate::fleet::load::decode_contention;
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
 use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
-use crate::fleet::{Eviction, NeuronSpec, Policy, ReconcileMode, SourceMode};
+use crate::fleet::{Eviction, NeuronSpec, NeuronState, Policy, ReconcileMode, SourceMode};
 
 /// The tables a fleet file may contain, as written in messages.
 const TOP_LEVEL: &str = "[policy], [[neuron]], [[model]]";
@@ -25,7 +25,7 @@ const POLICY_KEYS: [&str; 10] = [
     "queue_length",
     "queue_timeout",
 ];
-const NEURON_KEYS: [&str; 3] = ["name", "endpoint", "labels"];
+const NEURON_KEYS: [&str; 4] = ["name", "endpoint", "labels", "state"];
 
 /// Everything declared in every file, in file (path) order, not yet checked against each other.
 #[derive(Default)]
@@ -198,6 +198,14 @@ fn neuron<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) -> NeuronDec
     let name = fields.required_string("name");
     let endpoint = fields.required_string("endpoint");
     let labels = fields.string_map("labels");
+    let state = fields.choice(
+        "state",
+        &[
+            ("active", NeuronState::Active),
+            ("cordoned", NeuronState::Cordoned),
+            ("draining", NeuronState::Draining),
+        ],
+    );
     let name_ok = name.as_ref().is_some_and(|name| check_name(name, "neuron name", sink));
     if let Some(endpoint) = &endpoint {
         check_endpoint(endpoint, sink);
@@ -208,6 +216,7 @@ fn neuron<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) -> NeuronDec
             name: name.map(|name| name.value).unwrap_or_default(),
             endpoint: endpoint.map(|endpoint| endpoint.value).unwrap_or_default(),
             labels: labels.map(|labels| labels.value).unwrap_or_default(),
+            state: state.unwrap_or_default(),
             origin: at.origin(),
         },
     }

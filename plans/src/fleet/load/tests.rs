@@ -46,8 +46,12 @@ fn summary(fleet: &Fleet) -> String {
     );
     for neuron in &fleet.neurons {
         let origin = &neuron.origin;
+        let state = match neuron.state {
+            crate::fleet::NeuronState::Active => String::new(),
+            other => format!(" state={}", other.as_str()),
+        };
         out.push_str(&format!(
-            "neuron {} {} labels={:?} at {}:{}:{}\n",
+            "neuron {} {} labels={:?}{state} at {}:{}:{}\n",
             neuron.name, neuron.endpoint, neuron.labels, origin.path, origin.line, origin.column
         ));
     }
@@ -232,7 +236,7 @@ endpoint = "http://x:1"
             a.toml:1:9: error: invalid TOML: unclosed array table, expected `]`
             b.toml:3:1: error: invalid TOML: duplicate key
             c.toml:1:1: error: missing required key "name" in [[neuron]]
-            c.toml:2:1: error: unknown key "nam" in [[neuron]]; expected one of: name, endpoint, labels
+            c.toml:2:1: error: unknown key "nam" in [[neuron]]; expected one of: name, endpoint, labels, state
         "#]],
     );
 }
@@ -264,7 +268,7 @@ vram = 1000
             fleet.toml:1:1: error: unknown top-level key "version"; expected one of: [policy], [[neuron]], [[model]]
             fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]]
             fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
-            fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels
+            fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels, state
             fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, max_output_tokens
         "#]],
     );
@@ -326,6 +330,45 @@ idle_unload_after = 30
             a.toml:2:21: error: idle_unload_after must be longer than 0; leave it out to keep idle models loaded
             b.toml:1:1: error: [policy] is already defined at a.toml:1:1; define it in one file only
             b.toml:2:21: error: idle_unload_after must be a string, found integer
+        "#]],
+    );
+}
+
+#[test]
+fn neuron_state_is_active_cordoned_or_draining() {
+    check(
+        r#"
+[[neuron]]
+name = "beast"
+endpoint = "http://beast:13131"
+state = "draining"
+
+[[neuron]]
+name = "quad"
+endpoint = "http://quad:13131"
+state = "cordoned"
+"#,
+        expect![[r#"
+            policy eviction=Lru reconcile=Auto prune=false idle_unload_after_ms=None source=Worktree
+            neuron beast http://beast:13131 labels={} state=draining at fleet.toml:1:1
+            neuron quad http://quad:13131 labels={} state=cordoned at fleet.toml:6:1
+        "#]],
+    );
+    check(
+        r#"
+[[neuron]]
+name = "tiny"
+endpoint = "http://tiny:13131"
+state = "maintenance"
+
+[[neuron]]
+name = "old"
+endpoint = "http://old:13131"
+state = true
+"#,
+        expect![[r#"
+            fleet.toml:4:9: error: state must be "active", "cordoned" or "draining", found "maintenance"
+            fleet.toml:9:9: error: state must be "active", "cordoned" or "draining", found boolean
         "#]],
     );
 }
