@@ -14,9 +14,9 @@ use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
-use crate::gateway::admin::Admin;
-use crate::gateway::auth::ApiKeys;
+use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::{self, AppState};
+use crate::operator::admin::Admin;
 
 pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -67,7 +67,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
 
     // Failed cold loads back off like the reconciler's actions.
-    let schedule = Arc::new(gateway::route::Schedule::new(
+    let scheduler = Arc::new(gateway::core::scheduler::Scheduler::new(
         config.gateway.swap_schedule,
         reconcile_config_backoff(&config),
     ));
@@ -78,7 +78,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         timeouts,
         backoff: reconcile_config_backoff(&config),
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
-        activity: schedule.activity(),
+        activity: scheduler.activity(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
@@ -86,19 +86,20 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
 
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
     // operator listener.
-    let ui_sources = gateway::ui::feed::Sources {
+    let ui_sources = crate::operator::ui::feed::Sources {
         fleet: fleet_receiver.clone(),
         observed: poller.observed.clone(),
         status: status.clone(),
-        queues: schedule.queues(),
-        traffic: gateway::traffic::GLOBAL.clone(),
+        queues: scheduler.queues(),
+        traffic: gateway::core::traffic::GLOBAL.clone(),
     };
-    let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
-    let operator = crate::metrics::router(prometheus)
-        .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
+    let (ui_feed, ui_task) = crate::operator::ui::feed::spawn(ui_sources, shutdown.clone());
+    let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(
+        crate::operator::ui::Ui::new(ui_feed, config.admin_key.as_deref()),
+    ));
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
-    state.schedule = schedule;
+    state.scheduler = scheduler;
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
@@ -106,7 +107,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         parallelism: config.reconcile.parallelism,
         reconciler,
     });
-    let probe_task = tokio::spawn(gateway::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    let probe_task =
+        tokio::spawn(gateway::core::admission::probe_delay(state.admission.clone(), shutdown.clone()));
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

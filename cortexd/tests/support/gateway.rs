@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cortexd::config::{GatewayConfig, PollConfig};
 use cortexd::control::poller::PollerHandle;
-use cortexd::gateway::auth::ApiKeys;
+use cortexd::gateway::core::auth::ApiKeys;
 use cortexd::gateway::{self, AppState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
