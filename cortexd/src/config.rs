@@ -19,6 +19,9 @@ pub struct Config {
     pub api_keys_file: Option<PathBuf>,
     /// The key for the admin API; without one the admin API is disabled.
     pub admin_key: Option<String>,
+    /// The per-key usage store (a redb file); unset: `usage.redb` in the state directory
+    /// ([`Config::usage_store_path`]).
+    pub usage_store: Option<PathBuf>,
     /// The bearer token cortex presents to neurons.
     pub neuron_token: Option<String>,
     /// A file holding that token (its first line).
@@ -36,6 +39,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             api_keys_file: None,
             admin_key: None,
+            usage_store: None,
             neuron_token: None,
             neuron_token_file: None,
             gateway: GatewayConfig::default(),
@@ -183,6 +187,20 @@ impl Config {
             );
         }
         Ok(keys)
+    }
+
+    /// Where the per-key usage store lives: `usage_store`, else `usage.redb` in systemd's
+    /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/cortex` or `~/.local/state/cortex`; `None` when
+    /// none of them is known (usage is then kept in memory).
+    pub fn usage_store_path(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.usage_store {
+            return Some(path.clone());
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let dir = var("STATE_DIRECTORY")
+            .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("cortex")))
+            .or_else(|| var("HOME").map(|d| d.join(".local/state/cortex")))?;
+        Some(dir.join("usage.redb"))
     }
 
     /// The token for neurons: `neuron_token`, else `neuron_token_file`, else `$CORTEX_NEURON_TOKEN`.

@@ -15,6 +15,7 @@ use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
 use crate::gateway::core::auth::ApiKeys;
+use crate::gateway::core::keys::Keys;
 use crate::gateway::{self, AppState};
 use crate::operator::admin::Admin;
 
@@ -99,6 +100,21 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     ));
     let mut state =
         AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
+    let usage = match config.usage_store_path() {
+        Some(path) => crate::usage::Usage::at(path),
+        None => {
+            tracing::warn!(
+                "no state directory is known (set usage_store in cortex.toml): key usage is kept in memory"
+            );
+            crate::usage::Usage::in_memory()
+        }
+    };
+    state.keys = Arc::new(Keys::new(ApiKeys::new(config.client_keys()?), usage.clone()));
+    // Its own stop, after the listeners have drained: the streams that end during the drain
+    // settle their usage before the last write.
+    let usage_stop = CancellationToken::new();
+    let usage_task =
+        tokio::spawn(crate::usage::flush_loop(usage, crate::usage::FLUSH_EVERY, usage_stop.clone()));
     state.scheduler = scheduler;
     state.admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
@@ -128,7 +144,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();
-    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task);
+    usage_stop.cancel();
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task, usage_task);
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)

@@ -67,6 +67,8 @@ pub struct Exchange {
     pub on_response_id: Option<IdSink>,
     /// The request's place under the gateway's in-flight bound, held until the body ends.
     pub admitted: Option<std::sync::Arc<crate::gateway::core::admission::Admitted>>,
+    /// The caller's key: the body settles its reservation with the engine's usage at the end.
+    pub grant: std::sync::Arc<crate::gateway::core::keys::Grant>,
 }
 
 /// One request to a neuron's inference routes.
@@ -176,6 +178,7 @@ pub fn respond(upstream: upstream::Response, exchange: Exchange, stream: bool, e
         exchange,
         first_event_at: None,
         usage: None,
+        events: 0,
         copy: BytesMut::new(),
         finished: false,
         failed: false,
@@ -210,6 +213,9 @@ struct Watcher {
     first_event_at: Option<Instant>,
     /// (prompt, completion) tokens, from the engine's usage.
     usage: Option<(u64, u64)>,
+    /// Streamed events seen with content (about one token each): what a stream cut short
+    /// before its usage is charged (with its prompt's estimate).
+    events: u64,
     /// A copy of a non-streaming body (bounded), to read its usage at the end.
     copy: BytesMut,
     finished: bool,
@@ -239,6 +245,9 @@ impl Watcher {
         let mut out = BytesMut::new();
         if let StreamEdit::Transform(transform) = &mut self.edit {
             self.first_event_at.get_or_insert_with(Instant::now);
+            // The transform parses the events; a chunk is counted as one (engines send a
+            // token's event per chunk), for a stream cut short before its usage.
+            self.events += 1;
             transform.chunk(&chunk, &mut out);
             return out.freeze();
         }
@@ -273,6 +282,7 @@ impl Watcher {
         let usage_only = has_usage && contains(event, &NO_CHOICES);
         if !usage_only {
             self.first_event_at.get_or_insert_with(Instant::now);
+            self.events += 1;
         }
         if has_usage {
             record_usage(event, &mut self.usage);
@@ -406,6 +416,9 @@ impl Drop for Watcher {
             handles.prompt_tokens.increment(prompt);
             handles.completion_tokens.increment(completion);
         }
+        // A non-streaming body is one event; a stream's are counted as they pass.
+        let events = if self.stream { self.events } else { 0 };
+        exchange.grant.settle(self.usage, events, crate::control::poller::now_unix_ms());
     }
 }
 
