@@ -26,6 +26,39 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub poll: PollConfig,
     pub reconcile: ReconcileSettings,
+    /// Where cortex keeps what it needs across restarts (the last good fleet); default
+    /// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/cortex`, else `~/.local/state/cortex`.
+    pub state_dir: Option<PathBuf>,
+    /// `[cluster]`: run as one replica of a highly available cluster on etcd; absent, cortex is
+    /// a standalone daemon and uses no etcd at all.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (docs/operations.md, "Running several replicas").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd v3 client endpoints, e.g. `["http://10.0.0.5:2379"]`.
+    pub etcd: Vec<String>,
+    /// This replica's name, unique in the cluster; default: the host name and the API port.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// How long a dead leader holds the cluster: a new one acts within about this long.
+    #[serde(with = "duration", default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl: Duration,
+    /// Every key cortex writes starts with this, so that several fleets can share one etcd.
+    #[serde(default = "ClusterConfig::default_prefix")]
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    fn default_lease_ttl() -> Duration {
+        Duration::from_secs(3)
+    }
+
+    fn default_prefix() -> String {
+        "/cortex".to_owned()
+    }
 }
 
 impl Default for Config {
@@ -41,6 +74,8 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             poll: PollConfig::default(),
             reconcile: ReconcileSettings::default(),
+            state_dir: None,
+            cluster: None,
         }
     }
 }
@@ -185,6 +220,24 @@ impl Config {
         Ok(keys)
     }
 
+    /// The state directory (see [`Config::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(dir) = env("STATE_DIRECTORY") {
+            // systemd's StateDirectory= may list several, separated by colons.
+            let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+            return first.unwrap_or(dir);
+        }
+        match (env("XDG_STATE_HOME"), env("HOME")) {
+            (Some(state), _) => state.join("cortex"),
+            (None, Some(home)) => home.join(".local/state/cortex"),
+            (None, None) => PathBuf::from(".cortex-state"),
+        }
+    }
+
     /// The token for neurons: `neuron_token`, else `neuron_token_file`, else `$CORTEX_NEURON_TOKEN`.
     pub fn neuron_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.neuron_token {
@@ -225,6 +278,17 @@ mod tests {
         assert_eq!(config.listen.port(), 31313);
         assert_eq!(config.gateway.max_wait, Duration::from_secs(90));
         assert_eq!(config.poll.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_cluster_table_is_optional_and_has_defaults() {
+        assert_eq!(Config::parse("").expect("valid").cluster, None, "standalone without it");
+        let config = Config::parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        assert_eq!((cluster.lease_ttl, cluster.prefix.as_str()), (Duration::from_secs(3), "/cortex"));
+        assert_eq!(cluster.replica, None);
+        let err = Config::parse("[cluster]\netcd = []\nleader = true\n").expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `leader`"), "{err}");
     }
 
     #[test]

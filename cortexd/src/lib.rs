@@ -10,6 +10,9 @@ pub mod metrics;
 
 pub mod control;
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
+
 pub mod gateway;
 
 pub mod serve;

@@ -1,19 +1,26 @@
 //! `cortex serve`: wires the daemon together (fleet watcher, poller, reconciler, gateway,
 //! metrics) and owns its shutdown: one cancellation token, fired by SIGINT or SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::authority::Authority;
 use crate::control::backoff::BackoffPolicy;
+use crate::control::cluster_status::ClusterStatus;
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
+use crate::control::lastgood::{LastGood, SavedFleet};
+use crate::control::poller::PollerHandle;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
+use crate::control::status::QueueStatus;
 use crate::gateway::admin::Admin;
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::{self, AppState};
@@ -24,10 +31,17 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let reading = source.clone();
     let loaded = tokio::task::spawn_blocking(move || fleetwatch::load(&reading))
         .await
-        .context("the fleet reader stopped")??;
+        .context("the fleet reader stopped")?;
+    let loaded = loaded.unwrap_or_else(|error| fleetwatch::unreadable(&error));
     for diagnostic in &loaded.status.diagnostics {
         eprintln!("{diagnostic}");
     }
+    let keep = LastGood::for_source(&config.state_dir(), &source);
+    let loaded = match loaded.fleet {
+        Some(_) => loaded,
+        // Never down because of desired state: serve the last good fleet and say why.
+        None => fall_back(loaded, keep.as_ref(), &config).await,
+    };
     if let Some(fleet) = &loaded.fleet {
         tracing::info!(fleet = %source.describe(), digest = %fleet.digest, models = fleet.models.len(), neurons = fleet.neurons.len(), "fleet loaded");
     }
@@ -35,9 +49,10 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
 
     let shutdown = CancellationToken::new();
     let guard = fleetwatch::Guard { allow_destroy_all: config.reconcile.allow_destroy_all };
-    let fleet = fleetwatch::spawn(source.clone(), loaded, guard, shutdown.clone())
+    let fleet = fleetwatch::spawn(source.clone(), loaded, guard, keep, shutdown.clone())
         .with_context(|| format!("cannot serve the fleet in {}", source.describe()))?;
     let fleet_receiver = fleet.fleet.clone();
+    let fleet_saved = fleet.saved.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
@@ -66,6 +81,15 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         }
     });
 
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
+    let addresses = (api.local_addr()?, metrics.local_addr()?);
+    let joined = join(&config, addresses, &poller, shutdown.clone()).await?;
+    let authority = joined.authority.clone();
     // Failed cold loads back off like the reconciler's actions.
     let schedule = Arc::new(gateway::route::Schedule::new(
         config.gateway.swap_schedule,
@@ -79,9 +103,12 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         backoff: reconcile_config_backoff(&config),
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
         activity: schedule.activity(),
+        authority: authority.clone(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
+    joined.publish_demand(schedule.queues(), shutdown.clone());
+    joined.publish_fleet(fleet_saved, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
@@ -105,14 +132,9 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         timeouts,
         parallelism: config.reconcile.parallelism,
         reconciler,
+        cluster: joined.view.clone(),
     });
     let probe_task = tokio::spawn(gateway::admission::probe_delay(state.admission.clone(), shutdown.clone()));
-    let api = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
     tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, ui = %format!("http://{}/ui", metrics.local_addr()?), "cortex is serving");
 
     let signals = shutdown.clone();
@@ -127,9 +149,146 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     );
     shutdown.cancel();
     let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task);
+    // A leader hands over (resigns, revokes its lease) before the process ends.
+    if let Some(task) = joined.task {
+        let _ = task.await;
+    }
     api_result.context("the inference API failed")?;
     metrics_result.context("the metrics listener failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The fleet to serve when the fleet directory's own is invalid (or unreadable) at start: the
+/// one the cluster's leader published, else the copy kept on local disk, else an empty fleet
+/// (the API answers, nothing is served, the status says why), never a refusal to start.
+async fn fall_back(
+    mut loaded: fleetwatch::Loaded,
+    keep: Option<&LastGood>,
+    config: &Config,
+) -> fleetwatch::Loaded {
+    let published = published_fleet(config).await;
+    let saved = published.or_else(|| keep.and_then(LastGood::read));
+    let restored = saved.and_then(|saved| Some((saved.fleet()?, saved)));
+    let (fleet, fallback) = match restored {
+        Some((fleet, saved)) => {
+            loaded.status.revision = saved.revision.clone();
+            loaded.status.digest = fleet.digest.clone();
+            (fleet, saved.describe())
+        }
+        None => match plans::fleet::load(&[]).fleet {
+            Some(empty) => {
+                (empty, "an empty fleet (no good fleet was kept): fix the fleet directory".to_owned())
+            }
+            None => return loaded,
+        },
+    };
+    tracing::warn!("the fleet directory holds no valid fleet; serving {fallback}");
+    loaded.status.fallback = Some(fallback);
+    loaded.status.valid = false;
+    loaded.fleet = Some(fleet);
+    loaded.files = Vec::new();
+    loaded
+}
+
+/// The last good fleet the cluster's leader published, when this replica is in one and etcd
+/// answers in time.
+#[cfg(feature = "cluster")]
+async fn published_fleet(config: &Config) -> Option<SavedFleet> {
+    let settings = crate::cluster::Settings::from_config(config.cluster.as_ref()?, config.listen).ok()?;
+    match crate::cluster::published_fleet(&settings).await {
+        Ok(saved) => saved,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster's last good fleet from etcd");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn published_fleet(_config: &Config) -> Option<SavedFleet> {
+    None
+}
+
+/// This daemon's place: standalone (it always acts), or a replica of the cluster `[cluster]`
+/// names (it acts while it leads).
+struct Joined {
+    authority: watch::Receiver<Authority>,
+    /// Standalone: the authority's sender, kept as long as the daemon runs.
+    _standalone: Option<watch::Sender<Authority>>,
+    view: Option<watch::Receiver<Arc<ClusterStatus>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Cluster>,
+}
+
+impl Joined {
+    fn publish_demand(&self, queues: watch::Receiver<Arc<Vec<QueueStatus>>>, shutdown: CancellationToken) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_demand(queues, shutdown);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = (queues, shutdown);
+    }
+
+    fn publish_fleet(&self, saved: watch::Receiver<Option<Arc<SavedFleet>>>, shutdown: CancellationToken) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            crate::cluster::publish_fleet(cluster.clone(), saved, shutdown);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = (saved, shutdown);
+    }
+}
+
+fn standalone() -> Joined {
+    let (sender, authority) = watch::channel(Authority::Standalone);
+    Joined {
+        authority,
+        _standalone: Some(sender),
+        view: None,
+        task: None,
+        #[cfg(feature = "cluster")]
+        cluster: None,
+    }
+}
+
+#[cfg(feature = "cluster")]
+async fn join(
+    config: &Config,
+    (api, operator): (SocketAddr, SocketAddr),
+    poller: &PollerHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Joined> {
+    let Some(cluster) = &config.cluster else { return Ok(standalone()) };
+    let settings = crate::cluster::Settings::from_config(cluster, api).map_err(|e| anyhow::anyhow!(e))?;
+    let me = crate::cluster::record(&settings.replica, api, operator);
+    tracing::info!(replica = %settings.replica, etcd = ?settings.endpoints, lease_ttl = ?settings.lease_ttl, "joining the cluster");
+    let prepare = crate::cluster::fence_neurons(poller.clone(), config.gateway.neuron_timeout);
+    let (cluster, task) = crate::cluster::start(settings, me, prepare, shutdown)
+        .await
+        .context("cannot set up the etcd client")?;
+    Ok(Joined {
+        authority: cluster.authority.clone(),
+        _standalone: None,
+        view: Some(cluster.view.clone()),
+        task: Some(task),
+        cluster: Some(cluster),
+    })
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn join(
+    config: &Config,
+    _addresses: (SocketAddr, SocketAddr),
+    _poller: &PollerHandle,
+    _shutdown: CancellationToken,
+) -> anyhow::Result<Joined> {
+    anyhow::ensure!(
+        config.cluster.is_none(),
+        "cortex.toml has [cluster], but this cortex was built without cluster support (cargo feature `cluster`, on by default)"
+    );
+    Ok(standalone())
 }
 
 fn reconcile_config_backoff(config: &Config) -> BackoffPolicy {

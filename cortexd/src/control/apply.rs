@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use plans::plan::{Action, ActionKind, Plan};
 use tokio::sync::Semaphore;
 
+use crate::control::authority::Mandate;
 use crate::control::execute::{self, ExecError, ExecTimeouts};
 use crate::control::neuron_client::NeuronClient;
 
@@ -71,12 +72,14 @@ impl ApplyReport {
     }
 }
 
-/// Apply `plan` through `clients`. `progress` is called as actions start and finish.
+/// Apply `plan` through `clients`, under a cluster leader's `mandate` when given. `progress` is
+/// called as actions start and finish.
 pub async fn apply(
     plan: &Plan,
     clients: &crate::control::poller::Clients,
     parallelism: usize,
     timeouts: ExecTimeouts,
+    mandate: Option<Mandate>,
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> ApplyReport {
     // Actions are independent across neurons; within a neuron they run in plan order, which
@@ -91,11 +94,12 @@ pub async fn apply(
         let client = clients.get(&neuron).cloned();
         let permits = permits.clone();
         let progress = progress.clone();
+        let mandate = mandate.clone();
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return ChainReport { outcomes: Vec::new(), conflicts: Vec::new() };
             };
-            run_chain(client, chain, timeouts, progress.as_ref()).await
+            run_chain(client, chain, timeouts, mandate.as_ref(), progress.as_ref()).await
         });
     }
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -133,6 +137,7 @@ async fn run_chain(
     client: Option<Arc<NeuronClient>>,
     chain: Vec<Action>,
     timeouts: ExecTimeouts,
+    mandate: Option<&Mandate>,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> ChainReport {
     let mut report = ChainReport { outcomes: Vec::with_capacity(chain.len()), conflicts: Vec::new() };
@@ -154,7 +159,7 @@ async fn run_chain(
         progress(Progress::Started(action.clone()));
         let started = Instant::now();
         let result = match &client {
-            Some(client) => execute::run(client, &action, expected, timeouts).await,
+            Some(client) => execute::run_as(client, &action, expected, mandate, timeouts).await,
             None => Err(ExecError::NoProfile {
                 id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron),
             }),
@@ -166,7 +171,7 @@ async fn run_chain(
             }
             Err(error) => {
                 not_done.insert(action.id.clone());
-                if error.is_conflict() {
+                if error.is_conflict() || error.is_fenced() {
                     report.conflicts.push(action.id.clone());
                 }
                 generation = error.generation_after(expected).map(Some).ok_or_else(|| {

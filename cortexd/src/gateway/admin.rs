@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
+use crate::control::cluster_status::{self, ClusterStatus};
 use crate::control::execute::ExecTimeouts;
 use crate::control::reconciler::ReconcileHandle;
 use crate::control::status::DaemonStatus;
@@ -26,6 +27,8 @@ pub struct Admin {
     pub parallelism: usize,
     /// Asks the reconciler for a pass.
     pub reconciler: ReconcileHandle,
+    /// Cluster mode: the cluster as this replica sees it (`None` standalone).
+    pub cluster: Option<watch::Receiver<Arc<ClusterStatus>>>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -54,6 +57,11 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Respon
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
             status.contention = state.schedule.contention();
+            if let Some(cluster) = &admin.cluster {
+                let view = cluster.borrow().as_ref().clone();
+                status.conditions.push(cluster_status::condition(&view));
+                status.cluster = Some(view);
+            }
             axum::Json(status).into_response()
         }
         Err((status, message)) => error(status, message),
@@ -84,9 +92,15 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
     if !stale.is_empty() {
         return error(StatusCode::CONFLICT, format!("the saved plan is stale:\n  {}", stale.join("\n  ")));
     }
-    let report =
-        apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {}))
-            .await;
+    let report = apply::apply(
+        &file.plan,
+        &observed.clients,
+        admin.parallelism,
+        admin.timeouts,
+        None,
+        Arc::new(|_| {}),
+    )
+    .await;
     state.poller.kick();
     let outcomes = report
         .outcomes
