@@ -67,10 +67,9 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
 
     // Failed cold loads back off like the reconciler's actions.
-    let scheduler = Arc::new(gateway::core::scheduler::Scheduler::new(
-        config.gateway.swap_schedule,
-        reconcile_config_backoff(&config),
-    ));
+    let keys = ApiKeys::new(config.client_keys()?);
+    let state = AppState::new(fleet_receiver.clone(), poller.clone(), keys, config.gateway.clone())
+        .with_load_backoff(reconcile_config_backoff(&config));
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let reconcile_config = ReconcileConfig {
         resync: config.reconcile.resync,
@@ -78,7 +77,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         timeouts,
         backoff: reconcile_config_backoff(&config),
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
-        activity: scheduler.activity(),
+        activity: state.scheduler.activity(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
@@ -90,17 +89,14 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         fleet: fleet_receiver.clone(),
         observed: poller.observed.clone(),
         status: status.clone(),
-        queues: scheduler.queues(),
-        traffic: gateway::core::traffic::GLOBAL.clone(),
+        queues: state.scheduler.queues(),
+        traffic: state.traffic.clone(),
     };
     let (ui_feed, ui_task) = crate::operator::ui::feed::spawn(ui_sources, shutdown.clone());
     let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(
         crate::operator::ui::Ui::new(ui_feed, config.admin_key.as_deref()),
     ));
-    let mut state =
-        AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
-    state.scheduler = scheduler;
-    state.admin = config.admin_key.clone().map(|key| Admin {
+    let admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
         timeouts,
@@ -109,6 +105,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
     let probe_task =
         tokio::spawn(gateway::core::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    // The admin API answers on the inference listener, beside the routes it administers.
+    let api_router = gateway::app(state.clone()).merge(crate::operator::admin::router(state, admin));
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -124,7 +122,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         signals.cancel();
     });
     let (api_result, metrics_result) = tokio::join!(
-        gateway::serve(api, state, shutdown.clone()),
+        gateway::serve(api, api_router, config.gateway.max_body_bytes, shutdown.clone()),
         crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();
