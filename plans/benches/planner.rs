@@ -144,6 +144,7 @@ fn scenario(models: usize, neurons: usize) -> (Fleet, Topology) {
             })
             .collect(),
         models: specs,
+        keys: Vec::new(),
         digest: "sha256:bench".to_owned(),
     };
     (fleet, Topology::new(NOW - 2_000, statuses))

@@ -1,13 +1,15 @@
-//! The desired state: a validated [`Fleet`] of policy, neurons and models (spec §2), and the
-//! serving [`Profile`] that decides how an engine is started.
+//! The desired state: a validated [`Fleet`] of policy, neurons, models and client keys (spec §2),
+//! and the serving [`Profile`] that decides how an engine is started.
 //!
 //! Parsing and validation of `fleet/*.toml` live in `fleet/load.rs`; a `Fleet` only exists once
 //! every check has passed (preconditions in types: the planner never sees raw TOML).
 
 use std::collections::BTreeMap;
 
+pub mod keys;
 mod load;
 
+pub use keys::{KeyLimits, KeySpec, OperatorAccess, Priority};
 pub use load::{FleetLoad, load};
 
 /// How the planner picks models to unload when a neuron needs room.
@@ -242,6 +244,9 @@ pub struct Fleet {
     pub neurons: Vec<NeuronSpec>,
     /// In declaration order (files sorted by path, then order within a file).
     pub models: Vec<ModelSpec>,
+    /// Client keys (`[[key]]`), in declaration order.
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
     /// `sha256:<hex>` over every file's path and content: identifies this exact fleet.
     pub digest: String,
 }

@@ -266,7 +266,7 @@ fn build(
         .collect();
     statuses.sort_by(|a, b| a.name.cmp(&b.name));
     Scenario {
-        fleet: Fleet { policy, neurons, models, digest: "sha256:0000".to_owned() },
+        fleet: Fleet { policy, neurons, models, keys: Vec::new(), digest: "sha256:0000".to_owned() },
         topology: Topology::new(NOW - 1000, statuses),
         prune,
     }
