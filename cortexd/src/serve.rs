@@ -21,9 +21,9 @@ use crate::control::lastgood::{LastGood, SavedFleet};
 use crate::control::poller::PollerHandle;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
 use crate::control::status::QueueStatus;
-use crate::gateway::admin::Admin;
-use crate::gateway::auth::ApiKeys;
+use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::{self, AppState};
+use crate::operator::admin::Admin;
 
 pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -91,10 +91,9 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let joined = join(&config, addresses, &poller, shutdown.clone()).await?;
     let authority = joined.authority.clone();
     // Failed cold loads back off like the reconciler's actions.
-    let schedule = Arc::new(gateway::route::Schedule::new(
-        config.gateway.swap_schedule,
-        reconcile_config_backoff(&config),
-    ));
+    let keys = ApiKeys::new(config.client_keys()?);
+    let state = AppState::new(fleet_receiver.clone(), poller.clone(), keys, config.gateway.clone())
+        .with_load_backoff(reconcile_config_backoff(&config));
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let reconcile_config = ReconcileConfig {
         resync: config.reconcile.resync,
@@ -102,31 +101,29 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         timeouts,
         backoff: reconcile_config_backoff(&config),
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
-        activity: schedule.activity(),
+        activity: state.scheduler.activity(),
         authority: authority.clone(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
-    joined.publish_demand(schedule.queues(), shutdown.clone());
+    joined.publish_demand(state.scheduler.queues(), shutdown.clone());
     joined.publish_fleet(fleet_saved, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
     // operator listener.
-    let ui_sources = gateway::ui::feed::Sources {
+    let ui_sources = crate::operator::ui::feed::Sources {
         fleet: fleet_receiver.clone(),
         observed: poller.observed.clone(),
         status: status.clone(),
-        queues: schedule.queues(),
-        traffic: gateway::traffic::GLOBAL.clone(),
+        queues: state.scheduler.queues(),
+        traffic: state.traffic.clone(),
     };
-    let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
-    let operator = crate::metrics::router(prometheus)
-        .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
-    let mut state =
-        AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
-    state.schedule = schedule;
-    state.admin = config.admin_key.clone().map(|key| Admin {
+    let (ui_feed, ui_task) = crate::operator::ui::feed::spawn(ui_sources, shutdown.clone());
+    let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(
+        crate::operator::ui::Ui::new(ui_feed, config.admin_key.as_deref()),
+    ));
+    let admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
         timeouts,
@@ -134,7 +131,10 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         reconciler,
         cluster: joined.view.clone(),
     });
-    let probe_task = tokio::spawn(gateway::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    let probe_task =
+        tokio::spawn(gateway::core::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    // The admin API answers on the inference listener, beside the routes it administers.
+    let api_router = gateway::app(state.clone()).merge(crate::operator::admin::router(state, admin));
     tracing::info!(api = %api.local_addr()?, metrics = %metrics.local_addr()?, ui = %format!("http://{}/ui", metrics.local_addr()?), "cortex is serving");
 
     let signals = shutdown.clone();
@@ -144,7 +144,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         signals.cancel();
     });
     let (api_result, metrics_result) = tokio::join!(
-        gateway::serve(api, state, shutdown.clone()),
+        gateway::serve(api, api_router, config.gateway.max_body_bytes, shutdown.clone()),
         crate::metrics::serve(metrics, operator, shutdown.clone())
     );
     shutdown.cancel();

@@ -1,7 +1,7 @@
 //! Golden tests of OpenAI Chat Completions response → Anthropic message (non-streaming).
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::anthropic::chat_to_message;
+use cortexd::gateway::dialects::anthropic::chat_to_message;
 use expect_test::{Expect, expect};
 
 /// Translates `response` (JSON text) for a client that asked for `qwen3:8b`.

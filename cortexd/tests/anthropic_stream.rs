@@ -4,8 +4,8 @@
 //! official anthropic SDK and Claude Code rely on.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
-use cortexd::gateway::sse::{self, SseParser};
+use cortexd::gateway::dialects::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
+use cortexd::gateway::transport::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 
@@ -604,9 +604,9 @@ fn native_message_tool_use_gets_its_input() {
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "call_x", "name": "get_weather"},
     ]});
-    assert!(cortexd::gateway::anthropic::fix_native_message(&mut message));
+    assert!(cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
     assert_eq!(message["content"][1]["input"], serde_json::json!({}));
-    assert!(!cortexd::gateway::anthropic::fix_native_message(&mut message));
+    assert!(!cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
 }
 
 /// Runs raw upstream bytes (fed in `pieces`) through `push_event` into a `BytesMut`, as the

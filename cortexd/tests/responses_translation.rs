@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use cortexd::gateway::responses::request::{ToolNames, request_to_chat};
-use cortexd::gateway::responses::response::{chat_to_response, skeleton};
-use cortexd::gateway::responses::stream::StreamTranslator;
-use cortexd::gateway::sse::{self, SseParser};
+use cortexd::gateway::dialects::responses::request::{ToolNames, request_to_chat};
+use cortexd::gateway::dialects::responses::response::{chat_to_response, skeleton};
+use cortexd::gateway::dialects::responses::stream::StreamTranslator;
+use cortexd::gateway::transport::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cluster_status;
 pub mod execute;
 pub mod fleetdir;
+pub mod fleetedit;
 pub mod fleetwatch;
 pub mod lastgood;
 pub mod neuron_client;
