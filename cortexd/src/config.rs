@@ -19,8 +19,7 @@ pub struct Config {
     pub api_keys_file: Option<PathBuf>,
     /// The key for the admin API; without one the admin API is disabled.
     pub admin_key: Option<String>,
-    /// The per-key usage store (a redb file); unset: `usage.redb` in the state directory
-    /// ([`Config::usage_store_path`]).
+    /// The per-key usage store (a redb file); unset: `usage.redb` in `state_dir`.
     pub usage_store: Option<PathBuf>,
     /// The bearer token cortex presents to neurons.
     pub neuron_token: Option<String>,
@@ -29,6 +28,39 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub poll: PollConfig,
     pub reconcile: ReconcileSettings,
+    /// Where cortex keeps what it needs across restarts (the last good fleet); default
+    /// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/cortex`, else `~/.local/state/cortex`.
+    pub state_dir: Option<PathBuf>,
+    /// `[cluster]`: run as one replica of a highly available cluster on etcd; absent, cortex is
+    /// a standalone daemon and uses no etcd at all.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (docs/operations.md, "Running several replicas").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd v3 client endpoints, e.g. `["http://10.0.0.5:2379"]`.
+    pub etcd: Vec<String>,
+    /// This replica's name, unique in the cluster; default: the host name and the API port.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// How long a dead leader holds the cluster: a new one acts within about this long.
+    #[serde(with = "duration", default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl: Duration,
+    /// Every key cortex writes starts with this, so that several fleets can share one etcd.
+    #[serde(default = "ClusterConfig::default_prefix")]
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    fn default_lease_ttl() -> Duration {
+        Duration::from_secs(3)
+    }
+
+    fn default_prefix() -> String {
+        "/cortex".to_owned()
+    }
 }
 
 impl Default for Config {
@@ -45,6 +77,8 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             poll: PollConfig::default(),
             reconcile: ReconcileSettings::default(),
+            state_dir: None,
+            cluster: None,
         }
     }
 }
@@ -189,18 +223,28 @@ impl Config {
         Ok(keys)
     }
 
-    /// Where the per-key usage store lives: `usage_store`, else `usage.redb` in systemd's
-    /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/cortex` or `~/.local/state/cortex`; `None` when
-    /// none of them is known (usage is then kept in memory).
-    pub fn usage_store_path(&self) -> Option<PathBuf> {
-        if let Some(path) = &self.usage_store {
-            return Some(path.clone());
+    /// Where the per-key usage store lives: `usage_store`, else `usage.redb` in the state
+    /// directory.
+    pub fn usage_store_path(&self) -> PathBuf {
+        self.usage_store.clone().unwrap_or_else(|| self.state_dir().join("usage.redb"))
+    }
+
+    /// The state directory (see [`Config::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
         }
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let dir = var("STATE_DIRECTORY")
-            .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("cortex")))
-            .or_else(|| var("HOME").map(|d| d.join(".local/state/cortex")))?;
-        Some(dir.join("usage.redb"))
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(dir) = env("STATE_DIRECTORY") {
+            // systemd's StateDirectory= may list several, separated by colons.
+            let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+            return first.unwrap_or(dir);
+        }
+        match (env("XDG_STATE_HOME"), env("HOME")) {
+            (Some(state), _) => state.join("cortex"),
+            (None, Some(home)) => home.join(".local/state/cortex"),
+            (None, None) => PathBuf::from(".cortex-state"),
+        }
     }
 
     /// The token for neurons: `neuron_token`, else `neuron_token_file`, else `$CORTEX_NEURON_TOKEN`.
@@ -243,6 +287,17 @@ mod tests {
         assert_eq!(config.listen.port(), 31313);
         assert_eq!(config.gateway.max_wait, Duration::from_secs(90));
         assert_eq!(config.poll.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_cluster_table_is_optional_and_has_defaults() {
+        assert_eq!(Config::parse("").expect("valid").cluster, None, "standalone without it");
+        let config = Config::parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        assert_eq!((cluster.lease_ttl, cluster.prefix.as_str()), (Duration::from_secs(3), "/cortex"));
+        assert_eq!(cluster.replica, None);
+        let err = Config::parse("[cluster]\netcd = []\nleader = true\n").expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `leader`"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub mod usage;
 
 pub mod control;
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
+
 pub mod gateway;
 
 pub mod operator;

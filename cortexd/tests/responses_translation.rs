@@ -35,12 +35,12 @@ fn translate(request: &Value, upstream: &str) -> String {
     let mut out = String::new();
     let mut parser = SseParser::new();
     let mut on_event = |event: sse::SseEvent<'_>| -> Result<(), ()> {
-        translator.push(event.data, &mut out);
+        let _ = translator.push(event.data, &mut out);
         Ok(())
     };
     parser.feed(upstream.as_bytes(), &mut on_event).unwrap();
     parser.finish(&mut on_event).unwrap();
-    translator.finish(&mut out);
+    let _ = translator.finish(&mut out);
     out
 }
 

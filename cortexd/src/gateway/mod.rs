@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 pub use crate::gateway::core::state::AppState;
 use crate::gateway::dialects::fallback::{health, no_route, wrong_method};
 use crate::gateway::dialects::{anthropic, openai, responses};
-use crate::operator::admin;
 
 /// The inference API's routes. The OpenAI and Anthropic routes answer under `/v1` and also
 /// without it, as llama-server and other gateways do: a client configured with a base URL that
@@ -23,9 +22,6 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     api_routes(api_routes(Router::new(), "/v1"), "")
         .route("/health", get(health))
-        .route("/admin/status", get(admin::status))
-        .route("/admin/apply", post(admin::apply))
-        .route("/admin/reconcile", post(admin::reconcile).fallback(wrong_method))
         .fallback(no_route)
         // Bodies are read by the handlers themselves so that a too-large body is a 413 in
         // the route's dialect; axum's own limit is set just above ours as a backstop.
@@ -52,12 +48,13 @@ fn api_routes(router: Router<AppState>, prefix: &str) -> Router<AppState> {
         .route(&at("/models/{*id}"), get(openai::models::retrieve).fallback(wrong_method))
 }
 
-/// Serve the inference API on `listener` until `shutdown` fires.
+/// Serve `app` (the inference API's router, with whatever the daemon merged into it) on
+/// `listener` until `shutdown` fires; request bodies are read up to `max_body_bytes`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    app: Router,
+    max_body_bytes: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let max_body = state.limits.max_body_bytes;
-    transport::listen::serve(listener, app(state), max_body, shutdown).await
+    transport::listen::serve(listener, app, max_body_bytes, shutdown).await
 }

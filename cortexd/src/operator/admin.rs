@@ -4,18 +4,44 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use plans::plan::PlanFile;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
+use crate::control::cluster_status::{self, ClusterStatus};
 use crate::control::execute::ExecTimeouts;
 use crate::control::reconciler::ReconcileHandle;
 use crate::control::status::DaemonStatus;
-use crate::gateway::core::state::AppState;
+use crate::gateway::AppState;
+use crate::gateway::dialects::fallback::wrong_method;
+
+/// The admin routes, served on the inference listener beside the API (merged into
+/// `gateway::app`'s router by the daemon). Without an admin key (`admin: None`) every route
+/// answers 404 and says how to enable it.
+pub fn router(gateway: AppState, admin: Option<Admin>) -> Router {
+    let body_limit = gateway.limits.max_body_bytes;
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/apply", post(apply))
+        .route("/admin/reconcile", post(reconcile).fallback(wrong_method))
+        // A plan file is bounded like an inference body.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))
+        .with_state(AdminState { gateway, admin })
+}
+
+/// The admin routes' state: the gateway's (fleet, observations, scheduler) and the admin
+/// settings.
+#[derive(Clone)]
+struct AdminState {
+    gateway: AppState,
+    admin: Option<Admin>,
+}
 
 /// What the admin routes need besides the gateway's state.
 #[derive(Clone)]
@@ -26,6 +52,8 @@ pub struct Admin {
     pub parallelism: usize,
     /// Asks the reconciler for a pass.
     pub reconciler: ReconcileHandle,
+    /// Cluster mode: the cluster as this replica sees it (`None` standalone).
+    pub cluster: Option<watch::Receiver<Arc<ClusterStatus>>>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -33,7 +61,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// The admin settings if the request carries the admin key, else the response to send.
-fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin, (StatusCode, &'static str)> {
+fn authorised<'a>(
+    state: &'a AdminState,
+    headers: &HeaderMap,
+) -> Result<&'a Admin, (StatusCode, &'static str)> {
     let Some(admin) = state.admin.as_ref() else {
         return Err((StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
     };
@@ -49,11 +80,16 @@ fn authorised<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Admin,
     }
 }
 
-pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     match authorised(&state, &headers) {
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
-            status.contention = state.scheduler.contention();
+            status.contention = state.gateway.scheduler.contention();
+            if let Some(cluster) = &admin.cluster {
+                let view = cluster.borrow().as_ref().clone();
+                status.conditions.push(cluster_status::condition(&view));
+                status.cluster = Some(view);
+            }
             axum::Json(status).into_response()
         }
         Err((status, message)) => error(status, message),
@@ -69,7 +105,7 @@ pub struct ApplyResponse {
     pub outcomes: Vec<(String, String)>,
 }
 
-pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: String) -> Response {
     let admin = match authorised(&state, &headers) {
         Ok(admin) => admin.clone(),
         Err((status, message)) => return error(status, message),
@@ -78,16 +114,22 @@ pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Stri
         Ok(file) => file,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
     };
-    let fleet = state.fleet();
-    let observed = state.observed();
+    let fleet = state.gateway.fleet();
+    let observed = state.gateway.observed();
     let stale = file.staleness(&fleet.digest, &observed.topology);
     if !stale.is_empty() {
         return error(StatusCode::CONFLICT, format!("the saved plan is stale:\n  {}", stale.join("\n  ")));
     }
-    let report =
-        apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {}))
-            .await;
-    state.poller.kick();
+    let report = apply::apply(
+        &file.plan,
+        &observed.clients,
+        admin.parallelism,
+        admin.timeouts,
+        None,
+        Arc::new(|_| {}),
+    )
+    .await;
+    state.gateway.poller.kick();
     let outcomes = report
         .outcomes
         .iter()
@@ -116,7 +158,7 @@ pub struct ReconcileResponse {
 /// `POST /admin/reconcile`: ask for a reconcile pass now; it clears every backoff, as SIGHUP
 /// does. Answers 202 at once: the pass runs after the one in progress, if any, and shows in
 /// `GET /admin/status` under the trigger `admin_request`.
-pub async fn reconcile(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn reconcile(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     let admin = match authorised(&state, &headers) {
         Ok(admin) => admin,
         Err((status, message)) => return error(status, message),

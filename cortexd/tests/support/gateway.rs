@@ -7,6 +7,7 @@ use std::time::Duration;
 use cortexd::config::{GatewayConfig, PollConfig};
 use cortexd::control::poller::PollerHandle;
 use cortexd::gateway::core::auth::ApiKeys;
+use cortexd::gateway::core::traffic::Traffic;
 use cortexd::gateway::{self, AppState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Gateway {
     pub url: String,
     pub poller: PollerHandle,
+    /// The gateway's traffic window (the fleet page's charts).
+    pub traffic: Arc<Traffic>,
     pub shutdown: CancellationToken,
     /// The fleet in force: send a new one to reload.
     pub fleet: watch::Sender<Arc<plans::fleet::Fleet>>,
@@ -43,7 +46,9 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let keys = state.keys.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(gateway::serve(listener, state, shutdown.clone()));
+    let traffic = state.traffic.clone();
+    let max_body = state.limits.max_body_bytes;
+    tokio::spawn(gateway::serve(listener, gateway::app(state), max_body, shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -54,7 +59,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     .await
     .expect("neurons observed within 10 s")
     .expect("poller running");
-    Gateway { url, poller, shutdown, fleet: sender, keys }
+    Gateway { url, poller, traffic, shutdown, fleet: sender, keys }
 }
 
 /// Limits suitable for tests: short waits, small queues.

@@ -78,8 +78,8 @@ impl ApiError {
         }
     }
 
-    /// The `type` of the error in `dialect`.
-    fn kind(&self, dialect: Dialect) -> &'static str {
+    /// The `type` of the error in `dialect` (`error.type` in the body).
+    pub fn error_type(&self, dialect: Dialect) -> &'static str {
         match (dialect, self) {
             (Dialect::Anthropic, _) => self.anthropic_kind(),
             (
@@ -146,13 +146,13 @@ impl ApiError {
         match dialect {
             Dialect::OpenAi | Dialect::Responses => serde_json::json!({"error": {
                 "message": message,
-                "type": self.kind(dialect),
+                "type": self.error_type(dialect),
                 "param": null,
                 "code": self.openai_code(),
             }}),
             Dialect::Anthropic => serde_json::json!({
                 "type": "error",
-                "error": {"type": self.kind(dialect), "message": message},
+                "error": {"type": self.error_type(dialect), "message": message},
             }),
         }
     }

@@ -4,7 +4,7 @@
 //! on the client's behalf is removed again.
 
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,9 +17,11 @@ use hyper::body::Frame;
 use memchr::memmem::Finder;
 
 use crate::control::neuron_client::error_message;
+use crate::gateway::core::admission::Admitted;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::request_metrics::{InFlightGuard, Outcome};
 use crate::gateway::core::target::Target;
+use crate::gateway::core::traffic::Traffic;
 use crate::gateway::transport::upstream::{self, InferenceClient};
 
 /// What to do with a streamed response on its way to the client.
@@ -66,9 +68,11 @@ pub struct Exchange {
     pub guard: InFlightGuard,
     pub on_response_id: Option<IdSink>,
     /// The request's place under the gateway's in-flight bound, held until the body ends.
-    pub admitted: Option<std::sync::Arc<crate::gateway::core::admission::Admitted>>,
+    pub admitted: Option<Arc<Admitted>>,
+    /// The window the request is added to when it ends.
+    pub traffic: Arc<Traffic>,
     /// The caller's key: the body settles its reservation with the engine's usage at the end.
-    pub grant: std::sync::Arc<crate::gateway::core::keys::Grant>,
+    pub grant: Arc<crate::gateway::core::keys::Grant>,
 }
 
 /// One request to a neuron's inference routes.
@@ -382,7 +386,7 @@ impl HttpBody for Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let exchange = &self.exchange;
-        crate::gateway::core::traffic::add(
+        exchange.traffic.add(
             &exchange.target.model,
             exchange.started,
             self.first_event_at,

@@ -27,8 +27,7 @@ use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::{self, Exchange, StreamEdit};
 use crate::gateway::core::keys::Grant;
 use crate::gateway::core::request_metrics::{self, InFlightGuard};
-use crate::gateway::core::routing;
-use crate::gateway::core::scheduler::shell::{LoadTicket, Resolution};
+use crate::gateway::core::routing::{self, Queued, Resolution};
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 
@@ -259,7 +258,7 @@ pub fn count_failure(state: &AppState, name: &str, started: Instant, error: &Api
         None if state.observed().topology.neurons.iter().any(|n| n.model(name).is_some()) => name.to_owned(),
         None => return,
     };
-    crate::gateway::core::traffic::add(&id, started, None, None, true);
+    state.traffic.add(&id, started, None, None, true);
 }
 
 /// The error response for a request that did not get a response from an engine, counted in
@@ -273,7 +272,7 @@ pub fn rejected(error: ApiError, route: &'static str, dialect: Dialect) -> Respo
 }
 
 /// Wait for a cold load, recording how long the request queued.
-pub async fn wait(ticket: LoadTicket, started: Instant, model: &str) -> Result<Target, ApiError> {
+pub async fn wait(ticket: Queued, started: Instant, model: &str) -> Result<Target, ApiError> {
     let result = ticket.wait().await;
     metrics::histogram!("cortex_queue_wait_seconds", "model" => model.to_owned())
         .record(started.elapsed().as_secs_f64());
@@ -387,6 +386,7 @@ pub async fn forward(
         guard,
         on_response_id: upstream.on_response_id,
         admitted: checked.admitted.clone(),
+        traffic: state.traffic.clone(),
         grant: checked.grant.clone(),
     };
     Ok(forward::respond(response, exchange, upstream.stream, upstream.edit))
@@ -413,7 +413,7 @@ pub async fn read_json(response: Response) -> Result<serde_json::Value, ApiError
 /// keep-alives go out while it waits, so clients do not time out, then the upstream stream
 /// follows (or an error event in the route's dialect). One body stream, no relay task: once
 /// the engine's answer is there its chunks go straight to the client.
-fn waiting_stream<F, Fut>(state: AppState, ticket: LoadTicket, checked: Checked, adapter: F) -> Response
+fn waiting_stream<F, Fut>(state: AppState, ticket: Queued, checked: Checked, adapter: F) -> Response
 where
     F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,

@@ -7,14 +7,36 @@
 //! neuron reported going; a request the neuron still refuses that way (a race with someone
 //! else's unload) is queued again ([`send`]), never failed.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::forward;
-use crate::gateway::core::scheduler::shell::{self, Resolution};
+use crate::gateway::core::scheduler::{Arrived, LoadTicket, Permit};
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 use crate::gateway::transport::upstream;
+
+/// The outcome of resolving a model name: served now, or a place in its queue.
+pub enum Resolution {
+    Ready(Target),
+    Waiting(Queued),
+}
+
+/// A request waiting in its model's queue. Dropping it (the client left) leaves the queue.
+pub struct Queued {
+    ticket: LoadTicket,
+    state: AppState,
+}
+
+impl Queued {
+    /// Wait until the scheduler admits the request (or refuses it on its own bounds).
+    pub async fn wait(self) -> Result<Target, ApiError> {
+        let permit = self.ticket.wait().await?;
+        target(&self.state, permit)
+    }
+}
 
 /// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet).
 pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
@@ -27,13 +49,44 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
             return Err(ApiError::UnknownModel(name.to_owned()));
         }
     }
-    shell::arrive(state, &fleet, id)
+    match state.scheduler.arrive(&fleet, id)? {
+        Arrived::Now(permit) => Ok(Resolution::Ready(target(state, permit)?)),
+        Arrived::Queued(ticket) => Ok(Resolution::Waiting(Queued { ticket, state: state.clone() })),
+    }
 }
 
 /// Admit a request that can only go to `model` on `neuron` (it continues a response that copy
 /// made): `None` when that copy does not serve it now.
 pub fn resolve_on(state: &AppState, model: &str, neuron: &str) -> Result<Option<Target>, ApiError> {
-    shell::arrive_on(state, model, neuron)
+    let Some(permit) = state.scheduler.arrive_on(model, neuron) else {
+        return Ok(None);
+    };
+    Ok(Some(Target { pinned: true, ..target(state, permit)? }))
+}
+
+/// The target of an admitted request: the client of the permit's neuron and the harness the
+/// model runs under there (the fleet's, before the neuron reports it).
+fn target(state: &AppState, permit: Permit) -> Result<Target, ApiError> {
+    let observed = state.observed();
+    let (model, neuron) = (permit.model(), permit.neuron());
+    let client = observed
+        .clients
+        .get(neuron)
+        .ok_or_else(|| ApiError::Internal(format!("no client for neuron {neuron}")))?;
+    let harness = observed
+        .topology
+        .neuron(neuron)
+        .and_then(|n| n.model(model))
+        .map(|m| m.harness.clone())
+        .or_else(|| state.fleet().model(model).map(|m| m.profile.harness.clone()))
+        .unwrap_or_default();
+    Ok(Target {
+        model: model.to_owned(),
+        neuron: client.clone(),
+        harness,
+        permit: Some(Arc::new(permit)),
+        pinned: false,
+    })
 }
 
 /// How often one request may be re-queued because the copy it was sent to went away.
@@ -75,7 +128,7 @@ pub async fn send(
             return Err(forward::upstream_error_from(status, &body, ctx_size));
         }
         let (model, neuron) = (target.model.clone(), target.neuron.name.clone());
-        shell::lost(state, &model, &neuron);
+        state.scheduler.lost(&model, &neuron);
         state.poller.kick();
         if target.pinned {
             return Err(ApiError::BadRequest(format!(

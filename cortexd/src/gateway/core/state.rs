@@ -13,9 +13,9 @@ use crate::gateway::core::admission::Admission;
 use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::core::keys::Keys;
 use crate::gateway::core::scheduler::Scheduler;
+use crate::gateway::core::traffic::Traffic;
 use crate::gateway::dialects::responses::ResponseIndex;
 use crate::gateway::transport::upstream::InferenceClient;
-use crate::operator::admin::Admin;
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
 #[derive(Clone)]
@@ -29,8 +29,6 @@ pub struct AppState {
     pub limits: Arc<GatewayConfig>,
     /// The swap scheduler: per-model queues and the loads they wait for.
     pub scheduler: Arc<Scheduler>,
-    /// The admin API, when an admin key is configured.
-    pub admin: Option<Admin>,
     /// Which replica produced each recent Responses id (bounded), for `previous_response_id`
     /// and `GET /v1/responses/{id}`.
     pub response_index: Arc<ResponseIndex>,
@@ -38,27 +36,40 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// The pooled client that forwards inference requests to the neurons.
     pub inference: InferenceClient,
+    /// The recent traffic per model (the fleet page's charts): added to when a request ends.
+    pub traffic: Arc<Traffic>,
 }
 
 impl AppState {
+    /// The gateway's state over the fleet in force and the poller's observations; failed
+    /// cold loads back off under the default policy (see [`AppState::with_load_backoff`]).
     pub fn new(
         fleet: watch::Receiver<Arc<Fleet>>,
         poller: PollerHandle,
         keys: ApiKeys,
         limits: GatewayConfig,
     ) -> Self {
-        let mode = limits.swap_schedule;
+        let limits = Arc::new(limits);
+        let scheduler =
+            Scheduler::new(fleet.clone(), poller.clone(), limits.clone(), BackoffPolicy::default());
         AppState {
             fleet,
             poller,
             keys: Arc::new(Keys::new(keys, crate::usage::Usage::in_memory())),
             admission: Arc::new(Admission::new(limits.max_in_flight, limits.overload_delay)),
-            limits: Arc::new(limits),
-            scheduler: Arc::new(Scheduler::new(mode, BackoffPolicy::default())),
-            admin: None,
+            limits,
+            scheduler,
             response_index: Arc::new(ResponseIndex::default()),
             inference: InferenceClient::default(),
+            traffic: Arc::new(Traffic::default()),
         }
+    }
+
+    /// The same state with a scheduler whose failed cold loads back off under `policy` (the
+    /// reconciler's, so that the gateway and the reconciler give a broken model the same rest).
+    pub fn with_load_backoff(mut self, policy: BackoffPolicy) -> Self {
+        self.scheduler = Scheduler::new(self.fleet.clone(), self.poller.clone(), self.limits.clone(), policy);
+        self
     }
 
     pub fn fleet(&self) -> Arc<Fleet> {

@@ -4,9 +4,12 @@
 //! kept (the one idle longest makes room). Fed by one call when a forwarded request ends, and
 //! one when a request for a known model fails on the fleet's side before an engine answered it
 //! (`gateway::core::pipeline::count_failure`).
+//!
+//! The daemon owns one window (`AppState::traffic`) and hands it to the fleet page's feed; there
+//! is no process-wide window.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::control::poller::now_unix_ms;
@@ -51,23 +54,6 @@ pub struct Traffic {
     models: Mutex<HashMap<String, ModelWindow>>,
 }
 
-/// The process-wide window the gateway records into and the fleet page reads.
-pub static GLOBAL: LazyLock<Arc<Traffic>> = LazyLock::new(|| Arc::new(Traffic::default()));
-
-/// Add one forwarded request that ended to the process-wide window: the gateway's hook, called
-/// where the proxy records the request's metrics. `usage` is `(prompt, completion)` tokens.
-pub fn add(
-    model: &str,
-    started: Instant,
-    first_token_at: Option<Instant>,
-    usage: Option<(u64, u64)>,
-    failed: bool,
-) {
-    let ttft = first_token_at.map(|first| first.duration_since(started));
-    let completion = usage.map_or(0, |(_, completion)| completion);
-    GLOBAL.record_at(now_unix_ms(), model, !failed, ttft, completion);
-}
-
 /// The window as the page's charts read it: for each model, one value per bucket, oldest
 /// first; the last bucket is the one in progress.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -90,6 +76,21 @@ pub struct Series {
 }
 
 impl Traffic {
+    /// Add one request that ended now: the gateway's hook, called where forwarding records the
+    /// request's metrics. `usage` is `(prompt, completion)` tokens.
+    pub fn add(
+        &self,
+        model: &str,
+        started: Instant,
+        first_token_at: Option<Instant>,
+        usage: Option<(u64, u64)>,
+        failed: bool,
+    ) {
+        let ttft = first_token_at.map(|first| first.duration_since(started));
+        let completion = usage.map_or(0, |(_, completion)| completion);
+        self.record_at(now_unix_ms(), model, !failed, ttft, completion);
+    }
+
     /// Record a request that ended at `now_unix_ms`.
     pub fn record_at(&self, now_unix_ms: u64, model: &str, ok: bool, ttft: Option<Duration>, tokens: u64) {
         let epoch = now_unix_ms / 1000 / BUCKET_SECONDS;
@@ -229,12 +230,13 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_hook_records_into_the_process_wide_window() {
+    fn the_gateway_hook_records_into_the_window() {
+        let traffic = Traffic::default();
         let started = Instant::now();
         let first = started + Duration::from_millis(120);
-        add("hook-test-model", started, Some(first), Some((10, 64)), false);
-        add("hook-test-model", started, None, None, true);
-        let window = GLOBAL.window(now_unix_ms());
+        traffic.add("hook-test-model", started, Some(first), Some((10, 64)), false);
+        traffic.add("hook-test-model", started, None, None, true);
+        let window = traffic.window(now_unix_ms());
         let series = window.models.iter().find(|s| s.model == "hook-test-model").expect("the hook's model");
         let (requests, errors, tokens) = (
             series.requests.iter().sum::<u32>(),

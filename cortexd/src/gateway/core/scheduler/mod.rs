@@ -5,4 +5,4 @@
 pub mod machine;
 pub mod shell;
 
-pub use shell::{LoadTicket, Permit, Resolution, Scheduler};
+pub use shell::{Arrived, LoadTicket, Permit, Scheduler};

@@ -1,7 +1,12 @@
 //! The scheduler's shell: it feeds arrivals, completions, observations and finished loads
 //! into the pure state machine ([`crate::gateway::core::scheduler::machine`]), runs the loads
 //! it asks for (placed by the planner's `place_one_with`, the same eviction choice as the
-//! reconciler's), and hands each request its [`Target`] — or its rejection — when one is decided.
+//! reconciler's), and hands each request its [`Permit`] (the copy it may use) — or its
+//! rejection — when one is decided.
+//!
+//! The scheduler owns what it reads (the fleet in force, the poller's observations, the
+//! daemon's limits): it is built once by the daemon and shared as an `Arc`, and nothing in it
+//! knows the gateway's handlers or their state.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,35 +18,34 @@ use plans::plan::{Activity, Dimension, Placement, PlanOptions, place_one_with};
 use plans::topology::ModelState;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::config::GatewayConfig;
 use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::NeuronError;
-use crate::control::poller::{Observed, now_unix_ms};
+use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
 use crate::control::status::{Contention, QueueStatus};
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
     self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, RequestId, Settings,
 };
-use crate::gateway::core::state::AppState;
-use crate::gateway::core::target::Target;
 
-/// The outcome of resolving a model name: served now, or a place in its queue.
-pub enum Resolution {
-    Ready(Target),
-    Waiting(LoadTicket),
+/// The answer to an arrival: admitted now, or a place in the model's queue.
+pub enum Arrived {
+    Now(Permit),
+    Queued(LoadTicket),
 }
 
 /// A request's place in its model's queue. Dropping it (the client left) leaves the queue.
 pub struct LoadTicket {
-    state: AppState,
+    scheduler: Arc<Scheduler>,
     request: RequestId,
     model: String,
-    receiver: Option<oneshot::Receiver<Result<Target, ApiError>>>,
+    receiver: Option<oneshot::Receiver<Result<Permit, ApiError>>>,
 }
 
 impl LoadTicket {
     /// Wait until the scheduler admits the request (or refuses it on its own bounds).
-    pub async fn wait(mut self) -> Result<Target, ApiError> {
+    pub async fn wait(mut self) -> Result<Permit, ApiError> {
         let Some(receiver) = self.receiver.take() else {
             return Err(ApiError::Internal("the ticket was already used".into()));
         };
@@ -56,7 +60,7 @@ impl Drop for LoadTicket {
         // Still holding the receiver: the request left before its answer came.
         if self.receiver.is_some() {
             let (request, model) = (self.request, self.model.clone());
-            self.state.scheduler.apply(&self.state, |inner, placer| {
+            self.scheduler.apply(|inner, placer| {
                 inner.waiters.remove(&request);
                 ((), inner.machine.cancel(now_unix_ms(), request, &model, placer))
             });
@@ -64,11 +68,24 @@ impl Drop for LoadTicket {
     }
 }
 
-/// One admitted request; tells the scheduler when it is done.
+/// One admitted request on `model`'s copy on `neuron`; tells the scheduler when it is done
+/// (dropped).
 pub struct Permit {
-    state: AppState,
+    scheduler: Arc<Scheduler>,
     model: String,
     neuron: String,
+}
+
+impl Permit {
+    /// The model's fleet id.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The neuron whose copy serves the request.
+    pub fn neuron(&self) -> &str {
+        &self.neuron
+    }
 }
 
 impl std::fmt::Debug for Permit {
@@ -80,9 +97,8 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let (model, neuron) = (&self.model, &self.neuron);
-        self.state.scheduler.apply(&self.state, |inner, placer| {
-            ((), inner.machine.finish(now_unix_ms(), model, neuron, placer))
-        });
+        self.scheduler
+            .apply(|inner, placer| ((), inner.machine.finish(now_unix_ms(), model, neuron, placer)));
     }
 }
 
@@ -104,27 +120,44 @@ pub struct Scheduler {
     /// The scheduler's queues and residency for the reconciler's eviction choice, published
     /// with the queues.
     activity: watch::Sender<Activity>,
+    /// The desired state in force, for placements and each model's contention settings.
+    fleet: watch::Receiver<Arc<Fleet>>,
+    /// The observed state, and the poller to ask for a fresh look after a load.
+    poller: PollerHandle,
+    /// The daemon's queue limits and neuron timeouts.
+    limits: Arc<GatewayConfig>,
 }
 
 struct Inner {
     machine: Machine,
-    waiters: HashMap<RequestId, oneshot::Sender<Result<Target, ApiError>>>,
+    waiters: HashMap<RequestId, oneshot::Sender<Result<Permit, ApiError>>>,
     /// The deadline the driver's timer is set for (`None`: no timer).
     armed: Option<u64>,
 }
 
 /// What leaves the lock: answers to deliver and loads to start.
 enum Outgoing {
-    Admit { sender: oneshot::Sender<Result<Target, ApiError>>, model: String, neuron: String },
-    Reject { sender: Option<oneshot::Sender<Result<Target, ApiError>>>, model: String, rejection: Rejection },
+    Admit { sender: oneshot::Sender<Result<Permit, ApiError>>, model: String, neuron: String },
+    Reject { sender: Option<oneshot::Sender<Result<Permit, ApiError>>>, model: String, rejection: Rejection },
     Load { model: String, neuron: String, evicts: Vec<String>, placement: Box<Placement> },
 }
 
 impl Scheduler {
-    /// A scheduler whose failed loads back off under `policy` (the reconciler's).
-    pub fn new(mode: machine::Mode, policy: BackoffPolicy) -> Self {
-        Scheduler {
-            inner: Mutex::new(Inner { machine: Machine::new(mode), waiters: HashMap::new(), armed: None }),
+    /// A scheduler over the fleet in force and the poller's observations, in the mode and
+    /// with the queue limits of `limits`, whose failed loads back off under `policy` (the
+    /// reconciler's).
+    pub fn new(
+        fleet: watch::Receiver<Arc<Fleet>>,
+        poller: PollerHandle,
+        limits: Arc<GatewayConfig>,
+        policy: BackoffPolicy,
+    ) -> Arc<Self> {
+        Arc::new(Scheduler {
+            inner: Mutex::new(Inner {
+                machine: Machine::new(limits.swap_schedule),
+                waiters: HashMap::new(),
+                armed: None,
+            }),
             failures: Mutex::new(Backoff::default()),
             policy,
             wake: Notify::new(),
@@ -132,6 +165,84 @@ impl Scheduler {
             next_request: AtomicU64::new(1),
             queues: watch::channel(Arc::new(Vec::new())).0,
             activity: watch::channel(Activity::default()).0,
+            fleet,
+            poller,
+            limits,
+        })
+    }
+
+    fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.borrow().clone()
+    }
+
+    fn observed(&self) -> Arc<Observed> {
+        self.poller.observed.borrow().clone()
+    }
+
+    /// Queue a request for `id` (a fleet id, or a model loaded outside the fleet) on the fleet
+    /// in force: admitted now, or a place in its queue; an error when its queue refuses it.
+    pub fn arrive(self: &Arc<Self>, fleet: &Fleet, id: String) -> Result<Arrived, ApiError> {
+        self.start();
+        let settings = self.settings(fleet, &id);
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        let arrival = self.apply(|inner, placer| {
+            let (arrival, commands) = inner.machine.arrive(now_unix_ms(), request, &id, settings, placer);
+            if arrival == Arrival::Queued {
+                inner.waiters.insert(request, sender);
+            }
+            (arrival, commands)
+        });
+        match arrival {
+            Arrival::Admitted { neuron } => Ok(Arrived::Now(self.permit(id, neuron))),
+            Arrival::Queued => Ok(Arrived::Queued(LoadTicket {
+                scheduler: self.clone(),
+                request,
+                model: id,
+                receiver: Some(receiver),
+            })),
+            Arrival::Rejected(rejection) => {
+                metrics::counter!("cortex_queue_rejections_total", "model" => id.clone(), "reason" => rejection.reason())
+                    .increment(1);
+                Err(api_error(&id, rejection))
+            }
+        }
+    }
+
+    /// Admit a request that can only go to `model` on `neuron` (it continues a response that
+    /// copy made; see [`Machine::arrive_on`]): `None` when that copy does not serve it now.
+    pub fn arrive_on(self: &Arc<Self>, model: &str, neuron: &str) -> Option<Permit> {
+        self.start();
+        let settings = self.settings(&self.fleet(), model);
+        let admitted = self
+            .apply(|inner, _| (inner.machine.arrive_on(now_unix_ms(), model, neuron, settings), Vec::new()));
+        admitted.then(|| self.permit(model.to_owned(), neuron.to_owned()))
+    }
+
+    /// The copy of `model` on `neuron` went away under a request (its neuron refused it as gone).
+    pub fn lost(self: &Arc<Self>, model: &str, neuron: &str) {
+        self.apply(|inner, placer| ((), inner.machine.lost(now_unix_ms(), model, neuron, placer)));
+    }
+
+    fn permit(self: &Arc<Self>, model: String, neuron: String) -> Permit {
+        Permit { scheduler: self.clone(), model, neuron }
+    }
+
+    /// The contention settings of `model`: the fleet's (model, then `[policy]`), then the
+    /// daemon's queue limits.
+    fn settings(&self, fleet: &Fleet, model: &str) -> Settings {
+        let spec = fleet.model(model);
+        let contention = spec.map_or(fleet.policy.contention, |m| m.contention(&fleet.policy));
+        let limits = &self.limits;
+        Settings {
+            max_concurrency: contention.max_concurrency,
+            queue_length: contention.queue_length.map_or(limits.max_waiting_per_model, |n| n as usize),
+            queue_timeout_ms: contention
+                .queue_timeout_ms
+                .unwrap_or_else(|| u64::try_from(limits.max_wait.as_millis()).unwrap_or(u64::MAX)),
+            max_wait_ms: contention.max_wait(),
+            min_residency_ms: contention.min_residency(),
+            priority: spec.map_or(0, |m| m.priority),
         }
     }
 
@@ -197,11 +308,10 @@ impl Scheduler {
     /// Run one event on the scheduler (with a placer over the current fleet and topology),
     /// then deliver what it decided, outside the lock.
     fn apply<R>(
-        &self,
-        state: &AppState,
+        self: &Arc<Self>,
         event: impl FnOnce(&mut Inner, &mut FleetPlacer<'_>) -> (R, Vec<Command<Placement>>),
     ) -> R {
-        let (fleet, observed) = (state.fleet(), state.observed());
+        let (fleet, observed) = (self.fleet(), self.observed());
         let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, scheduler: self };
         let (result, outgoing, rearm) = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -215,17 +325,40 @@ impl Scheduler {
             self.wake.notify_one();
         }
         for out in outgoing {
-            deliver(state, &observed, out);
+            self.deliver(out);
         }
         result
     }
 
     /// Start the driver task once, from the first request (a runtime is running then).
-    fn start(&self, state: &AppState) {
+    fn start(self: &Arc<Self>) {
         self.driver.get_or_init(|| {
-            observe(state);
-            tokio::spawn(drive(state.clone()));
+            self.observe();
+            tokio::spawn(drive(self.clone()));
         });
+    }
+
+    fn deliver(self: &Arc<Self>, out: Outgoing) {
+        match out {
+            Outgoing::Admit { sender, model, neuron } => {
+                // A client that left drops the permit right here.
+                let _ = sender.send(Ok(self.permit(model, neuron)));
+            }
+            Outgoing::Reject { sender, model, rejection } => {
+                metrics::counter!("cortex_queue_rejections_total", "model" => model.clone(), "reason" => rejection.reason())
+                    .increment(1);
+                if let Some(sender) = sender {
+                    let _ = sender.send(Err(api_error(&model, rejection)));
+                }
+            }
+            Outgoing::Load { model, neuron, evicts, placement } => {
+                if !evicts.is_empty() {
+                    metrics::counter!("cortex_swaps_total", "neuron" => neuron.clone()).increment(1);
+                    tracing::info!(%model, %neuron, evicting = ?evicts, "swap");
+                }
+                tokio::spawn(run_load(self.clone(), model, neuron, placement));
+            }
+        }
     }
 }
 
@@ -261,54 +394,6 @@ impl Inner {
             }
         }
     }
-}
-
-fn deliver(state: &AppState, observed: &Observed, out: Outgoing) {
-    match out {
-        Outgoing::Admit { sender, model, neuron } => {
-            let target = target(state, observed, &model, &neuron);
-            // A client that left drops the target (and with it the permit) right here.
-            let _ = sender.send(target);
-        }
-        Outgoing::Reject { sender, model, rejection } => {
-            metrics::counter!("cortex_queue_rejections_total", "model" => model.clone(), "reason" => rejection.reason())
-                .increment(1);
-            if let Some(sender) = sender {
-                let _ = sender.send(Err(api_error(&model, rejection)));
-            }
-        }
-        Outgoing::Load { model, neuron, evicts, placement } => {
-            if !evicts.is_empty() {
-                metrics::counter!("cortex_swaps_total", "neuron" => neuron.clone()).increment(1);
-                tracing::info!(%model, %neuron, evicting = ?evicts, "swap");
-            }
-            tokio::spawn(run_load(state.clone(), model, neuron, placement));
-        }
-    }
-}
-
-/// The target for an admitted request on `neuron`, holding its permit.
-fn target(state: &AppState, observed: &Observed, model: &str, neuron: &str) -> Result<Target, ApiError> {
-    let permit =
-        Arc::new(Permit { state: state.clone(), model: model.to_owned(), neuron: neuron.to_owned() });
-    let client = observed
-        .clients
-        .get(neuron)
-        .ok_or_else(|| ApiError::Internal(format!("no client for neuron {neuron}")))?;
-    let harness = observed
-        .topology
-        .neuron(neuron)
-        .and_then(|n| n.model(model))
-        .map(|m| m.harness.clone())
-        .or_else(|| state.fleet().model(model).map(|m| m.profile.harness.clone()))
-        .unwrap_or_default();
-    Ok(Target {
-        model: model.to_owned(),
-        neuron: client.clone(),
-        harness,
-        permit: Some(permit),
-        pinned: false,
-    })
 }
 
 /// The client's error for a refused request, in terms it can act on.
@@ -375,116 +460,44 @@ impl Placer<Placement> for FleetPlacer<'_> {
     }
 }
 
-/// The contention settings of `model`: the fleet's (model, then `[policy]`), then the
-/// daemon's queue limits.
-fn settings(state: &AppState, fleet: &Fleet, model: &str) -> Settings {
-    let spec = fleet.model(model);
-    let contention = spec.map_or(fleet.policy.contention, |m| m.contention(&fleet.policy));
-    let limits = &state.limits;
-    Settings {
-        max_concurrency: contention.max_concurrency,
-        queue_length: contention.queue_length.map_or(limits.max_waiting_per_model, |n| n as usize),
-        queue_timeout_ms: contention
-            .queue_timeout_ms
-            .unwrap_or_else(|| u64::try_from(limits.max_wait.as_millis()).unwrap_or(u64::MAX)),
-        max_wait_ms: contention.max_wait(),
-        min_residency_ms: contention.min_residency(),
-        priority: spec.map_or(0, |m| m.priority),
+impl Scheduler {
+    /// Feed the observed copies (on reachable neurons) to the scheduler.
+    fn observe(self: &Arc<Self>) {
+        let observed = self.observed();
+        let fleet = self.fleet();
+        let mut copies = Vec::new();
+        let mut models = BTreeSet::new();
+        for neuron in observed.topology.neurons.iter().filter(|n| n.reachable) {
+            for model in &neuron.models {
+                let seen = match model.status {
+                    ModelState::Loaded => machine::Observed::Ready,
+                    ModelState::Loading => machine::Observed::Loading,
+                    ModelState::Unloading => machine::Observed::Unloading,
+                    ModelState::Failed => machine::Observed::Failed,
+                };
+                copies.push((model.id.clone(), neuron.name.clone(), seen));
+                models.insert(model.id.clone());
+            }
+        }
+        self.apply(|inner, placer| {
+            // Residents learn their settings too: a swap weighs the evicted model's min_residency.
+            for model in &models {
+                inner.machine.configure(model, self.settings(&fleet, model));
+            }
+            ((), inner.machine.observe(now_unix_ms(), &copies, placer))
+        });
     }
-}
-
-/// Queue a request for `id` (a fleet id, or a model loaded outside the fleet): served now, or
-/// a place in its queue.
-pub fn arrive(state: &AppState, fleet: &Fleet, id: String) -> Result<Resolution, ApiError> {
-    let scheduler = &state.scheduler;
-    scheduler.start(state);
-    let settings = settings(state, fleet, &id);
-    let request = scheduler.next_request.fetch_add(1, Ordering::Relaxed);
-    let (sender, receiver) = oneshot::channel();
-    let arrival = scheduler.apply(state, |inner, placer| {
-        let (arrival, commands) = inner.machine.arrive(now_unix_ms(), request, &id, settings, placer);
-        if arrival == Arrival::Queued {
-            inner.waiters.insert(request, sender);
-        }
-        (arrival, commands)
-    });
-    match arrival {
-        Arrival::Admitted { neuron } => {
-            Ok(Resolution::Ready(target(state, &state.observed(), &id, &neuron)?))
-        }
-        Arrival::Queued => Ok(Resolution::Waiting(LoadTicket {
-            state: state.clone(),
-            request,
-            model: id,
-            receiver: Some(receiver),
-        })),
-        Arrival::Rejected(rejection) => {
-            metrics::counter!("cortex_queue_rejections_total", "model" => id.clone(), "reason" => rejection.reason())
-                .increment(1);
-            Err(api_error(&id, rejection))
-        }
-    }
-}
-
-/// Admit a request that can only go to `model` on `neuron` (it continues a response that copy
-/// made; see [`Machine::arrive_on`]): `None` when that copy does not serve it now.
-pub fn arrive_on(state: &AppState, model: &str, neuron: &str) -> Result<Option<Target>, ApiError> {
-    let scheduler = &state.scheduler;
-    scheduler.start(state);
-    let settings = settings(state, &state.fleet(), model);
-    let admitted = scheduler.apply(state, |inner, _| {
-        (inner.machine.arrive_on(now_unix_ms(), model, neuron, settings), Vec::new())
-    });
-    if !admitted {
-        return Ok(None);
-    }
-    let target = target(state, &state.observed(), model, neuron)?;
-    Ok(Some(Target { pinned: true, ..target }))
-}
-
-/// The copy of `model` on `neuron` went away under a request (its neuron refused it as gone).
-pub fn lost(state: &AppState, model: &str, neuron: &str) {
-    state
-        .scheduler
-        .apply(state, |inner, placer| ((), inner.machine.lost(now_unix_ms(), model, neuron, placer)));
-}
-
-/// Feed the observed copies (on reachable neurons) to the scheduler.
-fn observe(state: &AppState) {
-    let observed = state.observed();
-    let fleet = state.fleet();
-    let mut copies = Vec::new();
-    let mut models = BTreeSet::new();
-    for neuron in observed.topology.neurons.iter().filter(|n| n.reachable) {
-        for model in &neuron.models {
-            let seen = match model.status {
-                ModelState::Loaded => machine::Observed::Ready,
-                ModelState::Loading => machine::Observed::Loading,
-                ModelState::Unloading => machine::Observed::Unloading,
-                ModelState::Failed => machine::Observed::Failed,
-            };
-            copies.push((model.id.clone(), neuron.name.clone(), seen));
-            models.insert(model.id.clone());
-        }
-    }
-    state.scheduler.apply(state, |inner, placer| {
-        // Residents learn their settings too: a swap weighs the evicted model's min_residency.
-        for model in &models {
-            inner.machine.configure(model, settings(state, &fleet, model));
-        }
-        ((), inner.machine.observe(now_unix_ms(), &copies, placer))
-    });
 }
 
 /// The scheduler's clock and eyes: observations as the poller publishes them, timers when due,
 /// and the queue gauges once a second.
-async fn drive(state: AppState) {
-    let mut observed = state.poller.observed.clone();
+async fn drive(scheduler: Arc<Scheduler>) {
+    let mut observed = scheduler.poller.observed.clone();
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     let mut shown = Shown::default();
     loop {
         let wake_at = {
-            let mut inner = state.scheduler.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut inner = scheduler.inner.lock().unwrap_or_else(PoisonError::into_inner);
             inner.armed = inner.machine.wake_at();
             inner.armed
         };
@@ -500,11 +513,11 @@ async fn drive(state: AppState) {
                 if changed.is_err() {
                     return; // the poller stopped: the daemon is shutting down
                 }
-                observe(&state);
+                scheduler.observe();
             }
-            () = state.scheduler.wake.notified() => {}
-            () = timer => state.scheduler.apply(&state, |inner, placer| ((), inner.machine.tick(now_unix_ms(), placer))),
-            _ = gauges.tick() => publish_gauges(&state, &mut shown),
+            () = scheduler.wake.notified() => {}
+            () = timer => scheduler.apply(|inner, placer| ((), inner.machine.tick(now_unix_ms(), placer))),
+            _ = gauges.tick() => publish_gauges(&scheduler, &mut shown),
         }
     }
 }
@@ -521,13 +534,13 @@ struct Shown {
 /// `cortex_queue_depth` and `cortex_queue_oldest_wait_seconds` per model with a queue; the
 /// series of every known model and neuron start at zero (so dashboards and alerts see them
 /// before the first swap or rejection).
-fn publish_gauges(state: &AppState, shown: &mut Shown) {
+fn publish_gauges(scheduler: &Scheduler, shown: &mut Shown) {
     let (queues, models, activity) = {
-        let inner = state.scheduler.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = scheduler.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let models = inner.machine.models().map(str::to_owned).collect::<Vec<_>>();
         (inner.machine.status(now_unix_ms()), models, inner.machine.activity())
     };
-    state.scheduler.publish_queues(&queues, activity);
+    scheduler.publish_queues(&queues, activity);
     for model in models {
         if shown.models.insert(model.clone()) {
             metrics::gauge!("cortex_queue_depth", "model" => model.clone()).set(0.0);
@@ -538,7 +551,7 @@ fn publish_gauges(state: &AppState, shown: &mut Shown) {
             }
         }
     }
-    for neuron in &state.observed().topology.neurons {
+    for neuron in &scheduler.observed().topology.neurons {
         if shown.neurons.insert(neuron.name.clone()) {
             metrics::counter!("cortex_swaps_total", "neuron" => neuron.name.clone()).increment(0);
         }
@@ -558,11 +571,11 @@ fn publish_gauges(state: &AppState, shown: &mut Shown) {
 }
 
 /// Run one `Command::Load`: evict, load, wait for ready, then tell the scheduler.
-async fn run_load(state: AppState, model: String, neuron: String, placement: Box<Placement>) {
+async fn run_load(scheduler: Arc<Scheduler>, model: String, neuron: String, placement: Box<Placement>) {
     let started = Instant::now();
-    let result = execute_placement(&state, &placement).await;
+    let result = execute_placement(&scheduler, &placement).await;
     if !result.as_ref().is_err_and(execute::ExecError::is_conflict) {
-        state.scheduler.record(&model, &neuron, result.as_ref().err().map(ToString::to_string));
+        scheduler.record(&model, &neuron, result.as_ref().err().map(ToString::to_string));
     }
     let outcome = match result {
         Ok(()) => {
@@ -580,14 +593,14 @@ async fn run_load(state: AppState, model: String, neuron: String, placement: Box
         }
     };
     // The next placement must see what this one changed.
-    state.poller.refreshed().await;
-    state.scheduler.apply(&state, |inner, placer| {
+    scheduler.poller.refreshed().await;
+    scheduler.apply(|inner, placer| {
         ((), inner.machine.load_done(now_unix_ms(), &model, &neuron, outcome, placer))
     });
 }
 
-async fn execute_placement(state: &AppState, placement: &Placement) -> Result<(), execute::ExecError> {
-    let observed = state.observed();
+async fn execute_placement(scheduler: &Scheduler, placement: &Placement) -> Result<(), execute::ExecError> {
+    let observed = scheduler.observed();
     let Some(client) = observed.clients.get(&placement.neuron) else {
         return Err(execute::ExecError::Neuron(NeuronError::Refused {
             neuron: placement.neuron.clone(),
@@ -596,7 +609,7 @@ async fn execute_placement(state: &AppState, placement: &Placement) -> Result<()
             message: "the fleet no longer names this neuron".into(),
         }));
     };
-    let timeouts = ExecTimeouts { call: state.limits.neuron_timeout, ready: state.limits.max_wait };
+    let timeouts = ExecTimeouts { call: scheduler.limits.neuron_timeout, ready: scheduler.limits.max_wait };
     let mut generation = Some(placement.load.if_generation);
     for eviction in &placement.evictions {
         generation = Some(execute::run(client, eviction, generation, timeouts).await?);

@@ -7,16 +7,17 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::gateway::core::error::{ApiError, Dialect};
-use crate::gateway::core::forward::{self, EventTransform, RawFix, StreamEdit};
+use crate::gateway::core::forward::{RawFix, StreamEdit};
 use crate::gateway::core::pipeline::{self, Checked, OutputCap, RouteInfo, Upstream};
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 use crate::gateway::dialects::anthropic;
-use crate::gateway::transport::sse::SseParser;
+use crate::gateway::dialects::chat::body::{chat_body, edit_body};
+use crate::gateway::dialects::chat::translate::Translate;
 
 const MESSAGES: RouteInfo = RouteInfo { name: "messages", dialect: Dialect::Anthropic };
 const COUNT_TOKENS: RouteInfo = RouteInfo { name: "count_tokens", dialect: Dialect::Anthropic };
@@ -36,7 +37,7 @@ async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> 
     let cap = pipeline::output_cap(&state, &target.model).map(|cap| OutputCap::new(cap, &["max_tokens"]));
     let cap_binds = cap.is_some_and(|cap| cap.binds(checked.envelope.max_tokens.as_ref()));
     if pipeline::capabilities(&state, &target).anthropic_messages {
-        let body = edit_body(&checked.body, &checked.model, &target.model, cap)?;
+        let body = edit_body(&checked.body, &checked.model, &target.model, cap, false)?;
         let edit =
             if stream { StreamEdit::FixRaw(Box::new(NativeFix { cap_binds })) } else { StreamEdit::None };
         let upstream = Upstream::post("/v1/messages", body, stream, edit, true);
@@ -45,15 +46,11 @@ async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> 
     }
     let request: Value = serde_json::from_slice(&checked.body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let mut chat = anthropic::request_to_chat(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    chat["model"] = target.model.clone().into();
-    if let (Some(cap), Some(object)) = (cap, chat.as_object_mut()) {
-        cap.apply(object);
-    }
-    let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let chat = anthropic::request_to_chat(&request)?;
+    let body = chat_body(chat, &target.model, cap.map(|cap| cap.cap))?;
     let edit = if stream {
         let translator = anthropic::StreamTranslator::new(&checked.model).cap_binds(cap_binds);
-        StreamEdit::Transform(Box::new(Translate { parser: SseParser::new(), translator, usage: None }))
+        StreamEdit::Transform(Box::new(Translate::new(translator)))
     } else {
         StreamEdit::None
     };
@@ -76,27 +73,9 @@ async fn count_tokens_adapter(
             target.model, target.harness
         )));
     }
-    let body = edit_body(&checked.body, &checked.model, &target.model, None)?;
+    let body = edit_body(&checked.body, &checked.model, &target.model, None, false)?;
     let upstream = Upstream::post("/v1/messages/count_tokens", body, false, StreamEdit::None, true);
     pipeline::forward(&state, target, &checked, upstream).await
-}
-
-/// The body with `model` set to the fleet id when the client used an alias, and the output
-/// capped; the client's own bytes when neither applies.
-pub fn edit_body(body: &Bytes, requested: &str, id: &str, cap: Option<OutputCap>) -> Result<Bytes, ApiError> {
-    if requested == id && cap.is_none() {
-        return Ok(body.clone());
-    }
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let object = value
-        .as_object_mut()
-        .ok_or_else(|| ApiError::BadRequest("request body must be a JSON object".into()))?;
-    object.insert("model".into(), id.into());
-    if let Some(cap) = cap {
-        cap.apply(object);
-    }
-    serde_json::to_vec(&value).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// A native engine's complete (non-streaming) Message, with known deviations fixed.
@@ -110,8 +89,7 @@ async fn fix_native_body(response: Response, cap_binds: bool) -> Result<Response
 /// Translate a complete (non-streaming) Chat Completions answer into a Message.
 async fn translate_body(response: Response, requested: &str, cap_binds: bool) -> Result<Response, ApiError> {
     let chat = pipeline::read_json(response).await?;
-    let mut message =
-        anthropic::chat_to_message(&chat, requested).map_err(|e| ApiError::Upstream(e.to_string()))?;
+    let mut message = anthropic::chat_to_message(&chat, requested)?;
     cap_is_not_a_stop(&mut message, cap_binds);
     Ok(axum::Json(message).into_response())
 }
@@ -144,41 +122,5 @@ impl RawFix for NativeFix {
         }
         let text = fixed.unwrap_or_else(|| String::from_utf8_lossy(events).into_owned());
         Some(Bytes::from(text.replace(MAX_TOKENS_STOP, r#""stop_reason":"end_turn""#)))
-    }
-}
-
-/// Translation of a Chat Completions stream into Anthropic events.
-struct Translate {
-    parser: SseParser,
-    translator: anthropic::StreamTranslator,
-    usage: Option<(u64, u64)>,
-}
-
-impl EventTransform for Translate {
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let translator = &mut self.translator;
-        let usage = &mut self.usage;
-        // Events are written straight into the response bytes. An Err means the translator
-        // already wrote `event: error`: the rest is dropped.
-        let _ = self.parser.feed(chunk, |event| {
-            if forward::has_usage(event.data.as_bytes()) {
-                forward::record_usage(event.data.as_bytes(), usage);
-            }
-            translator.push(event.data, out)
-        });
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        let translator = &mut self.translator;
-        let _ = self.parser.finish(|event| translator.push(event.data, out));
-        let _ = self.translator.finish(out);
-    }
-
-    fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
-        self.translator.fail(&error.to_string(), out);
-    }
-
-    fn usage(&self) -> Option<(u64, u64)> {
-        self.usage
     }
 }

@@ -30,12 +30,12 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::gateway::dialects::anthropic::TranslateError;
+use crate::gateway::core::error::ApiError;
 
-type Result<T> = std::result::Result<T, TranslateError>;
+type Result<T> = std::result::Result<T, ApiError>;
 
-fn invalid(message: impl Into<String>) -> TranslateError {
-    TranslateError::InvalidRequest(message.into())
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
 }
 
 /// Translates an Anthropic Messages request body into a Chat Completions request body.
@@ -190,7 +190,7 @@ fn translate_turn(messages: &mut Vec<Value>, path: &str, turn: &Value) -> Result
     }
 }
 
-fn bad_role(path: &str) -> TranslateError {
+fn bad_role(path: &str) -> ApiError {
     invalid(format!(r#"{path}.role: must be "user", "assistant" or "system""#))
 }
 

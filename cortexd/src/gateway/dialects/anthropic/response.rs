@@ -5,25 +5,15 @@
 //! `{"_raw": "<arguments>"}` rather than failing the whole response: the client validates the
 //! input against its schema and tells the model, which can then retry; a 502 would lose the turn.
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::gateway::dialects::anthropic::TranslateError;
-use crate::gateway::dialects::chat::types::{ChatCompletion, ChatUsage, ToolCall, upstream_error_message};
+use crate::gateway::core::error::ApiError;
+use crate::gateway::dialects::chat::types::{ChatCompletion, ChatUsage, ToolCall};
 
 /// Translates a non-streaming Chat Completions response into an Anthropic message whose
 /// `model` is `requested_model` (the name the client asked for, not the engine's file path).
-pub fn chat_to_message(resp: &Value, requested_model: &str) -> Result<Value, TranslateError> {
-    let completion = ChatCompletion::deserialize(resp).map_err(|error| {
-        TranslateError::Upstream(format!("malformed chat completion from the engine: {error}"))
-    })?;
-    if let Some(error) = &completion.error {
-        return Err(TranslateError::Upstream(upstream_error_message(error)));
-    }
-    let choice =
-        completion.choices.as_ref().and_then(|choices| choices.first()).ok_or_else(|| {
-            TranslateError::Upstream("chat completion from the engine has no choices".into())
-        })?;
+pub fn chat_to_message(resp: &Value, requested_model: &str) -> Result<Value, ApiError> {
+    let (completion, choice) = ChatCompletion::read(resp)?;
     let id = message_id(completion.id.as_deref());
 
     let mut content = Vec::new();

@@ -10,9 +10,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::gateway::core::error::ApiError;
+
 /// A non-streaming `chat.completion`.
 #[derive(Debug, Deserialize)]
-pub(crate) struct ChatCompletion<'a> {
+pub struct ChatCompletion<'a> {
     #[serde(borrow)]
     pub id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -21,8 +23,25 @@ pub(crate) struct ChatCompletion<'a> {
     pub error: Option<Value>,
 }
 
+impl<'a> ChatCompletion<'a> {
+    /// An engine's complete answer, read for translation: malformed JSON, an `{"error": …}`
+    /// or an answer without choices is the engine's failure. Returns the answer and its first
+    /// choice.
+    pub fn read(answer: &'a Value) -> Result<(Self, Choice<'a>), ApiError> {
+        let mut completion = ChatCompletion::deserialize(answer)
+            .map_err(|e| ApiError::Upstream(format!("malformed chat completion from the engine: {e}")))?;
+        if let Some(error) = &completion.error {
+            return Err(ApiError::Upstream(upstream_error_message(error)));
+        }
+        let choice = completion.choices.take().and_then(|choices| choices.into_iter().next());
+        let choice = choice
+            .ok_or_else(|| ApiError::Upstream("chat completion from the engine has no choices".into()))?;
+        Ok((completion, choice))
+    }
+}
+
 #[derive(Debug, Deserialize)]
-pub(crate) struct Choice<'a> {
+pub struct Choice<'a> {
     #[serde(borrow)]
     pub message: Option<ResponseMessage<'a>>,
     #[serde(borrow)]
@@ -32,7 +51,7 @@ pub(crate) struct Choice<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ResponseMessage<'a> {
+pub struct ResponseMessage<'a> {
     /// A string, or (rarely) an array of text parts.
     pub content: Option<Value>,
     /// llama.cpp, older vLLM.
@@ -46,7 +65,7 @@ pub(crate) struct ResponseMessage<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ToolCall<'a> {
+pub struct ToolCall<'a> {
     #[serde(borrow)]
     pub id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -54,7 +73,7 @@ pub(crate) struct ToolCall<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct FunctionCall<'a> {
+pub struct FunctionCall<'a> {
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
     /// A JSON text per the spec; some engines send the object itself.
@@ -63,7 +82,7 @@ pub(crate) struct FunctionCall<'a> {
 
 /// One `chat.completion.chunk` of a stream.
 #[derive(Debug, Deserialize)]
-pub(crate) struct ChatChunk<'a> {
+pub struct ChatChunk<'a> {
     #[serde(borrow)]
     pub id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -75,7 +94,7 @@ pub(crate) struct ChatChunk<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ChunkChoice<'a> {
+pub struct ChunkChoice<'a> {
     #[serde(default)]
     pub index: u64,
     #[serde(borrow)]
@@ -86,7 +105,7 @@ pub(crate) struct ChunkChoice<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct Delta<'a> {
+pub struct Delta<'a> {
     #[serde(borrow)]
     pub content: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -98,7 +117,7 @@ pub(crate) struct Delta<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ToolCallDelta<'a> {
+pub struct ToolCallDelta<'a> {
     pub index: Option<u64>,
     #[serde(borrow)]
     pub id: Option<Cow<'a, str>>,
@@ -107,7 +126,7 @@ pub(crate) struct ToolCallDelta<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct FunctionDelta<'a> {
+pub struct FunctionDelta<'a> {
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -115,7 +134,7 @@ pub(crate) struct FunctionDelta<'a> {
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub(crate) struct ChatUsage {
+pub struct ChatUsage {
     #[serde(default)]
     pub prompt_tokens: u64,
     #[serde(default)]
@@ -124,18 +143,18 @@ pub(crate) struct ChatUsage {
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub(crate) struct PromptTokensDetails {
+pub struct PromptTokensDetails {
     pub cached_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
-pub(crate) struct PromptProgress {
+pub struct PromptProgress {
     pub total: Option<u64>,
     pub cache: Option<u64>,
 }
 
 /// The message of an upstream `{"error": …}` (an object with `message`, or anything else as text).
-pub(crate) fn upstream_error_message(error: &Value) -> String {
+pub fn upstream_error_message(error: &Value) -> String {
     match error.get("message").and_then(Value::as_str) {
         Some(message) => message.to_owned(),
         None => match error {

@@ -18,7 +18,8 @@ use crate::gateway::core::pipeline::{self, Checked, Envelope, OutputCap, RouteIn
 use crate::gateway::core::routing;
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
-use crate::gateway::dialects::anthropic::handler::edit_body;
+use crate::gateway::dialects::chat::body::{chat_body, edit_body};
+use crate::gateway::dialects::chat::translate::Translate;
 use crate::gateway::dialects::responses::native::NativeFix;
 use crate::gateway::dialects::responses::request::{self, ToolNames};
 use crate::gateway::dialects::responses::response;
@@ -59,7 +60,7 @@ pub async fn input_tokens(State(state): State<AppState>, headers: HeaderMap, bod
                 target.model, target.harness
             )));
         }
-        let body = edit_body(&checked.body, &checked.model, &target.model, None)?;
+        let body = edit_body(&checked.body, &checked.model, &target.model, None, false)?;
         let upstream = Upstream::post("/v1/responses/input_tokens", body, false, StreamEdit::None, true);
         pipeline::forward(&state, target, &checked, upstream).await
     })
@@ -173,7 +174,7 @@ async fn native(
     cap: Option<OutputCap>,
 ) -> Result<Response, ApiError> {
     let stream = checked.envelope.stream;
-    let body = edit_body(&checked.body, &checked.model, &target.model, cap)?;
+    let body = edit_body(&checked.body, &checked.model, &target.model, cap, false)?;
     let remember: Option<IdSink> = (checked.envelope.store != Some(false)).then(|| {
         let index = state.response_index.clone();
         let replica = Replica { neuron: target.neuron.name.clone(), model: target.model.clone() };
@@ -253,19 +254,15 @@ async fn translated(
     let stream = checked.envelope.stream;
     let request: Value = serde_json::from_slice(&checked.body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let request::Translated { mut chat, names } = request::request_to_chat(&request)?;
-    chat["model"] = target.model.clone().into();
-    if let (Some(cap), Some(object)) = (cap, chat.as_object_mut()) {
-        OutputCap::new(cap.cap, &["max_tokens"]).apply(object);
-    }
-    let body = Bytes::from(serde_json::to_vec(&chat).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let request::Translated { chat, names } = request::request_to_chat(&request)?;
+    let body = chat_body(chat, &target.model, cap.map(|cap| cap.cap))?;
     let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let requested = checked.model.clone();
     let skeleton_of = move |id: &str| response::skeleton(&request, id, &requested, created_at);
     let edit = if stream {
         let fallback = format!("cortex{created_at}");
         let translator = StreamTranslator::new(skeleton_of(""), names.clone(), &fallback);
-        StreamEdit::Transform(Box::new(Translate { parser: SseParser::new(), translator }))
+        StreamEdit::Transform(Box::new(Translate::new(translator)))
     } else {
         StreamEdit::None
     };
@@ -287,39 +284,6 @@ fn translate_body(
     Ok(axum::Json(response).into_response())
 }
 
-/// Translation of a Chat Completions stream into Responses events.
-struct Translate {
-    parser: SseParser,
-    translator: StreamTranslator,
-}
-
-impl EventTransform for Translate {
-    fn chunk(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let translator = &mut self.translator;
-        let _ = self.parser.feed(chunk, |event| {
-            translator.push(event.data, out);
-            Ok::<(), ()>(())
-        });
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        let translator = &mut self.translator;
-        let _ = self.parser.finish(|event| {
-            translator.push(event.data, out);
-            Ok::<(), ()>(())
-        });
-        self.translator.finish(out);
-    }
-
-    fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
-        self.translator.fail(&error.to_string(), out);
-    }
-
-    fn usage(&self) -> Option<(u64, u64)> {
-        self.translator.usage()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,10 +291,7 @@ mod tests {
     #[test]
     fn usage_of_a_translated_stream_is_reported() {
         let skeleton = response::skeleton(&serde_json::json!({}), "", "m", 0);
-        let mut translate = Translate {
-            parser: SseParser::new(),
-            translator: StreamTranslator::new(skeleton, ToolNames::default(), "x"),
-        };
+        let mut translate = Translate::new(StreamTranslator::new(skeleton, ToolNames::default(), "x"));
         let mut out = BytesMut::new();
         translate.chunk(b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n", &mut out);
         assert_eq!(translate.usage(), Some((3, 4)));

@@ -7,11 +7,10 @@
 //! `incomplete` with `incomplete_details.reason = "max_output_tokens"`; everything else is
 //! `completed`.
 
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::gateway::core::error::ApiError;
-use crate::gateway::dialects::chat::types::{ChatCompletion, ChatUsage, upstream_error_message};
+use crate::gateway::dialects::chat::types::{ChatCompletion, ChatUsage};
 use crate::gateway::dialects::responses::request::ToolNames;
 
 /// Makes the default of an echoed field.
@@ -148,16 +147,7 @@ pub fn chat_to_response(
     skeleton_of: impl FnOnce(&str) -> Map<String, Value>,
     names: &ToolNames,
 ) -> Result<Value, ApiError> {
-    let completion = ChatCompletion::deserialize(chat)
-        .map_err(|e| ApiError::Upstream(format!("malformed chat completion from the engine: {e}")))?;
-    if let Some(error) = &completion.error {
-        return Err(ApiError::Upstream(upstream_error_message(error)));
-    }
-    let choice = completion
-        .choices
-        .as_ref()
-        .and_then(|choices| choices.first())
-        .ok_or_else(|| ApiError::Upstream("chat completion from the engine has no choices".into()))?;
+    let (completion, choice) = ChatCompletion::read(chat)?;
     let suffix = id_suffix(completion.id.as_deref(), "cortex");
     let mut response = skeleton_of(&format!("resp_{suffix}"));
     let mut output = Vec::new();

@@ -1,4 +1,5 @@
-//! Chat Completions stream → Responses stream: a state machine fed one `data:` payload at a time.
+//! Chat Completions stream → Responses stream: the Responses writer of the one walk over a Chat
+//! Completions stream (`dialects::chat::stream`), fed one `data:` payload at a time.
 //!
 //! The event sequence is the one the openai SDK's `responses.stream()` accumulates and Codex
 //! parses: `response.created`, `response.in_progress`, then per output item
@@ -6,32 +7,51 @@
 //! `response.completed` with every item and the usage. Every event carries a `sequence_number`
 //! counting from 0, and is sent with its `event:` name.
 //!
-//! - Items open when the kind of delta changes (reasoning → `reasoning` item with
+//! - Items are the walk's blocks (reasoning → `reasoning` item with
 //!   `response.reasoning_text.delta`; content → `message` item with one `output_text` part and
 //!   `response.output_text.delta`; each upstream tool-call index → a `function_call` item with
-//!   `response.function_call_arguments.delta`), one at a time, each closed once with its
-//!   `.done` events. Output indices count from 0.
+//!   `response.function_call_arguments.delta`), each closed once with its `.done` events.
+//!   Output indices count from 0.
 //! - A `length` finish ends with `response.completed` whose status is `incomplete`
 //!   (`incomplete_details.reason = "max_output_tokens"`): Codex fails a turn on a
 //!   `response.incomplete` event, and the fleet's output cap must not cost an agent its turn.
 //! - An upstream error chunk, a malformed chunk, a tool call interleaved with a closed one, or
-//!   the end of the stream before a finish reason ends the stream with `response.failed`
-//!   (status `failed`, `error.code = "server_error"`); nothing is written after it.
+//!   the end of the stream before a finish reason (or a `[DONE]` without any output) ends the
+//!   stream with `response.failed` (status `failed`, `error.code = "server_error"`), inside the
+//!   started response; nothing is written after it.
 
 use std::io::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use crate::gateway::dialects::chat::types::{
-    ChatChunk, ChatUsage, Delta, ToolCallDelta, upstream_error_message,
-};
+use crate::gateway::dialects::chat::stream::{Block, ChatStream, Finish, Open, Seen, Writer};
 use crate::gateway::dialects::responses::request::ToolNames;
 use crate::gateway::dialects::responses::response::{self, id_suffix};
 use crate::gateway::transport::sse::SseBuffer;
 
-/// Translates one upstream stream; create one per request.
+/// Translates one upstream stream into Responses events: the walk with the Responses writer.
+pub type StreamTranslator = ChatStream<Responses>;
+
+impl ChatStream<Responses> {
+    /// `skeleton` from [`response::skeleton`] (its id is replaced once the engine's is known);
+    /// `fallback_suffix` names the ids when the engine sends none.
+    pub fn new(skeleton: Map<String, Value>, names: ToolNames, fallback_suffix: &str) -> Self {
+        ChatStream::with_writer(Responses {
+            skeleton,
+            names,
+            fallback_suffix: fallback_suffix.to_owned(),
+            suffix: fallback_suffix.to_owned(),
+            sequence: 0,
+            output: Vec::new(),
+            open: None,
+            scratch: Vec::new(),
+        })
+    }
+}
+
+/// The Responses side of the walk.
 #[derive(Debug)]
-pub struct StreamTranslator {
+pub struct Responses {
     /// The `response` object as echoed from the request (no id yet).
     skeleton: Map<String, Value>,
     names: ToolNames,
@@ -39,15 +59,9 @@ pub struct StreamTranslator {
     fallback_suffix: String,
     suffix: String,
     sequence: u64,
-    started: bool,
-    ended: bool,
     /// Items closed so far, in output order.
     output: Vec<Value>,
     open: Option<OpenItem>,
-    tool_indices_seen: Vec<u64>,
-    finish: Option<String>,
-    usage: Option<ChatUsage>,
-    content_chunks: u64,
     scratch: Vec<u8>,
 }
 
@@ -55,177 +69,15 @@ pub struct StreamTranslator {
 enum OpenItem {
     Reasoning { id: String, text: String },
     Message { id: String, text: String },
-    Call { id: String, call_id: String, name: String, arguments: String, upstream_index: u64 },
+    Call { id: String, call_id: String, name: String, arguments: String },
 }
 
-impl StreamTranslator {
-    /// `skeleton` from [`response::skeleton`] (its id is replaced once the engine's is known);
-    /// `fallback_suffix` names the ids when the engine sends none.
-    pub fn new(skeleton: Map<String, Value>, names: ToolNames, fallback_suffix: &str) -> Self {
-        StreamTranslator {
-            skeleton,
-            names,
-            fallback_suffix: fallback_suffix.to_owned(),
-            suffix: fallback_suffix.to_owned(),
-            sequence: 0,
-            started: false,
-            ended: false,
-            output: Vec::new(),
-            open: None,
-            tool_indices_seen: Vec::new(),
-            finish: None,
-            usage: None,
-            content_chunks: 0,
-            scratch: Vec::new(),
-        }
-    }
+impl Writer for Responses {
+    const FAILURE_INSIDE_ANSWER: bool = true;
+    const CUT_SHORT: &'static str = "the engine ended the stream before the response was complete";
+    const EMPTY_DONE: Option<&'static str> = Some("the engine ended the stream without any output");
 
-    pub fn is_ended(&self) -> bool {
-        self.ended
-    }
-
-    /// `(prompt, completion)` tokens, once the engine reported usage.
-    pub fn usage(&self) -> Option<(u64, u64)> {
-        self.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
-    }
-
-    /// Translates one `data:` payload (a chunk, or `[DONE]`).
-    pub fn push(&mut self, data: &str, out: &mut impl SseBuffer) {
-        if self.ended {
-            return;
-        }
-        if data.trim() == "[DONE]" {
-            match self.finish.is_some() || self.open.is_some() || !self.output.is_empty() {
-                true => self.complete(out),
-                false => self.fail("the engine ended the stream without any output", out),
-            }
-            return;
-        }
-        let result = serde_json::from_str::<ChatChunk<'_>>(data)
-            .map_err(|e| format!("malformed stream chunk from the engine: {e}"))
-            .and_then(|chunk| self.chunk(&chunk, out));
-        if let Err(message) = result {
-            self.fail(&message, out);
-        }
-    }
-
-    /// The end of the upstream body: completes if the engine sent a finish reason, else fails.
-    pub fn finish(&mut self, out: &mut impl SseBuffer) {
-        if self.ended {
-            return;
-        }
-        if self.finish.is_some() {
-            self.complete(out);
-        } else {
-            self.fail("the engine ended the stream before the response was complete", out);
-        }
-    }
-
-    /// Ends the stream with `response.failed` (does nothing once ended).
-    pub fn fail(&mut self, message: &str, out: &mut impl SseBuffer) {
-        if self.ended {
-            return;
-        }
-        self.start(None, out);
-        self.close_item(out);
-        let mut failed = self.response_now("failed");
-        failed.insert("error".into(), json!({"code": "server_error", "message": message}));
-        self.write("response.failed", json!({"type": "response.failed", "response": failed}), out);
-        self.ended = true;
-    }
-
-    fn chunk(&mut self, chunk: &ChatChunk<'_>, out: &mut impl SseBuffer) -> Result<(), String> {
-        if let Some(error) = &chunk.error {
-            return Err(upstream_error_message(error));
-        }
-        if let Some(usage) = chunk.usage {
-            self.usage = Some(usage);
-        }
-        self.start(chunk.id.as_deref(), out);
-        for choice in chunk.choices.iter().flatten().filter(|choice| choice.index == 0) {
-            if let Some(delta) = &choice.delta {
-                self.delta(delta, out)?;
-            }
-            if let Some(reason) = choice.finish_reason.as_deref() {
-                self.close_item(out);
-                self.finish = Some(reason.to_owned());
-            }
-        }
-        Ok(())
-    }
-
-    fn delta(&mut self, delta: &Delta<'_>, out: &mut impl SseBuffer) -> Result<(), String> {
-        let reasoning = delta.reasoning_content.as_deref().or(delta.reasoning.as_deref());
-        let mut produced = false;
-        if let Some(text) = reasoning.filter(|text| !text.is_empty()) {
-            if !matches!(self.open, Some(OpenItem::Reasoning { .. })) {
-                self.close_item(out);
-                let id = format!("rs_{}_{}", self.suffix, self.output.len());
-                self.open_item(OpenItem::Reasoning { id, text: String::new() }, out);
-            }
-            self.text_delta("response.reasoning_text.delta", text, out);
-            produced = true;
-        }
-        if let Some(text) = delta.content.as_deref().filter(|text| !text.is_empty()) {
-            if !matches!(self.open, Some(OpenItem::Message { .. })) {
-                self.close_item(out);
-                let id = format!("msg_{}_{}", self.suffix, self.output.len());
-                self.open_item(OpenItem::Message { id, text: String::new() }, out);
-            }
-            self.text_delta("response.output_text.delta", text, out);
-            produced = true;
-        }
-        for (position, call) in delta.tool_calls.iter().flatten().enumerate() {
-            produced |= self.tool_call_delta(call, position as u64, out)?;
-        }
-        if produced {
-            self.content_chunks += 1;
-        }
-        Ok(())
-    }
-
-    fn tool_call_delta(
-        &mut self,
-        call: &ToolCallDelta<'_>,
-        position: u64,
-        out: &mut impl SseBuffer,
-    ) -> Result<bool, String> {
-        let upstream_index = call.index.unwrap_or(position);
-        let function = call.function.as_ref();
-        let is_open = matches!(&self.open, Some(OpenItem::Call { upstream_index: open, .. }) if *open == upstream_index);
-        if !is_open {
-            if self.tool_indices_seen.contains(&upstream_index) {
-                return Err(format!(
-                    "the engine interleaved tool call {upstream_index} with another one; cannot translate"
-                ));
-            }
-            self.tool_indices_seen.push(upstream_index);
-            let call_id = match call.id.as_deref() {
-                Some(id) if !id.is_empty() => id.to_owned(),
-                _ => format!("call_{}_{upstream_index}", self.suffix),
-            };
-            let name = function.and_then(|f| f.name.as_deref()).unwrap_or("").to_owned();
-            self.close_item(out);
-            let id = format!("fc_{}_{}", self.suffix, self.output.len());
-            self.open_item(
-                OpenItem::Call { id, call_id, name, arguments: String::new(), upstream_index },
-                out,
-            );
-        }
-        match function.and_then(|f| f.arguments.as_deref()).filter(|text| !text.is_empty()) {
-            Some(arguments) => {
-                self.text_delta("response.function_call_arguments.delta", arguments, out);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    fn start(&mut self, upstream_id: Option<&str>, out: &mut impl SseBuffer) {
-        if self.started {
-            return;
-        }
-        self.started = true;
+    fn start(&mut self, upstream_id: Option<&str>, _seen: &Seen, out: &mut impl SseBuffer) {
         self.suffix = id_suffix(upstream_id, &self.fallback_suffix);
         self.skeleton.insert("id".into(), format!("resp_{}", self.suffix).into());
         let created = Value::Object(self.skeleton.clone());
@@ -238,8 +90,52 @@ impl StreamTranslator {
         );
     }
 
-    fn open_item(&mut self, item: OpenItem, out: &mut impl SseBuffer) {
+    fn open(&mut self, block: Block<'_>, out: &mut impl SseBuffer) {
+        let (suffix, index) = (&self.suffix, self.output.len());
+        let item = match block {
+            Block::Reasoning => {
+                OpenItem::Reasoning { id: format!("rs_{suffix}_{index}"), text: String::new() }
+            }
+            Block::Text => OpenItem::Message { id: format!("msg_{suffix}_{index}"), text: String::new() },
+            Block::ToolCall { upstream_index, id, name } => OpenItem::Call {
+                id: format!("fc_{suffix}_{index}"),
+                call_id: id.map_or_else(|| format!("call_{suffix}_{upstream_index}"), str::to_owned),
+                name: name.to_owned(),
+                arguments: String::new(),
+            },
+        };
+        self.open_item(item, out);
+    }
+
+    fn delta(&mut self, open: Open, text: &str, out: &mut impl SseBuffer) {
+        let kind = match open {
+            Open::Reasoning => "response.reasoning_text.delta",
+            Open::Text => "response.output_text.delta",
+            Open::ToolCall { .. } => "response.function_call_arguments.delta",
+        };
+        self.text_delta(kind, text, out);
+    }
+
+    fn close(&mut self, _open: Open, out: &mut impl SseBuffer) {
         self.close_item(out);
+    }
+
+    fn complete(&mut self, finish: Option<Finish>, seen: &Seen, out: &mut impl SseBuffer) {
+        let mut response = self.response_now("completed");
+        response::finish(&mut response, finish.as_ref().map(|finish| finish.reason.as_str()));
+        response.insert("usage".into(), response::usage_json(seen.usage.as_ref(), seen.content_chunks));
+        self.write("response.completed", json!({"type": "response.completed", "response": response}), out);
+    }
+
+    fn fail(&mut self, message: &str, out: &mut impl SseBuffer) {
+        let mut failed = self.response_now("failed");
+        failed.insert("error".into(), json!({"code": "server_error", "message": message}));
+        self.write("response.failed", json!({"type": "response.failed", "response": failed}), out);
+    }
+}
+
+impl Responses {
+    fn open_item(&mut self, item: OpenItem, out: &mut impl SseBuffer) {
         let index = self.output.len();
         let added = match &item {
             OpenItem::Reasoning { id, .. } => {
@@ -306,16 +202,6 @@ impl StreamTranslator {
         response.insert("status".into(), status.into());
         response.insert("output".into(), Value::Array(self.output.clone()));
         response
-    }
-
-    fn complete(&mut self, out: &mut impl SseBuffer) {
-        self.start(None, out);
-        self.close_item(out);
-        let mut response = self.response_now("completed");
-        response::finish(&mut response, self.finish.as_deref());
-        response.insert("usage".into(), response::usage_json(self.usage.as_ref(), self.content_chunks));
-        self.write("response.completed", json!({"type": "response.completed", "response": response}), out);
-        self.ended = true;
     }
 
     /// A per-token delta for the open item, formatted by hand (only the text needs escaping),
