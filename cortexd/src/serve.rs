@@ -115,6 +115,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
     joined.publish_demand(state.scheduler.queues(), shutdown.clone());
+    joined.share_usage(&state.keys, shutdown.clone());
     joined.publish_fleet(fleet_saved, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
@@ -239,6 +240,21 @@ impl Joined {
         }
         #[cfg(not(feature = "cluster"))]
         let _ = (queues, shutdown);
+    }
+
+    /// Cluster mode: hold the fleet keys to what they used on every replica.
+    fn share_usage(&self, keys: &Arc<Keys>, shutdown: CancellationToken) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            let (own, set) = (keys.clone(), keys.clone());
+            let ledger = crate::cluster::usage::Ledger {
+                own: Box::new(move |now| own.own_use(now)),
+                set: Box::new(move |others| set.set_elsewhere(others)),
+            };
+            cluster.share_usage(ledger, shutdown);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = (keys, shutdown);
     }
 
     fn publish_fleet(&self, saved: watch::Receiver<Option<Arc<SavedFleet>>>, shutdown: CancellationToken) {

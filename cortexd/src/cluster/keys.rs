@@ -35,6 +35,16 @@ impl Keys {
         format!("{}{replica}", self.demands())
     }
 
+    /// Under which every replica publishes what each fleet key used through it this day and
+    /// month (not leased: a replica that is down still counts against the budgets).
+    pub fn usages(&self) -> String {
+        format!("{}/usage/", self.prefix)
+    }
+
+    pub fn usage(&self, replica: &str) -> String {
+        format!("{}{replica}", self.usages())
+    }
+
     /// The leader's decisions (residency, drains, backoff, loads under way), written fenced.
     pub fn state(&self) -> String {
         format!("{}/leader/state", self.prefix)

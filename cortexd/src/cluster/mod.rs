@@ -17,6 +17,7 @@ pub mod demand;
 pub mod keys;
 pub mod session;
 pub mod store;
+pub mod usage;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -173,6 +174,17 @@ impl Cluster {
             shutdown,
         );
         tokio::spawn(task);
+    }
+
+    /// Share the fleet keys' usage with the other replicas (see `usage.rs`), until `shutdown`.
+    pub fn share_usage(&self, ledger: usage::Ledger, shutdown: CancellationToken) {
+        usage::share(
+            self.store.clone(),
+            self.settings.keys.clone(),
+            self.settings.replica.clone(),
+            ledger,
+            shutdown,
+        );
     }
 
     /// Everyone's demand, kept up to date until `shutdown`.

@@ -89,6 +89,12 @@ impl Store {
         self.bounded(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await.map(drop)
     }
 
+    /// Put `key` without a lease (it stays when its writer goes).
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        self.bounded(client.put(key, value, None)).await.map(drop)
+    }
+
     /// The value of `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut client = self.client.clone();

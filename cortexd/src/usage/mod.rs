@@ -22,6 +22,22 @@ use tokio_util::sync::CancellationToken;
 
 pub use store::{DayUsage, StoreError, UsageStore};
 
+/// A calendar window (a UTC day or month) and the tokens used in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    /// Which window (days since the epoch, or months since January 1970).
+    pub index: u32,
+    pub used: u64,
+}
+
+/// One key's use in the current day and month: what a cluster replica publishes of its own,
+/// and the sum of the others' that it holds its keys to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Elsewhere {
+    pub day: Window,
+    pub month: Window,
+}
+
 /// `(key, day)` → `(requests, prompt, completion)` not yet written.
 type Pending = BTreeMap<(String, u32), (u64, u64, u64)>;
 

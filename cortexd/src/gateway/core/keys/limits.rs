@@ -68,13 +68,7 @@ impl Bucket {
     }
 }
 
-/// A calendar window (a UTC day or month) and the tokens used in it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Window {
-    /// Which window (days since the epoch, or months since January 1970).
-    pub index: u32,
-    pub used: u64,
-}
+pub use crate::usage::{Elsewhere, Window};
 
 /// Which limit refused a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +95,8 @@ pub struct Counters {
     pub month: Window,
     /// Tokens reserved by requests admitted and not yet settled.
     pub reserved: u64,
+    /// Cluster mode: what the other replicas report this key used in their windows.
+    pub elsewhere: Elsewhere,
 }
 
 impl Counters {
@@ -113,6 +109,7 @@ impl Counters {
             day: Window { index: day_index(now_ms), used: day_used },
             month: Window { index: month_index(now_ms), used: month_used },
             reserved: 0,
+            elsewhere: Elsewhere::default(),
         }
     }
 
@@ -193,15 +190,20 @@ impl Counters {
     }
 
     fn budgets(&self, limits: &KeyLimits, now_ms: u64) -> Result<(), Refusal> {
-        let committed = |window: &Window| window.used.saturating_add(self.reserved);
+        // The other replicas' use counts in the window it was published for.
+        let others =
+            |mine: &Window, theirs: &Window| if mine.index == theirs.index { theirs.used } else { 0 };
+        let committed = |window: &Window, theirs: &Window| {
+            window.used.saturating_add(self.reserved).saturating_add(others(window, theirs))
+        };
         if let Some(budget) = limits.tokens_per_day
-            && committed(&self.day) >= budget
+            && committed(&self.day, &self.elsewhere.day) >= budget
         {
             let next = (u64::from(self.day.index) + 1) * DAY_MS;
             return Err(Refusal::Day { budget, retry_after_s: seconds_until(now_ms, next) });
         }
         if let Some(budget) = limits.tokens_per_month
-            && committed(&self.month) >= budget
+            && committed(&self.month, &self.elsewhere.month) >= budget
         {
             let next = month_start_ms(self.month.index + 1);
             return Err(Refusal::Month { budget, retry_after_s: seconds_until(now_ms, next) });
@@ -322,6 +324,20 @@ mod tests {
         assert_eq!(counters.enter(&limits, NOON), Err(Refusal::Tpm(60)), "600 below zero at 10 tokens/s");
         counters.settle(NOON, 1_200, 200);
         assert_eq!(counters.enter(&limits, NOON), Ok(()), "the unused reservation came back");
+    }
+
+    #[test]
+    fn the_other_replicas_use_counts_in_its_own_window_only() {
+        let limits = KeyLimits { tokens_per_day: Some(1_000), ..limits() };
+        let mut counters = Counters::new(NOON, 100, 100);
+        let today = day_index(NOON);
+        counters.elsewhere.day = Window { index: today - 1, used: 5_000 };
+        assert_eq!(counters.enter(&limits, NOON), Ok(()), "yesterday's use elsewhere does not count");
+        counters.elsewhere.day = Window { index: today, used: 900 };
+        assert!(
+            matches!(counters.enter(&limits, NOON), Err(Refusal::Day { .. })),
+            "100 here + 900 elsewhere"
+        );
     }
 
     #[test]

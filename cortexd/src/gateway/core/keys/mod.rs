@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::core::auth::{ApiKeys, presented_key};
 use crate::gateway::core::error::ApiError;
-use crate::gateway::core::keys::limits::{Counters, Refusal, day_index};
+use crate::gateway::core::keys::limits::{Counters, Elsewhere, Refusal, Window, day_index};
 use crate::usage::Usage;
 
 /// The keys the gateway accepts, and the counters of each declared one.
@@ -32,6 +32,8 @@ pub struct Keys {
     index: Mutex<Index>,
     /// Each declared key's counters by name, kept across fleet reloads.
     counters: Mutex<HashMap<String, Arc<Mutex<Counters>>>>,
+    /// Cluster mode: each key's use on the other replicas, as last published.
+    elsewhere: Mutex<HashMap<String, Elsewhere>>,
 }
 
 #[derive(Default)]
@@ -59,7 +61,13 @@ pub enum Caller {
 
 impl Keys {
     pub fn new(legacy: ApiKeys, usage: Arc<Usage>) -> Self {
-        Keys { legacy, usage, index: Mutex::default(), counters: Mutex::default() }
+        Keys {
+            legacy,
+            usage,
+            index: Mutex::default(),
+            counters: Mutex::default(),
+            elsewhere: Mutex::default(),
+        }
     }
 
     pub fn usage(&self) -> &Arc<Usage> {
@@ -145,7 +153,39 @@ impl Keys {
                 0
             })
         };
-        Counters::new(now_ms, used(today), used(month_start))
+        let mut counters = Counters::new(now_ms, used(today), used(month_start));
+        counters.elsewhere = lock(&self.elsewhere).get(name).copied().unwrap_or_default();
+        counters
+    }
+
+    /// Cluster mode: what every key used on the other replicas (replacing the last report).
+    pub fn set_elsewhere(&self, elsewhere: HashMap<String, Elsewhere>) {
+        let counters = lock(&self.counters);
+        for (name, held) in counters.iter() {
+            lock(held).elsewhere = elsewhere.get(name).copied().unwrap_or_default();
+        }
+        *lock(&self.elsewhere) = elsewhere;
+    }
+
+    /// Cluster mode: what each declared key used through this replica in the current day and
+    /// month (its own store and what is pending), to publish for the others.
+    pub fn own_use(&self, now_ms: u64) -> HashMap<String, Elsewhere> {
+        let today = day_index(now_ms);
+        let month = limits::month_index(now_ms);
+        let month_start = day_index(limits::month_start_ms(month));
+        let names: Vec<String> = lock(&self.counters).keys().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let day = self.usage.tokens(&name, today, today).ok()?;
+                let month_used = self.usage.tokens(&name, month_start, today).ok()?;
+                let own = Elsewhere {
+                    day: Window { index: today, used: day },
+                    month: Window { index: month, used: month_used },
+                };
+                Some((name, own))
+            })
+            .collect()
     }
 
     /// Every declared key's counters now, for the fleet page: `(name, in flight, reserved)`.
