@@ -122,8 +122,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         signals.cancel();
     });
     let (api_result, metrics_result) = tokio::join!(
-        gateway::serve(api, state, shutdown.clone()),
-        crate::metrics::serve(metrics, operator, shutdown.clone())
+        gateway::serve(api, state, config.listener, shutdown.clone()),
+        crate::metrics::serve(metrics, operator, config.listener, shutdown.clone())
     );
     shutdown.cancel();
     let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task);

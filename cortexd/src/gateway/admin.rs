@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -69,12 +70,18 @@ pub struct ApplyResponse {
     pub outcomes: Vec<(String, String)>,
 }
 
-pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+/// The plan file is read only once the key has been checked: a caller without the key has its
+/// body left unread.
+pub async fn apply(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let admin = match authorised(&state, &headers) {
         Ok(admin) => admin.clone(),
         Err((status, message)) => return error(status, message),
     };
-    let file = match PlanFile::from_json(&body) {
+    let limit = state.limits.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error(StatusCode::BAD_REQUEST, format!("the plan file is unreadable or over {limit} bytes"));
+    };
+    let file = match PlanFile::from_json(&String::from_utf8_lossy(&body)) {
         Ok(file) => file,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
     };

@@ -35,6 +35,9 @@ pub enum ApiError {
     UnknownModel(String),
     #[error("request body is larger than {limit_bytes} bytes")]
     TooLarge { limit_bytes: usize },
+    /// The request's body did not arrive in time (the listener's body timeouts).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{message}")]
     Overloaded { message: String, retry_after_s: u64 },
     #[error("{0}")]
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +76,7 @@ impl ApiError {
                 _,
                 ApiError::BadRequest(_)
                 | ApiError::TooLarge { .. }
+                | ApiError::RequestTimeout(_)
                 | ApiError::ContextOverflow { .. }
                 | ApiError::NoRoute { .. }
                 | ApiError::MethodNotAllowed { .. },
@@ -89,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::Unsupported(_)
             | ApiError::ContextOverflow { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::NoRoute { .. } => "not_found_error",
@@ -106,6 +112,7 @@ impl ApiError {
             ApiError::Unauthorized => Some("invalid_api_key"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout(_) => Some("request_timeout"),
             ApiError::Overloaded { .. } => Some("overloaded"),
             ApiError::NoRoute { .. } | ApiError::NotFound(_) => Some("not_found"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),

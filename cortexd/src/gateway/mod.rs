@@ -9,7 +9,6 @@ pub mod anthropic;
 pub mod auth;
 pub mod error;
 pub mod http1;
-pub mod listen;
 pub mod messages;
 pub mod models;
 pub mod overflow;
@@ -70,6 +69,8 @@ impl AppState {
         limits: GatewayConfig,
     ) -> Self {
         let mode = limits.swap_schedule;
+        let upstream =
+            upstream::Timeouts { head: limits.upstream_head_timeout, read: limits.upstream_read_timeout };
         AppState {
             fleet,
             poller,
@@ -79,7 +80,7 @@ impl AppState {
             schedule: Arc::new(route::Schedule::new(mode, BackoffPolicy::default())),
             admin: None,
             response_index: Arc::new(ResponseIndex::default()),
-            inference: upstream::InferenceClient::default(),
+            inference: upstream::InferenceClient::new(upstream),
         }
     }
 
@@ -128,12 +129,13 @@ fn api_routes(router: Router<AppState>, prefix: &str) -> Router<AppState> {
         .route(&at("/models/{*id}"), get(models::retrieve).fallback(routes::wrong_method))
 }
 
-/// Serve the inference API on `listener` until `shutdown` fires.
+/// Serve the inference API on `listener`, under the listener's `limits`, until `shutdown`
+/// fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: cortex_listener::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let max_body = state.limits.max_body_bytes;
-    listen::serve(listener, app(state), max_body, shutdown).await
+    cortex_listener::serve(listener, app(state), limits, shutdown).await
 }

@@ -44,7 +44,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
         AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(gateway::serve(listener, state, shutdown.clone()));
+    tokio::spawn(gateway::serve(listener, state, cortex_listener::Limits::default(), shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),
