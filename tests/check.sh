@@ -25,8 +25,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build --workspace --bins (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
 
-step "cargo test --workspace"
-cargo test --workspace --locked
+step "cargo test --workspace --no-fail-fast (every test binary runs; failures are summed up at the end)"
+cargo test --workspace --locked --no-fail-fast
 
 step "Python client tests (official openai and anthropic SDKs)"
 export NEURON_BIN="$CARGO_TARGET_DIR/debug/neuron" CORTEX_BIN="$CARGO_TARGET_DIR/debug/cortex"

@@ -80,6 +80,12 @@ async fn a_saved_plan_is_refused_once_the_topology_changed() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    // The load answers once it has started; the change this test is about is the finished one
+    // (starting and finishing each move the neuron's generation).
+    eventually("the intruder to finish loading on alpha", Duration::from_secs(30), async || {
+        alpha.loaded().await.contains(&"intruder".to_owned()).then_some(())
+    })
+    .await;
 
     let apply = cortex(&["apply", "plan.json", "--fleet", "fleet"], &config, dir.path());
     assert_eq!(apply.status.code(), Some(1), "{}", text(&apply));

@@ -14,9 +14,9 @@ use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
-use crate::gateway::admin::Admin;
-use crate::gateway::auth::ApiKeys;
+use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::{self, AppState};
+use crate::operator::admin::Admin;
 
 pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -67,10 +67,9 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     });
 
     // Failed cold loads back off like the reconciler's actions.
-    let schedule = Arc::new(gateway::route::Schedule::new(
-        config.gateway.swap_schedule,
-        reconcile_config_backoff(&config),
-    ));
+    let keys = ApiKeys::new(config.client_keys()?);
+    let state = AppState::new(fleet_receiver.clone(), poller.clone(), keys, config.gateway.clone())
+        .with_load_backoff(reconcile_config_backoff(&config));
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let reconcile_config = ReconcileConfig {
         resync: config.reconcile.resync,
@@ -78,7 +77,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         timeouts,
         backoff: reconcile_config_backoff(&config),
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
-        activity: schedule.activity(),
+        activity: state.scheduler.activity(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
@@ -86,27 +85,28 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
 
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
     // operator listener.
-    let ui_sources = gateway::ui::feed::Sources {
+    let ui_sources = crate::operator::ui::feed::Sources {
         fleet: fleet_receiver.clone(),
         observed: poller.observed.clone(),
         status: status.clone(),
-        queues: schedule.queues(),
-        traffic: gateway::traffic::GLOBAL.clone(),
+        queues: state.scheduler.queues(),
+        traffic: state.traffic.clone(),
     };
-    let (ui_feed, ui_task) = gateway::ui::feed::spawn(ui_sources, shutdown.clone());
-    let operator = crate::metrics::router(prometheus)
-        .merge(gateway::ui::router(gateway::ui::Ui::new(ui_feed, config.admin_key.as_deref())));
-    let mut state =
-        AppState::new(fleet_receiver, poller, ApiKeys::new(config.client_keys()?), config.gateway.clone());
-    state.schedule = schedule;
-    state.admin = config.admin_key.clone().map(|key| Admin {
+    let (ui_feed, ui_task) = crate::operator::ui::feed::spawn(ui_sources, shutdown.clone());
+    let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(
+        crate::operator::ui::Ui::new(ui_feed, config.admin_key.as_deref()),
+    ));
+    let admin = config.admin_key.clone().map(|key| Admin {
         key: Arc::new(key),
         status,
         timeouts,
         parallelism: config.reconcile.parallelism,
         reconciler,
     });
-    let probe_task = tokio::spawn(gateway::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    let probe_task =
+        tokio::spawn(gateway::core::admission::probe_delay(state.admission.clone(), shutdown.clone()));
+    // The admin API answers on the inference listener, beside the routes it administers.
+    let api_router = gateway::app(state.clone()).merge(crate::operator::admin::router(state, admin));
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -122,7 +122,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         signals.cancel();
     });
     let (api_result, metrics_result) = tokio::join!(
-        gateway::serve(api, state, config.listener, shutdown.clone()),
+        gateway::serve(api, api_router, config.listener, shutdown.clone()),
         crate::metrics::serve(metrics, operator, config.listener, shutdown.clone())
     );
     shutdown.cancel();

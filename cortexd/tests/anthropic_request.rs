@@ -1,7 +1,8 @@
 //! Golden tests of Anthropic Messages request → OpenAI Chat Completions request, including the 400 messages.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::anthropic::request_to_chat;
+use cortexd::gateway::core::error::Dialect;
+use cortexd::gateway::dialects::anthropic::request_to_chat;
 use expect_test::{Expect, expect};
 
 /// Translates `request` (JSON text) and renders the Chat Completions body, or `error: <message>`.
@@ -10,7 +11,10 @@ fn check(request: &str, expect: Expect) {
     let rendered = match request_to_chat(&body) {
         Ok(chat) => serde_json::to_string_pretty(&chat).unwrap(),
         Err(error) => {
-            assert_eq!((error.status(), error.error_type()), (400, "invalid_request_error"));
+            assert_eq!(
+                (error.status().as_u16(), error.error_type(Dialect::Anthropic)),
+                (400, "invalid_request_error")
+            );
             format!("error: {error}")
         }
     };

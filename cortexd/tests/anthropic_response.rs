@@ -1,7 +1,8 @@
 //! Golden tests of OpenAI Chat Completions response → Anthropic message (non-streaming).
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::anthropic::chat_to_message;
+use cortexd::gateway::core::error::Dialect;
+use cortexd::gateway::dialects::anthropic::chat_to_message;
 use expect_test::{Expect, expect};
 
 /// Translates `response` (JSON text) for a client that asked for `qwen3:8b`.
@@ -9,7 +10,9 @@ fn check(response: &str, expect: Expect) {
     let body: serde_json::Value = serde_json::from_str(response).unwrap();
     let rendered = match chat_to_message(&body, "qwen3:8b") {
         Ok(message) => serde_json::to_string_pretty(&message).unwrap(),
-        Err(error) => format!("error {} {}: {error}", error.status(), error.error_type()),
+        Err(error) => {
+            format!("error {} {}: {error}", error.status().as_u16(), error.error_type(Dialect::Anthropic))
+        }
     };
     expect.assert_eq(&format!("{rendered}\n"));
 }

@@ -4,8 +4,10 @@
 //! official anthropic SDK and Claude Code rely on.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
-use cortexd::gateway::sse::{self, SseParser};
+use cortexd::gateway::core::forward::EventTransform;
+use cortexd::gateway::dialects::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
+use cortexd::gateway::dialects::chat::translate::Translate;
+use cortexd::gateway::transport::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 
@@ -604,20 +606,20 @@ fn native_message_tool_use_gets_its_input() {
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "call_x", "name": "get_weather"},
     ]});
-    assert!(cortexd::gateway::anthropic::fix_native_message(&mut message));
+    assert!(cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
     assert_eq!(message["content"][1]["input"], serde_json::json!({}));
-    assert!(!cortexd::gateway::anthropic::fix_native_message(&mut message));
+    assert!(!cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
 }
 
-/// Runs raw upstream bytes (fed in `pieces`) through `push_event` into a `BytesMut`, as the
-/// gateway's proxy does.
+/// Runs raw upstream bytes (fed in `pieces`) through the stream transform into a `BytesMut`, as
+/// the gateway's proxy does.
 fn translate_raw(pieces: &[&[u8]]) -> String {
-    let mut translator = StreamTranslator::new("qwen3:8b");
+    let mut translator = Translate::new(StreamTranslator::new("qwen3:8b"));
     let mut out = bytes::BytesMut::new();
     for piece in pieces {
-        translator.push_event(piece, &mut out);
+        translator.chunk(piece, &mut out);
     }
-    let _ = translator.finish(&mut out);
+    translator.finish(&mut out);
     String::from_utf8(out.to_vec()).unwrap()
 }
 

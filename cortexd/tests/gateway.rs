@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::fake_neuron::FakeNeuron;
-use support::gateway::{limits, start};
+use support::gateway::{Gateway, limits, start};
 
 fn fleet(endpoint: &str, models: &str) -> String {
     format!("[[neuron]]\nname = \"fake\"\nendpoint = \"{endpoint}\"\n\n{models}")
@@ -298,10 +298,10 @@ async fn anthropic_requests_pass_through_to_native_engines_with_tool_use_fixed()
 
 /// `(requests, errors)` in the traffic window for `model`, once `done` holds of them (polled,
 /// with a deadline: a request is added when its response ends on the gateway's side).
-async fn traffic_until(model: &str, done: impl Fn(u32, u32) -> bool) -> (u32, u32) {
+async fn traffic_until(gateway: &Gateway, model: &str, done: impl Fn(u32, u32) -> bool) -> (u32, u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let window = cortexd::gateway::traffic::GLOBAL.window(cortexd::control::poller::now_unix_ms());
+        let window = gateway.traffic.window(cortexd::control::poller::now_unix_ms());
         let counts = window
             .models
             .iter()
@@ -343,9 +343,9 @@ async fn an_engine_error_status_counts_as_an_error_of_its_model_but_a_client_mis
     assert_eq!(post(&url, &chat("made-up-model", false)).await.status(), 404);
     *fake.refuse_with.lock().expect("lock") = None;
     assert_eq!(post(&url, &chat("counted", false)).await.status(), 200);
-    let counts = traffic_until("counted", |requests, _| requests >= 3).await;
+    let counts = traffic_until(&gateway, "counted", |requests, _| requests >= 3).await;
     assert_eq!(counts, (3, 2), "two engine failures and one answer; the 400 is the client's mistake");
-    let window = cortexd::gateway::traffic::GLOBAL.window(cortexd::control::poller::now_unix_ms());
+    let window = gateway.traffic.window(cortexd::control::poller::now_unix_ms());
     assert!(!window.models.iter().any(|s| s.model == "made-up-model"), "an unknown name gets no chart");
 }
 
@@ -370,6 +370,6 @@ async fn requests_a_full_queue_turns_away_count_as_errors_of_their_model() {
     let responses = futures_util::future::join_all((0..5).map(|_| post(&url, &body))).await;
     let refused = responses.iter().filter(|r| r.status() == 503).count() as u32;
     assert_eq!(refused, 3, "two wait, three are turned away");
-    let counts = traffic_until("refused", |requests, _| requests >= 5).await;
+    let counts = traffic_until(&gateway, "refused", |requests, _| requests >= 5).await;
     assert_eq!(counts, (5, 3), "five requests, the three refused are errors");
 }

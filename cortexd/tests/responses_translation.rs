@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use cortexd::gateway::responses::request::{ToolNames, request_to_chat};
-use cortexd::gateway::responses::response::{chat_to_response, skeleton};
-use cortexd::gateway::responses::stream::StreamTranslator;
-use cortexd::gateway::sse::{self, SseParser};
+use cortexd::gateway::dialects::responses::request::{ToolNames, request_to_chat};
+use cortexd::gateway::dialects::responses::response::{chat_to_response, skeleton};
+use cortexd::gateway::dialects::responses::stream::StreamTranslator;
+use cortexd::gateway::transport::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -35,12 +35,12 @@ fn translate(request: &Value, upstream: &str) -> String {
     let mut out = String::new();
     let mut parser = SseParser::new();
     let mut on_event = |event: sse::SseEvent<'_>| -> Result<(), ()> {
-        translator.push(event.data, &mut out);
+        let _ = translator.push(event.data, &mut out);
         Ok(())
     };
     parser.feed(upstream.as_bytes(), &mut on_event).unwrap();
     parser.finish(&mut on_event).unwrap();
-    translator.finish(&mut out);
+    let _ = translator.finish(&mut out);
     out
 }
 

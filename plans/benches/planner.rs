@@ -139,10 +139,12 @@ fn scenario(models: usize, neurons: usize) -> (Fleet, Topology) {
                 name: name.clone(),
                 endpoint: format!("http://{name}:13131"),
                 labels: BTreeMap::new(),
+                state: Default::default(),
                 origin: Origin::default(),
             })
             .collect(),
         models: specs,
+        keys: Vec::new(),
         digest: "sha256:bench".to_owned(),
     };
     (fleet, Topology::new(NOW - 2_000, statuses))

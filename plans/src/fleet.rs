@@ -1,13 +1,15 @@
-//! The desired state: a validated [`Fleet`] of policy, neurons and models (spec §2), and the
-//! serving [`Profile`] that decides how an engine is started.
+//! The desired state: a validated [`Fleet`] of policy, neurons, models and client keys (spec §2),
+//! and the serving [`Profile`] that decides how an engine is started.
 //!
 //! Parsing and validation of `fleet/*.toml` live in `fleet/load.rs`; a `Fleet` only exists once
 //! every check has passed (preconditions in types: the planner never sees raw TOML).
 
 use std::collections::BTreeMap;
 
+pub mod keys;
 mod load;
 
+pub use keys::{KeyLimits, KeySpec, OperatorAccess, Priority};
 pub use load::{FleetLoad, load};
 
 /// How the planner picks models to unload when a neuron needs room.
@@ -109,12 +111,48 @@ pub struct Origin {
     pub column: usize,
 }
 
+/// Whether a neuron takes new work: the fleet's own `kubectl cordon` / `kubectl drain`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NeuronState {
+    /// Takes placements as usual.
+    #[default]
+    Active,
+    /// Takes no new placement (no cold load, no new replica, no reload); what is loaded keeps
+    /// serving, and a pin without its copy there is suspended.
+    Cordoned,
+    /// As cordoned, and the planner empties it make-before-break: what the fleet wants kept
+    /// (replicas, pinned copies, busy on-demand copies) is loaded elsewhere and ready before the
+    /// copy here drains and unloads; what fits nowhere else keeps serving here.
+    Draining,
+}
+
+impl NeuronState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NeuronState::Active => "active",
+            NeuronState::Cordoned => "cordoned",
+            NeuronState::Draining => "draining",
+        }
+    }
+
+    /// Whether new copies may be started there.
+    pub fn schedulable(self) -> bool {
+        self == NeuronState::Active
+    }
+}
+
 /// `[[neuron]]`: a node daemon cortex talks to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NeuronSpec {
     pub name: String,
     pub endpoint: String,
     pub labels: BTreeMap<String, String>,
+    /// `state = "active" | "cordoned" | "draining"`.
+    #[serde(default)]
+    pub state: NeuronState,
     pub origin: Origin,
 }
 
@@ -206,6 +244,9 @@ pub struct Fleet {
     pub neurons: Vec<NeuronSpec>,
     /// In declaration order (files sorted by path, then order within a file).
     pub models: Vec<ModelSpec>,
+    /// Client keys (`[[key]]`), in declaration order.
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
     /// `sha256:<hex>` over every file's path and content: identifies this exact fleet.
     pub digest: String,
 }
@@ -213,6 +254,11 @@ pub struct Fleet {
 impl Fleet {
     pub fn neuron(&self, name: &str) -> Option<&NeuronSpec> {
         self.neurons.iter().find(|n| n.name == name)
+    }
+
+    /// The declared state of neuron `name` (`Active` for a name the fleet does not declare).
+    pub fn neuron_state(&self, name: &str) -> NeuronState {
+        self.neuron(name).map_or(NeuronState::Active, |n| n.state)
     }
 
     /// The model that `name` (an id or an alias) refers to.

@@ -8,6 +8,7 @@
 pub mod diagnostic;
 pub mod duration;
 pub mod fleet;
+pub mod maintenance;
 pub mod plan;
 pub mod topology;
 pub mod wire;

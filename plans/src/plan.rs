@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::fleet::{Eviction, Fleet, Profile};
+use crate::fleet::{Eviction, Fleet, NeuronState, Profile};
 use crate::topology::Topology;
 
 pub mod evict;
@@ -85,6 +85,9 @@ pub struct Plan {
     pub infeasible: Vec<Infeasible>,
     /// Undeclared models loaded through cortex that this plan does not unload (no prune).
     pub drift: Vec<Drift>,
+    /// Pins held in abeyance while their neuron is cordoned (without the copy) or draining.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspended_pins: Vec<SuspendedPin>,
     /// Planning errors (an ordering cycle); a plan with errors must not be applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -204,6 +207,14 @@ pub enum Reason {
     Prune,
     /// Unload: an on-demand copy idle for `idle_ms`, longer than `idle_unload_after`.
     Idle { idle_ms: u64, limit_ms: u64 },
+    /// Load: the copy on `from`, which is draining, moves here (make-before-break: this load
+    /// is ready before that copy drains and unloads).
+    Relocate { from: String },
+    /// Load: a stand-in while the pin on `neuron` is suspended (the neuron is `state`).
+    PinSuspended { neuron: String, state: NeuronState },
+    /// Unload: `neuron` is draining; `replaced_by` names the neuron whose copy takes over (it
+    /// is ready first), `None` when nothing needs the copy elsewhere.
+    Drain { neuron: String, replaced_by: Option<String> },
 }
 
 impl Reason {
@@ -218,6 +229,9 @@ impl Reason {
             Reason::Evict { .. } => "evict",
             Reason::Prune => "prune",
             Reason::Idle { .. } => "idle",
+            Reason::Relocate { .. } => "relocate",
+            Reason::PinSuspended { .. } => "pin_suspended",
+            Reason::Drain { .. } => "drain",
         }
     }
 
@@ -246,6 +260,19 @@ impl Reason {
                 render::duration(*idle_ms),
                 render::duration(*limit_ms)
             ),
+            Reason::Relocate { from } => {
+                format!("{from} is draining; this copy replaces the one there and is ready before it unloads")
+            }
+            Reason::PinSuspended { neuron, state } => format!(
+                "{neuron} is {}: its pin is suspended, and this copy keeps the model warm meanwhile",
+                state.as_str()
+            ),
+            Reason::Drain { neuron, replaced_by: Some(to) } => {
+                format!("{neuron} is draining; the copy on {to} takes over, ready first")
+            }
+            Reason::Drain { neuron, replaced_by: None } => {
+                format!("{neuron} is draining; nothing needs this copy elsewhere (it loads again on demand)")
+            }
         }
     }
 }
@@ -271,6 +298,8 @@ pub enum Want {
     Replicas,
     Reload,
     Request,
+    /// Moving a copy off a draining neuron: it keeps serving there.
+    Relocate,
 }
 
 /// The dimension that ran out, like Nomad's "Dimension … exhausted".
@@ -299,6 +328,10 @@ pub enum Dimension {
     Residency,
     /// It fits once a copy has finished loading or unloading: the placement waits.
     InTransition,
+    /// The neuron is cordoned: nothing new starts there.
+    Cordoned,
+    /// The neuron is draining: nothing new starts there.
+    Draining,
 }
 
 impl Dimension {
@@ -316,6 +349,8 @@ impl Dimension {
             Dimension::UnknownModel => "unknown_model",
             Dimension::Residency => "residency",
             Dimension::InTransition => "in_transition",
+            Dimension::Cordoned => "cordoned",
+            Dimension::Draining => "draining",
         }
     }
 }
@@ -328,6 +363,55 @@ pub struct Drift {
     pub devices: Vec<u32>,
     pub vram_mb: u64,
     pub ram_mb: u64,
+}
+
+/// A copy moving off a draining neuron, make-before-break: `load` (when this plan loads the
+/// replacement) finishes before `unload` starts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Move {
+    pub model: String,
+    pub from: String,
+    pub to: String,
+    /// The id of the replacement's load; `None` when a copy there already serves.
+    pub load: Option<String>,
+    pub unload: String,
+}
+
+impl Plan {
+    /// The moves off draining neurons: every `drain` unload that another copy takes over from.
+    pub fn moves(&self) -> Vec<Move> {
+        self.actions
+            .iter()
+            .filter_map(|unload| {
+                let Reason::Drain { neuron, replaced_by: Some(to) } = &unload.reason else { return None };
+                let load = self.actions.iter().find(|a| {
+                    a.kind != ActionKind::Unload
+                        && a.model == unload.model
+                        && a.neuron == *to
+                        && unload.after.contains(&a.id)
+                });
+                Some(Move {
+                    model: unload.model.clone(),
+                    from: neuron.clone(),
+                    to: to.clone(),
+                    load: load.map(|a| a.id.clone()),
+                    unload: unload.id.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A pin the planner does not honour while its neuron is out of service: on a draining neuron,
+/// or on a cordoned one that does not hold the copy. A stand-in copy elsewhere keeps the model
+/// warm meanwhile; the pin counts again once the neuron is `active`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SuspendedPin {
+    pub model: String,
+    pub neuron: String,
+    pub state: NeuronState,
+    /// Where the stand-in is (or will be) loaded, when there is one.
+    pub stand_in: Option<String>,
 }
 
 /// Where the router should load a requested model, and what to evict first.
@@ -354,6 +438,7 @@ pub fn plan_with(fleet: &Fleet, topology: &Topology, options: &PlanOptions, acti
     planner.keep_replicas();
     planner.unload_idle();
     planner.reload_on_demand();
+    planner.empty_draining();
     planner.finish()
 }
 

@@ -5,33 +5,9 @@
 
 mod support;
 
-use expect_test::{Expect, expect};
-use plans::plan::{PlanOptions, Revision, place_one, place_one_with, plan, render_json, render_text};
-use plans::topology::Topology;
-use support::NOW;
-
-/// A fixed digest so that goldens do not depend on how the loader hashes files.
-const DIGEST: &str = "sha256:d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2";
-
-fn revision() -> Revision {
-    Revision { commit: Some("1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b".to_owned()), dirty: false }
-}
-
-fn inputs(fleet_toml: &str, topology_json: &str) -> (plans::fleet::Fleet, Topology) {
-    let mut fleet = support::fleet(fleet_toml);
-    fleet.digest = DIGEST.to_owned();
-    let topology = Topology::from_json(topology_json).unwrap();
-    (fleet, topology)
-}
-
-fn check(fleet_toml: &str, topology_json: &str, prune: bool, expect_text: Expect, expect_json: Expect) {
-    let (fleet, topology) = inputs(fleet_toml, topology_json);
-    let options = PlanOptions { now_unix_ms: NOW, prune };
-    let planned = plan(&fleet, &topology, &options);
-    assert_eq!(planned, plan(&fleet, &topology, &options), "planning is deterministic");
-    expect_text.assert_eq(&render_text(&planned, &topology, &fleet, &revision(), NOW));
-    expect_json.assert_eq(&render_json(&planned, &revision()));
-}
+use expect_test::expect;
+use plans::plan::{PlanOptions, place_one, place_one_with, plan};
+use support::{NOW, check, inputs};
 
 const BEAST: &str = r#"
 [[neuron]]

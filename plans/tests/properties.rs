@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use plans::fleet::{Eviction, Fleet, ModelSpec, NeuronSpec, Origin, Policy, Profile};
+use plans::fleet::{Eviction, Fleet, ModelSpec, NeuronSpec, NeuronState, Origin, Policy, Profile};
 use plans::plan::{
     ActionKind, Plan, PlanOptions, Reason, Revision, place_one, plan, render_json, render_text,
 };
@@ -32,6 +32,7 @@ struct NeuronParams {
     ram: u64,
     reachable: bool,
     harnesses: u8,
+    state: NeuronState,
 }
 
 #[derive(Clone, Debug)]
@@ -64,12 +65,18 @@ fn model_params() -> impl Strategy<Value = ModelParams> {
 }
 
 fn neuron_params() -> impl Strategy<Value = NeuronParams> {
-    (prop::collection::vec(1u64..4, 0..4), 1u64..4, prop::bool::weighted(0.9), 1u8..4).prop_map(
-        |(devices, ram, reachable, harnesses)| NeuronParams {
+    let state = prop_oneof![
+        6 => Just(NeuronState::Active),
+        2 => Just(NeuronState::Cordoned),
+        2 => Just(NeuronState::Draining),
+    ];
+    (prop::collection::vec(1u64..4, 0..4), 1u64..4, prop::bool::weighted(0.9), 1u8..4, state).prop_map(
+        |(devices, ram, reachable, harnesses, state)| NeuronParams {
             devices: devices.into_iter().map(|d| d * 8000).collect(),
             ram: ram * 8000,
             reachable,
             harnesses,
+            state,
         },
     )
 }
@@ -248,16 +255,18 @@ fn build(
     };
     let neurons = names
         .iter()
-        .map(|name| NeuronSpec {
+        .zip(neuron_params)
+        .map(|(name, p)| NeuronSpec {
             name: name.clone(),
             endpoint: format!("http://{name}:13131"),
             labels: BTreeMap::new(),
+            state: p.state,
             origin: Origin::default(),
         })
         .collect();
     statuses.sort_by(|a, b| a.name.cmp(&b.name));
     Scenario {
-        fleet: Fleet { policy, neurons, models, digest: "sha256:0000".to_owned() },
+        fleet: Fleet { policy, neurons, models, keys: Vec::new(), digest: "sha256:0000".to_owned() },
         topology: Topology::new(NOW - 1000, statuses),
         prune,
     }
@@ -370,14 +379,27 @@ proptest! {
             .flat_map(|n| n.models.iter().filter(|m| !m.is_managed()).map(move |m| (n.name.as_str(), m.id.as_str())))
             .collect();
         let declared: HashSet<&str> = s.fleet.models.iter().map(|m| m.id.as_str()).collect();
+        let state = |neuron: &str| s.fleet.neuron_state(neuron);
         for action in &planned.actions {
             prop_assert!(!unmanaged.contains(&(action.neuron.as_str(), action.model.as_str())), "touched unmanaged {:?}", action);
+            let drained = state(&action.neuron) == NeuronState::Draining && matches!(action.reason, Reason::Drain { .. });
             if !declared.contains(action.model.as_str()) {
-                prop_assert!(s.prune && action.reason == Reason::Prune, "undeclared touched without prune: {:?}", action);
+                prop_assert!((s.prune && action.reason == Reason::Prune) || drained, "undeclared touched without prune: {:?}", action);
             }
             if action.kind == ActionKind::Unload {
+                // A pin on a draining neuron is suspended: its copy moves.
                 let pinned = s.fleet.models.iter().any(|m| m.id == action.model && m.pinned_on.contains(&action.neuron));
-                prop_assert!(!pinned, "pinned model unloaded: {:?}", action);
+                prop_assert!(!pinned || drained, "pinned model unloaded: {:?}", action);
+            } else {
+                // Nothing new starts on a cordoned or draining neuron.
+                prop_assert_eq!(state(&action.neuron), NeuronState::Active, "{:?} on an out-of-service neuron", action);
+            }
+            // Make-before-break: a copy leaving a draining neuron goes after the load of the copy
+            // that takes over from it.
+            if let Reason::Drain { replaced_by: Some(to), .. } = &action.reason {
+                for load in planned.actions.iter().filter(|a| a.kind != ActionKind::Unload && a.model == action.model && &a.neuron == to) {
+                    prop_assert!(action.after.contains(&load.id), "{:?} does not wait for {:?}", action, load);
+                }
             }
             let generation = s.topology.neuron(&action.neuron).map(|n| n.generation);
             prop_assert_eq!(Some(action.if_generation), generation);
@@ -397,8 +419,14 @@ proptest! {
         let other = simulate(&s.fleet, &s.topology, &planned, &latest_first_order(&planned));
         prop_assert!(other.is_ok(), "a DAG order over-commits: {:?}\n{:#?}", other, planned.actions);
 
-        // Converges: planning against the applied topology proposes nothing more.
+        // A copy in use that leaves a draining neuron leaves only when another copy serves.
         let applied = applied.unwrap();
+        for action in planned.actions.iter().filter(|a| matches!(a.reason, Reason::Drain { .. }) && declared.contains(a.model.as_str())) {
+            let busy = s.topology.neuron(&action.neuron).and_then(|n| n.model(&action.model)).is_some_and(|m| m.in_flight > 0 && m.status == ModelState::Loaded);
+            let served = applied.neurons.iter().any(|n| n.reachable && n.models.iter().any(|m| m.id == action.model && m.status == ModelState::Loaded));
+            prop_assert!(!busy || served, "{:?} left nothing serving {}", action, action.model);
+        }
+        // Converges: planning against the applied topology proposes nothing more.
         let replanned = plan(&s.fleet, &applied, &options);
         prop_assert!(
             replanned.actions.is_empty(),
@@ -411,6 +439,7 @@ proptest! {
         // The router's placement goes through the same rules.
         for model in &s.fleet.models {
             if let Ok(placement) = place_one(&s.fleet, &s.topology, &model.aliases[0], &options) {
+                prop_assert_eq!(state(&placement.neuron), NeuronState::Active, "the router placed on an out-of-service neuron");
                 let mut actions = placement.evictions.clone();
                 actions.push(placement.load.clone());
                 let single = Plan { actions, ..Plan::default() };

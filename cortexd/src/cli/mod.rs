@@ -3,6 +3,7 @@
 //! the top of the layering: it calls `serve` and `control`, and nothing calls it.
 
 pub mod apply;
+pub mod maintain;
 pub mod plan;
 pub mod status;
 
@@ -40,6 +41,18 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show the daemon's view: neurons, models, sync state, conditions, recent runs
     Status(crate::cli::status::StatusArgs),
+    /// Take a neuron out of placement: nothing new starts there, loaded copies keep serving
+    /// (sets `state = "cordoned"` in the fleet file that declares it)
+    Cordon(crate::cli::maintain::NeuronArgs),
+    /// Empty a neuron make-before-break: what the fleet keeps moves elsewhere first
+    /// (sets `state = "draining"`); --wait follows it until it is ready for maintenance
+    Drain(crate::cli::maintain::DrainArgs),
+    /// Put a cordoned or drained neuron back into service (removes its `state`)
+    Uncordon(crate::cli::maintain::NeuronArgs),
+    /// Pin a model on a neuron: it stays loaded there (adds the neuron to `pinned_on`)
+    Pin(crate::cli::maintain::PinArgs),
+    /// Unpin a model from a neuron (removes the neuron from `pinned_on`)
+    Unpin(crate::cli::maintain::PinArgs),
 }
 
 #[derive(Debug, Args)]
@@ -133,5 +146,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             crate::serve::run(args.fleet.fleet.clone(), config).await
         }
         Command::Status(args) => status::status(args).await,
+        Command::Cordon(args) => maintain::cordon(args).await,
+        Command::Drain(args) => maintain::drain(args).await,
+        Command::Uncordon(args) => maintain::uncordon(args).await,
+        Command::Pin(args) => maintain::pin(args).await,
+        Command::Unpin(args) => maintain::unpin(args).await,
     }
 }

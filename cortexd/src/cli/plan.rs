@@ -55,7 +55,7 @@ pub async fn topology(args: &TopologyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The topology to plan against: a snapshot file, or the live neurons.
-async fn topology_for(
+pub(crate) async fn topology_for(
     fleet: &Fleet,
     snapshot: Option<&PathBuf>,
     config: &Config,

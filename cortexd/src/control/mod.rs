@@ -6,6 +6,7 @@ pub mod apply;
 pub mod backoff;
 pub mod execute;
 pub mod fleetdir;
+pub mod fleetedit;
 pub mod fleetwatch;
 pub mod neuron_client;
 pub mod poller;

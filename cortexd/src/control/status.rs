@@ -2,6 +2,7 @@
 //! runs and the current plan; served by the admin API and rendered by `cortex status`.
 
 use plans::fleet::{Fleet, ReconcileMode};
+use plans::maintenance::NeuronMaintenance;
 use plans::plan::{Plan, Revision};
 use plans::topology::{ModelState, Topology};
 
@@ -131,6 +132,10 @@ pub struct DaemonStatus {
     /// What the reconciler will try again, and when.
     #[serde(default)]
     pub backing_off: Vec<BackingOff>,
+    /// Each cordoned or draining neuron: what cortex manages there still, the requests in
+    /// flight, and whether it is safe to stop.
+    #[serde(default)]
+    pub maintenance: Vec<NeuronMaintenance>,
 }
 
 /// What the gateway's scheduler shows: queues, swaps per neuron, rejections by reason.
@@ -165,6 +170,7 @@ pub fn observe(status: &mut DaemonStatus, fleet: &Fleet, fleet_status: FleetStat
         .filter(|m| !m.pinned_on.is_empty())
         .map(|m| (m.id.clone(), m.pinned_on.clone()))
         .collect();
+    status.maintenance = plans::maintenance::maintenance(fleet, &observed.topology, &status.plan);
     status.conditions = conditions(&fleet_status, status);
     // An unreachable neuron is never in sync: nobody knows what it runs.
     let unreachable = observed.topology.neurons.iter().any(|n| !n.reachable);
@@ -305,7 +311,13 @@ pub fn render(status: &DaemonStatus) -> String {
     out.push('\n');
     out.push_str("NEURON      STATE        DEVICES  VRAM USED/TOTAL       RAM FREE/TOTAL\n");
     for neuron in &status.topology.neurons {
-        let state = if neuron.reachable { "up" } else { "unreachable" };
+        let out_of_service = status.maintenance.iter().find(|m| m.neuron == neuron.name);
+        let state = match out_of_service {
+            _ if !neuron.reachable => "unreachable",
+            Some(m) if m.safe_to_stop && m.state == plans::fleet::NeuronState::Draining => "drained",
+            Some(m) => m.state.as_str(),
+            None => "up",
+        };
         let total: u64 = neuron.devices.iter().map(|d| d.vram_total_mb).sum();
         let free: u64 = neuron.devices.iter().map(|d| d.vram_free_mb).sum();
         let vram = format!("{} / {} MB", total - free.min(total), total);
@@ -324,6 +336,8 @@ pub fn render(status: &DaemonStatus) -> String {
     for neuron in &status.topology.neurons {
         for model in &neuron.models {
             let pinned = status.pinned.iter().any(|(m, ns)| m == &model.id && ns.contains(&neuron.name));
+            let suspended =
+                status.plan.suspended_pins.iter().any(|p| p.model == model.id && p.neuron == neuron.name);
             let status_text = match model.status {
                 ModelState::Loading => "loading",
                 ModelState::Loaded => "loaded",
@@ -342,10 +356,17 @@ pub fn render(status: &DaemonStatus) -> String {
                 neuron.name,
                 status_text,
                 devices,
-                if pinned { "yes" } else { "no" }
+                if suspended {
+                    "suspended"
+                } else if pinned {
+                    "yes"
+                } else {
+                    "no"
+                }
             ));
         }
     }
+    render_maintenance(&mut out, status);
     out.push_str("\nCONDITIONS\n");
     for condition in &status.conditions {
         out.push_str(&format!(
@@ -404,6 +425,28 @@ pub fn render(status: &DaemonStatus) -> String {
         }
     }
     out
+}
+
+/// The MAINTENANCE section, when a neuron is cordoned or draining: its progress, when it is
+/// safe to stop, and the pins suspended there with their stand-ins.
+fn render_maintenance(out: &mut String, status: &DaemonStatus) {
+    if status.maintenance.is_empty() {
+        return;
+    }
+    out.push_str("\nMAINTENANCE\n");
+    for neuron in &status.maintenance {
+        out.push_str(&format!("  {}\n", neuron.summary()));
+        for model in &neuron.suspended_pins {
+            let stand_in = status
+                .plan
+                .suspended_pins
+                .iter()
+                .find(|p| &p.model == model && p.neuron == neuron.neuron)
+                .and_then(|p| p.stand_in.as_deref());
+            let stand_in = stand_in.map_or_else(|| "no stand-in".to_owned(), |n| format!("stand-in on {n}"));
+            out.push_str(&format!("    pin of {model} suspended ({stand_in})\n"));
+        }
+    }
 }
 
 /// The QUEUES section, when anything waits, was swapped or was refused.
@@ -537,6 +580,7 @@ mod tests {
                 rejections: [("queue_timeout".to_owned(), 1)].into(),
             },
             backing_off: Vec::new(),
+            maintenance: Vec::new(),
         };
         expect_test::expect![[r#"
             Fleet:   0123456 (ab12cd34ef56, source Worktree)
@@ -565,5 +609,80 @@ mod tests {
               0123456    fleet_revision   applied            1520 ms  Apply complete! Loaded 1, reloaded 0, unloaded 0.
         "#]]
         .assert_eq(&render(&status));
+    }
+
+    #[test]
+    fn status_shows_a_drain_and_when_it_is_safe_to_stop() {
+        let fleet_text = r#"
+[[neuron]]
+name = "beast"
+endpoint = "http://beast:13131"
+state = "draining"
+
+[[neuron]]
+name = "quad"
+endpoint = "http://quad:13131"
+state = "cordoned"
+
+[[neuron]]
+name = "spare"
+endpoint = "http://spare:13131"
+
+[[model]]
+id = "coder"
+harness = "llamacpp"
+source = "coder.gguf"
+vram_mb = 8000
+pinned_on = ["beast"]
+"#;
+        let load = plans::fleet::load(&[("fleet.toml".to_owned(), fleet_text.to_owned())]);
+        let fleet = load.fleet.unwrap_or_else(|| panic!("{:?}", load.diagnostics));
+        let mut coder = model("coder", ModelState::Loaded, vec![0], true);
+        coder.in_flight = 2;
+        let gpu = |free| vec![device(0, 32_000, free)];
+        let neuron = |name: &str, devices, models| NeuronStatus {
+            name: name.into(),
+            reachable: true,
+            harnesses: vec!["llamacpp".into()],
+            devices,
+            models,
+            ..NeuronStatus::default()
+        };
+        let topology = Topology::new(
+            1,
+            vec![
+                neuron("beast", gpu(24_000), vec![coder]),
+                neuron("quad", gpu(32_000), Vec::new()),
+                neuron("spare", gpu(32_000), Vec::new()),
+            ],
+        );
+        let options = plans::plan::PlanOptions { now_unix_ms: 2, prune: false };
+        let plan = plans::plan::plan(&fleet, &topology, &options);
+        let status = DaemonStatus {
+            maintenance: plans::maintenance::maintenance(&fleet, &topology, &plan),
+            pinned: vec![("coder".into(), vec!["beast".into()])],
+            topology,
+            plan,
+            ..DaemonStatus::default()
+        };
+        let text = render(&status);
+        let from = text.find("NEURON").unwrap_or(0);
+        let to = text.find("CONDITIONS").unwrap_or(text.len());
+        expect_test::expect![[r#"
+            NEURON      STATE        DEVICES  VRAM USED/TOTAL       RAM FREE/TOTAL
+            beast       draining     1        8000 / 32000 MB       0 / 0 MB
+            quad        cordoned     1        0 / 32000 MB          0 / 0 MB
+            spare       up           1        0 / 32000 MB          0 / 0 MB
+
+            MODEL                        NEURON      STATUS     DEVICES  PINNED
+            coder                        beast       loaded     0        suspended
+
+            MAINTENANCE
+              beast draining: 1 copy left, 2 requests in flight: coder → spare (its load has not started)
+                pin of coder suspended (stand-in on spare)
+              quad cordoned: safe to stop: nothing cortex manages is loaded there
+
+        "#]]
+        .assert_eq(&text[from..to]);
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cortexd::config::{GatewayConfig, PollConfig};
 use cortexd::control::poller::PollerHandle;
-use cortexd::gateway::auth::ApiKeys;
+use cortexd::gateway::core::auth::ApiKeys;
+use cortexd::gateway::core::traffic::Traffic;
 use cortexd::gateway::{self, AppState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Gateway {
     pub url: String,
     pub poller: PollerHandle,
+    /// The gateway's traffic window (the fleet page's charts).
+    pub traffic: Arc<Traffic>,
     pub shutdown: CancellationToken,
 }
 
@@ -44,7 +47,9 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
         AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(gateway::serve(listener, state, cortex_listener::Limits::default(), shutdown.clone()));
+    let traffic = state.traffic.clone();
+    let limits = cortex_listener::Limits::default();
+    tokio::spawn(gateway::serve(listener, gateway::app(state), limits, shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -55,7 +60,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     .await
     .expect("neurons observed within 10 s")
     .expect("poller running");
-    Gateway { url, poller, shutdown }
+    Gateway { url, poller, traffic, shutdown }
 }
 
 /// Limits suitable for tests: short waits, small queues.

@@ -10,9 +10,12 @@
 mod checks;
 mod decode;
 mod decode_contention;
+mod decode_key;
 mod decode_model;
 mod fields;
 
+#[cfg(test)]
+mod key_tests;
 #[cfg(test)]
 mod props;
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! order (struct field order), reasons as stable codes with their sentence alongside.
 
 use crate::fleet::Profile;
-use crate::plan::{Action, ActionKind, Counts, Drift, FORMAT_VERSION, Infeasible, Plan, Reason, Revision};
+use crate::plan::{
+    Action, ActionKind, Counts, Drift, FORMAT_VERSION, Infeasible, Move, Plan, Reason, Revision, SuspendedPin,
+};
 
 #[derive(serde::Serialize)]
 struct JsonPlan<'p> {
@@ -13,6 +15,10 @@ struct JsonPlan<'p> {
     actions: Vec<JsonAction<'p>>,
     infeasible: &'p [Infeasible],
     drift: &'p [Drift],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    moves: Vec<Move>,
+    #[serde(skip_serializing_if = "<[SuspendedPin]>::is_empty")]
+    suspended_pins: &'p [SuspendedPin],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     errors: &'p [String],
 }
@@ -69,6 +75,8 @@ pub fn render_json(plan: &Plan, revision: &Revision) -> String {
         actions: plan.actions.iter().map(JsonAction::of).collect(),
         infeasible: &plan.infeasible,
         drift: &plan.drift,
+        moves: plan.moves(),
+        suspended_pins: &plan.suspended_pins,
         errors: &plan.errors,
     };
     // Serialising plain structs of strings and numbers cannot fail.

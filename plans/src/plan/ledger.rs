@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::fleet::{Eviction, ModelSpec, NeuronSpec};
+use crate::fleet::{Eviction, ModelSpec, NeuronSpec, NeuronState};
 use crate::plan::Dimension;
 use crate::plan::evict;
 use crate::topology::{LoadedModel, ModelState, NeuronStatus};
@@ -128,6 +128,16 @@ impl<'a> NeuronLedger<'a> {
         self.status.is_some_and(|s| s.reachable)
     }
 
+    /// Whether new copies may start here (the neuron's declared state is `active`).
+    pub fn schedulable(&self) -> bool {
+        self.spec.state.schedulable()
+    }
+
+    /// Whether the fleet drains this neuron.
+    pub fn draining(&self) -> bool {
+        self.spec.state == NeuronState::Draining
+    }
+
     pub fn generation(&self) -> u64 {
         self.status.map_or(0, |s| s.generation)
     }
@@ -180,6 +190,9 @@ impl<'a> NeuronLedger<'a> {
             let why = status.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
             return Some((Dimension::NeuronUnreachable, format!("{name} is unreachable{why}")));
         }
+        if let Some(misfit) = self.unschedulable() {
+            return Some(misfit);
+        }
         if !status.harnesses.contains(&spec.profile.harness) {
             return Some((
                 Dimension::HarnessMissing,
@@ -202,6 +215,20 @@ impl<'a> NeuronLedger<'a> {
             ));
         }
         None
+    }
+
+    /// Why nothing new may start here: the neuron is cordoned or draining.
+    pub fn unschedulable(&self) -> Option<(Dimension, String)> {
+        let name = &self.spec.name;
+        match self.spec.state {
+            NeuronState::Active => None,
+            NeuronState::Cordoned => {
+                Some((Dimension::Cordoned, format!("{name} is cordoned: nothing new starts there")))
+            }
+            NeuronState::Draining => {
+                Some((Dimension::Draining, format!("{name} is draining: nothing new starts there")))
+            }
+        }
     }
 
     /// Best-fit devices for `need` on the current free figures, if any.

@@ -4,17 +4,21 @@
 //! The order is chosen for convergence (apply, plan again: no changes): pins come before
 //! replicas so that pinned copies count towards `replicas`; idle unloads come after every
 //! placement so that a copy needed as a replica is promoted before it could be called idle.
+//! Draining neurons are emptied last (`passes/drain.rs`), once every other placement is known.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::fleet::{Fleet, ModelSpec, NeuronSpec};
+use crate::fleet::{Fleet, ModelSpec, NeuronSpec, NeuronState};
 use crate::plan::ledger::{Need, NeuronLedger, Resident, Role, Room, share};
 use crate::plan::order::{self, Draft};
 use crate::plan::{
-    Action, ActionKind, Activity, Dimension, Drift, Infeasible, Placement, Plan, PlanOptions, Reason, Want,
+    Action, ActionKind, Activity, Dimension, Drift, Infeasible, Placement, Plan, PlanOptions, Reason,
+    SuspendedPin, Want,
 };
 use crate::topology::{ModelState, NeuronStatus, Topology};
+
+mod drain;
 
 /// Why one neuron could not take a placement.
 type Reject = (String, Dimension, String);
@@ -30,6 +34,15 @@ pub struct Planner<'a> {
     drafts: Vec<Draft>,
     infeasible: Vec<Infeasible>,
     drift: Vec<Drift>,
+    /// Pins not honoured while their neuron is out of service (see `passes/drain.rs`).
+    suspended_pins: Vec<SuspendedPin>,
+    /// Per declared model: indices into `suspended_pins`.
+    suspended: Vec<Vec<usize>>,
+    /// Per declared model: its loaded copies on reachable draining neurons that no new copy
+    /// replaces yet, as `(neuron, resident)`, by neuron name.
+    leaving: Vec<Vec<(usize, usize)>>,
+    /// Copies on draining neurons that stay, because they fit nowhere else (reported infeasible).
+    kept: HashSet<(usize, usize)>,
 }
 
 impl<'a> Planner<'a> {
@@ -57,7 +70,11 @@ impl<'a> Planner<'a> {
                 let role = match (loaded.is_managed(), declared) {
                     (false, _) => Role::Unmanaged,
                     (true, None) => Role::Undeclared,
-                    (true, Some(_)) if pinned.contains(&(loaded.id.as_str(), spec.name.as_str())) => {
+                    // A pin on a draining neuron is suspended: its copy is one to move.
+                    (true, Some(_))
+                        if spec.state != NeuronState::Draining
+                            && pinned.contains(&(loaded.id.as_str(), spec.name.as_str())) =>
+                    {
                         Role::Pinned
                     }
                     (true, Some(_)) => Role::OnDemand,
@@ -90,7 +107,8 @@ impl<'a> Planner<'a> {
             neurons.push(ledger);
         }
         let neuron_index = neurons.iter().enumerate().map(|(i, l)| (l.spec.name.as_str(), i)).collect();
-        Planner {
+        let models = fleet.models.len();
+        let mut planner = Planner {
             fleet,
             now: options.now_unix_ms,
             prune: options.prune || fleet.policy.prune,
@@ -100,7 +118,13 @@ impl<'a> Planner<'a> {
             drafts: Vec::new(),
             infeasible: Vec::new(),
             drift: Vec::new(),
-        }
+            suspended_pins: Vec::new(),
+            suspended: vec![Vec::new(); models],
+            leaving: vec![Vec::new(); models],
+            kept: HashSet::new(),
+        };
+        planner.find_out_of_service();
+        planner
     }
 
     /// Undeclared copies loaded through cortex: unloaded with prune, otherwise reported.
@@ -109,6 +133,10 @@ impl<'a> Planner<'a> {
             for r in 0..self.neurons[n].residents.len() {
                 let copy = &self.neurons[n].residents[r];
                 if copy.role != Role::Undeclared || copy.status == ModelState::Unloading {
+                    continue;
+                }
+                // A draining neuron is emptied of everything cortex loaded (`empty_draining`).
+                if self.neurons[n].draining() && self.neurons[n].reachable() {
                     continue;
                 }
                 if self.prune && self.neurons[n].reachable() {
@@ -142,7 +170,8 @@ impl<'a> Planner<'a> {
 
     fn reload_where(&mut self, role: Role, failed_too: bool) {
         for n in 0..self.neurons.len() {
-            if !self.neurons[n].reachable() {
+            // A draining neuron's copies are moved (with the fleet's profile), not reloaded.
+            if !self.neurons[n].reachable() || self.neurons[n].draining() {
                 continue;
             }
             for r in 0..self.neurons[n].residents.len() {
@@ -174,6 +203,9 @@ impl<'a> Planner<'a> {
                     self.infeasible(spec, Some(neuron), Want::Pin, Dimension::NeuronUnreachable, detail);
                     continue;
                 };
+                if self.pin_suspended(m, n) {
+                    continue;
+                }
                 if let Some(&r) = self.neurons[n].by_model.get(spec.id.as_str()) {
                     if self.neurons[n].residents[r].role == Role::Unmanaged {
                         let detail =
@@ -195,22 +227,24 @@ impl<'a> Planner<'a> {
     pub fn keep_replicas(&mut self) {
         let mut missing = Vec::new();
         for m in 0..self.fleet.models.len() {
-            let have = self.promote_replicas(m, true);
-            let wanted = self.fleet.models[m].replicas as usize;
+            let (have, wanted) = self.promote_replicas(m, true);
             if have < wanted {
-                missing.push((m, have));
+                missing.push((m, have, wanted));
             }
         }
-        for (m, mut have) in missing {
-            let spec = &self.fleet.models[m];
-            let wanted = spec.replicas;
-            while have < wanted as usize {
-                match self.place_anywhere(m, Reason::Replicas { wanted }, Role::Replica) {
-                    Ok(_) => have += 1,
+        for (m, mut have, wanted) in missing {
+            while have < wanted {
+                let reason = self.warm_copy_reason(m);
+                match self.place_anywhere(m, reason, Role::Replica) {
+                    Ok(_) => {
+                        have += 1;
+                        // The first copy still to move off a draining neuron is replaced now.
+                        if !self.leaving[m].is_empty() {
+                            self.leaving[m].remove(0);
+                        }
+                    }
                     Err(rejects) => {
-                        let (dimension, summary) = summarize(&rejects);
-                        let detail = format!("{have} of {wanted} copies can be loaded; {summary}");
-                        self.infeasible(spec, None, Want::Replicas, dimension, detail);
+                        self.warm_copy_infeasible(m, have, wanted, rejects);
                         break;
                     }
                 }
@@ -225,23 +259,27 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Marks up to `replicas` live copies of model `m` (pinned ones first, then healthy ones,
-    /// then by neuron name) as kept; returns how many live copies count.
-    fn promote_replicas(&mut self, m: usize, reload: bool) -> usize {
-        let wanted = self.fleet.models[m].replicas as usize;
-        if wanted == 0 {
-            return 0;
+    /// Marks up to the wanted number of live copies of model `m` (pinned ones first, then
+    /// healthy ones, then by neuron name) as kept; returns how many live copies count and how
+    /// many warm copies the model wants: `replicas`, or more while pins are suspended (each
+    /// suspended pin wants a stand-in). Copies on draining neurons do not count: they move.
+    fn promote_replicas(&mut self, m: usize, reload: bool) -> (usize, usize) {
+        let replicas = self.fleet.models[m].replicas as usize;
+        if replicas == 0 && self.suspended[m].is_empty() {
+            return (0, 0);
         }
         let mut live: Vec<(usize, usize)> = self.copies[m]
             .iter()
             .copied()
             .filter(|&(n, r)| {
                 let copy = &self.neurons[n].residents[r];
-                self.neurons[n].reachable() && !copy.gone && copy.status != ModelState::Unloading
+                let ledger = &self.neurons[n];
+                ledger.reachable() && !ledger.draining() && !copy.gone && copy.status != ModelState::Unloading
             })
             .collect();
         let mut have =
             live.iter().filter(|&&(n, r)| self.neurons[n].residents[r].role == Role::Pinned).count();
+        let wanted = replicas.max(have + self.suspended[m].len());
         live.retain(|&(n, r)| self.neurons[n].residents[r].role != Role::Pinned);
         // Healthy copies first, then by neuron name. Not by recency: a reload or a new request
         // would change that ranking after apply, demote a kept copy and unload it as idle on
@@ -260,14 +298,15 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        have
+        (have, wanted)
     }
 
     /// On-demand copies idle longer than `idle_unload_after` are unloaded.
     pub fn unload_idle(&mut self) {
         let Some(limit_ms) = self.fleet.policy.idle_unload_after_ms else { return };
         for n in 0..self.neurons.len() {
-            if !self.neurons[n].reachable() {
+            // A draining neuron's copies are `empty_draining`'s: moved, unloaded or kept.
+            if !self.neurons[n].reachable() || self.neurons[n].draining() {
                 continue;
             }
             for r in 0..self.neurons[n].residents.len() {
@@ -347,6 +386,7 @@ impl<'a> Planner<'a> {
             .filter(|&(n, r)| {
                 let copy = &self.neurons[n].residents[r];
                 self.neurons[n].reachable()
+                    && self.neurons[n].schedulable()
                     && !copy.gone
                     && copy.status == ModelState::Failed
                     && copy.role != Role::Pinned
@@ -366,13 +406,15 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn finish(self) -> Plan {
+    pub fn finish(mut self) -> Plan {
+        self.name_stand_ins();
         let (actions, errors) = order::finish(self.drafts);
         Plan {
             fleet_digest: self.fleet.digest.clone(),
             actions,
             infeasible: self.infeasible,
             drift: self.drift,
+            suspended_pins: self.suspended_pins,
             errors,
         }
     }
@@ -404,6 +446,10 @@ impl<'a> Planner<'a> {
         let mut eligible = Vec::new();
         let mut best: Option<(u64, usize, Vec<usize>)> = None;
         for (n, ledger) in self.neurons.iter().enumerate() {
+            if let Some(misfit) = ledger.unschedulable() {
+                rejects.push((ledger.spec.name.clone(), misfit.0, misfit.1));
+                continue;
+            }
             if let Some(&r) = ledger.by_model.get(spec.id.as_str()) {
                 let detail = match ledger.residents[r].observed.filter(|o| o.status == ModelState::Failed) {
                     Some(failed) => format!(

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use similar::{ChangeTag, TextDiff};
 
-use crate::fleet::{Fleet, Profile};
+use crate::fleet::{Fleet, NeuronState, Profile};
 use crate::plan::ledger::share;
-use crate::plan::{Action, ActionKind, Dimension, Plan, Revision, Want};
+use crate::plan::{Action, ActionKind, Dimension, Plan, Reason, Revision, Want};
 use crate::topology::Topology;
 
 /// Render `plan` for people. `now_unix_ms` only sets the topology's age in the header.
@@ -22,7 +22,12 @@ pub fn render_text(
 ) -> String {
     let rev = revision.short(&plan.fleet_digest);
     if plan.is_empty() {
-        return format!("No changes. The fleet matches fleet/ @ {rev}.\n");
+        let mut out = format!("No changes. The fleet matches fleet/ @ {rev}.\n");
+        if let Some(line) = out_of_service(fleet, topology) {
+            let _ = writeln!(out, "{line}");
+        }
+        suspended_pins(&mut out, plan, false);
+        return out;
     }
     let mut out = String::new();
     header(&mut out, plan, topology, fleet, revision, now_unix_ms);
@@ -34,7 +39,9 @@ pub fn render_text(
     for action in &plan.actions {
         action_block(&mut out, action, &mut capacity);
     }
+    draining(&mut out, plan, fleet);
     infeasible(&mut out, plan);
+    suspended_pins(&mut out, plan, true);
     drift(&mut out, plan);
     let counts = plan.counts();
     let _ = writeln!(
@@ -71,7 +78,106 @@ fn header(out: &mut String, plan: &Plan, topology: &Topology, fleet: &Fleet, rev
     if !simulated.is_empty() {
         let _ = write!(notes, "; SIMULATED: {}", simulated.join(", "));
     }
-    let _ = writeln!(out, "Topology: {age}, {}{notes}\n", plural(topology.neurons.len(), "neuron"));
+    let _ = writeln!(out, "Topology: {age}, {}{notes}", plural(topology.neurons.len(), "neuron"));
+    if let Some(line) = out_of_service(fleet, topology) {
+        let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
+}
+
+/// `Out of service: beast draining (2 copies left), quad cordoned`, when any neuron is not
+/// active. A draining neuron that is reachable and holds nothing cortex manages is ready for
+/// maintenance.
+fn out_of_service(fleet: &Fleet, topology: &Topology) -> Option<String> {
+    let parts: Vec<String> = fleet
+        .neurons
+        .iter()
+        .filter(|n| n.state != NeuronState::Active)
+        .map(|n| {
+            let observed = topology.neuron(&n.name);
+            let left = observed.map_or(0, |o| o.models.iter().filter(|m| m.is_managed()).count());
+            let note = match (n.state, observed.map(|o| o.reachable)) {
+                (NeuronState::Draining, Some(true)) if left == 0 => " (ready for maintenance)".to_owned(),
+                (NeuronState::Draining, Some(true)) => {
+                    format!(" ({left} {} left)", if left == 1 { "copy" } else { "copies" })
+                }
+                (NeuronState::Draining, _) => " (unreachable)".to_owned(),
+                _ => String::new(),
+            };
+            format!("{} {}{note}", n.name, n.state.as_str())
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("Out of service: {}", parts.join(", ")))
+}
+
+/// Per draining neuron, what happens to each copy cortex manages there: moved (new copy first),
+/// unloaded, or kept serving because it fits nowhere else.
+fn draining(out: &mut String, plan: &Plan, fleet: &Fleet) {
+    for neuron in fleet.neurons.iter().filter(|n| n.state == NeuronState::Draining) {
+        let mut lines = Vec::new();
+        for action in &plan.actions {
+            let Reason::Drain { neuron: from, replaced_by } = &action.reason else { continue };
+            if *from != neuron.name {
+                continue;
+            }
+            lines.push(match replaced_by {
+                Some(to) => {
+                    let load = action.after.iter().find(|id| {
+                        plan.actions
+                            .iter()
+                            .any(|a| &a.id == *id && a.model == action.model && a.neuron == *to)
+                    });
+                    match load {
+                        Some(load) => format!("{}: {from} → {to} ({load}, then {})", action.model, action.id),
+                        None => {
+                            format!("{}: {from} → {to} (already serving there; {})", action.model, action.id)
+                        }
+                    }
+                }
+                None => format!("{}: unloaded, not needed elsewhere ({})", action.model, action.id),
+            });
+        }
+        for item in plan.infeasible.iter().filter(|i| i.want == Want::Relocate) {
+            if item.neuron.as_deref() == Some(neuron.name.as_str()) {
+                lines.push(format!(
+                    "{}: stays on {}, it fits nowhere else (see Infeasible)",
+                    item.model, neuron.name
+                ));
+            }
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "Draining {}: each new copy is ready before the old one drains and unloads.",
+            neuron.name
+        );
+        for line in lines {
+            let _ = writeln!(out, "  {line}");
+        }
+        out.push('\n');
+    }
+}
+
+/// Pins not honoured while their neuron is out of service, and their stand-ins; a blank line
+/// closes the section inside a plan (`section`), none after "No changes".
+fn suspended_pins(out: &mut String, plan: &Plan, section: bool) {
+    if plan.suspended_pins.is_empty() {
+        return;
+    }
+    out.push_str("Suspended pins: honoured again once their neuron is active.\n");
+    for pin in &plan.suspended_pins {
+        let stand_in = match &pin.stand_in {
+            Some(neuron) => format!("stand-in on {neuron}"),
+            None => "no stand-in".to_owned(),
+        };
+        let _ =
+            writeln!(out, "  {} pinned on {} ({}): {stand_in}", pin.model, pin.neuron, pin.state.as_str());
+    }
+    if section {
+        out.push('\n');
+    }
 }
 
 fn legend(out: &mut String, plan: &Plan) {
@@ -196,6 +302,7 @@ fn infeasible(out: &mut String, plan: &Plan) {
             (Want::Reload, Some(neuron)) => format!("reload on {neuron}"),
             (Want::Replicas, _) => "replicas".to_owned(),
             (Want::Request, _) => "request".to_owned(),
+            (Want::Relocate, Some(neuron)) => format!("move off {neuron}"),
             (_, None) => "placement".to_owned(),
         };
         let dimension = item.dimension.as_str();

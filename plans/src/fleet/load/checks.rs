@@ -1,9 +1,12 @@
 //! The fleet-wide checks, once every file is read: one `[policy]`, unique neuron names, unique
-//! model names (ids and aliases together), and references and counts that need the neurons.
+//! model names (ids and aliases together), references and counts that need the neurons, and
+//! unique key names and digests whose model patterns name declared models.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::fleet::keys::{self, KeySpec};
 use crate::fleet::load::decode::{Declarations, NeuronDeclaration};
+use crate::fleet::load::decode_key::KeyDeclaration;
 use crate::fleet::load::decode_model::ModelDeclaration;
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{Fleet, NeuronSpec, Policy};
@@ -21,8 +24,96 @@ pub(super) fn merge(declarations: Declarations<'_>, digest: String, sink: &mut S
         check_pins(model, &neurons, all_named, sink);
         check_replicas_and_labels(model, &neurons, sink);
     }
+    let keys = merge_keys(declarations.keys, &declarations.models, sink);
     let models = declarations.models.into_iter().map(|model| model.spec).collect();
-    Fleet { policy, neurons, models, digest }
+    Fleet { policy, neurons, models, keys, digest }
+}
+
+/// The keys in declaration order, reporting names and digests declared twice and model
+/// patterns that name no declared model.
+fn merge_keys(
+    keys: Vec<KeyDeclaration<'_>>,
+    models: &[ModelDeclaration<'_>],
+    sink: &mut Sink,
+) -> Vec<KeySpec> {
+    let mut names: HashMap<&str, Site<'_>> = HashMap::new();
+    let mut digests: HashMap<&str, (&str, Site<'_>)> = HashMap::new();
+    // A model whose id was unusable (already reported) could be the one a pattern meant.
+    let all_named = models.iter().all(|model| model.id_at.is_some());
+    for key in &keys {
+        if let Some(at) = key.name_at {
+            match names.get(key.spec.name.as_str()) {
+                Some(first) => {
+                    let (name, first) = (&key.spec.name, first.describe());
+                    sink.error(at, format!("duplicate key name {name:?}; first declared at {first}"));
+                }
+                None => {
+                    names.insert(&key.spec.name, at);
+                }
+            }
+        }
+        if let Some(at) = key.sha256_at {
+            match digests.get(key.spec.sha256.as_str()) {
+                Some((other, first)) => sink.error(
+                    at,
+                    format!(
+                        "key {:?} has the same sha256 as key {other:?} at {}; each key needs its own secret",
+                        key.spec.name,
+                        first.describe()
+                    ),
+                ),
+                None => {
+                    digests.insert(&key.spec.sha256, (&key.spec.name, at));
+                }
+            }
+        }
+        for pattern in &key.models {
+            check_model_pattern(pattern, models, all_named, sink);
+        }
+    }
+    keys.into_iter().map(|key| key.spec).collect()
+}
+
+/// A literal must be a declared model's id or alias (an error otherwise: a typo would lock the
+/// key out); a glob that matches none may match a model loaded outside the fleet (a warning).
+fn check_model_pattern(
+    pattern: &Located<'_, String>,
+    models: &[ModelDeclaration<'_>],
+    all_named: bool,
+    sink: &mut Sink,
+) {
+    let value = &pattern.value;
+    if value.is_empty() {
+        sink.error(pattern.at, "a model pattern must not be empty");
+        return;
+    }
+    let matches = |model: &&ModelDeclaration<'_>| {
+        std::iter::once(&model.spec.id).chain(&model.spec.aliases).any(|name| keys::glob_match(value, name))
+    };
+    if models.iter().any(|model| matches(&model)) || !all_named {
+        return;
+    }
+    if keys::is_glob(value) {
+        sink.warning(
+            pattern.at,
+            format!("{value:?} matches no declared model (it may match models loaded outside the fleet)"),
+        );
+    } else {
+        sink.error(pattern.at, format!("unknown model {value:?} in models; {}", known_models(models)));
+    }
+}
+
+/// The declared model ids, for messages about unknown ones (the first few).
+fn known_models(models: &[ModelDeclaration<'_>]) -> String {
+    const SHOWN: usize = 8;
+    if models.is_empty() {
+        return "no models are declared".to_owned();
+    }
+    let mut names: Vec<String> = models.iter().take(SHOWN).map(|m| format!("{:?}", m.spec.id)).collect();
+    if models.len() > SHOWN {
+        names.push(format!("and {} more", models.len() - SHOWN));
+    }
+    format!("known models: {}", names.join(", "))
 }
 
 /// The first `[policy]` (files sorted by path) counts; any other is an error, so that no reader

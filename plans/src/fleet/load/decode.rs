@@ -1,17 +1,18 @@
-//! One fleet file's TOML into declarations: finds the `[policy]`, `[[neuron]]` and `[[model]]`
-//! tables, reads their keys, and checks what each declaration can check on its own.
+//! One fleet file's TOML into declarations: finds the `[policy]`, `[[neuron]]`, `[[model]]` and
+//! `[[key]]` tables, reads their keys, and checks what each declaration can check on its own.
 
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::duration;
 use crate::fleet::load::decode_contention;
+use crate::fleet::load::decode_key::{self, KeyDeclaration};
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
 use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink, Site};
-use crate::fleet::{Eviction, NeuronSpec, Policy, ReconcileMode, SourceMode};
+use crate::fleet::{Eviction, NeuronSpec, NeuronState, Policy, ReconcileMode, SourceMode};
 
 /// The tables a fleet file may contain, as written in messages.
-const TOP_LEVEL: &str = "[policy], [[neuron]], [[model]]";
+const TOP_LEVEL: &str = "[policy], [[neuron]], [[model]], [[key]]";
 const POLICY_KEYS: [&str; 10] = [
     "eviction",
     "reconcile",
@@ -25,7 +26,7 @@ const POLICY_KEYS: [&str; 10] = [
     "queue_length",
     "queue_timeout",
 ];
-const NEURON_KEYS: [&str; 3] = ["name", "endpoint", "labels"];
+const NEURON_KEYS: [&str; 4] = ["name", "endpoint", "labels", "state"];
 
 /// Everything declared in every file, in file (path) order, not yet checked against each other.
 #[derive(Default)]
@@ -33,6 +34,7 @@ pub(super) struct Declarations<'a> {
     pub(super) policies: Vec<Located<'a, Policy>>,
     pub(super) neurons: Vec<NeuronDeclaration<'a>>,
     pub(super) models: Vec<ModelDeclaration<'a>>,
+    pub(super) keys: Vec<KeyDeclaration<'a>>,
 }
 
 /// A `[[neuron]]` and the place of its name, for duplicate-name messages.
@@ -75,6 +77,11 @@ pub(super) fn file<'a>(path: &'a str, text: &'a str, declarations: &mut Declarat
             "model" => {
                 for (table, at) in array_of_tables(item, "model", key_at, sink) {
                     declarations.models.push(decode_model::model(table, at, sink));
+                }
+            }
+            "key" => {
+                for (table, at) in array_of_tables(item, "key", key_at, sink) {
+                    declarations.keys.push(decode_key::key(table, at, sink));
                 }
             }
             _ => {
@@ -198,6 +205,14 @@ fn neuron<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) -> NeuronDec
     let name = fields.required_string("name");
     let endpoint = fields.required_string("endpoint");
     let labels = fields.string_map("labels");
+    let state = fields.choice(
+        "state",
+        &[
+            ("active", NeuronState::Active),
+            ("cordoned", NeuronState::Cordoned),
+            ("draining", NeuronState::Draining),
+        ],
+    );
     let name_ok = name.as_ref().is_some_and(|name| check_name(name, "neuron name", sink));
     if let Some(endpoint) = &endpoint {
         check_endpoint(endpoint, sink);
@@ -208,6 +223,7 @@ fn neuron<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) -> NeuronDec
             name: name.map(|name| name.value).unwrap_or_default(),
             endpoint: endpoint.map(|endpoint| endpoint.value).unwrap_or_default(),
             labels: labels.map(|labels| labels.value).unwrap_or_default(),
+            state: state.unwrap_or_default(),
             origin: at.origin(),
         },
     }

@@ -46,7 +46,7 @@ impl<'a, 'd, 's> Fields<'a, 'd, 's> {
     }
 
     /// The value of `key` and where it was written.
-    fn item(&self, key: &str) -> Option<(&'d Item, Site<'a>)> {
+    pub(super) fn item(&self, key: &str) -> Option<(&'d Item, Site<'a>)> {
         let (key_repr, item) = self.table.get_key_value(key)?;
         let offset = item.span().or_else(|| key_repr.span()).map(|span| span.start);
         Some((item, offset.map_or(self.at, |offset| self.at.at(offset))))
@@ -120,6 +120,24 @@ impl<'a, 'd, 's> Fields<'a, 'd, 's> {
                 None
             }
         }
+    }
+
+    /// A TOML date or date-time (`2026-12-31`, `2026-12-31T18:00:00Z`) as Unix milliseconds;
+    /// a date means its first moment, and a time without an offset is UTC.
+    pub(super) fn moment(&mut self, key: &str) -> Option<Located<'a, u64>> {
+        let (item, at) = self.item(key)?;
+        let moment = item.as_datetime().and_then(crate::fleet::load::decode_key::unix_ms_of);
+        if moment.is_none() {
+            let found = item.as_datetime().map_or_else(|| item.type_name().to_owned(), ToString::to_string);
+            self.sink.error(
+                at,
+                format!(
+                    "{key} must be a date like 2026-12-31 or a date-time like 2026-12-31T18:00:00Z \
+                     (unquoted), after 1970, found {found}"
+                ),
+            );
+        }
+        moment.map(|value| Located { value, at })
     }
 
     /// One of a fixed set of strings, such as `eviction = "lru"`.

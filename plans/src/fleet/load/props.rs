@@ -50,7 +50,9 @@ fn fleet_like_text() -> impl Strategy<Value = String> {
         Just("[[neuron]]\n".to_owned()),
         Just("[[model]]\n".to_owned()),
         Just("[model.x]\n".to_owned()),
-        "(id|name|endpoint|source|harness|aliases|vram_mb|min_devices|pinned_on|replicas|labels|eviction) = "
+        Just("[[key]]\n".to_owned()),
+        Just("expires = 2026-02-30T25:61:00Z\n".to_owned()),
+        "(id|name|endpoint|source|harness|aliases|vram_mb|min_devices|pinned_on|replicas|labels|eviction|sha256|models|priority|expires|rpm) = "
             .prop_map(|key| key.to_owned()),
         "\"[a-z:/.]{0,12}\"\n".prop_map(|value| value.to_owned()),
         "-?[0-9]{1,20}\n".prop_map(|value| value.to_owned()),

@@ -9,7 +9,7 @@ use crate::fleet::{Fleet, ModelSpec};
 
 /// Splits a fixture into files: a line `#- path` starts a file; text before any marker belongs
 /// to `fleet.toml`.
-fn files(fixture: &str) -> Vec<(String, String)> {
+pub(super) fn files(fixture: &str) -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = Vec::new();
     for line in fixture.strip_prefix('\n').unwrap_or(fixture).split_inclusive('\n') {
         if let Some(path) = line.strip_prefix("#- ") {
@@ -24,7 +24,7 @@ fn files(fixture: &str) -> Vec<(String, String)> {
     files
 }
 
-fn check(fixture: &str, expect: Expect) {
+pub(super) fn check(fixture: &str, expect: Expect) {
     let loaded = load(&files(fixture));
     let mut out = String::new();
     for diagnostic in &loaded.diagnostics {
@@ -46,15 +46,40 @@ fn summary(fleet: &Fleet) -> String {
     );
     for neuron in &fleet.neurons {
         let origin = &neuron.origin;
+        let state = match neuron.state {
+            crate::fleet::NeuronState::Active => String::new(),
+            other => format!(" state={}", other.as_str()),
+        };
         out.push_str(&format!(
-            "neuron {} {} labels={:?} at {}:{}:{}\n",
+            "neuron {} {} labels={:?}{state} at {}:{}:{}\n",
             neuron.name, neuron.endpoint, neuron.labels, origin.path, origin.line, origin.column
         ));
     }
     for model in &fleet.models {
         out.push_str(&model_summary(model));
     }
+    for key in &fleet.keys {
+        out.push_str(&key_summary(key));
+    }
     out
+}
+
+fn key_summary(key: &crate::fleet::KeySpec) -> String {
+    let origin = &key.origin;
+    format!(
+        "key {} sha256={}… models={:?} {:?} priority={} expires={:?} revoked={} operator={} at {}:{}:{}\n",
+        key.name,
+        &key.sha256[..8],
+        key.models,
+        key.limits,
+        key.priority.describe(),
+        key.expires_unix_ms,
+        key.revoked,
+        key.operator.as_str(),
+        origin.path,
+        origin.line,
+        origin.column,
+    )
 }
 
 fn model_summary(model: &ModelSpec) -> String {
@@ -232,7 +257,7 @@ endpoint = "http://x:1"
             a.toml:1:9: error: invalid TOML: unclosed array table, expected `]`
             b.toml:3:1: error: invalid TOML: duplicate key
             c.toml:1:1: error: missing required key "name" in [[neuron]]
-            c.toml:2:1: error: unknown key "nam" in [[neuron]]; expected one of: name, endpoint, labels
+            c.toml:2:1: error: unknown key "nam" in [[neuron]]; expected one of: name, endpoint, labels, state
         "#]],
     );
 }
@@ -261,10 +286,10 @@ source = "m.gguf"
 vram = 1000
 "#,
         expect![[r#"
-            fleet.toml:1:1: error: unknown top-level key "version"; expected one of: [policy], [[neuron]], [[model]]
-            fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]]
+            fleet.toml:1:1: error: unknown top-level key "version"; expected one of: [policy], [[neuron]], [[model]], [[key]]
+            fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]], [[key]]
             fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
-            fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels
+            fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels, state
             fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, max_output_tokens
         "#]],
     );
@@ -326,6 +351,45 @@ idle_unload_after = 30
             a.toml:2:21: error: idle_unload_after must be longer than 0; leave it out to keep idle models loaded
             b.toml:1:1: error: [policy] is already defined at a.toml:1:1; define it in one file only
             b.toml:2:21: error: idle_unload_after must be a string, found integer
+        "#]],
+    );
+}
+
+#[test]
+fn neuron_state_is_active_cordoned_or_draining() {
+    check(
+        r#"
+[[neuron]]
+name = "beast"
+endpoint = "http://beast:13131"
+state = "draining"
+
+[[neuron]]
+name = "quad"
+endpoint = "http://quad:13131"
+state = "cordoned"
+"#,
+        expect![[r#"
+            policy eviction=Lru reconcile=Auto prune=false idle_unload_after_ms=None source=Worktree
+            neuron beast http://beast:13131 labels={} state=draining at fleet.toml:1:1
+            neuron quad http://quad:13131 labels={} state=cordoned at fleet.toml:6:1
+        "#]],
+    );
+    check(
+        r#"
+[[neuron]]
+name = "tiny"
+endpoint = "http://tiny:13131"
+state = "maintenance"
+
+[[neuron]]
+name = "old"
+endpoint = "http://old:13131"
+state = true
+"#,
+        expect![[r#"
+            fleet.toml:4:9: error: state must be "active", "cordoned" or "draining", found "maintenance"
+            fleet.toml:9:9: error: state must be "active", "cordoned" or "draining", found boolean
         "#]],
     );
 }
@@ -690,7 +754,7 @@ source = "m.gguf"
 require_labels = { gpu = "ada" }
 "#,
         expect![[r#"
-            empty.toml:1:1: warning: this file declares nothing; expected any of: [policy], [[neuron]], [[model]]
+            empty.toml:1:1: warning: this file declares nothing; expected any of: [policy], [[neuron]], [[model]], [[key]]
             fleet.toml:5:18: warning: no declared neuron has require_labels gpu = "ada", so model "m" cannot be loaded anywhere
             policy eviction=Lru reconcile=Auto prune=false idle_unload_after_ms=None source=Worktree
             model m aliases=[] at fleet.toml:1:1

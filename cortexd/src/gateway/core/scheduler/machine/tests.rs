@@ -1,0 +1,503 @@
+//! The scheduler's decisions in virtual time, table-driven: each case is a script of timed
+//! events on one contended neuron `n1` (room for one on-demand model; loads take 2 s) and the
+//! exact log of what the scheduler decided.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use expect_test::{Expect, expect};
+
+use crate::gateway::core::scheduler::machine::{
+    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Settings,
+};
+use plans::plan::Activity;
+
+const LOAD_MS: u64 = 2_000;
+
+fn settings() -> Settings {
+    Settings {
+        max_concurrency: None,
+        queue_length: 8,
+        queue_timeout_ms: 60_000,
+        max_wait_ms: 10_000,
+        min_residency_ms: 5_000,
+        priority: 50,
+    }
+}
+
+/// The neuron as the fake placer sees it: which on-demand models hold its room.
+#[derive(Default)]
+struct Neuron {
+    resident: BTreeSet<String>,
+    room: usize,
+    unplaceable: BTreeSet<String>,
+}
+
+impl Placer<()> for Neuron {
+    fn place(&mut self, model: &str, activity: &Activity) -> Placed<()> {
+        if self.unplaceable.contains(model) {
+            return Placed::Never { why: format!("{model} needs more VRAM than any neuron has") };
+        }
+        let mut evicts = Vec::new();
+        if self.resident.len() >= self.room {
+            // Busy-aware like the planner: a model with queued requests goes last.
+            let victim =
+                self.resident.iter().min_by_key(|m| (activity.queued.get(*m).copied().unwrap_or(0), *m));
+            evicts.extend(victim.cloned());
+        }
+        Placed::Load { neuron: "n1".into(), evicts, placement: () }
+    }
+}
+
+struct World {
+    now: u64,
+    machine: Machine,
+    neuron: Neuron,
+    settings: BTreeMap<String, Settings>,
+    /// (ready at, model) of loads under way.
+    loading: Vec<(u64, String)>,
+    log: String,
+}
+
+impl World {
+    fn new(mode: Mode) -> World {
+        World {
+            now: 0,
+            machine: Machine::new(mode),
+            neuron: Neuron { room: 1, ..Neuron::default() },
+            settings: BTreeMap::new(),
+            loading: Vec::new(),
+            log: String::new(),
+        }
+    }
+
+    fn settings(&self, model: &str) -> Settings {
+        self.settings.get(model).copied().unwrap_or_else(settings)
+    }
+
+    fn carry(&mut self, commands: Vec<Command<()>>) {
+        for command in commands {
+            let line = match command {
+                Command::Admit { request, model, neuron, waited_ms } => {
+                    format!("admit #{request} {model} on {neuron} after {waited_ms}ms")
+                }
+                Command::Reject { request, model, rejection } => {
+                    format!("reject #{request} {model}: {rejection:?}")
+                }
+                Command::Load { model, neuron, evicts, .. } => {
+                    for evicted in &evicts {
+                        self.neuron.resident.remove(evicted);
+                    }
+                    self.loading.push((self.now + LOAD_MS, model.clone()));
+                    format!("load {model} on {neuron} evicting {evicts:?}")
+                }
+            };
+            self.log.push_str(&format!("t={:>6} {line}\n", self.now));
+        }
+    }
+
+    /// Run loads and timers due up to `until`, in time order.
+    fn advance(&mut self, until: u64) {
+        loop {
+            let load = self.loading.iter().map(|(at, _)| *at).min();
+            let next = [load, self.machine.wake_at()].into_iter().flatten().filter(|&t| t <= until).min();
+            let Some(at) = next else { break };
+            self.now = self.now.max(at);
+            if let Some(i) = self.loading.iter().position(|(t, _)| *t == at) {
+                let (_, model) = self.loading.remove(i);
+                self.neuron.resident.insert(model.clone());
+                self.log.push_str(&format!("t={:>6} ready {model}\n", self.now));
+                let commands =
+                    self.machine.load_done(self.now, &model, "n1", LoadResult::Ready, &mut self.neuron);
+                self.carry(commands);
+            } else {
+                let commands = self.machine.tick(self.now, &mut self.neuron);
+                self.carry(commands);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn step(&mut self, line: &str) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at: u64 = words[0].parse().expect("time");
+        self.advance(at);
+        let commands = match words[1..] {
+            ["resident", ref models @ ..] => {
+                self.neuron.resident.extend(models.iter().map(|m| (*m).to_owned()));
+                let copies: Vec<(String, String, Observed)> =
+                    models.iter().map(|m| ((*m).to_owned(), "n1".to_owned(), Observed::Ready)).collect();
+                self.machine.observe(self.now, &copies, &mut self.neuron)
+            }
+            ["arrive", id, model] => {
+                let id: u64 = id.trim_start_matches('#').parse().expect("id");
+                let settings = self.settings(model);
+                let (arrival, commands) =
+                    self.machine.arrive(self.now, id, model, settings, &mut self.neuron);
+                let line = match arrival {
+                    Arrival::Admitted { neuron } => format!("#{id} {model} admitted on {neuron}"),
+                    Arrival::Queued => format!("#{id} {model} queued"),
+                    Arrival::Rejected(rejection) => format!("#{id} {model} refused: {rejection:?}"),
+                };
+                self.log.push_str(&format!("t={:>6} {line}\n", self.now));
+                commands
+            }
+            ["continue", id, model] => {
+                let settings = self.settings(model);
+                let line = if self.machine.arrive_on(self.now, model, "n1", settings) {
+                    format!("{id} {model} continued on n1")
+                } else {
+                    format!("{id} {model} refused: n1 does not serve it now")
+                };
+                self.log.push_str(&format!("t={:>6} {line}\n", self.now));
+                Vec::new()
+            }
+            ["finish", model] => self.machine.finish(self.now, model, "n1", &mut self.neuron),
+            ["cancel", id, model] => {
+                let id: u64 = id.trim_start_matches('#').parse().expect("id");
+                self.machine.cancel(self.now, id, model, &mut self.neuron)
+            }
+            ["status"] => {
+                let status = self.machine.status(self.now);
+                self.log.push_str(&format!(
+                    "{:>6} status {status:?} swaps {:?}\n",
+                    self.now,
+                    self.machine.swaps()
+                ));
+                Vec::new()
+            }
+            ["until"] => Vec::new(),
+            _ => panic!("unknown step {line:?}"),
+        };
+        self.carry(commands);
+    }
+}
+
+fn check(mode: Mode, configure: impl FnOnce(&mut World), script: &str, expect: Expect) {
+    let mut world = World::new(mode);
+    configure(&mut world);
+    for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        world.step(line);
+    }
+    // What follows from the script, up to 20 s after its last step.
+    world.advance(world.now + 20_000);
+    world.log.push_str(&format!("t={:>6} end\n", world.now));
+    expect.assert_eq(&world.log);
+}
+
+#[test]
+fn a_resident_models_requests_are_served_and_a_cold_one_waits_for_its_load() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 arrive #1 od-a
+        100 arrive #2 od-a
+        2100 arrive #3 od-a
+        2100 status
+        ",
+        expect![[r#"
+            t=     0 #1 od-a queued
+            t=     0 load od-a on n1 evicting []
+            t=   100 #2 od-a queued
+            t=  2000 ready od-a
+            t=  2000 admit #1 od-a on n1 after 2000ms
+            t=  2000 admit #2 od-a on n1 after 1900ms
+            t=  2100 #3 od-a admitted on n1
+              2100 status [QueueStatus { model: "od-a", waiting: 0, oldest_wait_ms: 0, in_flight: 3 }] swaps {}
+            t= 22100 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_resident_keeps_the_neuron_while_busy_until_max_wait() {
+    // od-a is busy (a request in flight); od-b's oldest request gets the neuron at 10 s of
+    // waiting: od-a takes no new request from then on, its running one finishes, the swap
+    // follows. The od-a request arriving meanwhile waits for the turn back.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-b
+        1500 arrive #3 od-b
+        11000 status
+        11500 arrive #4 od-a
+        12000 finish od-a
+        14100 status
+        22000 finish od-b
+        22000 finish od-b
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-b queued
+            t=  1500 #3 od-b queued
+             11000 status [QueueStatus { model: "od-a", waiting: 0, oldest_wait_ms: 0, in_flight: 1 }, QueueStatus { model: "od-b", waiting: 2, oldest_wait_ms: 10000, in_flight: 0 }] swaps {"n1": 1}
+            t= 11500 #4 od-a queued
+            t= 12000 load od-b on n1 evicting ["od-a"]
+            t= 14000 ready od-b
+            t= 14000 admit #2 od-b on n1 after 13000ms
+            t= 14000 admit #3 od-b on n1 after 12500ms
+             14100 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 2600, in_flight: 0 }, QueueStatus { model: "od-b", waiting: 0, oldest_wait_ms: 0, in_flight: 2 }] swaps {"n1": 1}
+            t= 22000 load od-a on n1 evicting ["od-b"]
+            t= 24000 ready od-a
+            t= 24000 admit #4 od-a on n1 after 12500ms
+            t= 42000 end
+        "#]],
+    );
+}
+
+#[test]
+fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        1000 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  1000 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 6000ms
+            t= 21000 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_swap_happens_once_the_resident_is_done_and_its_idle_grace_passed() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        6000 arrive #2 od-b
+        7000 finish od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=  6000 #2 od-b queued
+            t=  9000 load od-b on n1 evicting ["od-a"]
+            t= 11000 ready od-b
+            t= 11000 admit #2 od-b on n1 after 5000ms
+            t= 27000 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_longest_waiting_model_goes_next_and_priority_breaks_ties() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.settings.insert("od-d".into(), Settings { priority: 90, ..settings() });
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-c
+        2000 arrive #3 od-b
+        2000 arrive #4 od-d
+        11000 finish od-a
+        13000 finish od-c
+        20500 finish od-d
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-c queued
+            t=  2000 #3 od-b queued
+            t=  2000 #4 od-d queued
+            t= 11000 load od-c on n1 evicting ["od-a"]
+            t= 13000 ready od-c
+            t= 13000 admit #2 od-c on n1 after 12000ms
+            t= 18000 load od-d on n1 evicting ["od-c"]
+            t= 20000 ready od-d
+            t= 20000 admit #4 od-d on n1 after 18000ms
+            t= 25000 load od-b on n1 evicting ["od-d"]
+            t= 27000 ready od-b
+            t= 27000 admit #3 od-b on n1 after 25000ms
+            t= 40500 end
+        "#]],
+    );
+}
+
+#[test]
+fn arrival_order_swaps_on_every_demand() {
+    check(
+        Mode::Arrival,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        100 arrive #2 od-b
+        150 finish od-a
+        200 arrive #3 od-a
+        2300 finish od-b
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=   100 #2 od-b queued
+            t=   150 load od-b on n1 evicting ["od-a"]
+            t=   200 #3 od-a queued
+            t=  2150 ready od-b
+            t=  2150 admit #2 od-b on n1 after 2050ms
+            t=  2300 load od-a on n1 evicting ["od-b"]
+            t=  4300 ready od-a
+            t=  4300 admit #3 od-a on n1 after 4100ms
+            t= 22300 end
+        "#]],
+    );
+}
+
+#[test]
+fn max_concurrency_holds_requests_in_cortexs_queue() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.settings.insert("od-a".into(), Settings { max_concurrency: Some(2), ..settings() });
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        0 arrive #2 od-a
+        0 arrive #3 od-a
+        0 arrive #4 od-a
+        500 finish od-a
+        600 status
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=     0 #2 od-a admitted on n1
+            t=     0 #3 od-a queued
+            t=     0 #4 od-a queued
+            t=   500 admit #3 od-a on n1 after 500ms
+               600 status [QueueStatus { model: "od-a", waiting: 1, oldest_wait_ms: 600, in_flight: 2 }] swaps {}
+            t= 20600 end
+        "#]],
+    );
+}
+
+#[test]
+fn bounds_refuse_with_retry_after_queue_full_then_timeout() {
+    check(
+        Mode::Elevator,
+        |world| {
+            let tight =
+                Settings { queue_length: 2, queue_timeout_ms: 3_000, max_wait_ms: 60_000, ..settings() };
+            world.settings.insert("od-b".into(), tight);
+        },
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        1000 arrive #2 od-b
+        1000 arrive #3 od-b
+        1000 arrive #4 od-b
+        5000 cancel #1 od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=  1000 #2 od-b queued
+            t=  1000 #3 od-b queued
+            t=  1000 #4 od-b refused: QueueFull { retry_after_s: 3 }
+            t=  4000 reject #2 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+            t=  4000 reject #3 od-b: Timeout { waited_ms: 3000, why: "waiting for its turn on n1 (od-a is serving requests)", retry_after_s: 3 }
+            t= 25000 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_model_that_fits_nowhere_is_refused_with_the_reason() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.neuron.unplaceable.insert("huge".into());
+        },
+        "
+        0 arrive #1 huge
+        ",
+        expect![[r#"
+            t=     0 #1 huge queued
+            t=     0 reject #1 huge: Unplaceable { why: "huge needs more VRAM than any neuron has", retry_after_s: 10 }
+            t= 20000 end
+        "#]],
+    );
+}
+
+#[test]
+fn requests_for_a_draining_copy_wait_for_the_turn_back() {
+    // Once od-a is chosen for eviction no request is routed to it; they queue, and the
+    // schedule brings od-a back when od-b's work is done.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        6000 arrive #1 od-b
+        6100 arrive #2 od-a
+        8000 until
+        8200 finish od-b
+        ",
+        expect![[r#"
+            t=  6000 #1 od-b queued
+            t=  6000 load od-b on n1 evicting ["od-a"]
+            t=  6100 #2 od-a queued
+            t=  8000 ready od-b
+            t=  8000 admit #1 od-b on n1 after 2000ms
+            t= 13000 load od-a on n1 evicting ["od-b"]
+            t= 15000 ready od-a
+            t= 15000 admit #2 od-a on n1 after 8900ms
+            t= 28200 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_continuation_holds_its_copy_like_any_request_and_is_refused_once_the_copy_drains() {
+    // #1 continues a response od-a made on n1: admitted there at once, it keeps od-a loaded
+    // until it finishes, as an ordinary request would. Once od-a is chosen for eviction (at
+    // max_wait), a continuation is refused: it could only wait for a copy that is going.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 continue #1 od-a
+        1000 arrive #2 od-b
+        9000 continue #3 od-a
+        11500 continue #4 od-a
+        12000 finish od-a
+        12000 finish od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a continued on n1
+            t=  1000 #2 od-b queued
+            t=  9000 #3 od-a continued on n1
+            t= 11500 #4 od-a refused: n1 does not serve it now
+            t= 12000 load od-b on n1 evicting ["od-a"]
+            t= 14000 ready od-b
+            t= 14000 admit #2 od-b on n1 after 13000ms
+            t= 32000 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_continuation_for_a_model_not_there_is_refused() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 continue #1 od-b
+        ",
+        expect![[r#"
+            t=     0 #1 od-b refused: n1 does not serve it now
+            t= 20000 end
+        "#]],
+    );
+}

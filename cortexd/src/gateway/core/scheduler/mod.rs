@@ -1,0 +1,8 @@
+//! The swap scheduler (spec §7, "Contention"): the pure state machine that decides which request
+//! runs where and when a model is swapped in (`machine`), and its shell (`shell`), which feeds it
+//! events and carries its decisions out (answers to waiting requests, loads, metrics).
+
+pub mod machine;
+pub mod shell;
+
+pub use shell::{Arrived, LoadTicket, Permit, Scheduler};

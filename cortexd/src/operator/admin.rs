@@ -1,0 +1,167 @@
+//! The admin API (admin key required): `GET /admin/status` (the daemon's status, as
+//! `cortex status` shows it), `POST /admin/apply` (apply a saved plan file, refused when stale)
+//! and `POST /admin/reconcile` (a reconcile pass now, every backoff cleared: what SIGHUP does).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use plans::plan::PlanFile;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::control::apply::{self, Outcome};
+use crate::control::execute::ExecTimeouts;
+use crate::control::reconciler::ReconcileHandle;
+use crate::control::status::DaemonStatus;
+use crate::gateway::AppState;
+use crate::gateway::dialects::fallback::wrong_method;
+
+/// The admin routes, served on the inference listener beside the API (merged into
+/// `gateway::app`'s router by the daemon). Without an admin key (`admin: None`) every route
+/// answers 404 and says how to enable it.
+pub fn router(gateway: AppState, admin: Option<Admin>) -> Router {
+    let body_limit = gateway.limits.max_body_bytes;
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/apply", post(apply))
+        .route("/admin/reconcile", post(reconcile).fallback(wrong_method))
+        // A plan file is bounded like an inference body.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit.saturating_add(1)))
+        .with_state(AdminState { gateway, admin })
+}
+
+/// The admin routes' state: the gateway's (fleet, observations, scheduler) and the admin
+/// settings.
+#[derive(Clone)]
+struct AdminState {
+    gateway: AppState,
+    admin: Option<Admin>,
+}
+
+/// What the admin routes need besides the gateway's state.
+#[derive(Clone)]
+pub struct Admin {
+    pub key: Arc<String>,
+    pub status: watch::Receiver<Arc<DaemonStatus>>,
+    pub timeouts: ExecTimeouts,
+    pub parallelism: usize,
+    /// Asks the reconciler for a pass.
+    pub reconciler: ReconcileHandle,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({"error": {"message": message.into()}}))).into_response()
+}
+
+/// The admin settings if the request carries the admin key, else the response to send.
+fn authorised<'a>(
+    state: &'a AdminState,
+    headers: &HeaderMap,
+) -> Result<&'a Admin, (StatusCode, &'static str)> {
+    let Some(admin) = state.admin.as_ref() else {
+        return Err((StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
+    };
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(admin.key.as_bytes().ct_eq(presented.as_bytes())) {
+        Ok(admin)
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "invalid admin key"))
+    }
+}
+
+async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    match authorised(&state, &headers) {
+        Ok(admin) => {
+            let mut status = admin.status.borrow().as_ref().clone();
+            status.contention = state.gateway.scheduler.contention();
+            axum::Json(status).into_response()
+        }
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// The answer to `POST /admin/apply`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ApplyResponse {
+    pub succeeded: bool,
+    pub summary: String,
+    /// `(action id, outcome text)` in plan order.
+    pub outcomes: Vec<(String, String)>,
+}
+
+/// The plan file is read only once the key has been checked: a caller without the key has its
+/// body left unread.
+async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) -> Response {
+    let admin = match authorised(&state, &headers) {
+        Ok(admin) => admin.clone(),
+        Err((status, message)) => return error(status, message),
+    };
+    let limit = state.gateway.limits.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error(StatusCode::BAD_REQUEST, format!("the plan file is unreadable or over {limit} bytes"));
+    };
+    let file = match PlanFile::from_json(&String::from_utf8_lossy(&body)) {
+        Ok(file) => file,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
+    };
+    let fleet = state.gateway.fleet();
+    let observed = state.gateway.observed();
+    let stale = file.staleness(&fleet.digest, &observed.topology);
+    if !stale.is_empty() {
+        return error(StatusCode::CONFLICT, format!("the saved plan is stale:\n  {}", stale.join("\n  ")));
+    }
+    let report =
+        apply::apply(&file.plan, &observed.clients, admin.parallelism, admin.timeouts, Arc::new(|_| {}))
+            .await;
+    state.gateway.poller.kick();
+    let outcomes = report
+        .outcomes
+        .iter()
+        .map(|(action, outcome)| {
+            let text = match outcome {
+                Outcome::Done { elapsed } => format!("done in {:.1}s", elapsed.as_secs_f64()),
+                Outcome::Failed { error } => format!("failed: {error}"),
+                Outcome::Skipped { because } => format!("skipped: {because}"),
+            };
+            (action.id.clone(), text)
+        })
+        .collect();
+    axum::Json(ApplyResponse { succeeded: report.succeeded(), summary: report.summary(), outcomes })
+        .into_response()
+}
+
+/// The answer to `POST /admin/reconcile`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReconcileResponse {
+    pub requested: bool,
+    /// The trigger the pass is recorded under in the status's runs.
+    pub trigger: String,
+    pub message: String,
+}
+
+/// `POST /admin/reconcile`: ask for a reconcile pass now; it clears every backoff, as SIGHUP
+/// does. Answers 202 at once: the pass runs after the one in progress, if any, and shows in
+/// `GET /admin/status` under the trigger `admin_request`.
+async fn reconcile(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let admin = match authorised(&state, &headers) {
+        Ok(admin) => admin,
+        Err((status, message)) => return error(status, message),
+    };
+    tracing::info!("admin API: a reconcile pass was requested");
+    admin.reconciler.request();
+    let body = ReconcileResponse {
+        requested: true,
+        trigger: "admin_request".into(),
+        message: "a reconcile pass was requested; every backoff is cleared".into(),
+    };
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
