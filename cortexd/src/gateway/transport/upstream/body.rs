@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +33,8 @@ pub struct Body {
     read_timeout: Duration,
     /// Set when the first read waits; see [`Body::poll_stalled`].
     stall: Option<Pin<Box<Sleep>>>,
+    /// The waker the stall timer holds (it wakes the task that last polled it).
+    stall_waker: Option<Waker>,
     /// A read has brought bytes since the stall timer was last set.
     progressed: bool,
 }
@@ -54,6 +56,7 @@ impl Body {
             reuse,
             read_timeout,
             stall: None,
+            stall_waker: None,
             progressed: false,
         }
     }
@@ -62,10 +65,17 @@ impl Body {
     ///
     /// The timer is not reset by every read, which would cost every event of a stream a timer
     /// update: reads only mark progress, and the timer, when it fires, starts over if there was
-    /// some. A stall is noticed between one and two timeouts after the last byte.
+    /// some. A stall is noticed between one and two timeouts after the last byte. Nor is the
+    /// timer polled at every wait: once it holds the waker of the task polling the body, a look
+    /// at whether it has elapsed is enough (its firing wakes that task).
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let timeout = self.read_timeout;
         let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let registered = self.stall_waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !stall.is_elapsed() {
+            return Poll::Pending;
+        }
+        self.stall_waker = Some(cx.waker().clone());
         loop {
             ready!(stall.as_mut().poll(cx));
             if !std::mem::take(&mut self.progressed) {
