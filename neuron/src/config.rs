@@ -35,6 +35,8 @@ pub struct Config {
     pub stop_grace: Duration,
     pub load_timeout: Duration,
     pub log_dir: PathBuf,
+    /// Where the neuron keeps what must survive a restart (the cluster fencing term).
+    pub state_dir: PathBuf,
     pub capacity: Capacity,
     pub harnesses: BTreeMap<String, HarnessConfig>,
 }
@@ -212,6 +214,8 @@ struct RawConfig {
     #[serde(default)]
     log_dir: Option<PathBuf>,
     #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
     capacity: Capacity,
     #[serde(default)]
     listener: cortex_listener::Limits,
@@ -258,6 +262,7 @@ impl Config {
         let stop_grace = duration("stop_grace", raw.stop_grace.as_deref(), "10s")?;
         let load_timeout = duration("load_timeout", raw.load_timeout.as_deref(), "10m")?;
         let log_dir = absolute(&raw.log_dir.unwrap_or_else(|| PathBuf::from("logs")));
+        let state_dir = absolute(&raw.state_dir.unwrap_or_else(|| PathBuf::from("state")));
 
         let mut harnesses = BTreeMap::new();
         for (name, harness) in raw.harness {
@@ -320,6 +325,7 @@ impl Config {
             stop_grace,
             load_timeout,
             log_dir,
+            state_dir,
             capacity: raw.capacity,
             harnesses,
         })

@@ -26,6 +26,12 @@ pub enum ApiError {
     UnknownDevice(u32),
     #[error("the neuron changed since it was observed (generation is now {current})")]
     GenerationMismatch { current: u64 },
+    /// A lifecycle call from an older cluster leader (or without a term once one was seen).
+    #[error("{}", fenced_message(*current, *presented))]
+    Fenced { current: u64, presented: Option<u64> },
+    /// The neuron could not persist its state (the fencing term) before acting.
+    #[error("{0}")]
+    StateNotSaved(String),
     #[error("model {0:?} is already loaded with a different profile; unload it first")]
     ProfileConflict(String),
     #[error("model {0:?} is being unloaded")]
@@ -58,6 +64,7 @@ impl ApiError {
             | ApiError::ArgsNotAllowed(_)
             | ApiError::UnknownDevice(_) => StatusCode::BAD_REQUEST,
             ApiError::GenerationMismatch { .. }
+            | ApiError::Fenced { .. }
             | ApiError::ProfileConflict(_)
             | ApiError::ModelUnloading(_) => StatusCode::CONFLICT,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
@@ -67,6 +74,7 @@ impl ApiError {
             | ApiError::NoFreePort
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::StateNotSaved(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -81,6 +89,8 @@ impl ApiError {
             ApiError::ArgsNotAllowed(_) => "args_not_allowed",
             ApiError::UnknownDevice(_) => "unknown_device",
             ApiError::GenerationMismatch { .. } => "generation_mismatch",
+            ApiError::Fenced { .. } => "fenced",
+            ApiError::StateNotSaved(_) => "state_not_saved",
             ApiError::ProfileConflict(_) => "profile_conflict",
             ApiError::ModelUnloading(_) | ApiError::ModelDraining(_) => "model_unloading",
             ApiError::ModelNotFound(_) => "model_not_found",
@@ -97,9 +107,24 @@ impl ApiError {
             ApiError::GenerationMismatch { current } => Some(*current),
             _ => None,
         };
+        let term = match self {
+            ApiError::Fenced { current, .. } => Some(*current),
+            _ => None,
+        };
         ErrorBody {
-            error: ErrorDetail { code: self.code().to_owned(), message: self.to_string(), generation },
+            error: ErrorDetail { code: self.code().to_owned(), message: self.to_string(), generation, term },
         }
+    }
+}
+
+fn fenced_message(current: u64, presented: Option<u64>) -> String {
+    match presented {
+        Some(term) => format!(
+            "fenced: a newer cortex leader holds term {current}; this call carries term {term} (its sender is no longer the leader)"
+        ),
+        None => format!(
+            "fenced: a cortex cluster manages this neuron (term {current}); lifecycle calls without its term are refused (act through the cluster: docs/operations.md)"
+        ),
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod fence;
 pub mod harness;
 pub mod lifecycle;
 pub mod metrics;

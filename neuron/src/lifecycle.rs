@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::fence::TermFile;
 use crate::harness::{self, Engine, Harness, Launch};
 use crate::source;
 use crate::state::{Neuron, Registry, Slot, Usage};
-use crate::supervise::{NotReady, wait_ready};
+use crate::supervise::{NotReady, PortLease, wait_ready};
 
 /// How many engine log lines a failure report carries.
 const LOG_LINES_IN_ERRORS: usize = 20;
@@ -31,13 +32,33 @@ pub enum LoadOutcome {
     Unchanged(LifecycleResponse),
 }
 
-fn check_generation(registry: &Registry, expected: Option<u64>) -> Result<(), ApiError> {
-    match expected {
+/// How a load request was decided under the registry lock.
+enum LoadDecision {
+    Unchanged(Box<LifecycleResponse>),
+    Start(PortLease),
+}
+
+/// The preconditions of a lifecycle call, under the registry lock: the cluster term first (a
+/// newer leader's term is raised and persisted even when the generation then refuses the call),
+/// then the generation.
+fn preconditions(
+    registry: &mut Registry,
+    term_file: &TermFile,
+    term: Option<u64>,
+    if_generation: Option<u64>,
+) -> Result<(), ApiError> {
+    registry.fence.admit(term, term_file)?;
+    match if_generation {
         Some(expected) if expected != registry.generation => {
             Err(ApiError::GenerationMismatch { current: registry.generation })
         }
         _ => Ok(()),
     }
+}
+
+/// The record's outcome for a decided call.
+fn outcome<T>(decided: &Result<T, ApiError>, accepted: &'static str) -> &'static str {
+    decided.as_ref().map_or_else(ApiError::code, |_| accepted)
 }
 
 fn check_model_id(id: &str) -> Result<(), ApiError> {
@@ -76,32 +97,25 @@ impl Neuron {
         }
 
         let mut registry = self.registry();
-        check_generation(&registry, request.if_generation)?;
-        if let Some(existing) = registry.models.get(&request.model) {
-            match existing.status {
-                ModelState::Loading | ModelState::Loaded if existing.request.profile == request.profile => {
-                    let model = Some(existing.snapshot(&request.model));
-                    return Ok(LoadOutcome::Unchanged(LifecycleResponse {
-                        generation: registry.generation,
-                        model,
-                    }));
-                }
-                ModelState::Loading | ModelState::Loaded => {
-                    return Err(ApiError::ProfileConflict(request.model.clone()));
-                }
-                ModelState::Unloading => return Err(ApiError::ModelUnloading(request.model.clone())),
-                // A failed model's supervisor has ended: a new load replaces it.
-                ModelState::Failed => {}
-            }
-        }
-        let port = self.shared.ports.lease().ok_or(ApiError::NoFreePort)?;
+        let before = registry.generation;
+        let decided = self.decide_load(&mut registry, &request);
+        let kind = match &decided {
+            Ok(LoadDecision::Unchanged(_)) => "unchanged",
+            _ => outcome(&decided, "accepted"),
+        };
+        let action = registry.fence.record("load", Some(&request.model), request.term, kind, before);
+        let port = match decided? {
+            LoadDecision::Unchanged(response) => return Ok(LoadOutcome::Unchanged(*response)),
+            LoadDecision::Start(port) => port,
+        };
         registry.next_epoch += 1;
         let epoch = registry.next_epoch;
         let stop = CancellationToken::new();
         let (stopped_tx, stopped) = watch::channel(false);
         let slot = Slot {
-            request: LoadRequest { if_generation: None, ..request.clone() },
+            request: LoadRequest { if_generation: None, term: None, ..request.clone() },
             epoch,
+            action,
             status: ModelState::Loading,
             error: None,
             base_url: None,
@@ -130,6 +144,27 @@ impl Neuron {
         Ok(LoadOutcome::Started(LifecycleResponse { generation, model: Some(snapshot) }))
     }
 
+    /// The preconditions and what is there already, under the registry lock.
+    fn decide_load(&self, registry: &mut Registry, request: &LoadRequest) -> Result<LoadDecision, ApiError> {
+        preconditions(registry, &self.shared.term_file, request.term, request.if_generation)?;
+        if let Some(existing) = registry.models.get(&request.model) {
+            match existing.status {
+                ModelState::Loading | ModelState::Loaded if existing.request.profile == request.profile => {
+                    let model = Some(existing.snapshot(&request.model));
+                    let response = LifecycleResponse { generation: registry.generation, model };
+                    return Ok(LoadDecision::Unchanged(Box::new(response)));
+                }
+                ModelState::Loading | ModelState::Loaded => {
+                    return Err(ApiError::ProfileConflict(request.model.clone()));
+                }
+                ModelState::Unloading => return Err(ApiError::ModelUnloading(request.model.clone())),
+                // A failed model's supervisor has ended: a new load replaces it.
+                ModelState::Failed => {}
+            }
+        }
+        self.shared.ports.lease().map(LoadDecision::Start).ok_or(ApiError::NoFreePort)
+    }
+
     /// Drain the model's in-flight requests (up to drain_timeout), stop its engine and forget
     /// it. Runs as a tracked task, so a caller that hangs up cannot leave it half done.
     pub async fn unload(&self, request: UnloadRequest) -> Result<LifecycleResponse, ApiError> {
@@ -140,19 +175,33 @@ impl Neuron {
 
     async fn unload_now(&self, request: UnloadRequest) -> Result<LifecycleResponse, ApiError> {
         let model = request.model;
-        let (epoch, usage, stop, mut stopped, already_unloading) = {
+        let (action, epoch, usage, stop, mut stopped, already_unloading) = {
             let mut registry = self.registry();
-            check_generation(&registry, request.if_generation)?;
+            let before = registry.generation;
+            let decided =
+                preconditions(&mut registry, &self.shared.term_file, request.term, request.if_generation)
+                    .and_then(|()| {
+                        let slot = registry
+                            .models
+                            .get(&model)
+                            .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+                        Ok(slot.status == ModelState::Unloading)
+                    });
+            let kind = match &decided {
+                Ok(true) => "unchanged",
+                _ => outcome(&decided, "accepted"),
+            };
+            let action = registry.fence.record("unload", Some(&model), request.term, kind, before);
+            let already_unloading = decided?;
             let changes = &self.shared.changes;
             let slot =
                 registry.models.get_mut(&model).ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
-            let already_unloading = slot.status == ModelState::Unloading;
             slot.status = ModelState::Unloading;
             let taken = (slot.epoch, Arc::clone(&slot.usage), slot.stop.clone(), slot.stopped.clone());
             if !already_unloading {
                 registry.bump(changes);
             }
-            (taken.0, taken.1, taken.2, taken.3, already_unloading)
+            (action, taken.0, taken.1, taken.2, taken.3, already_unloading)
         };
         if !already_unloading {
             tracing::info!(model = %model, "unloading: draining in-flight requests");
@@ -172,6 +221,7 @@ impl Neuron {
                 match registry.models.get(&model) {
                     Some(slot) if slot.epoch == epoch && !already_unloading => {
                         registry.models.remove(&model);
+                        registry.fence.ended(action);
                         let generation = registry.bump(&self.shared.changes);
                         tracing::info!(model = %model, "unloaded");
                         return Ok(LifecycleResponse { generation, model: None });
@@ -248,6 +298,11 @@ impl Neuron {
             return false;
         }
         change(slot);
+        let action = slot.action;
+        if slot.status != ModelState::Loading {
+            // The load this slot holds has ended (ready or failed).
+            registry.fence.ended(action);
+        }
         registry.bump(&self.shared.changes);
         true
     }

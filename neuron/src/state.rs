@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use plans::topology::{LoadedModel, ModelState};
-use plans::wire::{Discovery, Health, LoadRequest, Models};
+use plans::wire::{Actions, Discovery, FenceResponse, Health, LoadRequest, Models};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::fence::{Fence, TermFile};
 use crate::harness::{self, Harness};
 use crate::metrics::NeuronMetrics;
 use crate::probe::{self, DriverInfo, GpuProbe};
@@ -30,6 +31,8 @@ pub enum StartError {
     LogDir { path: String, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Http(reqwest::Error),
+    #[error("the fencing term: {0}")]
+    Term(#[from] crate::fence::TermFileError),
 }
 
 /// The node daemon's state. Cheap to clone: every handler and task holds one.
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     /// Carries the generation after every lifecycle change; written only with `registry` held.
     /// Long-polls and unloads subscribe to it instead of polling.
     pub(crate) changes: watch::Sender<u64>,
+    /// Where the highest cluster term seen is persisted; written only with `registry` held.
+    pub(crate) term_file: TermFile,
     /// Engine ports; internally synchronised.
     pub(crate) ports: Arc<PortPool>,
     /// Loopback client for readiness polls and proxying (no proxy, no overall timeout).
@@ -75,6 +80,8 @@ pub(crate) struct Registry {
     pub(crate) generation: u64,
     pub(crate) next_epoch: u64,
     pub(crate) models: BTreeMap<String, Slot>,
+    /// The cluster term and the record of lifecycle decisions: checked with the generation.
+    pub(crate) fence: Fence,
 }
 
 impl Registry {
@@ -91,6 +98,8 @@ pub(crate) struct Slot {
     pub(crate) request: LoadRequest,
     /// Identifies this load, so that a supervisor of an older load never touches a newer slot.
     pub(crate) epoch: u64,
+    /// The load's entry in the action record, marked ended when it is ready or failed.
+    pub(crate) action: u64,
     pub(crate) status: ModelState,
     pub(crate) error: Option<String>,
     /// Where the engine listens, once loaded.
@@ -198,6 +207,11 @@ impl Neuron {
             .build()
             .map_err(StartError::Http)?;
         let harnesses = harness::from_config(&config);
+        let term_file = TermFile::in_dir(&config.state_dir);
+        let term = term_file.read()?;
+        if term > 0 {
+            tracing::info!(term, "fenced: lifecycle calls need a cortex cluster term of at least {term}");
+        }
         if config.simulated() {
             tracing::info!("this neuron runs SIMULATED engines ({})", config.name);
         }
@@ -208,7 +222,8 @@ impl Neuron {
             device_indices: probe.devices().iter().map(|d| d.index).collect(),
             probe,
             harnesses,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry { fence: Fence::starting_at(term), ..Registry::default() }),
+            term_file,
             changes: watch::Sender::new(0),
             ports: PortPool::owned_by(&config.name, config.port_range),
             http,
@@ -311,6 +326,29 @@ impl Neuron {
             devices: health.devices,
             ram_total_mb: health.ram_total_mb,
             harnesses: self.shared.harnesses.iter().map(|(name, harness)| harness.info(name)).collect(),
+            fencing: true,
+        }
+    }
+
+    /// Raise the highest term seen to `term` (a new cluster leader does this before it acts);
+    /// a lower one is refused.
+    pub fn fence(&self, term: u64) -> Result<FenceResponse, ApiError> {
+        let mut registry = self.registry();
+        let registry = &mut *registry;
+        let admitted = registry.fence.admit(Some(term), &self.shared.term_file);
+        let outcome = admitted.as_ref().map_or_else(ApiError::code, |()| "accepted");
+        registry.fence.record("fence", None, Some(term), outcome, registry.generation);
+        admitted?;
+        Ok(FenceResponse { term: registry.fence.term, generation: registry.generation })
+    }
+
+    /// The record of lifecycle decisions, oldest first.
+    pub fn actions(&self) -> Actions {
+        let registry = self.registry();
+        Actions {
+            boot_id: self.shared.boot_id.clone(),
+            term: registry.fence.term,
+            actions: registry.fence.actions(),
         }
     }
 

@@ -93,6 +93,7 @@ fn config_for(spec: &SwarmSpec, index: usize, ports: (u16, u16)) -> Result<Confi
         stop_grace: Duration::from_secs(2),
         load_timeout: Duration::from_secs(600),
         log_dir: root.join("logs"),
+        state_dir: root.join("state"),
         capacity: Capacity { ram_mb: Some(spec.ram_mb), device_vram_mb: Vec::new() },
         harnesses: BTreeMap::from([("sim".to_owned(), sim)]),
     })

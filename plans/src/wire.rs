@@ -21,6 +21,10 @@ pub struct Discovery {
     pub devices: Vec<DeviceStatus>,
     pub ram_total_mb: u64,
     pub harnesses: Vec<HarnessInfo>,
+    /// The neuron checks the `term` of lifecycle calls (cluster fencing: docs/neuron.md). A
+    /// neuron that does not say so (an older one) is never acted on by a cortex cluster.
+    #[serde(default)]
+    pub fencing: bool,
 }
 
 /// A harness defined in neuron.toml and what its engine can do.
@@ -76,6 +80,10 @@ pub struct LoadRequest {
     /// Refuse (409) unless the neuron's generation is still this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_generation: Option<u64>,
+    /// The cluster leader's term: refused (409 `fenced`) when lower than the highest the neuron
+    /// has seen, or absent once it has seen one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// `POST /models/unload`.
@@ -84,6 +92,54 @@ pub struct UnloadRequest {
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_generation: Option<u64>,
+    /// As [`LoadRequest::term`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+}
+
+/// `POST /fence`: a new cluster leader raises the neuron's term before it acts, so that no
+/// older leader's call is accepted from then on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FenceRequest {
+    pub term: u64,
+}
+
+/// The answer to `POST /fence`: the highest term the neuron has seen, and its generation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FenceResponse {
+    pub term: u64,
+    pub generation: u64,
+}
+
+/// `GET /actions`: the neuron's own record of the lifecycle calls it decided on (the most
+/// recent ones, oldest first), each with the term it carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Actions {
+    pub boot_id: String,
+    /// The highest term seen (persisted across restarts); 0 when none.
+    pub term: u64,
+    pub actions: Vec<ActionRecord>,
+}
+
+/// One lifecycle call as the neuron decided it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActionRecord {
+    /// Increases by one per record since the neuron started.
+    pub seq: u64,
+    /// `load`, `unload` or `fence`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// `accepted`, or the refusal's code (`fenced`, `generation_mismatch`, ...).
+    pub outcome: String,
+    /// The generation when it was decided.
+    pub generation: u64,
+    pub started_unix_ms: u64,
+    /// When an accepted load became ready or failed, or an accepted unload finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_unix_ms: Option<u64>,
 }
 
 /// The answer to a load or unload: the generation after the change and the model's state.
@@ -108,4 +164,7 @@ pub struct ErrorDetail {
     /// On `generation_mismatch` (409): the neuron's current generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// On `fenced` (409): the highest term the neuron has seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }

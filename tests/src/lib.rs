@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test support: a failed setup step should stop the test loudly")]
 
+pub mod etcd;
 pub mod fake_mistralrs;
 pub mod scale;
 

@@ -107,7 +107,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     });
     println!();
-    let report = apply::apply(&plan, &observed.clients, args.parallelism, timeouts, progress).await;
+    let report = apply::apply(&plan, &observed.clients, args.parallelism, timeouts, None, progress).await;
     ticker.abort();
     view.clear();
     println!("\n{}", report.summary());

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use plans::plan::{Action, ActionKind, Plan};
 use tokio::sync::{Semaphore, watch};
 
+use crate::control::authority::Mandate;
 use crate::control::execute::{self, ExecError, ExecTimeouts};
 use crate::control::neuron_client::NeuronClient;
 
@@ -74,12 +75,14 @@ impl ApplyReport {
     }
 }
 
-/// Apply `plan` through `clients`. `progress` is called as actions start and finish.
+/// Apply `plan` through `clients`, under a cluster leader's `mandate` when given. `progress` is
+/// called as actions start and finish.
 pub async fn apply(
     plan: &Plan,
     clients: &crate::control::poller::Clients,
     parallelism: usize,
     timeouts: ExecTimeouts,
+    mandate: Option<Mandate>,
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> ApplyReport {
     // Actions are independent across neurons; within a neuron they run in plan order, which
@@ -92,6 +95,7 @@ pub async fn apply(
         permits: Arc::new(Semaphore::new(parallelism.max(1))),
         finished: Arc::new(watch::channel(BTreeMap::new()).0),
         planned: Arc::new(plan.actions.iter().map(|a| a.id.clone()).collect()),
+        mandate,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (neuron, chain) in chains {
@@ -139,6 +143,8 @@ struct Shared {
     finished: Arc<watch::Sender<BTreeMap<String, bool>>>,
     /// The ids in the plan: a dependency outside it can never finish.
     planned: Arc<BTreeSet<String>>,
+    /// The cluster leader's mandate every call is sent under (`None` standalone).
+    mandate: Option<Mandate>,
 }
 
 impl Shared {
@@ -190,7 +196,9 @@ async fn run_chain(
         progress(Progress::Started(action.clone()));
         let started = Instant::now();
         let result = match &client {
-            Some(client) => execute::run(client, &action, expected, timeouts).await,
+            Some(client) => {
+                execute::run_as(client, &action, expected, shared.mandate.as_ref(), timeouts).await
+            }
             None => Err(ExecError::NoProfile {
                 id: format!("{} (neuron {} is not in the fleet)", action.id, action.neuron),
             }),
@@ -201,7 +209,7 @@ async fn run_chain(
                 Outcome::Done { elapsed: started.elapsed() }
             }
             Err(error) => {
-                if error.is_conflict() {
+                if error.is_conflict() || error.is_fenced() {
                     report.conflicts.push(action.id.clone());
                 }
                 generation = error.generation_after(expected).map(Some).ok_or_else(|| {
@@ -320,7 +328,7 @@ mod tests {
             ..Plan::default()
         };
         let timeouts = ExecTimeouts { call: Duration::from_secs(5), ready: Duration::from_secs(5) };
-        let report = apply(&plan, &clients, parallelism, timeouts, Arc::new(|_| {})).await;
+        let report = apply(&plan, &clients, parallelism, timeouts, None, Arc::new(|_| {})).await;
         let seen = seen.lock().expect("lock").clone();
         (report, seen)
     }

@@ -7,6 +7,7 @@ use plans::plan::{Action, ActionKind};
 use plans::topology::ModelState;
 use plans::wire::{LoadRequest, UnloadRequest};
 
+use crate::control::authority::Mandate;
 use crate::control::neuron_client::{NeuronClient, NeuronError};
 
 /// Why an action did not complete.
@@ -26,6 +27,9 @@ pub enum ExecError {
     NotReady { model: String, neuron: String, waited: Duration },
     #[error("action {id} has no profile to load")]
     NoProfile { id: String },
+    /// This replica's leadership ended (its lease ran out or it was fenced): nothing was sent.
+    #[error("not sent: this replica no longer leads the cluster (term {term})")]
+    NotLeader { term: u64 },
 }
 
 /// Timeouts for lifecycle calls.
@@ -45,7 +49,9 @@ impl ExecError {
     pub fn generation_after(&self, before: Option<u64>) -> Option<u64> {
         match self {
             ExecError::LoadFailed { generation, .. } => Some(*generation),
-            ExecError::Neuron(NeuronError::Refused { .. }) | ExecError::NoProfile { .. } => before,
+            ExecError::Neuron(NeuronError::Refused { .. } | NeuronError::Fenced { .. })
+            | ExecError::NoProfile { .. }
+            | ExecError::NotLeader { .. } => before,
             ExecError::Neuron(_) | ExecError::NotReady { .. } => None,
         }
     }
@@ -53,6 +59,12 @@ impl ExecError {
     /// Whether the neuron refused because its generation moved on (409).
     pub fn is_conflict(&self) -> bool {
         matches!(self, ExecError::Neuron(NeuronError::Stale { .. }))
+    }
+
+    /// Whether the action was not performed because this replica's term is over (fenced by a
+    /// neuron, or its mandate no longer held): not a failure of the action, nothing backs off.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ExecError::Neuron(NeuronError::Fenced { .. }) | ExecError::NotLeader { .. })
     }
 }
 
@@ -67,13 +79,40 @@ pub async fn run(
     if_generation: Option<u64>,
     timeouts: ExecTimeouts,
 ) -> Result<u64, ExecError> {
-    match action.kind {
-        ActionKind::Unload => unload(client, &action.model, if_generation, timeouts).await,
-        ActionKind::Load => load(client, action, if_generation, timeouts).await,
-        ActionKind::Reload => {
-            let generation = unload(client, &action.model, if_generation, timeouts).await?;
-            load(client, action, Some(generation), timeouts).await
-        }
+    run_as(client, action, if_generation, None, timeouts).await
+}
+
+/// [`run`] under a cluster leader's `mandate`: every call carries its term and is sent only
+/// while the mandate holds; a neuron's `fenced` answer revokes it.
+pub async fn run_as(
+    client: &NeuronClient,
+    action: &Action,
+    if_generation: Option<u64>,
+    mandate: Option<&Mandate>,
+    timeouts: ExecTimeouts,
+) -> Result<u64, ExecError> {
+    let result = match action.kind {
+        ActionKind::Unload => unload(client, &action.model, if_generation, mandate, timeouts).await,
+        ActionKind::Load => load(client, action, if_generation, mandate, timeouts).await,
+        ActionKind::Reload => match unload(client, &action.model, if_generation, mandate, timeouts).await {
+            Ok(generation) => load(client, action, Some(generation), mandate, timeouts).await,
+            Err(error) => Err(error),
+        },
+    };
+    if let (Err(ExecError::Neuron(NeuronError::Fenced { neuron, term })), Some(mandate)) = (&result, mandate)
+    {
+        tracing::warn!(%neuron, fenced_by = term, our_term = mandate.term, "a neuron fenced this replica's term: stepping down");
+        mandate.revoke();
+    }
+    result
+}
+
+/// The term to send, when the mandate (if any) still holds.
+fn term(mandate: Option<&Mandate>) -> Result<Option<u64>, ExecError> {
+    match mandate {
+        None => Ok(None),
+        Some(mandate) if mandate.holds() => Ok(Some(mandate.term)),
+        Some(mandate) => Err(ExecError::NotLeader { term: mandate.term }),
     }
 }
 
@@ -81,9 +120,10 @@ async fn unload(
     client: &NeuronClient,
     model: &str,
     if_generation: Option<u64>,
+    mandate: Option<&Mandate>,
     timeouts: ExecTimeouts,
 ) -> Result<u64, ExecError> {
-    let request = UnloadRequest { model: model.to_owned(), if_generation };
+    let request = UnloadRequest { model: model.to_owned(), if_generation, term: term(mandate)? };
     Ok(client.unload(&request, timeouts.call + timeouts.ready).await?.generation)
 }
 
@@ -91,6 +131,7 @@ async fn load(
     client: &NeuronClient,
     action: &Action,
     if_generation: Option<u64>,
+    mandate: Option<&Mandate>,
     timeouts: ExecTimeouts,
 ) -> Result<u64, ExecError> {
     let profile = action.profile.clone().ok_or_else(|| ExecError::NoProfile { id: action.id.clone() })?;
@@ -101,6 +142,7 @@ async fn load(
         vram_mb: action.vram_mb,
         ram_mb: action.ram_mb,
         if_generation,
+        term: term(mandate)?,
     };
     let accepted = client.load(&request, timeouts.call).await?;
     // A started load bumps the generation once more when it becomes ready (or fails); a load

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::fleetdir::FleetSource;
+use crate::control::lastgood::{LastGood, SavedFleet};
 use crate::control::poller::now_unix_ms;
 
 /// How the last load of the fleet went; shown by `cortex status`.
@@ -45,6 +46,11 @@ pub struct FleetStatus {
     /// How many times the watcher has read the fleet since the daemon started.
     #[serde(default)]
     pub reloads: u64,
+    /// Set when the fleet in force is not the fleet directory's own: it was invalid when the
+    /// daemon started, and this says which saved fleet is served instead (the last good one,
+    /// from the state directory or the cluster), or that none was left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// A fleet read that was not applied.
@@ -100,22 +106,27 @@ pub fn destructive(current: &Fleet, next: &Fleet) -> Option<String> {
 pub struct Loaded {
     pub fleet: Option<Fleet>,
     pub status: FleetStatus,
+    /// The `(path, text)` files the fleet was loaded from (what is saved as the last good one).
+    pub files: Vec<(String, String)>,
 }
 
 /// Read the fleet. The saved files decide the mode: with `source = "commit"` the fleet is read
 /// again from HEAD, and saved edits only show as pending.
 pub fn load(source: &FleetSource) -> anyhow::Result<Loaded> {
     let files = source.read()?;
-    let worktree = plans::fleet::load(&files);
-    load_from(source, worktree, true)
+    load_from(source, files, true)
 }
 
-fn load_from(source: &FleetSource, worktree: plans::fleet::FleetLoad, git: bool) -> anyhow::Result<Loaded> {
+fn load_from(source: &FleetSource, files: Vec<(String, String)>, git: bool) -> anyhow::Result<Loaded> {
+    let worktree = plans::fleet::load(&files);
     let revision = if git { source.revision() } else { Revision::default() };
     let commit_mode = worktree.fleet.as_ref().is_some_and(|f| f.policy.source == SourceMode::Commit);
-    let (load, pending) = match (source, commit_mode) {
-        (FleetSource::Dir(dir), true) => (plans::fleet::load(&committed_files(dir)?), revision.dirty),
-        _ => (worktree, false),
+    let (load, pending, files) = match (source, commit_mode) {
+        (FleetSource::Dir(dir), true) => {
+            let committed = committed_files(dir)?;
+            (plans::fleet::load(&committed), revision.dirty, committed)
+        }
+        _ => (worktree, false, files),
     };
     let status = FleetStatus {
         revision,
@@ -127,8 +138,20 @@ fn load_from(source: &FleetSource, worktree: plans::fleet::FleetLoad, git: bool)
         loaded_at_unix_ms: now_unix_ms(),
         refused: None,
         reloads: 0,
+        fallback: None,
     };
-    Ok(Loaded { fleet: load.fleet, status })
+    Ok(Loaded { fleet: load.fleet, status, files })
+}
+
+/// A read that failed altogether (the directory cannot be read): no fleet, and why.
+pub fn unreadable(error: &anyhow::Error) -> Loaded {
+    let status = FleetStatus {
+        valid: false,
+        refused: Some(Refusal { reason: RefusalReason::Unreadable, message: format!("{error:#}") }),
+        loaded_at_unix_ms: now_unix_ms(),
+        ..FleetStatus::default()
+    };
+    Loaded { fleet: None, status, files: Vec::new() }
 }
 
 /// The `*.toml` files under `dir` as committed at HEAD, with the same paths as on disk.
@@ -167,6 +190,17 @@ pub struct FleetHandle {
     /// The fleet in force. Only the watcher writes it.
     pub fleet: watch::Receiver<Arc<Fleet>>,
     pub status: watch::Receiver<Arc<FleetStatus>>,
+    /// The fleet in force with its files, once one came from the fleet directory (not a
+    /// fallback): what a cluster leader publishes as the last good fleet.
+    pub saved: watch::Receiver<Option<Arc<SavedFleet>>>,
+}
+
+/// Where each fleet that comes into force is kept: on disk (a fleet directory's) and for the
+/// cluster.
+pub struct Keeper {
+    disk: Option<LastGood>,
+    source: String,
+    saved: watch::Sender<Option<Arc<SavedFleet>>>,
 }
 
 /// How long file events are collected before one reload: editors save in bursts (write to a
@@ -188,12 +222,18 @@ pub fn spawn(
     source: FleetSource,
     initial: Loaded,
     guard: Guard,
+    keep: Option<LastGood>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<FleetHandle> {
     let fleet = initial.fleet.ok_or_else(|| anyhow::anyhow!("the fleet is invalid; nothing to serve"))?;
+    let (saved_sender, saved) = watch::channel(None);
+    let keep = Keeper { disk: keep, source: source.describe(), saved: saved_sender };
+    if initial.status.fallback.is_none() {
+        save(&keep, &fleet, &initial.status, initial.files);
+    }
     let (fleet_sender, fleet_receiver) = watch::channel(Arc::new(fleet));
     let (status_sender, status_receiver) = watch::channel(Arc::new(initial.status));
-    let handle = FleetHandle { fleet: fleet_receiver, status: status_receiver };
+    let handle = FleetHandle { fleet: fleet_receiver, status: status_receiver, saved };
     let FleetSource::Dir(dir) = source.clone() else {
         // The embedded fleet never changes.
         return Ok(handle);
@@ -244,7 +284,7 @@ pub fn spawn(
             let reading = source.clone();
             let loaded = tokio::task::spawn_blocking(move || read(&reading, guard)).await;
             let loaded = loaded.unwrap_or_else(|e| Err(anyhow::anyhow!("the fleet reader stopped: {e}")));
-            reload(loaded, guard, &fleet_sender, &status_sender);
+            reload(loaded, guard, &keep, &fleet_sender, &status_sender);
         }
     });
     Ok(handle)
@@ -287,8 +327,7 @@ pub fn read(source: &FleetSource, guard: Guard) -> anyhow::Result<Loaded> {
         && guard.allow_destroy_all
         && !dir.exists()
     {
-        let load = plans::fleet::load(&[]);
-        let mut loaded = load_from(source, load, false)?;
+        let mut loaded = load_from(source, Vec::new(), false)?;
         loaded.status.revision = Revision::default();
         return Ok(loaded);
     }
@@ -300,13 +339,14 @@ pub fn read(source: &FleetSource, guard: Guard) -> anyhow::Result<Loaded> {
 pub fn reload(
     loaded: anyhow::Result<Loaded>,
     guard: Guard,
+    keep: &Keeper,
     fleet: &watch::Sender<Arc<Fleet>>,
     status: &watch::Sender<Arc<FleetStatus>>,
 ) {
     metrics::counter!("cortex_fleet_reloads_total").increment(1);
     let current = status.borrow().clone();
     let mut next = match loaded {
-        Ok(loaded) => accept(loaded, guard, fleet, &current),
+        Ok(loaded) => accept(loaded, guard, keep, fleet, &current),
         Err(error) => {
             tracing::warn!(%error, "cannot read the fleet; keeping the one in force");
             FleetStatus {
@@ -324,7 +364,8 @@ pub fn reload(
             || old.valid != next.valid
             || old.diagnostics != next.diagnostics
             || old.pending != next.pending
-            || old.refused != next.refused;
+            || old.refused != next.refused
+            || old.fallback != next.fallback;
         *old = Arc::new(next);
         changed
     });
@@ -334,14 +375,17 @@ pub fn reload(
 fn accept(
     loaded: Loaded,
     guard: Guard,
+    keep: &Keeper,
     fleet: &watch::Sender<Arc<Fleet>>,
     current: &FleetStatus,
 ) -> FleetStatus {
     let mut next = loaded.status;
     let keep_current = |next: &mut FleetStatus| {
-        // The fleet in force keeps its own digest and revision.
+        // The fleet in force keeps its own digest and revision (and, if it is a saved one
+        // served since start, says so still).
         next.digest = current.digest.clone();
         next.revision = current.revision.clone();
+        next.fallback = current.fallback.clone();
     };
     match loaded.fleet {
         Some(new) => {
@@ -353,8 +397,9 @@ fn accept(
                 next.valid = false;
                 next.refused = Some(Refusal { reason: RefusalReason::DestructiveChange, message: why });
                 keep_current(&mut next);
-            } else if in_force.digest != new.digest {
+            } else if in_force.digest != new.digest || current.fallback.is_some() {
                 tracing::info!(digest = %new.digest, revision = ?next.revision.commit, "fleet changed");
+                save(keep, &new, &next, loaded.files);
                 fleet.send_replace(Arc::new(new));
             }
         }
@@ -368,6 +413,18 @@ fn accept(
         }
     }
     next
+}
+
+/// Keep `fleet`, now in force, as the last good one (a failure to write is logged: serving
+/// goes on).
+fn save(keep: &Keeper, fleet: &Fleet, status: &FleetStatus, files: Vec<(String, String)>) {
+    let saved = SavedFleet::new(&keep.source, status.revision.clone(), fleet.digest.clone(), files);
+    if let Some(disk) = &keep.disk
+        && let Err(error) = disk.save(&saved)
+    {
+        tracing::warn!(%error, path = %disk.path().display(), "cannot keep a copy of the fleet in force");
+    }
+    keep.saved.send_replace(Some(Arc::new(saved)));
 }
 
 fn git_dir(dir: &Path) -> Option<PathBuf> {

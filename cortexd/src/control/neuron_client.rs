@@ -5,7 +5,10 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use plans::topology::LoadedModel;
-use plans::wire::{Discovery, ErrorBody, Health, LifecycleResponse, LoadRequest, Models, UnloadRequest};
+use plans::wire::{
+    Discovery, ErrorBody, FenceRequest, FenceResponse, Health, LifecycleResponse, LoadRequest, Models,
+    UnloadRequest,
+};
 
 /// Why a neuron call failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +18,9 @@ pub enum NeuronError {
     /// The neuron's generation moved on since the caller looked (409).
     #[error("neuron {neuron} changed since it was observed (generation is now {current})")]
     Stale { neuron: String, current: u64 },
+    /// A newer cluster leader fenced the neuron (409 `fenced`): the caller's term is over.
+    #[error("neuron {neuron} fenced the call: a newer leader holds term {term}")]
+    Fenced { neuron: String, term: u64 },
     #[error("neuron {neuron} refused: {code}: {message}")]
     Refused { neuron: String, status: u16, code: String, message: String },
     #[error("neuron {neuron} answered something unexpected: {source}")]
@@ -171,6 +177,13 @@ impl NeuronClient {
         self.decode(response).await
     }
 
+    /// Raise the neuron's highest term seen to `term` (a new leader, before it acts).
+    pub async fn fence(&self, term: u64, timeout: Duration) -> Result<FenceResponse, NeuronError> {
+        let request = self.request(reqwest::Method::POST, "/fence").json(&FenceRequest { term });
+        let response = self.send(request, timeout).await?;
+        self.decode(response).await
+    }
+
     /// Long-poll until `model` is no longer loading (or `wait` passes); returns its state then.
     pub async fn wait(&self, model: &str, wait: Duration) -> Result<LoadedModel, NeuronError> {
         let timeout_ms = wait.as_millis().to_string();
@@ -214,10 +227,13 @@ impl NeuronClient {
                 .map_err(|source| NeuronError::Protocol { neuron: self.name.clone(), source });
         }
         let body: Option<ErrorBody> = response.json().await.ok();
-        let (code, message, generation) = match body {
-            Some(ErrorBody { error }) => (error.code, error.message, error.generation),
-            None => ("http_error".to_owned(), format!("HTTP {status}"), None),
+        let (code, message, generation, term) = match body {
+            Some(ErrorBody { error }) => (error.code, error.message, error.generation, error.term),
+            None => ("http_error".to_owned(), format!("HTTP {status}"), None, None),
         };
+        if status == reqwest::StatusCode::CONFLICT && code == "fenced" {
+            return Err(NeuronError::Fenced { neuron: self.name.clone(), term: term.unwrap_or_default() });
+        }
         if status == reqwest::StatusCode::CONFLICT && code == "generation_mismatch" {
             return Err(NeuronError::Stale {
                 neuron: self.name.clone(),

@@ -32,6 +32,8 @@ pub enum Trigger {
     BackoffExpiry,
     /// An operator asked for a pass (admin API).
     AdminRequest,
+    /// This replica became the cluster's leader (or went back to following).
+    Leadership,
 }
 
 impl Trigger {
@@ -42,13 +44,14 @@ impl Trigger {
             Trigger::Resync => "resync",
             Trigger::BackoffExpiry => "backoff_expiry",
             Trigger::AdminRequest => "admin_request",
+            Trigger::Leadership => "leadership",
         }
     }
 
     /// When several wake-ups queue up during a pass, the one the next pass is logged with.
     fn rank(self) -> u8 {
         match self {
-            Trigger::FleetRevision => 0,
+            Trigger::FleetRevision | Trigger::Leadership => 0,
             Trigger::AdminRequest => 1,
             Trigger::TopologyChange => 2,
             Trigger::BackoffExpiry => 3,

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::apply::{self, ApplyReport, Outcome, Progress};
+use crate::control::authority::Authority;
 use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetwatch::FleetHandle;
@@ -38,6 +39,9 @@ pub struct ReconcileConfig {
     /// loads plan with. Written by the gateway's scheduler; a receiver whose sender is gone
     /// keeps its last value (an empty one: plan on in-flight requests alone).
     pub activity: watch::Receiver<Activity>,
+    /// Whether this daemon acts on neurons now (always standalone; in a cluster, while it
+    /// leads), and the mandate its calls carry.
+    pub authority: watch::Receiver<Authority>,
 }
 
 /// Asks the running reconciler for a pass.
@@ -82,7 +86,8 @@ pub fn spawn(
             () = shutdown.cancelled() => return,
             polled = polled => if !polled { return },
         }
-        tokio::spawn(forward_wakes(fleet.clone(), poller.clone(), wakes, shutdown.clone()));
+        let authority = config.authority.clone();
+        tokio::spawn(forward_wakes(fleet.clone(), poller.clone(), authority, wakes, shutdown.clone()));
         let last_digest = fleet.fleet.borrow().digest.clone();
         let reconciler = Reconciler {
             last_digest,
@@ -103,9 +108,11 @@ pub fn spawn(
 async fn forward_wakes(
     fleet: FleetHandle,
     poller: PollerHandle,
+    mut authority: watch::Receiver<Authority>,
     wakes: mpsc::UnboundedSender<Wake>,
     shutdown: CancellationToken,
 ) {
+    authority.mark_unchanged();
     let mut fleet_in_force = fleet.fleet.clone();
     let mut fleet_status = fleet.status.clone();
     let mut observed = poller.observed.clone();
@@ -124,6 +131,11 @@ async fn forward_wakes(
                 if changed.is_err() { return; }
                 fleet_status.borrow_and_update();
                 Wake::Refresh
+            }
+            changed = authority.changed() => {
+                if changed.is_err() { return; }
+                authority.borrow_and_update();
+                Wake::Run(Trigger::Leadership)
             }
             changed = observed.changed() => {
                 if changed.is_err() { return; }
@@ -218,6 +230,12 @@ impl Reconciler {
             self.publish(Some(plan), None);
             return;
         }
+        let authority = self.config.authority.borrow().clone();
+        if !authority.acts() {
+            self.finish_quiet(&started, RunResult::NotLeader, summary(&plan));
+            self.publish(Some(plan), None);
+            return;
+        }
         let runnable = self.without_backing_off(&plan);
         if runnable.actions.is_empty() {
             self.finish_quiet(&started, RunResult::BackingOff, summary(&plan));
@@ -232,6 +250,7 @@ impl Reconciler {
             &observed.clients,
             self.config.parallelism,
             self.config.timeouts,
+            authority.mandate().cloned(),
             progress,
         )
         .await;
@@ -263,8 +282,9 @@ impl Reconciler {
                 Outcome::Failed { error } => {
                     let line =
                         format!("{} {} on {}: {error}", action.kind.as_str(), action.model, action.neuron);
-                    // A 409 says another actor changed the neuron: the next pass re-plans on
-                    // what it sees then, without waiting out a backoff.
+                    // A 409 says another actor changed the neuron (or a newer leader fenced
+                    // this one): the next pass re-plans on what it sees then, without waiting
+                    // out a backoff.
                     if !report.conflicts.contains(&action.id) {
                         self.backoff.failed(
                             &action.model,

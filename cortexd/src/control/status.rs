@@ -67,6 +67,8 @@ pub enum RunResult {
     Conflict,
     /// At least one action failed; its (model, neuron) backs off.
     Failed,
+    /// Cluster mode: another replica leads (or none does yet); this one reports the plan only.
+    NotLeader,
 }
 
 impl RunResult {
@@ -79,6 +81,7 @@ impl RunResult {
             RunResult::Applied => "applied",
             RunResult::Conflict => "conflict",
             RunResult::Failed => "failed",
+            RunResult::NotLeader => "not_leader",
         }
     }
 }
@@ -132,6 +135,10 @@ pub struct DaemonStatus {
     /// What the reconciler will try again, and when.
     #[serde(default)]
     pub backing_off: Vec<BackingOff>,
+    /// Cluster mode: the replicas, the leader, etcd (filled in by the admin API; absent
+    /// standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::control::cluster_status::ClusterStatus>,
     /// Each cordoned or draining neuron: what cortex manages there still, the requests in
     /// flight, and whether it is safe to stop.
     #[serde(default)]
@@ -231,11 +238,18 @@ fn fleet_condition(fleet: &FleetStatus) -> Condition {
         (None, true) => {
             (true, "Loaded".to_owned(), format!("fleet {} is in force", fleet.revision.short(&fleet.digest)))
         }
-        (None, false) => (
-            false,
-            "BuildFailed".to_owned(),
-            format!("the edited fleet has {errors} error(s); the last good fleet stays in force"),
-        ),
+        (None, false) => match &fleet.fallback {
+            Some(fallback) => (
+                false,
+                "BuildFailed".to_owned(),
+                format!("the fleet directory's fleet has {errors} error(s); serving {fallback}"),
+            ),
+            None => (
+                false,
+                "BuildFailed".to_owned(),
+                format!("the edited fleet has {errors} error(s); the last good fleet stays in force"),
+            ),
+        },
     };
     Condition { kind: "FleetValid".into(), ok, reason, message }
 }
@@ -307,6 +321,10 @@ pub fn render(status: &DaemonStatus) -> String {
         out.push_str(
             "Pending: uncommitted edits in the fleet directory are not applied (source = \"commit\")\n",
         );
+    }
+    if let Some(cluster) = &status.cluster {
+        out.push('\n');
+        out.push_str(&crate::control::cluster_status::render(cluster, crate::control::poller::now_unix_ms()));
     }
     out.push('\n');
     out.push_str("NEURON      STATE        DEVICES  VRAM USED/TOTAL       RAM FREE/TOTAL\n");
@@ -580,6 +598,7 @@ mod tests {
                 rejections: [("queue_timeout".to_owned(), 1)].into(),
             },
             backing_off: Vec::new(),
+            cluster: None,
             maintenance: Vec::new(),
         };
         expect_test::expect![[r#"

@@ -155,6 +155,7 @@ async fn discovery(State(fake): Fake) -> Json<Discovery> {
             embeddings: true,
             responses: fake.responses_native.load(Ordering::SeqCst),
         }],
+        fencing: true,
     })
 }
 
@@ -182,6 +183,7 @@ fn conflict(current: u64) -> Response {
             code: "generation_mismatch".into(),
             message: "stale".into(),
             generation: Some(current),
+            term: None,
         },
     };
     (StatusCode::CONFLICT, Json(body)).into_response()

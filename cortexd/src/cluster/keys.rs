@@ -1,0 +1,74 @@
+//! The cluster's keys in etcd, all under the configured prefix (docs/operations.md lists them).
+
+/// Key names for one cluster (one prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` without a trailing slash (`/cortex` and `/cortex/` are the same cluster).
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.trim_end_matches('/').to_owned() }
+    }
+
+    /// The election's name: candidates hold `<election>/<lease id>`; the oldest leads.
+    pub fn election(&self) -> String {
+        format!("{}/election", self.prefix)
+    }
+
+    /// Under which every replica keeps its record (address, heartbeat), under its own lease.
+    pub fn replicas(&self) -> String {
+        format!("{}/replicas/", self.prefix)
+    }
+
+    pub fn replica(&self, name: &str) -> String {
+        format!("{}{name}", self.replicas())
+    }
+
+    /// Under which every replica publishes its demand (queues), under its own lease.
+    pub fn demands(&self) -> String {
+        format!("{}/demand/", self.prefix)
+    }
+
+    pub fn demand(&self, replica: &str) -> String {
+        format!("{}{replica}", self.demands())
+    }
+
+    /// The leader's decisions (residency, drains, backoff, loads under way), written fenced.
+    pub fn state(&self) -> String {
+        format!("{}/leader/state", self.prefix)
+    }
+
+    /// The last good fleet the leader applied (its files), written fenced.
+    pub fn fleet(&self) -> String {
+        format!("{}/leader/fleet", self.prefix)
+    }
+
+    /// The leader's status document, written fenced; followers serve it.
+    pub fn status(&self) -> String {
+        format!("{}/leader/status", self.prefix)
+    }
+
+    /// The part of `key` after `under` (a replica's name under `replicas()` or `demands()`).
+    pub fn name_under<'a>(under: &str, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(under).filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let keys = Keys::new("/cortex/");
+        assert_eq!(keys.election(), "/cortex/election");
+        assert_eq!(keys.replica("gw-1"), "/cortex/replicas/gw-1");
+        assert_eq!(keys.demand("gw-1"), "/cortex/demand/gw-1");
+        assert_eq!(keys.state(), "/cortex/leader/state");
+        assert_eq!(Keys::name_under(&keys.replicas(), "/cortex/replicas/gw-2"), Some("gw-2"));
+        assert_eq!(Keys::name_under(&keys.replicas(), "/cortex/replicas/"), None);
+        assert_ne!(Keys::new("/a").demands(), Keys::new("/b").demands(), "fleets sharing an etcd");
+    }
+}

@@ -1,0 +1,257 @@
+//! The cluster's election and fencing in-process, against a real etcd (Debian's etcd-server on
+//! loopback, data in /dev/shm) and a real neuron process: one leader at a time with a strictly
+//! higher term than the last, a successor within a lease when the leader dies, an immediate
+//! hand-over when it stops, fenced writes refused to a leader that lost its term, nobody acting
+//! while etcd is away and a leader again when it is back, demand that disappears with its
+//! replica, and lifecycle calls that a lapsed or older term cannot make.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cortex_e2e::etcd::Etcd;
+use cortex_e2e::{Neuron, eventually};
+use cortexd::cluster::session::Prepare;
+use cortexd::cluster::{Cluster, Settings};
+use cortexd::config::ClusterConfig;
+use cortexd::control::authority::{Authority, LeaseClock, Mandate};
+use cortexd::control::cluster_status::Role;
+use cortexd::control::status::QueueStatus;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// One replica in this process: its cluster handle, its session task and its shutdown.
+struct Replica {
+    name: String,
+    cluster: Cluster,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+    /// The terms `prepare` was called with (it fences nothing here).
+    elected: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Replica {
+    async fn start(etcd: &Etcd, name: &str) -> Replica {
+        let config = ClusterConfig {
+            etcd: vec![etcd.endpoint()],
+            replica: Some(name.to_owned()),
+            lease_ttl: TTL,
+            prefix: "/test".to_owned(),
+        };
+        let settings = Settings::from_config(&config, "127.0.0.1:1".parse().unwrap()).unwrap();
+        let elected = Arc::new(Mutex::new(Vec::new()));
+        let record = elected.clone();
+        let prepare: Prepare = Arc::new(move |term| {
+            record.lock().unwrap().push(term);
+            Box::pin(async { Ok(()) })
+        });
+        let me =
+            cortexd::cluster::record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let shutdown = CancellationToken::new();
+        let (cluster, task) = cortexd::cluster::start(settings, me, prepare, shutdown.clone()).await.unwrap();
+        Replica { name: name.to_owned(), cluster, task, shutdown, elected }
+    }
+
+    fn mandate(&self) -> Option<Mandate> {
+        self.cluster.authority.borrow().mandate().cloned()
+    }
+
+    fn leads(&self) -> bool {
+        self.cluster.authority.borrow().acts()
+    }
+
+    /// `kill -9`: the session stops without resigning or revoking; its lease runs out.
+    fn kill(&self) {
+        self.task.abort();
+        self.shutdown.cancel();
+    }
+}
+
+/// The one replica that leads, once exactly one does.
+async fn leader<'a>(replicas: &[&'a Replica], within: Duration) -> &'a Replica {
+    eventually("exactly one leader", within, async || {
+        let leading: Vec<&'a Replica> = replicas.iter().copied().filter(|r| r.leads()).collect();
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_within_a_lease_and_its_term_is_fenced() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (Replica::start(&etcd, "gw-a").await, Replica::start(&etcd, "gw-b").await);
+    let first = leader(&[&a, &b], Duration::from_secs(15)).await;
+    let other = if first.name == a.name { &b } else { &a };
+    let old = first.mandate().unwrap();
+    assert_eq!(*first.elected.lock().unwrap(), [old.term], "prepared (fenced) before it led");
+    assert!(first.cluster.put_fenced("/test/leader/state", b"one".to_vec()).await.unwrap());
+    assert!(
+        !other.cluster.put_fenced("/test/leader/state", b"two".to_vec()).await.unwrap(),
+        "a follower cannot write"
+    );
+    assert!(!other.leads());
+
+    let killed = Instant::now();
+    first.kill();
+    let second = leader(&[other], TTL * 2 + Duration::from_secs(5)).await;
+    let took = killed.elapsed();
+    let new = second.mandate().unwrap();
+    assert!(new.term > old.term, "terms strictly increase: {} then {}", old.term, new.term);
+    assert!(took < TTL * 2 + Duration::from_secs(3), "a successor led after {took:?}");
+    assert!(!old.holds(), "the dead leader's mandate ran out with its lease");
+    // The dead leader's election key is gone: a write fenced by its term is refused.
+    assert!(!first.cluster.put_fenced("/test/leader/state", b"stale".to_vec()).await.unwrap());
+    assert!(second.cluster.put_fenced("/test/leader/state", b"new".to_vec()).await.unwrap());
+    let stored = second.cluster.store.get("/test/leader/state").await.unwrap();
+    assert_eq!(stored.as_deref(), Some(&b"new"[..]));
+
+    let view = eventually("the view to name the new leader", Duration::from_secs(10), async || {
+        let view = second.cluster.view.borrow().clone();
+        (view.leader.as_ref().is_some_and(|l| l.term == new.term) && view.role == Role::Leader)
+            .then_some(view)
+    })
+    .await;
+    assert!(view.etcd.reachable);
+    assert_eq!(view.leader.as_ref().unwrap().replica, second.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_hands_over_at_once() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (Replica::start(&etcd, "gw-a").await, Replica::start(&etcd, "gw-b").await);
+    let first = leader(&[&a, &b], Duration::from_secs(15)).await;
+    let other = if first.name == a.name { &b } else { &a };
+    let stopped = Instant::now();
+    first.shutdown.cancel();
+    leader(&[other], Duration::from_secs(10)).await;
+    // It resigned and revoked its lease: no lease had to run out.
+    assert!(stopped.elapsed() < TTL, "handed over after {:?}", stopped.elapsed());
+    assert!(!first.leads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_acts_while_etcd_is_away_and_a_leader_returns_with_it() {
+    let mut etcd = Etcd::start().await;
+    let (a, b) = (Replica::start(&etcd, "gw-a").await, Replica::start(&etcd, "gw-b").await);
+    let first = leader(&[&a, &b], Duration::from_secs(15)).await;
+    let term = first.mandate().unwrap().term;
+    etcd.stop();
+    let stopped = Instant::now();
+    eventually("every replica to stop acting", TTL + Duration::from_secs(3), async || {
+        (!a.leads() && !b.leads()).then_some(())
+    })
+    .await;
+    assert!(stopped.elapsed() <= TTL + Duration::from_secs(2), "the leader stopped acting within a lease");
+    eventually("the view to say etcd is away", Duration::from_secs(10), async || {
+        let view = a.cluster.view.borrow().clone();
+        (!view.etcd.reachable && view.etcd.error.is_some()).then_some(())
+    })
+    .await;
+    let Authority::Follower { why, .. } = a.cluster.authority.borrow().clone() else { panic!("follows") };
+    assert!(!why.is_empty());
+
+    etcd.resume().await;
+    let next = leader(&[&a, &b], Duration::from_secs(30)).await;
+    assert!(next.mandate().unwrap().term > term, "a new term after etcd came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_is_published_under_the_replicas_lease_and_goes_with_it() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (Replica::start(&etcd, "gw-a").await, Replica::start(&etcd, "gw-b").await);
+    let (queues, receiver) = watch::channel(Arc::new(Vec::new()));
+    a.cluster.publish_demand(receiver, a.shutdown.clone());
+    let seen = b.cluster.demand(b.shutdown.clone());
+    let waiting = QueueStatus { model: "m".into(), waiting: 3, oldest_wait_ms: 1500, in_flight: 1 };
+    queues.send_replace(Arc::new(vec![waiting.clone()]));
+    let mut reading = seen.clone();
+    eventually("gw-b to see gw-a's demand", Duration::from_secs(10), async || {
+        let demand = reading.borrow_and_update().clone();
+        (demand.get("gw-a").is_some_and(|d| d.queues == [waiting.clone()])).then_some(())
+    })
+    .await;
+    a.kill();
+    eventually("gw-a's demand to go with its lease", TTL * 2 + Duration::from_secs(5), async || {
+        (!reading.borrow_and_update().contains_key("gw-a")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
+    use cortexd::control::execute::{self, ExecError, ExecTimeouts};
+    use plans::plan::{Action, ActionKind, Reason};
+
+    let dir = tempfile::tempdir().unwrap();
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let client = cortexd::control::neuron_client::NeuronClient::new(
+        "n1",
+        &neuron.endpoint(),
+        Some(cortex_e2e::NEURON_TOKEN.to_owned()),
+        reqwest::Client::new(),
+    );
+    let timeouts = ExecTimeouts { call: Duration::from_secs(10), ready: Duration::from_secs(30) };
+    let profile = plans::fleet::Profile {
+        harness: "sim".to_owned(),
+        source: "m.gguf".to_owned(),
+        quant: None,
+        ctx_size: None,
+        args: Vec::new(),
+    };
+    let load = Action {
+        id: "a1".to_owned(),
+        kind: ActionKind::Load,
+        model: "m".to_owned(),
+        neuron: "n1".to_owned(),
+        devices: vec![0],
+        vram_mb: 1000,
+        ram_mb: 0,
+        profile: Some(profile),
+        from_profile: None,
+        from_devices: Vec::new(),
+        reason: Reason::Pinned,
+        after: Vec::new(),
+        if_generation: 0,
+    };
+
+    // A leader paused past its lease wakes up: its mandate holds nothing, nothing is sent.
+    let lapsed = Mandate::new(9, LeaseClock::new(Instant::now()));
+    let error = execute::run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
+    assert!(matches!(error, ExecError::NotLeader { term: 9 }), "{error}");
+    assert_eq!(
+        neuron.get("/actions").await["actions"].as_array().unwrap().len(),
+        0,
+        "nothing reached the neuron"
+    );
+
+    // The current leader (term 10) acts; then an older one (term 9, lease still valid on its
+    // own clock) is fenced by the neuron and its mandate revoked: it steps down.
+    let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
+    execute::run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
+    let older = Mandate::new(9, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
+    let unload = Action { kind: ActionKind::Unload, profile: None, ..load.clone() };
+    let error = execute::run_as(&client, &unload, None, Some(&older), timeouts).await.unwrap_err();
+    assert!(error.is_fenced(), "{error}");
+    assert!(older.is_revoked(), "a fenced answer revokes the mandate");
+    let record = neuron.get("/actions").await;
+    let decided: Vec<(String, u64, String)> = record["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_owned(),
+                a["term"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [("load".to_owned(), 10, "accepted".to_owned()), ("unload".to_owned(), 9, "fenced".to_owned())]
+    );
+    assert_eq!(neuron.loaded().await, ["m"], "the older term changed nothing");
+}
