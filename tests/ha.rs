@@ -138,7 +138,9 @@ impl Rig {
     async fn stop(&mut self, i: usize) {
         let mut process = self.replicas[i].process.take().unwrap();
         Command::new("kill").arg("-TERM").arg(process.child.id().to_string()).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // As long as a request may wait in its queue (`[gateway] max_wait`): one still waiting
+        // then fails and shows as lost, rather than as a replica that never stops.
+        let deadline = Instant::now() + Duration::from_secs(65);
         while process.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "replica {i} did not stop:\n{}", process.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,6 +19,8 @@ pub struct Config {
     pub api_keys_file: Option<PathBuf>,
     /// The key for the admin API; without one the admin API is disabled.
     pub admin_key: Option<String>,
+    /// The per-key usage store (a redb file); unset: `usage.redb` in `state_dir`.
+    pub usage_store: Option<PathBuf>,
     /// The bearer token cortex presents to neurons.
     pub neuron_token: Option<String>,
     /// A file holding that token (its first line).
@@ -69,6 +71,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             api_keys_file: None,
             admin_key: None,
+            usage_store: None,
             neuron_token: None,
             neuron_token_file: None,
             gateway: GatewayConfig::default(),
@@ -218,6 +221,12 @@ impl Config {
             );
         }
         Ok(keys)
+    }
+
+    /// Where the per-key usage store lives: `usage_store`, else `usage.redb` in the state
+    /// directory.
+    pub fn usage_store_path(&self) -> PathBuf {
+        self.usage_store.clone().unwrap_or_else(|| self.state_dir().join("usage.redb"))
     }
 
     /// The state directory (see [`Config::state_dir`]).

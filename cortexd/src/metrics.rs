@@ -23,7 +23,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("cortex_requests_total", "Inference requests by model, neuron, route and outcome");
+    describe_counter!(
+        "cortex_requests_total",
+        "Inference requests by model, neuron, route, outcome and key (a declared key's name, else empty)"
+    );
+    describe_counter!(
+        "cortex_key_refusals_total",
+        "Requests of a declared key refused before forwarding, by reason (revoked, expired, model, rpm, tpm, max_concurrency, tokens_per_day, tokens_per_month)"
+    );
     describe_histogram!("cortex_request_duration_seconds", "Time from request to the end of the response");
     describe_histogram!(
         "cortex_time_to_first_token_seconds",
@@ -31,7 +38,7 @@ fn describe() {
     );
     describe_counter!(
         "cortex_tokens_total",
-        "Tokens by model and kind (prompt, completion), from the engine's usage"
+        "Tokens by model, kind (prompt, completion) and key, from the engine's usage"
     );
     describe_histogram!(
         "cortex_tokens_per_second",

@@ -22,6 +22,7 @@ use crate::control::poller::PollerHandle;
 use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
 use crate::control::status::QueueStatus;
 use crate::gateway::core::auth::ApiKeys;
+use crate::gateway::core::keys::Keys;
 use crate::gateway::core::scheduler::ClusterInputs;
 use crate::gateway::{self, AppState};
 use crate::operator::admin::Admin;
@@ -95,13 +96,20 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let joined = join(&config, addresses, &poller, (shutdown.clone(), released.clone())).await?;
     let authority = joined.authority.clone();
     // Failed cold loads back off like the reconciler's actions.
-    let keys = ApiKeys::new(config.client_keys()?);
-    let state = AppState::new(fleet_receiver.clone(), poller.clone(), keys, config.gateway.clone())
-        .with_load_backoff(reconcile_config_backoff(&config));
-    let state = match joined.scheduler_inputs(released.clone()) {
+    let state =
+        AppState::new(fleet_receiver.clone(), poller.clone(), ApiKeys::default(), config.gateway.clone())
+            .with_load_backoff(reconcile_config_backoff(&config));
+    let mut state = match joined.scheduler_inputs(released.clone()) {
         Some(inputs) => state.in_cluster(inputs),
         None => state,
     };
+    let usage = crate::usage::Usage::at(config.usage_store_path());
+    state.keys = Arc::new(Keys::new(ApiKeys::new(config.client_keys()?), usage.clone()));
+    // Its own stop, after the listeners have drained: the streams that end during the drain
+    // settle their usage before the last write.
+    let usage_stop = CancellationToken::new();
+    let usage_task =
+        tokio::spawn(crate::usage::flush_loop(usage, crate::usage::FLUSH_EVERY, usage_stop.clone()));
     let timeouts = ExecTimeouts { call: config.gateway.neuron_timeout, ready: config.reconcile.load_timeout };
     let reconcile_config = ReconcileConfig {
         resync: config.reconcile.resync,
@@ -158,7 +166,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     );
     shutdown.cancel();
     released.cancel();
-    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task);
+    usage_stop.cancel();
+    let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task, usage_task);
     // A leader hands over (resigns, revokes its lease) before the process ends.
     if let Some(task) = joined.task {
         let _ = task.await;

@@ -18,6 +18,10 @@ pub struct Gateway {
     /// The gateway's traffic window (the fleet page's charts).
     pub traffic: Arc<Traffic>,
     pub shutdown: CancellationToken,
+    /// The fleet in force: send a new one to reload.
+    pub fleet: watch::Sender<Arc<plans::fleet::Fleet>>,
+    /// The client keys and their usage.
+    pub keys: Arc<cortexd::gateway::core::keys::Keys>,
 }
 
 impl Drop for Gateway {
@@ -31,20 +35,15 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let load = plans::fleet::load(&[("fleet.toml".to_owned(), fleet_toml.to_owned())]);
     let fleet = load.fleet.unwrap_or_else(|| panic!("test fleet is invalid: {:?}", load.diagnostics));
     let neurons = fleet.neurons.len();
-    let (_sender, fleet) = watch::channel(Arc::new(fleet));
-    // Keep the sender alive for the test's duration by leaking it into the shutdown task.
+    let (sender, fleet) = watch::channel(Arc::new(fleet));
     let shutdown = CancellationToken::new();
     let http = reqwest::Client::new();
     let poll = PollConfig { interval: Duration::from_millis(100), unreachable_after: 2 };
     let (poller, _task) =
         cortexd::control::poller::spawn(fleet.clone(), None, http.clone(), poll, shutdown.clone());
-    let held = shutdown.clone();
-    tokio::spawn(async move {
-        held.cancelled().await;
-        drop(_sender);
-    });
     let state =
         AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits);
+    let keys = state.keys.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let traffic = state.traffic.clone();
@@ -60,7 +59,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     .await
     .expect("neurons observed within 10 s")
     .expect("poller running");
-    Gateway { url, poller, traffic, shutdown }
+    Gateway { url, poller, traffic, shutdown, fleet: sender, keys }
 }
 
 /// Limits suitable for tests: short waits, small queues.

@@ -1,4 +1,6 @@
-//! Client API keys: `Authorization: Bearer <key>` or `x-api-key: <key>`, compared in constant time.
+//! The key a client presents (`Authorization: Bearer <key>` or `x-api-key: <key>`), and the
+//! keys of cortex.toml's `api_keys`, compared in constant time. The fleet's keys, their limits
+//! and accounting are `keys`' business.
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
@@ -14,31 +16,39 @@ impl ApiKeys {
         ApiKeys { keys: keys.into_iter().map(String::into_bytes).collect() }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Whether the request's headers carry an accepted key (always true without keys).
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        if self.keys.is_empty() {
-            return true;
-        }
-        let presented = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split_once(' '))
-                    // The scheme is case-insensitive (RFC 9110): `bearer` works too.
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, key)| key)
-            })
-            .map(str::trim);
-        let Some(presented) = presented else { return false };
-        // Compare against every key, without stopping early, so timing says nothing about which
-        // key (or how much of one) matched.
+        self.keys.is_empty() || presented_key(headers).is_some_and(|presented| self.matches(presented))
+    }
+
+    /// Whether `presented` is one of the keys. Every key is compared, without stopping early,
+    /// so timing says nothing about which key (or how much of one) matched.
+    pub fn matches(&self, presented: &str) -> bool {
         self.keys
             .iter()
             .fold(false, |found, key| found | bool::from(key.as_slice().ct_eq(presented.as_bytes())))
     }
+}
+
+/// The key the request presents: `x-api-key`, else a bearer `Authorization`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                // The scheme is case-insensitive (RFC 9110): `bearer` works too.
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, key)| key)
+        })
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -25,6 +25,18 @@ pub enum ApiError {
     ContextOverflow { prompt_tokens: Option<u64>, max_tokens: Option<u64>, message: String },
     #[error("invalid API key")]
     Unauthorized,
+    /// A declared key that may not be used (revoked, expired): 401 with the reason.
+    #[error("{0}")]
+    KeyRefused(String),
+    /// The key may not use this model: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The key's rate (`rpm`, `tpm`) or concurrency is over its limit: 429, retry later.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64, tokens: bool },
+    /// The key's token budget is spent until its window turns: 429, not worth retrying soon.
+    #[error("{message}")]
+    QuotaExhausted { message: String, retry_after_s: u64 },
     #[error("no route {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -53,7 +65,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::ContextOverflow { .. } => StatusCode::BAD_REQUEST,
             ApiError::NoRoute { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::KeyRefused(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } | ApiError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,7 +90,12 @@ impl ApiError {
                 | ApiError::NoRoute { .. }
                 | ApiError::MethodNotAllowed { .. },
             ) => "invalid_request_error",
-            (_, ApiError::Unauthorized) => "authentication_error",
+            (_, ApiError::Unauthorized | ApiError::KeyRefused(_)) => "authentication_error",
+            (_, ApiError::Forbidden(_)) => "permission_error",
+            // OpenAI names the limit that was hit (`requests` or `tokens`) in the type.
+            (_, ApiError::RateLimited { tokens: false, .. }) => "requests",
+            (_, ApiError::RateLimited { tokens: true, .. }) => "tokens",
+            (_, ApiError::QuotaExhausted { .. }) => "insufficient_quota",
             (_, ApiError::UnknownModel(_) | ApiError::NotFound(_)) => "not_found_error",
             (_, ApiError::Overloaded { .. }) => "unavailable_error",
             (_, ApiError::Unsupported(_)) => "not_supported_error",
@@ -90,7 +109,9 @@ impl ApiError {
             | ApiError::Unsupported(_)
             | ApiError::ContextOverflow { .. }
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
-            ApiError::Unauthorized => "authentication_error",
+            ApiError::Unauthorized | ApiError::KeyRefused(_) => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::RateLimited { .. } | ApiError::QuotaExhausted { .. } => "rate_limit_error",
             ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::NoRoute { .. } => "not_found_error",
             ApiError::TooLarge { .. } => "request_too_large",
             ApiError::Overloaded { .. } => "overloaded_error",
@@ -103,7 +124,10 @@ impl ApiError {
     fn openai_code(&self) -> Option<&'static str> {
         match self {
             ApiError::ContextOverflow { .. } => Some("context_length_exceeded"),
-            ApiError::Unauthorized => Some("invalid_api_key"),
+            ApiError::Unauthorized | ApiError::KeyRefused(_) => Some("invalid_api_key"),
+            ApiError::Forbidden(_) => Some("model_not_allowed"),
+            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::QuotaExhausted { .. } => Some("insufficient_quota"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
             ApiError::Overloaded { .. } => Some("overloaded"),
@@ -177,8 +201,18 @@ pub struct DialectError {
 impl IntoResponse for DialectError {
     fn into_response(self) -> Response {
         let mut response = (self.error.status(), axum::Json(self.error.body(self.dialect))).into_response();
-        if let ApiError::Overloaded { retry_after_s, .. } = self.error {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        let headers = response.headers_mut();
+        match self.error {
+            ApiError::Overloaded { retry_after_s, .. } | ApiError::RateLimited { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            }
+            ApiError::QuotaExhausted { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+                // The official SDKs retry a 429 on their own; a spent budget will not come back
+                // within their retries, so they are told not to (both honour this header).
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            _ => {}
         }
         response
     }
@@ -215,6 +249,48 @@ mod tests {
         assert!(
             event.starts_with("event: error\ndata: {") && event.contains(r#""code":"server_error""#),
             "{event}"
+        );
+    }
+
+    #[test]
+    fn key_refusals_have_the_status_and_type_each_sdk_maps_to_its_exception() {
+        let cases = [
+            (
+                ApiError::KeyRefused("key \"a\" was revoked".into()),
+                401,
+                "authentication_error",
+                "authentication_error",
+            ),
+            (ApiError::Forbidden("no".into()), 403, "permission_error", "permission_error"),
+            (
+                ApiError::RateLimited { message: "slow".into(), retry_after_s: 3, tokens: false },
+                429,
+                "requests",
+                "rate_limit_error",
+            ),
+            (
+                ApiError::QuotaExhausted { message: "spent".into(), retry_after_s: 60 },
+                429,
+                "insufficient_quota",
+                "rate_limit_error",
+            ),
+        ];
+        for (error, status, openai, anthropic) in cases {
+            assert_eq!(error.status().as_u16(), status);
+            assert_eq!(error.body(Dialect::OpenAi)["error"]["type"], openai);
+            assert_eq!(error.body(Dialect::Anthropic)["error"]["type"], anthropic);
+        }
+        let spent = ApiError::QuotaExhausted { message: "spent".into(), retry_after_s: 60 };
+        assert_eq!(spent.body(Dialect::OpenAi)["error"]["code"], "insufficient_quota");
+        let response = spent.in_dialect(Dialect::OpenAi).into_response();
+        assert_eq!(
+            (&response.headers()[header::RETRY_AFTER], &response.headers()["x-should-retry"]),
+            (&HeaderValue::from(60), &HeaderValue::from_static("false"))
+        );
+        let limited = ApiError::RateLimited { message: "slow".into(), retry_after_s: 3, tokens: true };
+        assert_eq!(
+            limited.in_dialect(Dialect::Anthropic).into_response().headers()[header::RETRY_AFTER],
+            "3"
         );
     }
 

@@ -71,6 +71,8 @@ pub struct Exchange {
     pub admitted: Option<Arc<Admitted>>,
     /// The window the request is added to when it ends.
     pub traffic: Arc<Traffic>,
+    /// The caller's key: the body settles its reservation with the engine's usage at the end.
+    pub grant: Arc<crate::gateway::core::keys::Grant>,
 }
 
 /// One request to a neuron's inference routes.
@@ -180,6 +182,7 @@ pub fn respond(upstream: upstream::Response, exchange: Exchange, stream: bool, e
         exchange,
         first_event_at: None,
         usage: None,
+        events: 0,
         copy: BytesMut::new(),
         finished: false,
         failed: false,
@@ -214,6 +217,9 @@ struct Watcher {
     first_event_at: Option<Instant>,
     /// (prompt, completion) tokens, from the engine's usage.
     usage: Option<(u64, u64)>,
+    /// Streamed events seen with content (about one token each): what a stream cut short
+    /// before its usage is charged (with its prompt's estimate).
+    events: u64,
     /// A copy of a non-streaming body (bounded), to read its usage at the end.
     copy: BytesMut,
     finished: bool,
@@ -243,6 +249,9 @@ impl Watcher {
         let mut out = BytesMut::new();
         if let StreamEdit::Transform(transform) = &mut self.edit {
             self.first_event_at.get_or_insert_with(Instant::now);
+            // The transform parses the events; a chunk is counted as one (engines send a
+            // token's event per chunk), for a stream cut short before its usage.
+            self.events += 1;
             transform.chunk(&chunk, &mut out);
             return out.freeze();
         }
@@ -277,6 +286,7 @@ impl Watcher {
         let usage_only = has_usage && contains(event, &NO_CHOICES);
         if !usage_only {
             self.first_event_at.get_or_insert_with(Instant::now);
+            self.events += 1;
         }
         if has_usage {
             record_usage(event, &mut self.usage);
@@ -410,6 +420,9 @@ impl Drop for Watcher {
             handles.prompt_tokens.increment(prompt);
             handles.completion_tokens.increment(completion);
         }
+        // A non-streaming body is one event; a stream's are counted as they pass.
+        let events = if self.stream { self.events } else { 0 };
+        exchange.grant.settle(self.usage, events, crate::control::poller::now_unix_ms());
     }
 }
 

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod keys;
 pub mod overflow;
 pub mod pipeline;
 pub mod request_metrics;

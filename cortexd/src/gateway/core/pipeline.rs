@@ -21,9 +21,11 @@ use futures_util::Stream;
 use plans::wire::HarnessInfo;
 use serde_json::{Map, Value};
 
+use crate::control::poller::now_unix_ms;
 use crate::gateway::core::admission::Admitted;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::{self, Exchange, StreamEdit};
+use crate::gateway::core::keys::Grant;
 use crate::gateway::core::request_metrics::{self, InFlightGuard};
 use crate::gateway::core::routing::{self, Queued, Resolution};
 use crate::gateway::core::state::AppState;
@@ -46,6 +48,36 @@ pub struct Envelope {
     /// Messages: the client's output limit (any JSON: judging it is the engine's business).
     #[serde(default)]
     pub max_tokens: Option<Value>,
+    /// Chat Completions' newer output limit.
+    #[serde(default)]
+    pub max_completion_tokens: Option<Value>,
+    /// Responses' output limit.
+    #[serde(default)]
+    pub max_output_tokens: Option<Value>,
+}
+
+impl Envelope {
+    /// An envelope with nothing in it (requests without a body).
+    pub fn empty() -> Self {
+        Envelope {
+            model: None,
+            stream: false,
+            stream_options: None,
+            previous_response_id: None,
+            store: None,
+            max_tokens: None,
+            max_completion_tokens: None,
+            max_output_tokens: None,
+        }
+    }
+
+    /// The least output limit the request sets, in any of the fields the dialects use.
+    fn output_limit(&self) -> Option<u64> {
+        [&self.max_tokens, &self.max_completion_tokens, &self.max_output_tokens]
+            .into_iter()
+            .filter_map(|limit| limit.as_ref().and_then(Value::as_u64))
+            .min()
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -73,6 +105,9 @@ pub struct Checked {
     pub route: RouteInfo,
     /// Holds the request's place under `max_in_flight` (shared with the response body).
     pub admitted: Option<Arc<Admitted>>,
+    /// The caller's passage: its key, in flight and with its tokens reserved until the
+    /// response body settles them (shared with the response body).
+    pub grant: Arc<Grant>,
 }
 
 /// Client request headers forwarded to the engine on native pass-through.
@@ -86,9 +121,9 @@ pub async fn check(
     route: RouteInfo,
 ) -> Result<Checked, ApiError> {
     let started = Instant::now();
-    if !state.keys.allows(headers) {
-        return Err(ApiError::Unauthorized);
-    }
+    let fleet = state.fleet();
+    // The caller's key and its limits, from the head: a refused key costs no body read.
+    let grant = state.keys.admit(&fleet, headers, now_unix_ms())?;
     // Shed before reading the body: an overload must not become buffered memory.
     let admitted = state.admission.admit()?;
     let limit = state.limits.max_body_bytes;
@@ -101,13 +136,53 @@ pub async fn check(
         .clone()
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::BadRequest("\"model\" is required".into()))?;
+    let spec = fleet.model(&model);
+    grant.scope(&model, spec)?;
+    if let Some(output) = reservation(route, &envelope, spec) {
+        grant.reserve(output, prompt_estimate(body.len()), now_unix_ms())?;
+    }
     let mut forward_headers = HeaderMap::new();
     for name in FORWARDED_HEADERS {
         if let Some(value) = headers.get(*name) {
             forward_headers.insert(*name, value.clone());
         }
     }
-    Ok(Checked { body, envelope, model, started, forward_headers, route, admitted: Some(admitted) })
+    Ok(Checked { body, envelope, model, started, forward_headers, route, admitted: Some(admitted), grant })
+}
+
+/// What a request whose output is not limited otherwise is assumed to generate, for its
+/// reservation (docs/gateway.md, "Budgets and their bound").
+pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4_096;
+
+/// The output tokens a request on `route` reserves against its key's budgets: its own limit,
+/// clamped by the model's `max_output_tokens` (which the adapters enforce) and context window;
+/// without a limit, the model's cap, else its window, else [`DEFAULT_OUTPUT_RESERVATION`].
+/// `None` for routes that generate nothing (token counting).
+fn reservation(
+    route: RouteInfo,
+    envelope: &Envelope,
+    model: Option<&plans::fleet::ModelSpec>,
+) -> Option<u64> {
+    match route.name {
+        "count_tokens" | "responses_input_tokens" => None,
+        "embeddings" => Some(0),
+        _ => {
+            let cap = model.and_then(|m| m.max_output_tokens);
+            let window = model.and_then(|m| m.profile.ctx_size).map(u64::from);
+            let limit = match (envelope.output_limit(), cap) {
+                (Some(asked), Some(cap)) => asked.min(cap),
+                (asked, cap) => asked.or(cap).or(window).unwrap_or(DEFAULT_OUTPUT_RESERVATION),
+            };
+            Some(window.map_or(limit, |window| limit.min(window)))
+        }
+    }
+}
+
+/// A prompt's tokens estimated from its body: four bytes a token, the usual rule for text (a
+/// JSON body's keys and quotes make it an overestimate for short prompts). Only charged for a
+/// request whose engine never reported its usage.
+pub fn prompt_estimate(body_bytes: usize) -> u64 {
+    u64::try_from(body_bytes.div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 /// Run the whole pipeline for one request; `adapter` builds and sends the upstream call once
@@ -191,7 +266,7 @@ pub fn count_failure(state: &AppState, name: &str, started: Instant, error: &Api
 /// and arbitrary names from clients must not create series).
 pub fn rejected(error: ApiError, route: &'static str, dialect: Dialect) -> Response {
     let status = error.status().as_u16().to_string();
-    metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => status)
+    metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => status, "key" => "")
         .increment(1);
     error.in_dialect(dialect).into_response()
 }
@@ -296,7 +371,12 @@ pub async fn forward(
     if !response.status().is_success() {
         return Err(forward::upstream_error(response, ctx_size(state, &target.model)).await);
     }
-    let handles = request_metrics::handles(&target.model, &target.neuron.name, checked.route.name);
+    let handles = request_metrics::handles(
+        &target.model,
+        &target.neuron.name,
+        checked.route.name,
+        checked.grant.label(),
+    );
     let guard = InFlightGuard::enter(handles);
     let exchange = Exchange {
         route: checked.route.name,
@@ -307,6 +387,7 @@ pub async fn forward(
         on_response_id: upstream.on_response_id,
         admitted: checked.admitted.clone(),
         traffic: state.traffic.clone(),
+        grant: checked.grant.clone(),
     };
     Ok(forward::respond(response, exchange, upstream.stream, upstream.edit))
 }
@@ -403,7 +484,7 @@ impl Stream for WaitingBody {
                         this.phase = Phase::Done;
                         // The 200 is out: count the failure here, as `rejected` does otherwise.
                         let status = error.status().as_u16().to_string();
-                        metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => this.route, "status" => status)
+                        metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => this.route, "status" => status, "key" => "")
                             .increment(1);
                         return Poll::Ready(Some(Ok(Bytes::from(error.sse_event(this.dialect)))));
                     }

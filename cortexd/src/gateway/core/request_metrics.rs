@@ -1,6 +1,8 @@
 //! The metric handles a forwarded request records into while in flight and when it ends, looked
-//! up in the registry once per (model, neuron, route) and kept: building five label sets and
-//! registry keys per request was about 9% of a request's instructions (docs/benchmarks.md).
+//! up in the registry once per (model, neuron, route, key) and kept: building five label sets
+//! and registry keys per request was about 9% of a request's instructions (docs/benchmarks.md).
+//! The `key` label is a declared key's name, or empty (the open API, cortex.toml's `api_keys`):
+//! never a name a client makes up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -15,7 +17,7 @@ pub enum Outcome {
     ClientClosed,
 }
 
-/// The series one (model, neuron, route) records into.
+/// The series one (model, neuron, route, key) records into.
 pub struct Handles {
     /// `cortex_requests_total` by [`Outcome`], in its order.
     requests: [Counter; 3],
@@ -33,9 +35,9 @@ impl Handles {
         &self.requests[outcome as usize]
     }
 
-    fn register(model: &str, neuron: &str, route: &'static str) -> Self {
-        let requests = |status: &'static str| metrics::counter!("cortex_requests_total", "model" => model.to_owned(), "neuron" => neuron.to_owned(), "route" => route, "status" => status);
-        let tokens = |kind: &'static str| metrics::counter!("cortex_tokens_total", "model" => model.to_owned(), "kind" => kind);
+    fn register(model: &str, neuron: &str, route: &'static str, key: &str) -> Self {
+        let requests = |status: &'static str| metrics::counter!("cortex_requests_total", "model" => model.to_owned(), "neuron" => neuron.to_owned(), "route" => route, "status" => status, "key" => key.to_owned());
+        let tokens = |kind: &'static str| metrics::counter!("cortex_tokens_total", "model" => model.to_owned(), "kind" => kind, "key" => key.to_owned());
         Handles {
             requests: [requests("ok"), requests("upstream_error"), requests("client_closed")],
             duration: metrics::histogram!("cortex_request_duration_seconds", "model" => model.to_owned(), "route" => route),
@@ -71,24 +73,29 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// model → neuron → route → handles: nested so that a lookup borrows its keys (no allocation).
-type Cache = HashMap<String, HashMap<String, HashMap<&'static str, Arc<Handles>>>>;
+/// model → neuron → route → key → handles: nested so that a lookup borrows its keys (no
+/// allocation).
+type Cache = HashMap<String, HashMap<String, HashMap<&'static str, HashMap<String, Arc<Handles>>>>>;
 
 static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
 
-/// The handles of `(model, neuron, route)`, registered on first use.
-pub fn handles(model: &str, neuron: &str, route: &'static str) -> Arc<Handles> {
+/// The handles of `(model, neuron, route, key)`, registered on first use.
+pub fn handles(model: &str, neuron: &str, route: &'static str, key: &str) -> Arc<Handles> {
     let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(found) = cache.get(model).and_then(|n| n.get(neuron)).and_then(|r| r.get(route)) {
+    let found =
+        cache.get(model).and_then(|n| n.get(neuron)).and_then(|r| r.get(route)).and_then(|k| k.get(key));
+    if let Some(found) = found {
         return found.clone();
     }
-    let made = Arc::new(Handles::register(model, neuron, route));
+    let made = Arc::new(Handles::register(model, neuron, route, key));
     cache
         .entry(model.to_owned())
         .or_default()
         .entry(neuron.to_owned())
         .or_default()
-        .insert(route, made.clone());
+        .entry(route)
+        .or_default()
+        .insert(key.to_owned(), made.clone());
     made
 }
 
@@ -98,11 +105,12 @@ mod tests {
 
     #[test]
     fn one_registration_serves_every_request_of_a_model_neuron_and_route() {
-        let first = handles("m-cache", "n1", "chat");
-        assert!(Arc::ptr_eq(&first, &handles("m-cache", "n1", "chat")));
-        assert!(!Arc::ptr_eq(&first, &handles("m-cache", "n2", "chat")));
-        assert!(!Arc::ptr_eq(&first, &handles("m-cache", "n1", "messages")));
-        assert!(!Arc::ptr_eq(&first, &handles("m-other", "n1", "chat")));
+        let first = handles("m-cache", "n1", "chat", "");
+        assert!(Arc::ptr_eq(&first, &handles("m-cache", "n1", "chat", "")));
+        assert!(!Arc::ptr_eq(&first, &handles("m-cache", "n2", "chat", "")));
+        assert!(!Arc::ptr_eq(&first, &handles("m-cache", "n1", "messages", "")));
+        assert!(!Arc::ptr_eq(&first, &handles("m-other", "n1", "chat", "")));
+        assert!(!Arc::ptr_eq(&first, &handles("m-cache", "n1", "chat", "alice")));
     }
 
     #[test]
@@ -110,16 +118,16 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let text = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let handles = handles("m-render", "n1", "chat_completions");
+            let handles = handles("m-render", "n1", "chat_completions", "alice");
             handles.requests(Outcome::ClientClosed).increment(1);
             handles.completion_tokens.increment(7);
             handles.duration.record(0.5);
         });
         let rendered = text.render();
         for series in [
-            r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="client_closed"} 1"#,
-            r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="ok"} 0"#,
-            r#"cortex_tokens_total{model="m-render",kind="completion"} 7"#,
+            r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="client_closed",key="alice"} 1"#,
+            r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="ok",key="alice"} 0"#,
+            r#"cortex_tokens_total{model="m-render",kind="completion",key="alice"} 7"#,
             r#"cortex_request_duration_seconds_count{model="m-render",route="chat_completions"} 1"#,
         ] {
             assert!(rendered.contains(series), "{series} missing from:\n{rendered}");

@@ -11,6 +11,7 @@ use crate::control::backoff::BackoffPolicy;
 use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::core::admission::Admission;
 use crate::gateway::core::auth::ApiKeys;
+use crate::gateway::core::keys::Keys;
 use crate::gateway::core::scheduler::{ClusterInputs, Scheduler};
 use crate::gateway::core::traffic::Traffic;
 use crate::gateway::dialects::responses::ResponseIndex;
@@ -23,8 +24,8 @@ pub struct AppState {
     pub fleet: watch::Receiver<Arc<Fleet>>,
     /// The observed state; written by the poller only.
     pub poller: PollerHandle,
-    /// Accepted client keys (read-only after start).
-    pub keys: Arc<ApiKeys>,
+    /// Client keys: cortex.toml's and the fleet's, with each declared key's counters.
+    pub keys: Arc<Keys>,
     pub limits: Arc<GatewayConfig>,
     /// The swap scheduler: per-model queues and the loads they wait for.
     pub scheduler: Arc<Scheduler>,
@@ -54,7 +55,7 @@ impl AppState {
         AppState {
             fleet,
             poller,
-            keys: Arc::new(keys),
+            keys: Arc::new(Keys::new(keys, crate::usage::Usage::in_memory())),
             admission: Arc::new(Admission::new(limits.max_in_flight, limits.overload_delay)),
             limits,
             scheduler,

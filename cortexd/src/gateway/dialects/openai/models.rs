@@ -7,7 +7,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use plans::topology::ModelState;
 
+use crate::control::poller::now_unix_ms;
 use crate::gateway::core::error::{ApiError, Dialect};
+use crate::gateway::core::keys::Caller;
 use crate::gateway::core::state::AppState;
 
 /// One entry of the list.
@@ -38,21 +40,37 @@ pub struct ModelEntry {
     pub max_output_tokens: Option<u64>,
 }
 
+/// `GET /v1/models`: the models the caller's key may use.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !state.keys.allows(&headers) {
-        return ApiError::Unauthorized.in_dialect(Dialect::OpenAi).into_response();
-    }
-    axum::Json(serde_json::json!({"object": "list", "data": entries(&state)})).into_response()
+    let caller = match state.keys.identify(&state.fleet(), &headers, now_unix_ms()) {
+        Ok(caller) => caller,
+        Err(error) => return error.in_dialect(Dialect::OpenAi).into_response(),
+    };
+    let fleet = state.fleet();
+    let data: Vec<ModelEntry> =
+        entries(&state).into_iter().filter(|entry| may_use(&caller, &fleet, &entry.id)).collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
+/// `GET /v1/models/{id}`: one entry, a 404 for a model the caller's key may not use.
 pub async fn retrieve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !state.keys.allows(&headers) {
-        return ApiError::Unauthorized.in_dialect(Dialect::OpenAi).into_response();
-    }
-    let wanted = state.fleet().model(&id).map_or(id.clone(), |model| model.id.clone());
-    match entries(&state).into_iter().find(|entry| entry.id == wanted) {
+    let fleet = state.fleet();
+    let caller = match state.keys.identify(&fleet, &headers, now_unix_ms()) {
+        Ok(caller) => caller,
+        Err(error) => return error.in_dialect(Dialect::OpenAi).into_response(),
+    };
+    let wanted = fleet.model(&id).map_or(id.clone(), |model| model.id.clone());
+    match entries(&state).into_iter().find(|entry| entry.id == wanted && may_use(&caller, &fleet, &id)) {
         Some(entry) => axum::Json(entry).into_response(),
         None => ApiError::UnknownModel(id).in_dialect(Dialect::OpenAi).into_response(),
+    }
+}
+
+/// Whether `caller` may use the model named `name`.
+fn may_use(caller: &Caller, fleet: &plans::fleet::Fleet, name: &str) -> bool {
+    match caller {
+        Caller::Declared(key) => key.spec.may_use(name, fleet.model(name)),
+        Caller::Open | Caller::Legacy => true,
     }
 }
 

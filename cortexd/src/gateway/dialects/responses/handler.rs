@@ -84,9 +84,7 @@ async fn by_id(
     id: String,
 ) -> Response {
     let outcome = async {
-        if !state.keys.allows(&headers) {
-            return Err(ApiError::Unauthorized);
-        }
+        let grant = state.keys.admit(&state.fleet(), &headers, crate::control::poller::now_unix_ms())?;
         let target = remembered_target(&state, &id, Admit::No).map_err(|_| {
             ApiError::NotFound(format!(
                 "no response with id {id:?} is known (only stored, native responses are)"
@@ -94,19 +92,13 @@ async fn by_id(
         })?;
         let checked = Checked {
             body: Bytes::new(),
-            envelope: Envelope {
-                model: None,
-                stream: false,
-                stream_options: None,
-                previous_response_id: None,
-                store: None,
-                max_tokens: None,
-            },
+            envelope: Envelope::empty(),
             model: target.model.clone(),
             started: std::time::Instant::now(),
             forward_headers: HeaderMap::new(),
             route: RETRIEVE,
             admitted: None,
+            grant,
         };
         let mut upstream = Upstream::post(path, Bytes::new(), false, StreamEdit::None, true);
         upstream.method = method;
