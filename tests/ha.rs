@@ -457,23 +457,6 @@ async fn while_etcd_is_away_nobody_acts_and_a_leader_resumes_when_it_is_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rolling_restart_loses_nothing() {
-    let mut rig = Rig::start().await;
-    under_load(
-        &mut rig,
-        async |rig: &mut Rig| {
-            for i in 0..3 {
-                rig.stop(i).await;
-                rig.start_replica(i).await;
-                rig.leader(Duration::from_secs(30)).await;
-            }
-        },
-        &[],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_neuron_restarting_during_a_leader_change_keeps_its_fence() {
     let mut rig = Rig::start().await;
     let (leader, term) = rig.leader(Duration::from_secs(30)).await;

@@ -139,8 +139,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(
         crate::operator::ui::Ui::new(ui_feed, config.admin_key.as_deref()),
     ));
-    let admin = config.admin_key.clone().map(|key| Admin {
-        key: Arc::new(key),
+    let admin = Some(Admin {
+        key: config.admin_key.clone().map(Arc::new),
         status,
         timeouts,
         parallelism: config.reconcile.parallelism,

@@ -230,7 +230,7 @@ fn apply(editor: &mut FleetEditor, change: &Change<'_>) -> anyhow::Result<Option
 }
 
 /// `git add` and `git commit` the changed files in the fleet directory's repository.
-fn commit(dir: &std::path::Path, paths: &[String], message: &str) -> anyhow::Result<()> {
+pub(crate) fn commit(dir: &std::path::Path, paths: &[String], message: &str) -> anyhow::Result<()> {
     let git = |args: &[&str]| -> anyhow::Result<String> {
         let output = Command::new("git").arg("-C").arg(dir).args(args).output().context("cannot run git")?;
         let text = String::from_utf8_lossy(&output.stderr).trim().to_owned();

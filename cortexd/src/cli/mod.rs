@@ -3,9 +3,11 @@
 //! the top of the layering: it calls `serve` and `control`, and nothing calls it.
 
 pub mod apply;
+pub mod keys;
 pub mod maintain;
 pub mod plan;
 pub mod status;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,13 @@ pub enum Command {
     Pin(crate::cli::maintain::PinArgs),
     /// Unpin a model from a neuron (removes the neuron from `pinned_on`)
     Unpin(crate::cli::maintain::PinArgs),
+    /// Client keys in the fleet: make one (its secret shown once) or revoke one
+    Key {
+        #[command(subcommand)]
+        command: crate::cli::keys::KeyCommand,
+    },
+    /// Show the fleet keys' usage (tokens and requests per key and day) from the daemon
+    Usage(crate::cli::usage::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -151,5 +160,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Uncordon(args) => maintain::uncordon(args).await,
         Command::Pin(args) => maintain::pin(args).await,
         Command::Unpin(args) => maintain::unpin(args).await,
+        Command::Key { command } => keys::run(command),
+        Command::Usage(args) => usage::usage(args).await,
     }
 }

@@ -8,13 +8,14 @@
 //! (`[[neuron]]` by `name`, `[[model]]` by `id`, in whichever file declares it, written as a
 //! header or as an inline table), change its keys, check the result with
 //! [`FleetEditor::validate`], show [`FleetEditor::diff`], and [`FleetEditor::write`] the
-//! changed files (each atomically replaced).
+//! changed files (each atomically replaced). New declarations (`cortex key new`) are appended
+//! with [`FleetEditor::append`]: a new table at the end of one file, the rest of it untouched.
 
 use std::path::{Path, PathBuf};
 
 use plans::fleet::{Fleet, FleetLoad};
 use similar::TextDiff;
-use toml_edit::{Array, DocumentMut, Item, TableLike, Value};
+use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
 
 /// Why the fleet directory cannot be edited.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum EditError {
     Invalid { dir: String, errors: usize, load: Box<FleetLoad> },
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    /// A table cannot be appended where it was asked to go.
+    #[error("{0}")]
+    Append(String),
 }
 
 /// One fleet file: its text as read and the document being edited.
@@ -98,6 +102,55 @@ impl FleetEditor {
         None
     }
 
+    /// The file that declares the first `[[kind]]` table (as a header or inline), if any.
+    pub fn file_declaring(&self, kind: &str) -> Option<&str> {
+        self.files.iter().find(|f| f.document.as_table().contains_key(kind)).map(|f| f.path.as_str())
+    }
+
+    /// Append `table` as a new `[[kind]]` at the end of the fleet file `path` (a new file when
+    /// the directory has none by that path), after a blank line and the `comment` lines, so
+    /// that the diff is the added table alone. Refused when the file writes its `kind` tables
+    /// as an inline array (`key = [{ ... }]`), which one more header would contradict.
+    pub fn append(
+        &mut self,
+        path: &str,
+        kind: &str,
+        mut table: Table,
+        comment: &str,
+    ) -> Result<(), EditError> {
+        if !self.files.iter().any(|f| f.path == path) {
+            self.files.push(FleetFile {
+                path: path.to_owned(),
+                original: String::new(),
+                document: DocumentMut::new(),
+            });
+            self.files.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        let Some(file) = self.files.iter_mut().find(|f| f.path == path) else {
+            return Err(EditError::Append(format!("{path} is not a fleet file")));
+        };
+        let last = last_position(&file.document);
+        let text_so_far = file.document.to_string();
+        let blank = if text_so_far.is_empty() || text_so_far.ends_with("\n\n") { "" } else { "\n" };
+        let newline = if text_so_far.is_empty() || text_so_far.ends_with('\n') { "" } else { "\n" };
+        let comments: String = comment.lines().map(|line| format!("# {line}\n")).collect();
+        // What follows the last table (comments at the end of the file) stays before the new one.
+        let trailing = file.document.trailing().as_str().unwrap_or_default().to_owned();
+        file.document.set_trailing("");
+        table.decor_mut().set_prefix(format!("{trailing}{newline}{blank}{comments}"));
+        table.set_position(Some(last + 1));
+        let root = file.document.as_table_mut();
+        match root.entry(kind).or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new())) {
+            Item::ArrayOfTables(tables) => {
+                tables.push(table);
+                Ok(())
+            }
+            _ => Err(EditError::Append(format!(
+                "{path} writes its {kind} tables as an inline array ({kind} = [{{ ... }}]); add the new one there by hand, or choose another file"
+            ))),
+        }
+    }
+
     /// The files as edited, as `(path, text)`, sorted by path.
     pub fn texts(&self) -> Vec<(String, String)> {
         self.files.iter().map(|f| (f.path.clone(), f.document.to_string())).collect()
@@ -145,6 +198,23 @@ impl FleetEditor {
     }
 }
 
+/// The highest position of any table in `document` (0 for none): a table after it is written last.
+fn last_position(document: &DocumentMut) -> isize {
+    fn walk(table: &Table, last: &mut isize) {
+        *last = (*last).max(table.position().unwrap_or(0));
+        for (_, item) in table.iter() {
+            match item {
+                Item::Table(inner) => walk(inner, last),
+                Item::ArrayOfTables(tables) => tables.iter().for_each(|inner| walk(inner, last)),
+                _ => {}
+            }
+        }
+    }
+    let mut last = 0;
+    walk(document.as_table(), &mut last);
+    last
+}
+
 /// Write `text` over `path` through a hidden temporary file next to it (the fleet reader and
 /// watcher skip hidden files), keeping the original's permissions.
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
@@ -176,7 +246,12 @@ impl Declaration<'_> {
     /// Set `key` to the string `value`, keeping the decor (spacing, a trailing comment) of the
     /// value it replaces; a new key goes after the table's last key.
     pub fn set_string(&mut self, key: &str, value: &str) {
-        let mut new = Value::from(value);
+        self.set_value(key, Value::from(value));
+    }
+
+    /// Set `key` to `value`, as [`Declaration::set_string`] does.
+    pub fn set_value(&mut self, key: &str, value: Value) {
+        let mut new = value;
         if let Some(old) = self.table.get_mut(key).and_then(Item::as_value_mut) {
             *new.decor_mut() = old.decor().clone();
             *old = new;
@@ -430,6 +505,44 @@ pinned_on = [
             }
         }
         out
+    }
+
+    #[test]
+    fn an_appended_table_is_the_only_change_to_a_commented_file() {
+        let text = "# Keys of the lab.\n\n[[key]]   # Alice's laptop\nname = \"alice\"\nsha256 = \"214a711fea74e1c80faa8536375c89900a4727019e7ea983c6c48cd87c69687d\"  # rotated in May\n\n# the end\n";
+        let (_dir, mut editor) = open(&[("keys.toml", text)]);
+        let path = editor.file_declaring("key").expect("keys.toml declares keys").to_owned();
+        let mut table = Table::new();
+        table.insert("name", toml_edit::value("bob"));
+        table.insert(
+            "sha256",
+            toml_edit::value("f62616b17bdd474b5411c5e2973b41f103341e1e3db479fbcb738f6f76373d8f"),
+        );
+        editor.append(&path, "key", table, "bob: made by cortex key new").expect("appended");
+        let after = &editor.texts()[0].1;
+        assert_eq!(
+            after,
+            &format!(
+                "{text}\n# bob: made by cortex key new\n[[key]]\nname = \"bob\"\nsha256 = \"f62616b17bdd474b5411c5e2973b41f103341e1e3db479fbcb738f6f76373d8f\"\n"
+            ),
+            "everything before is kept byte for byte"
+        );
+        assert!(editor.validate().fleet.is_some_and(|fleet| fleet.keys.len() == 2));
+        // A directory without keys gets a new file.
+        let (dir, mut editor) = open(&[("fleet.toml", "[policy]\nprune = true\n")]);
+        let new = dir.path().join("keys.toml").display().to_string();
+        let mut table = Table::new();
+        table.insert("name", toml_edit::value("carol"));
+        table.insert(
+            "sha256",
+            toml_edit::value("0000000000000000000000000000000000000000000000000000000000000000"),
+        );
+        editor.append(&new, "key", table, "carol").expect("appended");
+        editor.write().expect("written");
+        assert_eq!(
+            std::fs::read_to_string(&new).expect("new file"),
+            "# carol\n[[key]]\nname = \"carol\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The admin API (admin key required): `GET /admin/status` (the daemon's status, as
-//! `cortex status` shows it), `POST /admin/apply` (apply a saved plan file, refused when stale)
-//! and `POST /admin/reconcile` (a reconcile pass now, every backoff cleared: what SIGHUP does).
+//! The admin API: `GET /admin/status` (the daemon's status, as `cortex status` shows it),
+//! `GET /admin/usage` (each fleet key's usage, as `cortex usage` shows it), `POST /admin/apply`
+//! (apply a saved plan file, refused when stale) and `POST /admin/reconcile` (a reconcile pass
+//! now, every backoff cleared: what SIGHUP does). The admin key of cortex.toml opens every
+//! route; a fleet key opens the reading routes with `operator = "read_only"` and every route
+//! with `operator = "admin"`.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use plans::fleet::OperatorAccess;
 use plans::plan::PlanFile;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
@@ -17,6 +21,7 @@ use crate::control::apply::{self, Outcome};
 use crate::control::authority::Authority;
 use crate::control::cluster_status::{self, ClusterStatus};
 use crate::control::execute::ExecTimeouts;
+use crate::control::poller::now_unix_ms;
 use crate::control::reconciler::ReconcileHandle;
 use crate::control::status::DaemonStatus;
 use crate::gateway::AppState;
@@ -29,6 +34,7 @@ pub fn router(gateway: AppState, admin: Option<Admin>) -> Router {
     let body_limit = gateway.limits.max_body_bytes;
     Router::new()
         .route("/admin/status", get(status))
+        .route("/admin/usage", get(usage))
         .route("/admin/apply", post(apply))
         .route("/admin/reconcile", post(reconcile).fallback(wrong_method))
         // A plan file is bounded like an inference body.
@@ -47,7 +53,8 @@ struct AdminState {
 /// What the admin routes need besides the gateway's state.
 #[derive(Clone)]
 pub struct Admin {
-    pub key: Arc<String>,
+    /// cortex.toml's `admin_key`, which opens every route.
+    pub key: Option<Arc<String>>,
     pub status: watch::Receiver<Arc<DaemonStatus>>,
     pub timeouts: ExecTimeouts,
     pub parallelism: usize,
@@ -64,28 +71,41 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({"error": {"message": message.into()}}))).into_response()
 }
 
-/// The admin settings if the request carries the admin key, else the response to send.
+const DISABLED: &str = "the admin API is disabled: set admin_key in cortex.toml, or give a fleet key operator = \"read_only\" or \"admin\"";
+
+/// The admin settings if the request carries the admin key, or a fleet key with at least the
+/// access `need`; else the response to send.
 fn authorised<'a>(
     state: &'a AdminState,
     headers: &HeaderMap,
+    need: OperatorAccess,
 ) -> Result<&'a Admin, (StatusCode, &'static str)> {
     let Some(admin) = state.admin.as_ref() else {
-        return Err((StatusCode::NOT_FOUND, "the admin API is disabled: set admin_key in cortex.toml"));
+        return Err((StatusCode::NOT_FOUND, DISABLED));
     };
     let presented = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(admin.key.as_bytes().ct_eq(presented.as_bytes())) {
-        Ok(admin)
-    } else {
-        Err((StatusCode::UNAUTHORIZED, "invalid admin key"))
+    if admin.key.as_ref().is_some_and(|key| bool::from(key.as_bytes().ct_eq(presented.as_bytes()))) {
+        return Ok(admin);
+    }
+    let fleet = state.gateway.fleet();
+    let access = state.gateway.keys.operator_access(&fleet, presented, now_unix_ms());
+    if access != OperatorAccess::None && access >= need {
+        return Ok(admin);
+    }
+    let any_operator_key = fleet.keys.iter().any(|k| k.operator != OperatorAccess::None);
+    match access {
+        OperatorAccess::ReadOnly => Err((StatusCode::FORBIDDEN, "this key's operator access is read_only")),
+        _ if admin.key.is_none() && !any_operator_key => Err((StatusCode::NOT_FOUND, DISABLED)),
+        _ => Err((StatusCode::UNAUTHORIZED, "invalid admin key")),
     }
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    match authorised(&state, &headers) {
+    match authorised(&state, &headers, OperatorAccess::ReadOnly) {
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
             status.contention = state.gateway.scheduler.contention();
@@ -110,7 +130,7 @@ pub struct ApplyResponse {
 }
 
 async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: String) -> Response {
-    let admin = match authorised(&state, &headers) {
+    let admin = match authorised(&state, &headers, OperatorAccess::Admin) {
         Ok(admin) => admin.clone(),
         Err((status, message)) => return error(status, message),
     };
@@ -173,7 +193,7 @@ pub struct ReconcileResponse {
 /// does. Answers 202 at once: the pass runs after the one in progress, if any, and shows in
 /// `GET /admin/status` under the trigger `admin_request`.
 async fn reconcile(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    let admin = match authorised(&state, &headers) {
+    let admin = match authorised(&state, &headers, OperatorAccess::Admin) {
         Ok(admin) => admin,
         Err((status, message)) => return error(status, message),
     };
@@ -185,4 +205,35 @@ async fn reconcile(State(state): State<AdminState>, headers: HeaderMap) -> Respo
         message: "a reconcile pass was requested; every backoff is cleared".into(),
     };
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// `GET /admin/usage?key=K&since=DAY`: the fleet keys' usage per UTC day from day `since`
+/// (days since the epoch; default: the first of this month), and each key's limits and what it
+/// used today and this month ([`crate::operator::usage::UsageReport`]).
+async fn usage(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<UsageQuery>,
+) -> Response {
+    if let Err((status, message)) = authorised(&state, &headers, OperatorAccess::ReadOnly) {
+        return error(status, message);
+    }
+    let fleet = state.gateway.fleet();
+    let usage = state.gateway.keys.usage().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::operator::usage::report(&fleet, &usage, query.key.as_deref(), query.since, now_unix_ms())
+    })
+    .await;
+    match report {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct UsageQuery {
+    key: Option<String>,
+    /// Days since the epoch (UTC).
+    since: Option<u32>,
 }

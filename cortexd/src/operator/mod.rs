@@ -1,6 +1,7 @@
 //! The operator's surface, above the gateway: the admin API (`admin`, on the inference
 //! listener, admin key required) and the fleet page (`ui`, on the operator listener beside
-//! `/metrics`).
+//! `/metrics`), and the fleet keys' usage report they and `cortex usage` share (`usage`).
 
 pub mod admin;
 pub mod ui;
+pub mod usage;

@@ -28,6 +28,7 @@ use crate::gateway::core::forward::{self, Exchange, StreamEdit};
 use crate::gateway::core::keys::Grant;
 use crate::gateway::core::request_metrics::{self, InFlightGuard};
 use crate::gateway::core::routing::{self, Queued, Resolution};
+use crate::gateway::core::scheduler::machine::Tag;
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 
@@ -108,6 +109,16 @@ pub struct Checked {
     /// The caller's passage: its key, in flight and with its tokens reserved until the
     /// response body settles them (shared with the response body).
     pub grant: Arc<Grant>,
+    /// The tokens the request may cost (its output limit and prompt estimate): its weight in
+    /// its model's queue.
+    pub cost: u64,
+}
+
+impl Checked {
+    /// The request's place in its model's queue: its caller's priority and key, its cost.
+    pub fn queue_tag(&self) -> Tag {
+        Tag { priority: self.grant.priority().0, key: Arc::from(self.grant.label()), cost: self.cost }
+    }
 }
 
 /// Client request headers forwarded to the engine on native pass-through.
@@ -138,16 +149,29 @@ pub async fn check(
         .ok_or_else(|| ApiError::BadRequest("\"model\" is required".into()))?;
     let spec = fleet.model(&model);
     grant.scope(&model, spec)?;
-    if let Some(output) = reservation(route, &envelope, spec) {
-        grant.reserve(output, prompt_estimate(body.len()), now_unix_ms())?;
+    let output = reservation(route, &envelope, spec);
+    let prompt = prompt_estimate(body.len());
+    if let Some(output) = output {
+        grant.reserve(output, prompt, now_unix_ms())?;
     }
+    let cost = output.unwrap_or(0).saturating_add(prompt);
     let mut forward_headers = HeaderMap::new();
     for name in FORWARDED_HEADERS {
         if let Some(value) = headers.get(*name) {
             forward_headers.insert(*name, value.clone());
         }
     }
-    Ok(Checked { body, envelope, model, started, forward_headers, route, admitted: Some(admitted), grant })
+    Ok(Checked {
+        body,
+        envelope,
+        model,
+        started,
+        forward_headers,
+        route,
+        admitted: Some(admitted),
+        grant,
+        cost,
+    })
 }
 
 /// What a request whose output is not limited otherwise is assumed to generate, for its
@@ -226,7 +250,7 @@ where
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
 {
     let stream = checked.envelope.stream;
-    match routing::resolve(&state, &checked.model)? {
+    match routing::resolve_as(&state, &checked.model, checked.queue_tag())? {
         Resolution::Ready(target) => adapter(state, target, checked).await,
         Resolution::Waiting(ticket) if !stream => {
             let target = wait(ticket, checked.started, &checked.model).await?;

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::forward;
+use crate::gateway::core::scheduler::machine::Tag;
 use crate::gateway::core::scheduler::{Arrived, LoadTicket, Permit};
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
@@ -38,8 +39,14 @@ impl Queued {
     }
 }
 
-/// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet).
+/// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet) for a
+/// caller without a key.
 pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
+    resolve_as(state, name, Tag::default())
+}
+
+/// Resolve `name` for the caller `tag` describes (its place in the model's queue).
+pub fn resolve_as(state: &AppState, name: &str, tag: Tag) -> Result<Resolution, ApiError> {
     let fleet = state.fleet();
     let id = fleet.model(name).map_or(name, |m| m.id.as_str()).to_owned();
     if fleet.model(name).is_none() {
@@ -49,7 +56,7 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
             return Err(ApiError::UnknownModel(name.to_owned()));
         }
     }
-    match state.scheduler.arrive(&fleet, id)? {
+    match state.scheduler.arrive_as(&fleet, id, tag)? {
         Arrived::Now(permit) => Ok(Resolution::Ready(target(state, permit)?)),
         Arrived::Queued(ticket) => Ok(Resolution::Waiting(Queued { ticket, state: state.clone() })),
     }

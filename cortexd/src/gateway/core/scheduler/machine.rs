@@ -16,13 +16,24 @@
 //! its turn back), and the unload starts once the requests cortex sent it have finished (at
 //! most `DRAIN_WAIT_MS`), so an eviction never cuts a running request short.
 //! `Mode::Arrival` switches the schedule off (swap on demand, in arrival order) for comparison.
+//!
+//! Within a model's queue, requests are served by their callers' priority (a fleet key's
+//! `priority`: interactive before batch) and, among callers of one priority, by deficit round
+//! robin over their keys (`fair.rs`, the one seam for queue order). Demand weighs by class: a
+//! model whose callers have the higher priority is loaded first, and callers of a lower
+//! priority do not take the neuron from a resident that higher ones are queued for.
+
+mod fair;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use plans::plan::Activity;
 
 use crate::control::status::QueueStatus;
+use crate::gateway::core::scheduler::machine::fair::{FairQueue, Waiter};
+
+pub use fair::Tag;
 
 pub type RequestId = u64;
 
@@ -168,15 +179,10 @@ struct Drain {
 }
 
 #[derive(Clone, Debug)]
-struct Waiter {
-    id: RequestId,
-    arrived: u64,
-}
-
-#[derive(Clone, Debug)]
 struct Queue {
     settings: Settings,
-    waiting: VecDeque<Waiter>,
+    /// Served by priority, then fairly among keys (`fair.rs`).
+    waiting: FairQueue,
     /// What the queue waits for, for the timeout message.
     why: String,
 }
@@ -241,13 +247,27 @@ impl Machine {
         &self.rejections
     }
 
-    /// A new request for `model`.
+    /// A new request for `model` from a caller without a key (interactive, one shared lane).
     pub fn arrive<P>(
         &mut self,
         now: u64,
         request: RequestId,
         model: &str,
         settings: Settings,
+        placer: &mut dyn Placer<P>,
+    ) -> (Arrival, Vec<Command<P>>) {
+        self.arrive_as(now, request, model, settings, Tag::default(), placer)
+    }
+
+    /// A new request for `model` from the caller `tag` describes (its priority and key decide
+    /// its place in the queue when it must wait).
+    pub fn arrive_as<P>(
+        &mut self,
+        now: u64,
+        request: RequestId,
+        model: &str,
+        settings: Settings,
+        tag: Tag,
         placer: &mut dyn Placer<P>,
     ) -> (Arrival, Vec<Command<P>>) {
         let queue = self.queue(model, settings);
@@ -264,7 +284,7 @@ impl Machine {
             *self.rejections.entry(rejection.reason()).or_default() += 1;
             return (Arrival::Rejected(rejection), Vec::new());
         }
-        queue.waiting.push_back(Waiter { id: request, arrived: now });
+        queue.waiting.push_back(Waiter { id: request, arrived: now, tag });
         (Arrival::Queued, self.pump(now, placer))
     }
 
@@ -326,7 +346,7 @@ impl Machine {
         placer: &mut dyn Placer<P>,
     ) -> Vec<Command<P>> {
         if let Some(queue) = self.queues.get_mut(model) {
-            queue.waiting.retain(|w| w.id != request);
+            queue.waiting.remove(request);
         }
         self.pump(now, placer)
     }
@@ -426,7 +446,7 @@ impl Machine {
             .map(|(model, queue)| QueueStatus {
                 model: model.clone(),
                 waiting: queue.waiting.len(),
-                oldest_wait_ms: queue.waiting.front().map_or(0, |w| now.saturating_sub(w.arrived)),
+                oldest_wait_ms: queue.waiting.oldest().map_or(0, |w| now.saturating_sub(w.arrived)),
                 in_flight: in_flight.get(model.as_str()).copied().unwrap_or(0),
             })
             .collect()
@@ -440,7 +460,7 @@ impl Machine {
     fn queue(&mut self, model: &str, settings: Settings) -> &mut Queue {
         let queue = self.queues.entry(model.to_owned()).or_insert_with(|| Queue {
             settings,
-            waiting: VecDeque::new(),
+            waiting: FairQueue::default(),
             why: String::new(),
         });
         queue.settings = settings;
@@ -483,7 +503,7 @@ impl Machine {
 
     fn reject_all<P>(&mut self, model: &str, rejection: &Rejection, commands: &mut Vec<Command<P>>) {
         let Some(queue) = self.queues.get_mut(model) else { return };
-        for waiter in queue.waiting.drain(..) {
+        for waiter in queue.waiting.drain() {
             *self.rejections.entry(rejection.reason()).or_default() += 1;
             commands.push(Command::Reject {
                 request: waiter.id,
@@ -508,7 +528,7 @@ impl Machine {
     fn expire<P>(&mut self, now: u64, commands: &mut Vec<Command<P>>, wake: &mut Wake) {
         for (model, queue) in &mut self.queues {
             let timeout = queue.settings.queue_timeout_ms;
-            while let Some(front) = queue.waiting.front() {
+            while let Some(front) = queue.waiting.oldest() {
                 let deadline = front.arrived.saturating_add(timeout);
                 if deadline > now {
                     wake.at_most(deadline);
@@ -524,7 +544,7 @@ impl Machine {
                     Rejection::Timeout { waited_ms, why, retry_after_s: queue.settings.retry_after_s() };
                 *self.rejections.entry(rejection.reason()).or_default() += 1;
                 commands.push(Command::Reject { request: front.id, model: model.clone(), rejection });
-                queue.waiting.pop_front();
+                queue.waiting.pop_oldest();
             }
         }
     }
@@ -534,7 +554,7 @@ impl Machine {
             self.queues.iter().filter(|(_, q)| !q.waiting.is_empty()).map(|(m, _)| m.clone()).collect();
         for model in models {
             while let Some(neuron) = self.free_copy(&model) {
-                let Some(waiter) = self.queues.get_mut(&model).and_then(|q| q.waiting.pop_front()) else {
+                let Some(waiter) = self.queues.get_mut(&model).and_then(|q| q.waiting.next()) else {
                     break;
                 };
                 *self.in_flight.entry((model.clone(), neuron.clone())).or_default() += 1;
@@ -568,22 +588,32 @@ impl Machine {
         activity
     }
 
-    /// Models that wait with no copy to serve them, longest-waiting first (then priority).
-    /// Other replicas' waiting requests count as this one's (cluster mode, on the leader).
+    /// Models that wait with no copy to serve them: those whose callers have the higher
+    /// priority first (interactive demand before batch), then longest-waiting, then by the
+    /// model's priority. Other replicas' waiting requests count as this one's (cluster mode,
+    /// on the leader; their callers' priority is not published: they rank as the lowest class).
     fn needing_load(&self) -> Vec<(String, u64)> {
         let models: BTreeSet<&String> = self.queues.keys().chain(self.remote.keys()).collect();
-        let mut needing: Vec<(u64, Reverse<i64>, String)> = models
+        let mut needing: Vec<(Reverse<i64>, u64, Reverse<i64>, String)> = models
             .into_iter()
             .filter_map(|model| {
-                let local = self.queues.get(model).and_then(|q| q.waiting.front()).map(|w| w.arrived);
+                let queue = self.queues.get(model);
+                let local = queue.and_then(|q| q.waiting.oldest()).map(|w| w.arrived);
                 let remote = self.remote.get(model).filter(|r| r.waiting > 0).map(|r| r.oldest_arrived);
                 let oldest = local.into_iter().chain(remote).min()?;
+                let class = queue.and_then(|q| q.waiting.top_priority()).unwrap_or(i64::MIN);
                 let priority = self.settings(model).map_or(0, |s| s.priority);
-                (!self.served_or_coming(model)).then(|| (oldest, Reverse(priority), model.clone()))
+                (!self.served_or_coming(model))
+                    .then(|| (Reverse(class), oldest, Reverse(priority), model.clone()))
             })
             .collect();
         needing.sort();
-        needing.into_iter().map(|(oldest, _, model)| (model, oldest)).collect()
+        needing.into_iter().map(|(_, oldest, _, model)| (model, oldest)).collect()
+    }
+
+    /// The highest priority of the callers waiting for `model`.
+    fn demand_class(&self, model: &str) -> Option<i64> {
+        self.queues.get(model).and_then(|q| q.waiting.top_priority())
     }
 
     fn start_loads<P>(
@@ -725,6 +755,12 @@ impl Machine {
         }
         if resident_until > now {
             return Err(resident_until);
+        }
+        // Demand weighs by class: callers of a lower priority do not take the neuron from a
+        // resident that callers of a higher one are waiting for (their queue timeout bounds it).
+        let resident_class = evicts.iter().filter_map(|m| self.demand_class(m)).max();
+        if resident_class > self.demand_class(model) && resident_busy {
+            return Err(now + LOOK_AGAIN_MS);
         }
         let max_wait =
             self.settings(model).map_or(plans::fleet::Contention::DEFAULT_MAX_WAIT_MS, |s| s.max_wait_ms);

@@ -27,7 +27,7 @@ use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
 use crate::control::status::{Contention, QueueStatus};
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
-    self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings,
+    self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings, Tag,
 };
 
 /// The answer to an arrival: admitted now, or a place in the model's queue.
@@ -220,12 +220,19 @@ impl Scheduler {
     /// Queue a request for `id` (a fleet id, or a model loaded outside the fleet) on the fleet
     /// in force: admitted now, or a place in its queue; an error when its queue refuses it.
     pub fn arrive(self: &Arc<Self>, fleet: &Fleet, id: String) -> Result<Arrived, ApiError> {
+        self.arrive_as(fleet, id, Tag::default())
+    }
+
+    /// [`Scheduler::arrive`] for the caller `tag` describes: its priority and key decide its
+    /// place in the queue when it must wait.
+    pub fn arrive_as(self: &Arc<Self>, fleet: &Fleet, id: String, tag: Tag) -> Result<Arrived, ApiError> {
         self.start();
         let settings = self.settings(fleet, &id);
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         let arrival = self.apply(|inner, placer| {
-            let (arrival, commands) = inner.machine.arrive(now_unix_ms(), request, &id, settings, placer);
+            let (arrival, commands) =
+                inner.machine.arrive_as(now_unix_ms(), request, &id, settings, tag, placer);
             if arrival == Arrival::Queued {
                 inner.waiters.insert(request, sender);
             }

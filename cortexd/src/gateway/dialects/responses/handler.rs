@@ -99,6 +99,7 @@ async fn by_id(
             route: RETRIEVE,
             admitted: None,
             grant,
+            cost: 0,
         };
         let mut upstream = Upstream::post(path, Bytes::new(), false, StreamEdit::None, true);
         upstream.method = method;

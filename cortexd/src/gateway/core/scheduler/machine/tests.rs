@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use expect_test::{Expect, expect};
 
 use crate::gateway::core::scheduler::machine::{
-    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Remote, Settings,
+    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Remote, Settings, Tag,
 };
 use plans::plan::Activity;
 
@@ -137,6 +137,21 @@ impl World {
                     Arrival::Admitted { neuron } => format!("#{id} {model} admitted on {neuron}"),
                     Arrival::Queued => format!("#{id} {model} queued"),
                     Arrival::Rejected(rejection) => format!("#{id} {model} refused: {rejection:?}"),
+                };
+                self.log.push_str(&format!("t={:>6} {line}\n", self.now));
+                commands
+            }
+            ["arrive_as", id, model, key, priority] => {
+                let id: u64 = id.trim_start_matches('#').parse().expect("id");
+                let settings = self.settings(model);
+                let tag =
+                    Tag { priority: priority.parse().expect("priority"), key: key.into(), ..Tag::default() };
+                let (arrival, commands) =
+                    self.machine.arrive_as(self.now, id, model, settings, tag, &mut self.neuron);
+                let line = match arrival {
+                    Arrival::Admitted { neuron } => format!("#{id} {model} ({key}) admitted on {neuron}"),
+                    Arrival::Queued => format!("#{id} {model} ({key}) queued"),
+                    Arrival::Rejected(rejection) => format!("#{id} {model} ({key}) refused: {rejection:?}"),
                 };
                 self.log.push_str(&format!("t={:>6} {line}\n", self.now));
                 commands
@@ -547,6 +562,76 @@ fn the_leader_loads_for_other_replicas_and_swaps_by_their_waits_too() {
             t=  5000 load od-b on n1 evicting ["od-a"]
             t=  7000 ready od-b
             t= 21000 end
+        "#]],
+    );
+}
+
+#[test]
+fn a_full_models_queue_serves_interactive_keys_first_and_each_key_its_share() {
+    check(
+        Mode::Elevator,
+        |world| {
+            world.settings.insert("od-a".into(), Settings { max_concurrency: Some(1), ..settings() });
+        },
+        "
+        0 resident od-a
+        0 arrive_as #1 od-a flood 0
+        10 arrive_as #2 od-a flood 0
+        20 arrive_as #3 od-a flood 0
+        30 arrive_as #4 od-a flood 0
+        40 arrive_as #5 od-a other 0
+        50 arrive_as #6 od-a alice 100
+        60 arrive_as #7 od-a bob 100
+        70 arrive_as #8 od-a alice 100
+        1000 finish od-a
+        2000 finish od-a
+        3000 finish od-a
+        4000 finish od-a
+        5000 finish od-a
+        6000 finish od-a
+        7000 finish od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a (flood) admitted on n1
+            t=    10 #2 od-a (flood) queued
+            t=    20 #3 od-a (flood) queued
+            t=    30 #4 od-a (flood) queued
+            t=    40 #5 od-a (other) queued
+            t=    50 #6 od-a (alice) queued
+            t=    60 #7 od-a (bob) queued
+            t=    70 #8 od-a (alice) queued
+            t=  1000 admit #6 od-a on n1 after 950ms
+            t=  2000 admit #7 od-a on n1 after 1940ms
+            t=  3000 admit #8 od-a on n1 after 2930ms
+            t=  4000 admit #2 od-a on n1 after 3990ms
+            t=  5000 admit #5 od-a on n1 after 4960ms
+            t=  6000 admit #3 od-a on n1 after 5980ms
+            t=  7000 admit #4 od-a on n1 after 6970ms
+            t= 27000 end
+        "#]],
+    );
+}
+
+#[test]
+fn interactive_demand_takes_the_neuron_before_older_batch_demand() {
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        0 arrive #1 od-a
+        100 arrive_as #2 od-b nightly 0
+        200 arrive_as #3 od-c alice 100
+        6000 finish od-a
+        ",
+        expect![[r#"
+            t=     0 #1 od-a admitted on n1
+            t=   100 #2 od-b (nightly) queued
+            t=   200 #3 od-c (alice) queued
+            t=  8000 load od-c on n1 evicting ["od-a"]
+            t= 10000 ready od-c
+            t= 10000 admit #3 od-c on n1 after 9800ms
+            t= 26000 end
         "#]],
     );
 }
