@@ -213,6 +213,13 @@ def test_usage_survives_a_restart(stack):
         chat(oai(stack, "budget"))
     metrics = urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode()
     assert 'key="budget",reason="tokens_per_day"' in metrics
+    # The fleet page shows each key's usage.
+    page = urllib.request.Request(
+        stack.metrics_url.replace("/metrics", "/ui/api/state"), headers={"Authorization": f"Bearer {Stack.ADMIN_KEY}"}
+    )
+    state = json.loads(urllib.request.urlopen(page, timeout=5).read())["state"]
+    shown = {k["name"]: k for k in state["keys"]}
+    assert shown["alice"]["tokens_today"] == after["tokens_today"] and shown["budget"]["limits"]["tokens_per_day"] == 40
 
 
 def test_a_key_revoked_by_a_fleet_edit_is_refused_within_one_reload(stack):
