@@ -249,8 +249,7 @@ pub fn record(replica: &str, api: SocketAddr, operator: SocketAddr) -> ReplicaRe
 
 /// What a newly elected leader does before it acts: send its term to every reachable neuron
 /// (`POST /fence`), so that none accepts an older leader's call from then on, and look at the
-/// neurons again. A neuron that knows a newer term makes this one stale. A neuron that does
-/// not fence (an older neuron) is left out and never acted on (see the reconciler).
+/// neurons again. A neuron that knows a newer term makes this one stale.
 pub fn fence_neurons(poller: PollerHandle, timeout: Duration) -> Prepare {
     Arc::new(move |term| {
         let poller = poller.clone();
