@@ -4,6 +4,8 @@
 #
 #   bash bench/instructions.sh BIN_DIR     (BIN_DIR holds release `cortex` and `cortex-bench`)
 #   ROUTE=messages bash bench/instructions.sh BIN_DIR     (the Anthropic route, translated)
+#   KEY=1 bash bench/instructions.sh BIN_DIR     (through a fleet [[key]] with an rpm, a tpm and
+#                                                 a daily budget: the key check and accounting)
 #
 # cortex serves in front of the bench's mock engine; 200 streaming requests of one token go
 # through one kept-alive connection, then 20 streams of 50 tokens. The poller runs once a
@@ -20,17 +22,25 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait; rm -rf "$work"' EXIT
 
 mkdir -p "$work/fleet"
 printf '[[neuron]]\nname = "mock"\nendpoint = "http://127.0.0.1:%s"\n' "$mock_port" >"$work/fleet/fleet.toml"
-printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n\n[poll]\ninterval = "60s"\n' \
-    "$api_port" "$metrics_port" >"$work/cortex.toml"
+auth=()
+if [ "${KEY:-0}" = 1 ]; then
+    # The digest of "ck-bench"; limits high enough never to refuse, low enough to be counted.
+    secret=ck-bench
+    printf '\n[[key]]\nname = "bench"\nsha256 = "%s"\nrpm = 1000000\ntpm = 1000000000\ntokens_per_day = 1000000000000\n' \
+        "$(printf %s "$secret" | sha256sum | cut -d' ' -f1)" >>"$work/fleet/fleet.toml"
+    auth=(-H "authorization: Bearer $secret")
+fi
+printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\nusage_store = "%s/usage.redb"\n\n[poll]\ninterval = "60s"\n' \
+    "$api_port" "$metrics_port" "$work" >"$work/cortex.toml"
 "$bin/cortex-bench" mock --port "$mock_port" --models m-0-0,m-0-1 >"$work/mock.log" 2>&1 &
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$bin/cortex" serve --fleet "$work/fleet" --config "$work/cortex.toml" >"$work/cortex.log" 2>&1 &
 cortex=$!
 for _ in $(seq 120); do
-    curl -sf "127.0.0.1:$api_port/v1/models" 2>/dev/null | grep -q m-0-1 && break
+    curl -sf "${auth[@]}" "127.0.0.1:$api_port/v1/models" 2>/dev/null | grep -q m-0-1 && break
     sleep 1
 done
-curl -sf "127.0.0.1:$api_port/v1/models" | grep -q m-0-1 || {
+curl -sf "${auth[@]}" "127.0.0.1:$api_port/v1/models" | grep -q m-0-1 || {
     echo "instructions.sh: cortex did not list the mock's models; logs:" >&2
     tail -5 "$work/mock.log" "$work/cortex.log" >&2
     exit 1
@@ -44,7 +54,7 @@ esac
 url="http://127.0.0.1:$api_port$path"
 body() { printf '{"model":"%s","max_tokens":%s,"stream":true,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' "$1" "$2"; }
 urls() { for _ in $(seq "$1"); do printf 'url = "%s"\n' "$url"; done >"$work/urls"; }
-run() { curl -s -H 'content-type: application/json' -d "$(body "$1" "$2")" -K "$work/urls" | grep -c "$end" || true; }
+run() { curl -s "${auth[@]}" -H 'content-type: application/json' -d "$(body "$1" "$2")" -K "$work/urls" | grep -c "$end" || true; }
 count() { grep '^summary:' "$work/cg.out.$1" | cut -d' ' -f2; }
 
 urls 5; run m-0-0 1 >/dev/null; run m-0-1 50 >/dev/null # warm: connections, metric handles

@@ -123,14 +123,24 @@ endpoint = "http://127.0.0.1:{self.neuron_port}"
         )
         self.procs.append(neuron)
         wait_http(f"http://127.0.0.1:{self.neuron_port}/livez", 30, proc=neuron)
+        self.procs.append(self.start_cortex())
+        return self
+
+    def start_cortex(self) -> subprocess.Popen:
         cortex = subprocess.Popen(
             [binary("CORTEX_BIN", "cortex"), "serve", "--fleet", self.fleet_dir, "--config", self.root / "cortex.toml"],
             stdout=self.cortex_log,
             stderr=subprocess.STDOUT,
         )
-        self.procs.append(cortex)
         wait_http(f"{self.url}/health", 30, proc=cortex)
-        return self
+        return cortex
+
+    def restart_cortex(self) -> None:
+        """Stop `cortex serve` (SIGTERM, as systemd does) and start it again on the same ports."""
+        cortex = self.procs.pop()
+        cortex.terminate()
+        cortex.wait(timeout=30)
+        self.procs.append(self.start_cortex())
 
     @property
     def url(self) -> str:

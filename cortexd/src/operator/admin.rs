@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
+use crate::control::authority::Authority;
 use crate::control::cluster_status::{self, ClusterStatus};
 use crate::control::execute::ExecTimeouts;
 use crate::control::poller::now_unix_ms;
@@ -62,6 +63,9 @@ pub struct Admin {
     pub reconciler: ReconcileHandle,
     /// Cluster mode: the cluster as this replica sees it (`None` standalone).
     pub cluster: Option<watch::Receiver<Arc<ClusterStatus>>>,
+    /// Whether this daemon acts on neurons (standalone, or the cluster's leader) and the
+    /// mandate a posted plan is applied under.
+    pub authority: watch::Receiver<Authority>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -141,6 +145,16 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
         Ok(file) => file,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
     };
+    // In a cluster only the leader applies, with its term; a follower says where it is.
+    let authority = admin.authority.borrow().clone();
+    if !authority.acts() {
+        let leader = admin.cluster.as_ref().and_then(|view| view.borrow().leader.clone());
+        let pointer = leader.map_or_else(
+            || "no replica leads at the moment; try again shortly".to_owned(),
+            |l| format!("post the plan to the leader, {} at http://{}/admin/apply", l.replica, l.api),
+        );
+        return error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+    }
     let fleet = state.gateway.fleet();
     let observed = state.gateway.observed();
     let stale = file.staleness(&fleet.digest, &observed.topology);
@@ -152,7 +166,7 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
         &observed.clients,
         admin.parallelism,
         admin.timeouts,
-        None,
+        authority.mandate().cloned(),
         Arc::new(|_| {}),
     )
     .await;

@@ -18,6 +18,8 @@ use crate::control::poller::{Observed, now_unix_ms};
 use crate::control::status::{DaemonStatus, QueueStatus};
 use crate::gateway::core::traffic::Traffic;
 use crate::operator::ui::page::{self, Inputs, Memory};
+use crate::operator::usage::KeyUsage;
+use crate::usage::Usage;
 
 /// How often the traffic charts are refreshed.
 pub const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
@@ -33,6 +35,8 @@ pub struct Sources {
     /// The gateway's queues (`Scheduler::queues`).
     pub queues: watch::Receiver<Arc<Vec<QueueStatus>>>,
     pub traffic: Arc<Traffic>,
+    /// The fleet keys' usage (shown per key; sampled with the traffic window).
+    pub usage: Arc<Usage>,
 }
 
 /// The page's documents: the latest ones as JSON text ready to send (written by the feed task
@@ -61,6 +65,8 @@ struct Documents {
     sources: Sources,
     memory: Mutex<Memory>,
     started_unix_ms: u64,
+    /// The keys' usage as of the last document, to rebuild it only when usage moved.
+    keys: Mutex<Vec<KeyUsage>>,
 }
 
 impl Documents {
@@ -77,6 +83,8 @@ impl Documents {
         let status = self.sources.status.borrow().clone();
         let queues = self.sources.queues.borrow().clone();
         let now_unix_ms = now_unix_ms();
+        let keys = self.keys_now(&fleet, now_unix_ms);
+        *self.keys.lock().unwrap_or_else(PoisonError::into_inner) = keys.clone();
         let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
         memory.observe(&observed.topology, now_unix_ms);
         let inputs = Inputs {
@@ -86,8 +94,32 @@ impl Documents {
             now_unix_ms,
             daemon_started_unix_ms: self.started_unix_ms,
             queues: &queues,
+            keys: &keys,
         };
         to_json(&page::build(&inputs, &memory))
+    }
+
+    /// Each declared key's usage today and this month (nothing to read without keys: a fleet
+    /// without them never opens the store).
+    fn keys_now(&self, fleet: &Fleet, now_unix_ms: u64) -> Vec<KeyUsage> {
+        if fleet.keys.is_empty() {
+            return Vec::new();
+        }
+        let today = crate::gateway::core::keys::limits::day_index(now_unix_ms);
+        match crate::operator::usage::report(fleet, &self.sources.usage, None, Some(today), now_unix_ms) {
+            Ok(report) => report.keys,
+            Err(error) => {
+                tracing::warn!(%error, "the fleet page cannot read the keys' usage");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Whether the keys' usage moved since the last document.
+    fn keys_moved(&self) -> bool {
+        let fleet = self.sources.fleet.borrow().clone();
+        let now = self.keys_now(&fleet, now_unix_ms());
+        *self.keys.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
 }
 
@@ -99,12 +131,14 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
         sources,
         memory: Mutex::new(Memory::default()),
         started_unix_ms: now_unix_ms(),
+        keys: Mutex::new(Vec::new()),
     });
     let (state_sender, state) = watch::channel(documents.state());
     let (traffic_sender, traffic) = watch::channel(traffic_json(&documents.sources.traffic));
     let feed = Feed { state, traffic, documents: documents.clone() };
     let task = tokio::spawn(async move {
-        let Sources { mut fleet, mut observed, mut status, mut queues, traffic } = documents.sources.clone();
+        let Sources { mut fleet, mut observed, mut status, mut queues, traffic, .. } =
+            documents.sources.clone();
         let mut tick = tokio::time::interval(TRAFFIC_EVERY);
         loop {
             let changed = tokio::select! {
@@ -121,6 +155,9 @@ pub fn spawn(sources: Sources, shutdown: CancellationToken) -> (Feed, tokio::tas
                             *current = next;
                             modified
                         });
+                    }
+                    if listened(&state_sender) && documents.keys_moved() {
+                        state_sender.send_replace(documents.state());
                     }
                     continue;
                 }

@@ -33,6 +33,8 @@ pub struct PageState {
     pub plan: PlanView,
     /// Newest last, as in `cortex status`.
     pub runs: Vec<Run>,
+    /// The fleet keys and what each used today and this month (`cortex usage`'s rows).
+    pub keys: Vec<crate::operator::usage::KeyUsage>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -193,6 +195,8 @@ pub struct Inputs<'a> {
     pub daemon_started_unix_ms: u64,
     /// The gateway's queues (models with requests waiting or in flight).
     pub queues: &'a [QueueStatus],
+    /// The fleet keys' usage.
+    pub keys: &'a [crate::operator::usage::KeyUsage],
 }
 
 /// Build the document. `memory` must have observed `inputs.topology`.
@@ -216,6 +220,7 @@ pub fn build(inputs: &Inputs<'_>, memory: &Memory) -> PageState {
         models: with_queues(models(inputs.fleet, inputs.topology, memory), inputs.queues),
         plan: plan_view(inputs),
         runs: status.runs.clone(),
+        keys: inputs.keys.to_vec(),
     }
 }
 
@@ -492,6 +497,7 @@ mod tests {
             now_unix_ms: 1,
             daemon_started_unix_ms: 0,
             queues: &queues,
+            keys: &[],
         };
         let page = build(&inputs, &Memory::default());
         let ids: Vec<(&str, bool)> = page.models.iter().map(|m| (m.id.as_str(), m.declared)).collect();

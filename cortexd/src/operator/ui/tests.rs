@@ -143,6 +143,7 @@ async fn serve(admin_key: Option<&str>) -> Harness {
         status: status_receiver,
         queues,
         traffic,
+        usage: crate::usage::Usage::in_memory(),
     };
     let shutdown = CancellationToken::new();
     let (feed, _task) = feed::spawn(sources, shutdown.clone());

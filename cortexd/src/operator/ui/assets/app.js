@@ -259,6 +259,30 @@ function renderModels(s) {
   fill('models', el('thead', {}, head), el('tbody', {}, rows.length ? rows : el('tr', {}, el('td', { class: 'empty', colspan: 7 }, 'The fleet declares no model.'))));
 }
 
+// ---- keys ------------------------------------------------------------------------------------
+
+function budget(used, limit) {
+  if (!limit) return String(used);
+  const share = Math.min(100, Math.floor((used * 100) / limit));
+  return el('span', { title: `${used} of ${limit} tokens`, dataset: { share: String(share) } },
+    `${used} / ${limit}`, el('span', { class: share >= 100 ? 'bad' : share >= 80 ? 'warn' : 'faint' }, ` · ${share}%`));
+}
+
+function renderKeys(s) {
+  const keys = s.keys || [];
+  document.getElementById('keys-title').hidden = keys.length === 0;
+  document.getElementById('keys-panel').hidden = keys.length === 0;
+  const head = el('tr', {}, ['Key', 'State', 'Priority', 'Requests today', 'Tokens today', 'This month'].map((t) => el('th', {}, t)));
+  const rows = keys.map((k) => el('tr', { dataset: { key: k.name } },
+    el('td', {}, el('div', { class: 'id' }, k.name)),
+    el('td', {}, k.state),
+    el('td', {}, k.priority),
+    el('td', { class: 'num' }, String(k.requests)),
+    el('td', { class: 'num' }, budget(k.tokens_today, k.limits.tokens_per_day)),
+    el('td', { class: 'num' }, budget(k.tokens_this_month, k.limits.tokens_per_month))));
+  fill('keys', el('thead', {}, head), el('tbody', {}, rows));
+}
+
 // ---- plan and runs ---------------------------------------------------------------------------
 
 function renderPlan(s) {
@@ -370,6 +394,7 @@ function render() {
   renderSummary(s);
   renderNeurons(s);
   renderModels(s);
+  renderKeys(s);
   renderPlan(s);
   renderRuns(s);
 }

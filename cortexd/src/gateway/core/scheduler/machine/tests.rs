@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use expect_test::{Expect, expect};
 
 use crate::gateway::core::scheduler::machine::{
-    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Settings, Tag,
+    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Remote, Settings, Tag,
 };
 use plans::plan::Activity;
 
@@ -167,6 +167,21 @@ impl World {
                 Vec::new()
             }
             ["finish", model] => self.machine.finish(self.now, model, "n1", &mut self.neuron),
+            // Other replicas' demand (cluster mode): `remote MODEL:WAITING:IN_FLIGHT ...`, their
+            // oldest request arrived now; `remote -` clears it.
+            ["remote", "-"] => self.machine.remote(self.now, BTreeMap::new(), &mut self.neuron),
+            ["remote", ref demands @ ..] => {
+                let mut remote = BTreeMap::new();
+                for demand in demands {
+                    let parts: Vec<&str> = demand.split(':').collect();
+                    let [model, waiting, in_flight] = parts[..] else { panic!("remote {demand:?}") };
+                    let waiting = waiting.parse().expect("waiting");
+                    let in_flight = in_flight.parse().expect("in flight");
+                    remote.insert(model.to_owned(), Remote { waiting, oldest_arrived: self.now, in_flight });
+                    self.machine.configure(model, self.settings(model));
+                }
+                self.machine.remote(self.now, remote, &mut self.neuron)
+            }
             ["cancel", id, model] => {
                 let id: u64 = id.trim_start_matches('#').parse().expect("id");
                 self.machine.cancel(self.now, id, model, &mut self.neuron)
@@ -518,6 +533,40 @@ fn a_continuation_for_a_model_not_there_is_refused() {
 }
 
 #[test]
+fn the_leader_loads_for_other_replicas_and_swaps_by_their_waits_too() {
+    // Cluster mode, on the leader: its own queues are empty. Another replica waits for od-b
+    // while od-a is busy there (a request in flight): od-a keeps the neuron until od-b's
+    // oldest request has waited max_wait (10 s).
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        6000 remote od-b:2:0 od-a:0:1
+        ",
+        expect![[r#"
+            t= 16000 load od-b on n1 evicting ["od-a"]
+            t= 18000 ready od-b
+            t= 26000 end
+        "#]],
+    );
+    // od-a idle everywhere: the swap starts as soon as od-a's minimum residency allows.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        1000 remote od-b:1:0
+        ",
+        expect![[r#"
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t= 21000 end
+        "#]],
+    );
+}
+
+#[test]
 fn a_full_models_queue_serves_interactive_keys_first_and_each_key_its_share() {
     check(
         Mode::Elevator,
@@ -585,4 +634,147 @@ fn interactive_demand_takes_the_neuron_before_older_batch_demand() {
             t= 26000 end
         "#]],
     );
+}
+
+/// How the saturated scenario's callers are told apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The batch key is `batch`, the people `interactive`: priorities and fair shares.
+    Priorities,
+    /// Every key interactive: fair shares among keys only.
+    FairShares,
+    /// No keys at all (one lane): arrival order, as before keys existed.
+    Arrival,
+}
+
+/// Waits (ms) per class in a saturated model: one batch key floods `flood` requests at t=0,
+/// `interactive` keys each send a request every `every_ms`, every request holds the model's
+/// only slot for `service_ms`. Returns (interactive waits, batch waits, keys served).
+fn saturated(
+    order: Order,
+    flood: u64,
+    interactive: u64,
+    every_ms: u64,
+    service_ms: u64,
+) -> (Vec<u64>, Vec<u64>, BTreeSet<String>) {
+    let mut world = World::new(Mode::Elevator);
+    world.settings.insert(
+        "od-a".into(),
+        Settings {
+            max_concurrency: Some(1),
+            queue_length: 10_000,
+            queue_timeout_ms: u64::MAX / 4,
+            ..settings()
+        },
+    );
+    world.step("0 resident od-a");
+    let batch_priority = if order == Order::Priorities { 0 } else { 100 };
+    // (arrival, id, key, priority)
+    let mut arrivals: Vec<(u64, u64, String, i64)> =
+        (0..flood).map(|i| (0, i + 1, "flood".to_owned(), batch_priority)).collect();
+    let horizon = flood * service_ms;
+    for key in 0..interactive {
+        let mut at = 50 + key * 37;
+        while at < horizon {
+            arrivals.push((at, 0, format!("user{key}"), 100));
+            at += every_ms;
+        }
+    }
+    arrivals.sort();
+    let mut next_id = flood + 1;
+    let (mut arrived_at, mut owner) = (BTreeMap::new(), BTreeMap::new());
+    let (mut waits_i, mut waits_b, mut served) = (Vec::new(), Vec::new(), BTreeSet::new());
+    let mut busy_until: Option<u64> = None;
+    let mut pending = arrivals.into_iter().peekable();
+    let mut now = 0;
+    let settings = world.settings("od-a");
+    loop {
+        let next_arrival = pending.peek().map(|a| a.0);
+        let step = match (next_arrival, busy_until) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        now = now.max(step);
+        let mut commands = Vec::new();
+        if busy_until == Some(now) {
+            busy_until = None;
+            commands.extend(world.machine.finish(now, "od-a", "n1", &mut world.neuron));
+        }
+        while pending.peek().is_some_and(|a| a.0 == now) {
+            let Some((at, id, key, priority)) = pending.next() else { break };
+            let id = if id == 0 {
+                next_id += 1;
+                next_id
+            } else {
+                id
+            };
+            arrived_at.insert(id, at);
+            owner.insert(id, key.clone());
+            let lane = if order == Order::Arrival { "" } else { key.as_str() };
+            let tag = Tag { priority, key: lane.into(), cost: 512 };
+            let (arrival, more) = world.machine.arrive_as(now, id, "od-a", settings, tag, &mut world.neuron);
+            commands.extend(more);
+            if let Arrival::Admitted { .. } = arrival {
+                commands.push(Command::Admit {
+                    request: id,
+                    model: "od-a".into(),
+                    neuron: "n1".into(),
+                    waited_ms: 0,
+                });
+            }
+        }
+        for command in commands {
+            if let Command::Admit { request, .. } = command {
+                let key = owner[&request].clone();
+                let wait = now - arrived_at[&request];
+                if key == "flood" {
+                    waits_b.push(wait)
+                } else {
+                    waits_i.push(wait)
+                }
+                served.insert(key);
+                busy_until = Some(now + service_ms);
+            }
+        }
+    }
+    (waits_i, waits_b, served)
+}
+
+fn percentile(waits: &mut [u64], p: usize) -> u64 {
+    waits.sort_unstable();
+    waits.get((waits.len() * p / 100).min(waits.len().saturating_sub(1))).copied().unwrap_or(0)
+}
+
+#[test]
+fn under_saturation_a_flooding_batch_key_does_not_hold_up_interactive_keys() {
+    // 400 batch requests at once, 4 people each asking every 2 s, 100 ms per request.
+    let (mut with_i, mut with_b, served) = saturated(Order::Priorities, 400, 4, 2_000, 100);
+    let (mut fair_i, mut fair_b, _) = saturated(Order::FairShares, 400, 4, 2_000, 100);
+    let (mut fifo_i, mut fifo_b, _) = saturated(Order::Arrival, 400, 4, 2_000, 100);
+    let row = |name: &str, i: &mut Vec<u64>, b: &mut Vec<u64>| {
+        format!(
+            "{name}: interactive p50/p95/max {}/{}/{} ms ({} requests), batch p50/p95 {}/{} ms ({} requests)",
+            percentile(i, 50),
+            percentile(i, 95),
+            percentile(i, 100),
+            i.len(),
+            percentile(b, 50),
+            percentile(b, 95),
+            b.len()
+        )
+    };
+    let figures = [
+        row("priorities and fair shares", &mut with_i, &mut with_b),
+        row("fair shares only", &mut fair_i, &mut fair_b),
+        row("arrival order", &mut fifo_i, &mut fifo_b),
+    ]
+    .join("\n");
+    println!("{figures}");
+    // A person waits for the request in service and the other people's, never for the flood.
+    assert!(percentile(&mut with_i, 95) <= 4 * 100, "{figures}");
+    assert!(percentile(&mut fifo_i, 50) > 10_000, "in arrival order they queue behind the flood: {figures}");
+    assert_eq!(served.len(), 5, "every key is served, the flood included: {served:?}");
+    assert_eq!(with_b.len(), 400, "every batch request is served");
 }
