@@ -51,7 +51,8 @@ impl Replica {
         let me =
             cortexd::cluster::record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let shutdown = CancellationToken::new();
-        let (cluster, task) = cortexd::cluster::start(settings, me, prepare, shutdown.clone()).await.unwrap();
+        let (cluster, task) =
+            cortexd::cluster::start(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
         Replica { name: name.to_owned(), cluster, task, shutdown, elected }
     }
 

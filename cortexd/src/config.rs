@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use plans::duration;
+
 /// Daemon settings. Every field has a default, so an absent file means the defaults.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,9 @@ pub struct Config {
     /// A file holding that token (its first line).
     pub neuron_token_file: Option<PathBuf>,
     pub gateway: GatewayConfig,
+    /// The client-facing listeners' connection bound and timeouts (inference API and operator
+    /// pages).
+    pub listener: cortex_listener::Limits,
     pub poll: PollConfig,
     pub reconcile: ReconcileSettings,
     /// Where cortex keeps what it needs across restarts (the last good fleet); default
@@ -75,6 +80,7 @@ impl Default for Config {
             neuron_token: None,
             neuron_token_file: None,
             gateway: GatewayConfig::default(),
+            listener: cortex_listener::Limits::default(),
             poll: PollConfig::default(),
             reconcile: ReconcileSettings::default(),
             state_dir: None,
@@ -112,6 +118,14 @@ pub struct GatewayConfig {
     /// How contended neurons swap models: `elevator` (the schedule of docs/gateway.md) or
     /// `arrival` (swap on demand in arrival order, for comparison).
     pub swap_schedule: SwapSchedule,
+    /// How long a neuron may take to begin its answer to an inference request (a non-streaming
+    /// answer begins only once it is whole).
+    #[serde(with = "duration")]
+    pub upstream_head_timeout: Duration,
+    /// The longest a neuron may leave an answer's body without a byte (a stream is silent while
+    /// a long prompt is processed).
+    #[serde(with = "duration")]
+    pub upstream_read_timeout: Duration,
 }
 
 /// `[gateway] swap_schedule`.
@@ -134,6 +148,8 @@ impl Default for GatewayConfig {
             max_in_flight: 16_384,
             overload_delay: Duration::from_millis(50),
             swap_schedule: SwapSchedule::Elevator,
+            upstream_head_timeout: Duration::from_secs(600),
+            upstream_read_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -258,21 +274,6 @@ impl Config {
             return Ok(text.lines().next().map(|l| l.trim().to_owned()));
         }
         Ok(std::env::var("CORTEX_NEURON_TOKEN").ok())
-    }
-}
-
-/// Durations written the way people write them ("500ms", "30s", "5m", "1h30m"), read with
-/// the same rules as the fleet's durations.
-pub mod duration {
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
-        plans::duration::parse_ms(&text).map(Duration::from_millis).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?}; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h30m\""
-            ))
-        })
     }
 }
 

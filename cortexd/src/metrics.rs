@@ -139,11 +139,13 @@ pub fn router(handle: PrometheusHandle) -> axum::Router {
     )
 }
 
-/// Serve the operator listener (`app`: at least [`router`]) on `listener` until `shutdown`.
+/// Serve the operator listener (`app`: at least [`router`]) on `listener`, under the same
+/// limits as the inference API's, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    limits: cortex_listener::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    cortex_listener::serve(listener, app, limits, shutdown).await
 }

@@ -23,6 +23,7 @@ use crate::control::reconciler::{ReconcileConfig, ReconcileHandle};
 use crate::control::status::QueueStatus;
 use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::core::keys::Keys;
+use crate::gateway::core::scheduler::ClusterInputs;
 use crate::gateway::{self, AppState};
 use crate::operator::admin::Admin;
 
@@ -49,6 +50,9 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     let prometheus = crate::metrics::install()?;
 
     let shutdown = CancellationToken::new();
+    // What must outlive the API's drain (the poller, the scheduler's inputs, the cluster lease
+    // and demand): requests still waiting for a load are admitted while it drains.
+    let released = CancellationToken::new();
     let guard = fleetwatch::Guard { allow_destroy_all: config.reconcile.allow_destroy_all };
     let fleet = fleetwatch::spawn(source.clone(), loaded, guard, keep, shutdown.clone())
         .with_context(|| format!("cannot serve the fleet in {}", source.describe()))?;
@@ -64,7 +68,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         config.neuron_token()?,
         http.clone(),
         config.poll.clone(),
-        shutdown.clone(),
+        released.clone(),
     );
     let mut gauges = poller.observed.clone();
     let gauge_shutdown = shutdown.clone();
@@ -89,12 +93,16 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         .await
         .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
     let addresses = (api.local_addr()?, metrics.local_addr()?);
-    let joined = join(&config, addresses, &poller, shutdown.clone()).await?;
+    let joined = join(&config, addresses, &poller, (shutdown.clone(), released.clone())).await?;
     let authority = joined.authority.clone();
     // Failed cold loads back off like the reconciler's actions.
-    let mut state =
+    let state =
         AppState::new(fleet_receiver.clone(), poller.clone(), ApiKeys::default(), config.gateway.clone())
             .with_load_backoff(reconcile_config_backoff(&config));
+    let mut state = match joined.scheduler_inputs(released.clone()) {
+        Some(inputs) => state.in_cluster(inputs),
+        None => state,
+    };
     let usage = crate::usage::Usage::at(config.usage_store_path());
     state.keys = Arc::new(Keys::new(ApiKeys::new(config.client_keys()?), usage.clone()));
     // Its own stop, after the listeners have drained: the streams that end during the drain
@@ -114,8 +122,8 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
-    joined.publish_demand(state.scheduler.queues(), shutdown.clone());
-    joined.share_usage(&state.keys, shutdown.clone());
+    joined.publish_demand(state.scheduler.queues(), released.clone());
+    joined.share_usage(&state.keys, released.clone());
     joined.publish_fleet(fleet_saved, shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
@@ -140,6 +148,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         parallelism: config.reconcile.parallelism,
         reconciler,
         cluster: joined.view.clone(),
+        authority: authority.clone(),
     });
     let probe_task =
         tokio::spawn(gateway::core::admission::probe_delay(state.admission.clone(), shutdown.clone()));
@@ -154,10 +163,11 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         signals.cancel();
     });
     let (api_result, metrics_result) = tokio::join!(
-        gateway::serve(api, api_router, config.gateway.max_body_bytes, shutdown.clone()),
-        crate::metrics::serve(metrics, operator, shutdown.clone())
+        gateway::serve(api, api_router, config.listener, shutdown.clone()),
+        crate::metrics::serve(metrics, operator, config.listener, shutdown.clone())
     );
     shutdown.cancel();
+    released.cancel();
     usage_stop.cancel();
     let _ = tokio::join!(poller_task, gauge_task, reconcile_task, ui_task, probe_task, usage_task);
     // A leader hands over (resigns, revokes its lease) before the process ends.
@@ -257,6 +267,17 @@ impl Joined {
         let _ = (keys, shutdown);
     }
 
+    /// What the scheduler of a cluster replica reads: who acts, the other replicas' demand.
+    fn scheduler_inputs(&self, shutdown: CancellationToken) -> Option<ClusterInputs> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            let remote = cluster.others_demand(shutdown);
+            return Some(ClusterInputs { authority: cluster.authority.clone(), remote });
+        }
+        let _ = shutdown;
+        None
+    }
+
     fn publish_fleet(&self, saved: watch::Receiver<Option<Arc<SavedFleet>>>, shutdown: CancellationToken) {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
@@ -284,14 +305,14 @@ async fn join(
     config: &Config,
     (api, operator): (SocketAddr, SocketAddr),
     poller: &PollerHandle,
-    shutdown: CancellationToken,
+    (shutdown, released): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Joined> {
     let Some(cluster) = &config.cluster else { return Ok(standalone()) };
     let settings = crate::cluster::Settings::from_config(cluster, api).map_err(|e| anyhow::anyhow!(e))?;
     let me = crate::cluster::record(&settings.replica, api, operator);
     tracing::info!(replica = %settings.replica, etcd = ?settings.endpoints, lease_ttl = ?settings.lease_ttl, "joining the cluster");
     let prepare = crate::cluster::fence_neurons(poller.clone(), config.gateway.neuron_timeout);
-    let (cluster, task) = crate::cluster::start(settings, me, prepare, shutdown)
+    let (cluster, task) = crate::cluster::start(settings, me, prepare, shutdown, released)
         .await
         .context("cannot set up the etcd client")?;
     Ok(Joined {
@@ -308,7 +329,7 @@ async fn join(
     config: &Config,
     _addresses: (SocketAddr, SocketAddr),
     _poller: &PollerHandle,
-    _shutdown: CancellationToken,
+    _tokens: (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Joined> {
     anyhow::ensure!(
         config.cluster.is_none(),

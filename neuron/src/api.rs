@@ -67,15 +67,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let drain_timeout = neuron.config().drain_timeout;
-    // No Nagle: proxied stream events must not wait for the delayed ACK of the previous write.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app(neuron.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let limits = neuron.config().listener;
+    let server = cortex_listener::serve(listener, app(neuron.clone()), limits, shutdown.clone());
     tokio::pin!(server);
     let result = tokio::select! {
         result = &mut server => result,

@@ -30,6 +30,8 @@ pub struct Config {
     /// Inclusive range of loopback ports engines are started on.
     pub port_range: (u16, u16),
     pub drain_timeout: Duration,
+    /// The API listener's connection bound and timeouts (`[listener]`).
+    pub listener: cortex_listener::Limits,
     pub stop_grace: Duration,
     pub load_timeout: Duration,
     pub log_dir: PathBuf,
@@ -216,6 +218,8 @@ struct RawConfig {
     #[serde(default)]
     capacity: Capacity,
     #[serde(default)]
+    listener: cortex_listener::Limits,
+    #[serde(default)]
     harness: BTreeMap<String, HarnessConfig>,
 }
 
@@ -317,6 +321,7 @@ impl Config {
             token_file: raw.token_file.map(|p| absolute(&p)),
             port_range,
             drain_timeout,
+            listener: raw.listener,
             stop_grace,
             load_timeout,
             log_dir,

@@ -89,6 +89,7 @@ fn config_for(spec: &SwarmSpec, index: usize, ports: (u16, u16)) -> Result<Confi
         token_file: None,
         port_range: ports,
         drain_timeout: Duration::from_secs(5),
+        listener: cortex_listener::Limits::default(),
         stop_grace: Duration::from_secs(2),
         load_timeout: Duration::from_secs(600),
         log_dir: root.join("logs"),

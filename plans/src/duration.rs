@@ -25,6 +25,18 @@ pub fn parse_ms(text: &str) -> Option<u64> {
     Some(total)
 }
 
+/// `#[serde(with = "plans::duration")]`: a duration field of a settings file, written as above.
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_ms(&text).map(std::time::Duration::from_millis).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?}; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h30m\""
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_ms;

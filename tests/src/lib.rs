@@ -188,6 +188,23 @@ impl Neuron {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Stop the neuron (SIGTERM: its engines stop with it) and start it again with the same
+    /// neuron.toml, on the same port and state directory.
+    pub async fn restart(&mut self) {
+        let root = self.process.log.parent().unwrap().to_path_buf();
+        let _ = Command::new("kill").arg("-TERM").arg(self.process.child.id().to_string()).status();
+        let _ = self.process.child.wait();
+        self.process = Process::spawn(
+            Command::new(neuron_bin()).arg("--config").arg(root.join("neuron.toml")),
+            root.join("neuron-restarted.log"),
+        );
+        let url = format!("{}/livez", self.endpoint());
+        eventually("the neuron to listen again", Duration::from_secs(30), async || {
+            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+    }
+
     /// `POST path` with a JSON body on the neuron: the status and the JSON answer (null if none).
     pub async fn call(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let response = reqwest::Client::new()

@@ -111,21 +111,56 @@ pub fn decode(entries: &Entries) -> ClusterDemand {
 }
 
 /// Per model, the demand of every replica but `except` (the leader counts its own queues
-/// itself): requests waiting, the oldest wait, requests in flight.
-pub fn others(demand: &ClusterDemand, except: &str) -> BTreeMap<String, QueueStatus> {
+/// itself): requests waiting, the oldest wait as of `now_unix_ms` (a record ages from when it
+/// was published), requests in flight.
+pub fn others(demand: &ClusterDemand, except: &str, now_unix_ms: u64) -> BTreeMap<String, QueueStatus> {
     let mut total: BTreeMap<String, QueueStatus> = BTreeMap::new();
-    for queue in demand.values().filter(|d| d.replica != except).flat_map(|d| &d.queues) {
-        let entry = total.entry(queue.model.clone()).or_insert_with(|| QueueStatus {
-            model: queue.model.clone(),
-            waiting: 0,
-            oldest_wait_ms: 0,
-            in_flight: 0,
-        });
-        entry.waiting += queue.waiting;
-        entry.oldest_wait_ms = entry.oldest_wait_ms.max(queue.oldest_wait_ms);
-        entry.in_flight += queue.in_flight;
+    for replica in demand.values().filter(|d| d.replica != except) {
+        let age = now_unix_ms.saturating_sub(replica.at_unix_ms);
+        for queue in &replica.queues {
+            let entry = total.entry(queue.model.clone()).or_insert_with(|| QueueStatus {
+                model: queue.model.clone(),
+                waiting: 0,
+                oldest_wait_ms: 0,
+                in_flight: 0,
+            });
+            entry.waiting += queue.waiting;
+            if queue.waiting > 0 {
+                entry.oldest_wait_ms = entry.oldest_wait_ms.max(queue.oldest_wait_ms + age);
+            }
+            entry.in_flight += queue.in_flight;
+        }
     }
     total
+}
+
+/// The other replicas' demand per model, kept up to date until `shutdown` (the leader's
+/// scheduler weighs it as its own).
+pub fn watch_others(
+    store: &Store,
+    keys: &Keys,
+    me: String,
+    shutdown: CancellationToken,
+) -> watch::Receiver<Arc<BTreeMap<String, QueueStatus>>> {
+    let mut all = watch_all(store, keys, shutdown.clone());
+    let (sender, receiver) = watch::channel(Arc::new(BTreeMap::new()));
+    tokio::spawn(async move {
+        loop {
+            let others = others(&all.borrow_and_update(), &me, now_unix_ms());
+            sender.send_if_modified(|current| {
+                let modified = **current != others;
+                if modified {
+                    *current = Arc::new(others);
+                }
+                modified
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = all.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    receiver
 }
 
 #[cfg(test)]
@@ -150,8 +185,10 @@ mod tests {
         entries.insert("broken".to_owned(), b"{".to_vec());
         let demand = decode(&entries);
         assert_eq!(demand.len(), 3, "a record that does not parse is left out");
-        let others = others(&demand, "gw-1");
+        let others = others(&demand, "gw-1", 1);
         assert_eq!(others["a"], queue("a", 2, 3000, 0), "gw-1's own queue is not counted twice");
         assert_eq!(others["b"], queue("b", 8, 100, 4));
+        let later = super::others(&demand, "gw-1", 501);
+        assert_eq!(later["a"].oldest_wait_ms, 3500, "a published wait ages with its record");
     }
 }

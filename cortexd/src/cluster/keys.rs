@@ -45,24 +45,9 @@ impl Keys {
         format!("{}{replica}", self.usages())
     }
 
-    /// The leader's decisions (residency, drains, backoff, loads under way), written fenced.
-    pub fn state(&self) -> String {
-        format!("{}/leader/state", self.prefix)
-    }
-
     /// The last good fleet the leader applied (its files), written fenced.
     pub fn fleet(&self) -> String {
         format!("{}/leader/fleet", self.prefix)
-    }
-
-    /// The leader's status document, written fenced; followers serve it.
-    pub fn status(&self) -> String {
-        format!("{}/leader/status", self.prefix)
-    }
-
-    /// The part of `key` after `under` (a replica's name under `replicas()` or `demands()`).
-    pub fn name_under<'a>(under: &str, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(under).filter(|name| !name.is_empty() && !name.contains('/'))
     }
 }
 
@@ -76,9 +61,7 @@ mod tests {
         assert_eq!(keys.election(), "/cortex/election");
         assert_eq!(keys.replica("gw-1"), "/cortex/replicas/gw-1");
         assert_eq!(keys.demand("gw-1"), "/cortex/demand/gw-1");
-        assert_eq!(keys.state(), "/cortex/leader/state");
-        assert_eq!(Keys::name_under(&keys.replicas(), "/cortex/replicas/gw-2"), Some("gw-2"));
-        assert_eq!(Keys::name_under(&keys.replicas(), "/cortex/replicas/"), None);
+        assert_eq!(keys.fleet(), "/cortex/leader/fleet");
         assert_ne!(Keys::new("/a").demands(), Keys::new("/b").demands(), "fleets sharing an etcd");
     }
 }

@@ -20,6 +20,7 @@ pub mod store;
 pub mod usage;
 pub mod view;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,13 +107,15 @@ pub struct Cluster {
 }
 
 /// Join the cluster: connect to etcd (lazily: it may be away), start the election session and
-/// the view. `prepare` runs when this replica is elected, before it acts. The task ends after
-/// `shutdown`, once the session has handed over.
+/// the view. `prepare` runs when this replica is elected, before it acts. At `shutdown` it
+/// hands leadership over; at `released` (once the API has drained) it leaves; the task ends
+/// then.
 pub async fn start(
     settings: Settings,
     me: ReplicaRecord,
     prepare: Prepare,
     shutdown: CancellationToken,
+    released: CancellationToken,
 ) -> Result<(Cluster, tokio::task::JoinHandle<()>), StoreError> {
     let store = Store::connect(&settings.endpoints, settings.call_timeout()).await?;
     let (authority_sender, authority) =
@@ -138,8 +141,8 @@ pub async fn start(
         lease: lease.clone(),
         authority: authority.clone(),
     }
-    .spawn(shutdown.clone());
-    let task = tokio::spawn(session.run(shutdown));
+    .spawn(released.clone());
+    let task = tokio::spawn(session.run(shutdown, released));
     let cluster = Cluster { settings: Arc::new(settings), store, authority, view, lease, leader_key };
     Ok((cluster, task))
 }
@@ -185,6 +188,15 @@ impl Cluster {
             ledger,
             shutdown,
         );
+    }
+
+    /// The other replicas' demand per model, for this replica's scheduler (it weighs it
+    /// while it leads), kept up to date until `shutdown`.
+    pub fn others_demand(
+        &self,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<Arc<BTreeMap<String, QueueStatus>>> {
+        demand::watch_others(&self.store, &self.settings.keys, self.settings.replica.clone(), shutdown)
     }
 
     /// Everyone's demand, kept up to date until `shutdown`.
@@ -249,8 +261,7 @@ pub fn record(replica: &str, api: SocketAddr, operator: SocketAddr) -> ReplicaRe
 
 /// What a newly elected leader does before it acts: send its term to every reachable neuron
 /// (`POST /fence`), so that none accepts an older leader's call from then on, and look at the
-/// neurons again. A neuron that knows a newer term makes this one stale. A neuron that does
-/// not fence (an older neuron) is left out and never acted on (see the reconciler).
+/// neurons again. A neuron that knows a newer term makes this one stale.
 pub fn fence_neurons(poller: PollerHandle, timeout: Duration) -> Prepare {
     Arc::new(move |term| {
         let poller = poller.clone();

@@ -47,9 +47,11 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Session {
-    /// Run until `shutdown`; on the way out it resigns and revokes its lease, so that another
-    /// replica leads at once (a rolling restart hands over without waiting out a lease).
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Run until `shutdown`; on the way out it resigns at once, so that another replica leads
+    /// without waiting out a lease (a rolling restart), but keeps its lease (and so its demand)
+    /// until `released`: the requests still waiting in this replica are loaded for by the next
+    /// leader while its API drains. Then it revokes the lease.
+    pub async fn run(self, shutdown: CancellationToken, released: CancellationToken) {
         let mut retry = RETRY_MIN;
         let mut stale: Option<i64> = None;
         while !shutdown.is_cancelled() {
@@ -60,7 +62,7 @@ impl Session {
                     stale = Some(id);
                 }
             }
-            match self.one_lease(&shutdown, &mut stale).await {
+            match self.one_lease(&shutdown, &released, &mut stale).await {
                 Ok(()) => retry = RETRY_MIN,
                 Err(error) => {
                     tracing::warn!(%error, "cluster: etcd is unreachable; not acting on neurons");
@@ -87,6 +89,7 @@ impl Session {
     async fn one_lease(
         &self,
         shutdown: &CancellationToken,
+        released: &CancellationToken,
         stale: &mut Option<i64>,
     ) -> Result<(), StoreError> {
         let asked = Instant::now();
@@ -110,7 +113,12 @@ impl Session {
                 return Ok(());
             }
             () = shutdown.cancelled() => {
-                self.give_up(lease.id, None).await;
+                // Withdraw the candidacy (its key is `<election>/<lease id in hex>`).
+                let candidate = format!("{election}/{:x}", lease.id);
+                if let Err(error) = self.store.delete(&candidate).await {
+                    tracing::debug!(%error, "cluster: withdrawing the candidacy failed; the lease will end it");
+                }
+                self.hand_over(lease.id, None, released, &lost).await;
                 *stale = None;
                 return Ok(());
             }
@@ -140,19 +148,45 @@ impl Session {
         mandate.revoke();
         self.leader_key.send_replace(None);
         self.follow(None, format!("stepped down from term {term}"));
-        self.give_up(lease.id, Some(&leader_key)).await;
+        if shutdown.is_cancelled() {
+            self.hand_over(lease.id, Some(&leader_key), released, &lost).await;
+        } else {
+            self.give_up(lease.id, Some(&leader_key)).await;
+        }
         *stale = None;
         Ok(())
+    }
+
+    /// Shutting down: resign now (another replica leads at once), keep the lease (and the
+    /// demand under it) until `released` or until it is lost, then give it up.
+    async fn hand_over(
+        &self,
+        lease: i64,
+        leader: Option<&etcd_client::LeaderKey>,
+        released: &CancellationToken,
+        lost: &CancellationToken,
+    ) {
+        self.follow(None, "shutting down: handed over, draining".to_owned());
+        if let Some(leader) = leader
+            && let Err(error) = self.store.resign(leader).await
+        {
+            tracing::debug!(%error, "cluster: resign failed; the lease will run out");
+        }
+        tokio::select! {
+            () = released.cancelled() => {}
+            () = lost.cancelled() => {}
+        }
+        self.give_up(lease, None).await;
     }
 
     /// Resign (when leading) and revoke the lease, best effort: if etcd does not answer, the
     /// lease runs out by itself.
     async fn give_up(&self, lease: i64, leader: Option<&etcd_client::LeaderKey>) {
         self.lease.send_replace(None);
-        if let Some(leader) = leader {
-            if let Err(error) = self.store.resign(leader).await {
-                tracing::debug!(%error, "cluster: resign failed; the lease will run out");
-            }
+        if let Some(leader) = leader
+            && let Err(error) = self.store.resign(leader).await
+        {
+            tracing::debug!(%error, "cluster: resign failed; the lease will run out");
         }
         if let Err(error) = self.store.revoke(lease).await {
             tracing::debug!(%error, "cluster: revoking the lease failed; it will run out");

@@ -102,6 +102,12 @@ impl Store {
         Ok(response.take_kvs().into_iter().next().map(|kv| kv.into_key_value().1))
     }
 
+    /// Delete `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        self.bounded(client.delete(key, None)).await.map(drop)
+    }
+
     /// Every key under `prefix` and the store's revision when read.
     pub async fn get_prefix(&self, prefix: &str) -> Result<(Entries, i64), StoreError> {
         let mut client = self.client.clone();

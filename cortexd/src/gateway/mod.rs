@@ -49,12 +49,12 @@ fn api_routes(router: Router<AppState>, prefix: &str) -> Router<AppState> {
 }
 
 /// Serve `app` (the inference API's router, with whatever the daemon merged into it) on
-/// `listener` until `shutdown` fires; request bodies are read up to `max_body_bytes`.
+/// `listener`, under the listener's `limits`, until `shutdown` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    max_body_bytes: usize,
+    limits: cortex_listener::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    transport::listen::serve(listener, app, max_body_bytes, shutdown).await
+    cortex_listener::serve(listener, app, limits, shutdown).await
 }

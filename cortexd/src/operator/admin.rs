@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
+use crate::control::authority::Authority;
 use crate::control::cluster_status::{self, ClusterStatus};
 use crate::control::execute::ExecTimeouts;
 use crate::control::poller::now_unix_ms;
@@ -61,6 +63,9 @@ pub struct Admin {
     pub reconciler: ReconcileHandle,
     /// Cluster mode: the cluster as this replica sees it (`None` standalone).
     pub cluster: Option<watch::Receiver<Arc<ClusterStatus>>>,
+    /// Whether this daemon acts on neurons (standalone, or the cluster's leader) and the
+    /// mandate a posted plan is applied under.
+    pub authority: watch::Receiver<Authority>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -125,15 +130,31 @@ pub struct ApplyResponse {
     pub outcomes: Vec<(String, String)>,
 }
 
-async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: String) -> Response {
+/// The plan file is read only once the key has been checked: a caller without the key has its
+/// body left unread.
+async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) -> Response {
     let admin = match authorised(&state, &headers, OperatorAccess::Admin) {
         Ok(admin) => admin.clone(),
         Err((status, message)) => return error(status, message),
     };
-    let file = match PlanFile::from_json(&body) {
+    let limit = state.gateway.limits.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error(StatusCode::BAD_REQUEST, format!("the plan file is unreadable or over {limit} bytes"));
+    };
+    let file = match PlanFile::from_json(&String::from_utf8_lossy(&body)) {
         Ok(file) => file,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a plan file: {e}")),
     };
+    // In a cluster only the leader applies, with its term; a follower says where it is.
+    let authority = admin.authority.borrow().clone();
+    if !authority.acts() {
+        let leader = admin.cluster.as_ref().and_then(|view| view.borrow().leader.clone());
+        let pointer = leader.map_or_else(
+            || "no replica leads at the moment; try again shortly".to_owned(),
+            |l| format!("post the plan to the leader, {} at http://{}/admin/apply", l.replica, l.api),
+        );
+        return error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+    }
     let fleet = state.gateway.fleet();
     let observed = state.gateway.observed();
     let stale = file.staleness(&fleet.digest, &observed.topology);
@@ -145,7 +166,7 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: String
         &observed.clients,
         admin.parallelism,
         admin.timeouts,
-        None,
+        authority.mandate().cloned(),
         Arc::new(|_| {}),
     )
     .await;

@@ -47,8 +47,8 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let traffic = state.traffic.clone();
-    let max_body = state.limits.max_body_bytes;
-    tokio::spawn(gateway::serve(listener, gateway::app(state), max_body, shutdown.clone()));
+    let limits = cortex_listener::Limits::default();
+    tokio::spawn(gateway::serve(listener, gateway::app(state), limits, shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -47,6 +47,9 @@ pub enum ApiError {
     UnknownModel(String),
     #[error("request body is larger than {limit_bytes} bytes")]
     TooLarge { limit_bytes: usize },
+    /// The request's body did not arrive in time (the listener's body timeouts).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{message}")]
     Overloaded { message: String, retry_after_s: u64 },
     #[error("{0}")]
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -86,6 +90,7 @@ impl ApiError {
                 _,
                 ApiError::BadRequest(_)
                 | ApiError::TooLarge { .. }
+                | ApiError::RequestTimeout(_)
                 | ApiError::ContextOverflow { .. }
                 | ApiError::NoRoute { .. }
                 | ApiError::MethodNotAllowed { .. },
@@ -108,6 +113,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::Unsupported(_)
             | ApiError::ContextOverflow { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::MethodNotAllowed { .. } => "invalid_request_error",
             ApiError::Unauthorized | ApiError::KeyRefused(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
@@ -130,6 +136,7 @@ impl ApiError {
             ApiError::QuotaExhausted { .. } => Some("insufficient_quota"),
             ApiError::UnknownModel(_) => Some("model_not_found"),
             ApiError::TooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout(_) => Some("request_timeout"),
             ApiError::Overloaded { .. } => Some("overloaded"),
             ApiError::NoRoute { .. } | ApiError::NotFound(_) => Some("not_found"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),

@@ -119,7 +119,10 @@ pub async fn send(
         headers,
         body: call.body,
     };
-    client.send(request).await.map_err(|e| ApiError::Upstream(format!("neuron {neuron} did not answer: {e}")))
+    client.send(request).await.map_err(|error| {
+        let message = format!("neuron {neuron} did not answer: {error}");
+        if error.timed_out { ApiError::UpstreamTimeout(message) } else { ApiError::Upstream(message) }
+    })
 }
 
 /// The most of an engine's error body cortex reads.

@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cortex_listener::BodyFailure;
 use futures_util::Stream;
 use plans::wire::HarnessInfo;
 use serde_json::{Map, Value};
@@ -135,11 +136,15 @@ pub async fn check(
     let fleet = state.fleet();
     // The caller's key and its limits, from the head: a refused key costs no body read.
     let grant = state.keys.admit(&fleet, headers, now_unix_ms())?;
-    // Shed before reading the body: an overload must not become buffered memory.
+    // Shed before reading the body: an overload must not become buffered memory. The listener
+    // sends `100 Continue` only now, when the body is first read.
     let admitted = state.admission.admit()?;
     let limit = state.limits.max_body_bytes;
-    let body =
-        axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit_bytes: limit })?;
+    // A declared length over the limit is refused from the head, its body never read.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError::TooLarge { limit_bytes: limit });
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|error| unreadable(&error, limit))?;
     let envelope: Envelope = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON for this route: {e}")))?;
     let model = envelope
@@ -209,6 +214,19 @@ pub fn prompt_estimate(body_bytes: usize) -> u64 {
     u64::try_from(body_bytes.div_ceil(4)).unwrap_or(u64::MAX)
 }
 
+/// Why a request body could not be read whole: over the limit (413), too slow (408), or not
+/// framed as it says (400; also a client that closed its connection mid-body, which reads no
+/// answer).
+fn unreadable(error: &axum::Error, limit: usize) -> ApiError {
+    match cortex_listener::BodyFailure::find(error) {
+        Some(BodyFailure::TimedOut(timed_out)) => ApiError::RequestTimeout(timed_out.to_string()),
+        Some(BodyFailure::Malformed(reason)) => {
+            ApiError::BadRequest(format!("the request body cannot be read: {reason}"))
+        }
+        None => ApiError::TooLarge { limit_bytes: limit },
+    }
+}
+
 /// Run the whole pipeline for one request; `adapter` builds and sends the upstream call once
 /// the target is known.
 pub async fn run<F, Fut>(
@@ -222,11 +240,32 @@ where
     F: FnOnce(AppState, Target, Checked) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
 {
+    let mut pending = Unanswered { route: Some(route.name) };
     let outcome = async {
         let checked = check(&state, &headers, body, route).await?;
         dispatch(state, checked, adapter).await
     };
-    outcome.await.unwrap_or_else(|e| rejected(e, route.name, route.dialect))
+    let response = outcome.await.unwrap_or_else(|e| rejected(e, route.name, route.dialect));
+    pending.route = None;
+    response
+}
+
+/// A request whose client left before its answer began (the listener drops the request's
+/// future then), counted on drop in `cortex_requests_total{status="client_closed"}` with empty
+/// model and neuron labels. A stream that breaks off later is counted where the proxy records
+/// it.
+struct Unanswered {
+    /// The route's metric label; `None` once the request was answered.
+    route: Option<&'static str>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(route) = self.route {
+            metrics::counter!("cortex_requests_total", "model" => "", "neuron" => "", "route" => route, "status" => "client_closed")
+                .increment(1);
+        }
+    }
 }
 
 /// Route a checked request and hand it to `adapter` (after a cold load if need be). A request

@@ -12,10 +12,10 @@ use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::core::admission::Admission;
 use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::core::keys::Keys;
-use crate::gateway::core::scheduler::Scheduler;
+use crate::gateway::core::scheduler::{ClusterInputs, Scheduler};
 use crate::gateway::core::traffic::Traffic;
 use crate::gateway::dialects::responses::ResponseIndex;
-use crate::gateway::transport::upstream::InferenceClient;
+use crate::gateway::transport::upstream::{InferenceClient, Timeouts};
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.
 #[derive(Clone)]
@@ -50,8 +50,9 @@ impl AppState {
         limits: GatewayConfig,
     ) -> Self {
         let limits = Arc::new(limits);
+        let upstream = Timeouts { head: limits.upstream_head_timeout, read: limits.upstream_read_timeout };
         let scheduler =
-            Scheduler::new(fleet.clone(), poller.clone(), limits.clone(), BackoffPolicy::default());
+            Scheduler::new(fleet.clone(), poller.clone(), limits.clone(), BackoffPolicy::default(), None);
         AppState {
             fleet,
             poller,
@@ -60,7 +61,7 @@ impl AppState {
             limits,
             scheduler,
             response_index: Arc::new(ResponseIndex::default()),
-            inference: InferenceClient::default(),
+            inference: InferenceClient::new(upstream),
             traffic: Arc::new(Traffic::default()),
         }
     }
@@ -68,7 +69,22 @@ impl AppState {
     /// The same state with a scheduler whose failed cold loads back off under `policy` (the
     /// reconciler's, so that the gateway and the reconciler give a broken model the same rest).
     pub fn with_load_backoff(mut self, policy: BackoffPolicy) -> Self {
-        self.scheduler = Scheduler::new(self.fleet.clone(), self.poller.clone(), self.limits.clone(), policy);
+        self.scheduler =
+            Scheduler::new(self.fleet.clone(), self.poller.clone(), self.limits.clone(), policy, None);
+        self
+    }
+
+    /// The same state as a cluster replica: its scheduler loads only while the replica leads,
+    /// weighing the other replicas' demand (see [`ClusterInputs`]).
+    pub fn in_cluster(mut self, cluster: ClusterInputs) -> Self {
+        let policy = self.scheduler.policy();
+        self.scheduler = Scheduler::new(
+            self.fleet.clone(),
+            self.poller.clone(),
+            self.limits.clone(),
+            policy,
+            Some(cluster),
+        );
         self
     }
 

@@ -1,11 +1,10 @@
-//! Bytes on a socket: the inference listener and its HTTP/1.1 connections (`listen`, `http1`),
-//! the pooled HTTP/1.1 client that forwards to the neurons (`upstream`), and server-sent events
-//! (`sse`).
+//! Bytes on a socket: the pooled HTTP/1.1 client that forwards to the neurons (`upstream`) and
+//! the framing it reads their answers with (`http1`), and server-sent events (`sse`). Clients
+//! are served by the `cortex-listener` crate (`gateway::serve`).
 //!
 //! Architecture invariant: nothing here imports the rest of the gateway. It knows requests,
 //! responses, bodies and events, never models, routes, dialects or the fleet.
 
 pub mod http1;
-pub mod listen;
 pub mod sse;
 pub mod upstream;

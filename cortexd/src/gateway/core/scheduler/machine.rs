@@ -210,6 +210,18 @@ pub struct Machine {
     rejections: BTreeMap<&'static str, u64>,
     /// When the next timer-driven decision is due.
     wake_at: Option<u64>,
+    /// Cluster mode, on the leader: what the other replicas' clients wait for, per model. It
+    /// counts like this replica's own queues in every decision (loads, swaps, evictions).
+    remote: BTreeMap<String, Remote>,
+}
+
+/// One model's demand on the cluster's other replicas, as they published it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Remote {
+    pub waiting: usize,
+    /// When their oldest waiting request arrived.
+    pub oldest_arrived: u64,
+    pub in_flight: u32,
 }
 
 impl Machine {
@@ -406,6 +418,17 @@ impl Machine {
         commands
     }
 
+    /// The other replicas' demand changed (cluster mode, on the leader).
+    pub fn remote<P>(
+        &mut self,
+        now: u64,
+        demand: BTreeMap<String, Remote>,
+        placer: &mut dyn Placer<P>,
+    ) -> Vec<Command<P>> {
+        self.remote = demand;
+        self.pump(now, placer)
+    }
+
     /// Timers: queue deadlines, `max_wait` and residency expiries.
     pub fn tick<P>(&mut self, now: u64, placer: &mut dyn Placer<P>) -> Vec<Command<P>> {
         self.pump(now, placer)
@@ -554,6 +577,9 @@ impl Machine {
                 activity.queued.insert(model.clone(), queue.waiting.len());
             }
         }
+        for (model, remote) in self.remote.iter().filter(|(_, r)| r.waiting > 0) {
+            *activity.queued.entry(model.clone()).or_default() += remote.waiting;
+        }
         for (key, copy) in &self.copies {
             if let CopyState::Ready { since } = copy.state {
                 activity.resident_since.insert(key.clone(), since);
@@ -564,16 +590,21 @@ impl Machine {
 
     /// Models that wait with no copy to serve them: those whose callers have the higher
     /// priority first (interactive demand before batch), then longest-waiting, then by the
-    /// model's priority.
+    /// model's priority. Other replicas' waiting requests count as this one's (cluster mode,
+    /// on the leader; their callers' priority is not published: they rank as the lowest class).
     fn needing_load(&self) -> Vec<(String, u64)> {
-        let mut needing: Vec<(Reverse<i64>, u64, Reverse<i64>, String)> = self
-            .queues
-            .iter()
-            .filter_map(|(model, queue)| {
-                let oldest = queue.waiting.oldest()?.arrived;
-                let class = queue.waiting.top_priority().unwrap_or(i64::MIN);
+        let models: BTreeSet<&String> = self.queues.keys().chain(self.remote.keys()).collect();
+        let mut needing: Vec<(Reverse<i64>, u64, Reverse<i64>, String)> = models
+            .into_iter()
+            .filter_map(|model| {
+                let queue = self.queues.get(model);
+                let local = queue.and_then(|q| q.waiting.oldest()).map(|w| w.arrived);
+                let remote = self.remote.get(model).filter(|r| r.waiting > 0).map(|r| r.oldest_arrived);
+                let oldest = local.into_iter().chain(remote).min()?;
+                let class = queue.and_then(|q| q.waiting.top_priority()).unwrap_or(i64::MIN);
+                let priority = self.settings(model).map_or(0, |s| s.priority);
                 (!self.served_or_coming(model))
-                    .then(|| (Reverse(class), oldest, Reverse(queue.settings.priority), model.clone()))
+                    .then(|| (Reverse(class), oldest, Reverse(priority), model.clone()))
             })
             .collect();
         needing.sort();
@@ -717,7 +748,8 @@ impl Machine {
                 resident_until = resident_until.max(since.saturating_add(residency));
             }
             let queued = self.queues.get(evicted).is_some_and(|q| !q.waiting.is_empty());
-            resident_busy |= queued || self.flying(evicted, neuron) > 0;
+            let remote = self.remote.get(evicted).is_some_and(|r| r.waiting > 0 || r.in_flight > 0);
+            resident_busy |= queued || remote || self.flying(evicted, neuron) > 0;
             let key = (evicted.clone(), neuron.to_owned());
             recently_until = recently_until.max(self.last_active.get(&key).map_or(0, |t| t + IDLE_GRACE_MS));
         }

@@ -5,4 +5,4 @@
 pub mod machine;
 pub mod shell;
 
-pub use shell::{Arrived, LoadTicket, Permit, Scheduler};
+pub use shell::{Arrived, ClusterInputs, LoadTicket, Permit, Scheduler};

@@ -8,7 +8,7 @@
 //! daemon's limits): it is built once by the daemon and shared as an `Arc`, and nothing in it
 //! knows the gateway's handlers or their state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use plans::topology::ModelState;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::GatewayConfig;
+use crate::control::authority::{Authority, Mandate};
 use crate::control::backoff::{Backoff, BackoffPolicy};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::NeuronError;
@@ -26,7 +27,7 @@ use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
 use crate::control::status::{Contention, QueueStatus};
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
-    self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, RequestId, Settings, Tag,
+    self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings, Tag,
 };
 
 /// The answer to an arrival: admitted now, or a place in the model's queue.
@@ -126,6 +127,19 @@ pub struct Scheduler {
     poller: PollerHandle,
     /// The daemon's queue limits and neuron timeouts.
     limits: Arc<GatewayConfig>,
+    /// Cluster mode: who acts, and the other replicas' demand (`None` standalone).
+    cluster: Option<ClusterInputs>,
+}
+
+/// What a cluster replica's scheduler reads besides its own inputs. Only the leader loads,
+/// evicts and swaps, for every replica's clients: a follower's queues wait for the copies the
+/// leader loads (its demand reaches the leader through etcd) and are admitted as they appear.
+#[derive(Clone)]
+pub struct ClusterInputs {
+    /// Whether this replica acts on neurons now, and the mandate its calls carry.
+    pub authority: watch::Receiver<Authority>,
+    /// The other replicas' demand per model, `oldest_wait_ms` as of when it was read.
+    pub remote: watch::Receiver<Arc<BTreeMap<String, QueueStatus>>>,
 }
 
 struct Inner {
@@ -151,6 +165,7 @@ impl Scheduler {
         poller: PollerHandle,
         limits: Arc<GatewayConfig>,
         policy: BackoffPolicy,
+        cluster: Option<ClusterInputs>,
     ) -> Arc<Self> {
         Arc::new(Scheduler {
             inner: Mutex::new(Inner {
@@ -168,7 +183,30 @@ impl Scheduler {
             fleet,
             poller,
             limits,
+            cluster,
         })
+    }
+
+    /// The backoff policy of failed loads.
+    pub fn policy(&self) -> BackoffPolicy {
+        self.policy
+    }
+
+    /// Cluster mode: `Err(why)` while this replica does not act on neurons (a follower).
+    fn acting(&self) -> Result<(), String> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        match &*cluster.authority.borrow() {
+            authority if authority.acts() => Ok(()),
+            Authority::Follower { leader: Some(leader), .. } => {
+                Err(format!("waiting for the cluster's leader ({leader}) to load it"))
+            }
+            _ => Err("waiting for the cluster's leader to load it (none leads at the moment)".to_owned()),
+        }
+    }
+
+    /// The mandate lifecycle calls carry (`None` standalone).
+    fn mandate(&self) -> Option<Mandate> {
+        self.cluster.as_ref().and_then(|c| c.authority.borrow().mandate().cloned())
     }
 
     fn fleet(&self) -> Arc<Fleet> {
@@ -319,7 +357,8 @@ impl Scheduler {
         event: impl FnOnce(&mut Inner, &mut FleetPlacer<'_>) -> (R, Vec<Command<Placement>>),
     ) -> R {
         let (fleet, observed) = (self.fleet(), self.observed());
-        let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, scheduler: self };
+        let acting = self.acting();
+        let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, scheduler: self, acting };
         let (result, outgoing, rearm) = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             let (result, commands) = event(&mut inner, &mut placer);
@@ -429,10 +468,15 @@ struct FleetPlacer<'a> {
     observed: &'a Observed,
     /// For the load failures backing off.
     scheduler: &'a Scheduler,
+    /// `Err(why)` on a cluster follower: it never loads; the leader does.
+    acting: Result<(), String>,
 }
 
 impl Placer<Placement> for FleetPlacer<'_> {
     fn place(&mut self, model: &str, activity: &Activity) -> Placed<Placement> {
+        if let Err(why) = &self.acting {
+            return Placed::Later { until: None, why: why.clone() };
+        }
         let options = PlanOptions { now_unix_ms: now_unix_ms(), prune: false };
         match place_one_with(self.fleet, &self.observed.topology, model, &options, activity) {
             Ok(placement) if let Some(why) = self.scheduler.backing_off(model, &placement.neuron) => {
@@ -500,6 +544,10 @@ impl Scheduler {
 /// and the queue gauges once a second.
 async fn drive(scheduler: Arc<Scheduler>) {
     let mut observed = scheduler.poller.observed.clone();
+    let (mut authority, mut remote) = match &scheduler.cluster {
+        Some(cluster) => (Some(cluster.authority.clone()), Some(cluster.remote.clone())),
+        None => (None, None),
+    };
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     let mut shown = Shown::default();
     loop {
@@ -525,7 +573,53 @@ async fn drive(scheduler: Arc<Scheduler>) {
             () = scheduler.wake.notified() => {}
             () = timer => scheduler.apply(|inner, placer| ((), inner.machine.tick(now_unix_ms(), placer))),
             _ = gauges.tick() => publish_gauges(&scheduler, &mut shown),
+            // Became the leader (or stopped being it): decide again what waits.
+            changed = changed(authority.as_mut()) => match changed {
+                Ok(()) => scheduler.apply(|inner, placer| ((), inner.machine.tick(now_unix_ms(), placer))),
+                Err(()) => authority = None,
+            },
+            changed = changed(remote.as_mut()) => match changed {
+                Ok(()) => scheduler.feed_remote(),
+                Err(()) => remote = None,
+            },
         }
+    }
+}
+
+/// The next change of an optional channel (never, without one); `Err` once its sender is gone.
+async fn changed<T>(receiver: Option<&mut watch::Receiver<T>>) -> Result<(), ()> {
+    match receiver {
+        Some(receiver) => receiver.changed().await.map_err(drop),
+        None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    /// Hand the other replicas' demand to the machine (it weighs it only while this replica
+    /// acts; a follower's placer never loads).
+    fn feed_remote(self: &Arc<Self>) {
+        let Some(cluster) = &self.cluster else { return };
+        let now = now_unix_ms();
+        let fleet = self.fleet();
+        let demand: BTreeMap<String, Remote> = cluster
+            .remote
+            .borrow()
+            .values()
+            .map(|queue| {
+                let remote = Remote {
+                    waiting: queue.waiting,
+                    oldest_arrived: now.saturating_sub(queue.oldest_wait_ms),
+                    in_flight: queue.in_flight,
+                };
+                (queue.model.clone(), remote)
+            })
+            .collect();
+        self.apply(|inner, placer| {
+            for model in demand.keys() {
+                inner.machine.configure(model, self.settings(&fleet, model));
+            }
+            ((), inner.machine.remote(now, demand, placer))
+        });
     }
 }
 
@@ -581,7 +675,8 @@ fn publish_gauges(scheduler: &Scheduler, shown: &mut Shown) {
 async fn run_load(scheduler: Arc<Scheduler>, model: String, neuron: String, placement: Box<Placement>) {
     let started = Instant::now();
     let result = execute_placement(&scheduler, &placement).await;
-    if !result.as_ref().is_err_and(execute::ExecError::is_conflict) {
+    // A conflict (another actor changed the neuron) or a lost term is not the model's failure.
+    if !result.as_ref().is_err_and(|e| e.is_conflict() || e.is_fenced()) {
         scheduler.record(&model, &neuron, result.as_ref().err().map(ToString::to_string));
     }
     let outcome = match result {
@@ -593,7 +688,7 @@ async fn run_load(scheduler: Arc<Scheduler>, model: String, neuron: String, plac
             tracing::info!(%model, %neuron, elapsed_ms = started.elapsed().as_millis(), "load done");
             LoadResult::Ready
         }
-        Err(error) if error.is_conflict() => LoadResult::Retry,
+        Err(error) if error.is_conflict() || error.is_fenced() => LoadResult::Retry,
         Err(error) => {
             tracing::warn!(%model, %neuron, %error, "load failed");
             LoadResult::Failed(error.to_string())
@@ -617,10 +712,11 @@ async fn execute_placement(scheduler: &Scheduler, placement: &Placement) -> Resu
         }));
     };
     let timeouts = ExecTimeouts { call: scheduler.limits.neuron_timeout, ready: scheduler.limits.max_wait };
+    let mandate = scheduler.mandate();
     let mut generation = Some(placement.load.if_generation);
     for eviction in &placement.evictions {
-        generation = Some(execute::run(client, eviction, generation, timeouts).await?);
+        generation = Some(execute::run_as(client, eviction, generation, mandate.as_ref(), timeouts).await?);
         metrics::counter!("cortex_evictions_total", "reason" => eviction.reason.code()).increment(1);
     }
-    execute::run(client, &placement.load, generation, timeouts).await.map(drop)
+    execute::run_as(client, &placement.load, generation, mandate.as_ref(), timeouts).await.map(drop)
 }

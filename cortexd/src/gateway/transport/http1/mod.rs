@@ -1,13 +1,6 @@
-//! HTTP/1.1 as the gateway speaks it on both of its sides: how a message's body is delimited,
-//! and the decoder of that framing, shared by the inference listener (request bodies) and the
-//! forwarding client (engine responses).
-
-pub mod server;
-
-mod request;
-mod response;
-#[cfg(test)]
-mod server_tests;
+//! HTTP/1.1 framing as the forwarding client reads the neurons' answers: how a message's body
+//! is delimited, and its decoder, as strict as RFC 9112 (and hyper) are: CRLF line endings,
+//! hex digits only in a chunk size, bounded chunk extensions and trailers.
 
 use std::io;
 
@@ -63,12 +56,22 @@ pub fn make_room(buffer: &mut BytesMut) {
 
 /// A line in the chunked framing (size line, trailer) longer than this is refused.
 pub const MAX_LINE: usize = 8 * 1024;
+/// The most bytes of chunk extensions in one body, all chunks together (hyper's bound too).
+pub const MAX_EXTENSIONS: usize = 16 * 1024;
+/// The most bytes of trailer fields after the last chunk (hyper's bound too).
+pub const MAX_TRAILERS: usize = 16 * 1024;
+/// The most trailer fields after the last chunk.
+pub const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Decodes one body's framing from a buffer that its owner fills from the connection: what is
 /// decoded is taken from the front of the buffer, in place, without copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoder {
     state: State,
+    /// Chunk-extension bytes and trailer bytes and fields read so far, against their bounds.
+    extensions: usize,
+    trailers: usize,
+    trailer_fields: usize,
 }
 
 impl Decoder {
@@ -78,7 +81,7 @@ impl Decoder {
             Framing::Chunked => State::ChunkSize,
             Framing::Close => State::Close,
         };
-        Decoder { state }
+        Decoder { state, extensions: 0, trailers: 0, trailer_fields: 0 }
     }
 
     /// The next piece of the body that `buffer` holds, or what it lacks.
@@ -92,7 +95,13 @@ impl Decoder {
                 State::Close => return Ok(Decoded::Data(buffer.split().freeze())),
                 State::ChunkData(left) => return Ok(self.data(buffer, left, State::ChunkData)),
                 State::ChunkSize => {
-                    let Some(size) = line(buffer, chunk_size)? else { return Ok(Decoded::NeedMore) };
+                    let Some((size, extension)) = line(buffer, chunk_size)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    self.extensions += extension;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(invalid("the chunk extensions are over 16 KiB"));
+                    }
                     self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
                 }
                 State::ChunkEnd => {
@@ -104,10 +113,16 @@ impl Decoder {
                     }
                     self.state = State::ChunkSize;
                 }
-                State::Trailers => match line(buffer, |line| Ok(line.is_empty()))? {
+                State::Trailers => match line(buffer, |line| Ok(line.len()))? {
                     None => return Ok(Decoded::NeedMore),
-                    Some(true) => return Ok(self.end()),
-                    Some(false) => {}
+                    Some(0) => return Ok(self.end()),
+                    Some(length) => {
+                        self.trailers += length + 2;
+                        self.trailer_fields += 1;
+                        if self.trailers > MAX_TRAILERS || self.trailer_fields > MAX_TRAILER_FIELDS {
+                            return Err(invalid("the trailers are over 16 KiB or 100 fields"));
+                        }
+                    }
                 },
             }
         }
@@ -162,26 +177,43 @@ impl Decoder {
     }
 }
 
-/// `read` applied to the next CRLF- (or LF-) terminated line at the front of `buffer`, without
-/// its ending, once it is all buffered; the line is then consumed.
+/// `read` applied to the next CRLF-terminated line at the front of `buffer`, without its
+/// ending, once it is all buffered; the line is then consumed. A line ended by a bare LF is
+/// refused: another reader could end it elsewhere.
 fn line<T>(buffer: &mut BytesMut, read: impl FnOnce(&[u8]) -> io::Result<T>) -> io::Result<Option<T>> {
     let Some(at) = memchr::memchr(b'\n', buffer) else {
         return if buffer.len() > MAX_LINE { Err(invalid("a chunk line is too long")) } else { Ok(None) };
     };
-    let line = &buffer[..at];
-    let value = read(line.strip_suffix(b"\r").unwrap_or(line))?;
+    let Some(line) = buffer[..at].strip_suffix(b"\r") else {
+        return Err(invalid("a chunk line ends in a bare LF"));
+    };
+    let value = read(line)?;
     buffer.advance(at + 1);
     Ok(Some(value))
 }
 
-/// The size on a chunk-size line (hex, before any `;extension`).
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(invalid("a chunk size is missing or too large"));
+/// The size on a chunk-size line and the length of its extensions: hex digits (leading zeros
+/// allowed), then optional whitespace and `;extensions` (RFC 9112 §7.1).
+fn chunk_size(line: &[u8]) -> io::Result<(u64, usize)> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(invalid("a chunk size is not hex digits"));
     }
-    let text = std::str::from_utf8(digits).map_err(|_| invalid("a chunk size is not hex"))?;
-    u64::from_str_radix(text, 16).map_err(|_| invalid("a chunk size is not hex"))
+    let mut size: u64 = 0;
+    for &digit in &line[..digits] {
+        let value = (digit as char).to_digit(16).map_or(0, u64::from);
+        size = size
+            .checked_mul(16)
+            .and_then(|size| size.checked_add(value))
+            .ok_or_else(|| invalid("a chunk size is too large"))?;
+    }
+    let rest = &line[digits..];
+    let spaces = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let extension = &rest[spaces..];
+    if !extension.is_empty() && !extension.starts_with(b";") {
+        return Err(invalid("a chunk size is not hex digits"));
+    }
+    Ok((size, extension.len()))
 }
 
 pub fn invalid(message: &'static str) -> io::Error {
@@ -235,9 +267,33 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether a `transfer-encoding` value ends with `chunked`, the coding that delimits the body.
-pub fn ends_chunked(value: &[u8]) -> bool {
-    value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+/// What a message's `transfer-encoding` lines, read as one list, say: `None` without any,
+/// else whether `chunked`, the coding that delimits the body, is the last.
+pub fn chunked_last(headers: &HeaderMap) -> Option<bool> {
+    let last = headers.get_all(axum::http::header::TRANSFER_ENCODING).iter().next_back()?;
+    let coding = last.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+    Some(coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The value of a message's `content-length` lines: digits only, and the same on every line;
+/// `Ok(None)` without any.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(axum::http::header::CONTENT_LENGTH) {
+        let digits = value.as_bytes();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err("the content-length is not digits");
+        }
+        let parsed = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or("the content-length is too large")?;
+        if length.is_some_and(|earlier| earlier != parsed) {
+            return Err("the content-length lines disagree");
+        }
+        length = Some(parsed);
+    }
+    Ok(length)
 }
 
 #[cfg(test)]
@@ -271,8 +327,9 @@ mod tests {
             assert_eq!(data, b"data: a\n\ndata: {\"x\":\"0123456789\"}\n\n", "step {step}");
             assert!(ended, "step {step}");
         }
-        let (data, ended) = decode_in_steps(Framing::Chunked, b"3\nabc\n0\n\n", 1).expect("bare LF");
-        assert_eq!((data.as_slice(), ended), (&b"abc"[..], true));
+        let (data, ended) =
+            decode_in_steps(Framing::Chunked, b"0003 ;a=b\r\nabc\r\n0\r\n\r\n", 1).expect("zeros");
+        assert_eq!((data.as_slice(), ended), (&b"abc"[..], true), "leading zeros and extensions");
         let (data, ended) = decode_in_steps(Framing::Chunked, b"5\r\nab", 1).expect("partial");
         assert_eq!((data.as_slice(), ended), (&b"ab"[..], false));
     }
@@ -293,7 +350,24 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_errors() {
-        for wire in [&b"zz\r\nab\r\n"[..], b"3\r\nabcdef\r\n", b"\r\n", b"10000000000000000\r\n"] {
+        let extensions = format!("1;{}\r\na\r\n", "e".repeat(6000)).repeat(3);
+        let trailers = format!("0\r\n{}\r\n", format!("x: {}\r\n", "t".repeat(6000)).repeat(3));
+        let fields = format!("0\r\n{}\r\n", "x: y\r\n".repeat(MAX_TRAILER_FIELDS + 1));
+        for wire in [
+            &b"zz\r\nab\r\n"[..],
+            b"3\r\nabcdef\r\n",
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\n0\r\n\r\n",
+            b"+3\r\nabc\r\n",
+            b" 3\r\nabc\r\n",
+            b"3x\r\nabc\r\n",
+            b"0\r\n\n",
+            extensions.as_bytes(),
+            trailers.as_bytes(),
+            fields.as_bytes(),
+        ] {
             assert!(
                 decode_in_steps(Framing::Chunked, wire, 64).is_err(),
                 "{:?}",
@@ -325,7 +399,28 @@ mod tests {
     fn header_tokens() {
         assert!(has_token(b"keep-alive, Close", "close"));
         assert!(!has_token(b"closed", "close"));
-        assert!(ends_chunked(b"gzip, Chunked"));
-        assert!(!ends_chunked(b"chunked, gzip"));
+        let headers = |lines: &[(&'static str, &'static str)]| {
+            lines
+                .iter()
+                .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
+                .collect::<HeaderMap>()
+        };
+        let te = |values: &[&'static str]| {
+            chunked_last(&headers(&values.iter().map(|v| ("transfer-encoding", *v)).collect::<Vec<_>>()))
+        };
+        assert_eq!(te(&["gzip, Chunked"]), Some(true));
+        assert_eq!(te(&["chunked, gzip"]), Some(false));
+        assert_eq!(te(&["chunked", "gzip"]), Some(false), "every line is one list");
+        assert_eq!(te(&["gzip", "chunked"]), Some(true));
+        assert_eq!(te(&[]), None);
+        let cl = |values: &[&'static str]| {
+            content_length(&headers(&values.iter().map(|v| ("content-length", *v)).collect::<Vec<_>>()))
+        };
+        assert_eq!(cl(&["12"]), Ok(Some(12)));
+        assert_eq!(cl(&["12", "12"]), Ok(Some(12)));
+        assert_eq!(cl(&[]), Ok(None));
+        for bad in [&["+12"][..], &[" 12"], &["12", "13"], &["1_2"], &["99999999999999999999999"]] {
+            assert!(cl(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -8,12 +8,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::pool::Return;
 use crate::gateway::transport::http1::{Decoded, Decoder, Framing, make_room};
@@ -27,13 +29,61 @@ pub struct Body {
     decoder: Decoder,
     /// Where the connection goes when the body has ended; `None`: it is closed instead.
     reuse: Option<Return>,
+    /// The longest the engine may leave the body without a byte.
+    read_timeout: Duration,
+    /// Set when the first read waits; see [`Body::poll_stalled`].
+    stall: Option<Pin<Box<Sleep>>>,
+    /// The waker the stall timer holds (it wakes the task that last polled it).
+    stall_waker: Option<Waker>,
+    /// A read has brought bytes since the stall timer was last set.
+    progressed: bool,
 }
 
 impl Body {
     /// A body framed by `framing` on `io`; `buffer` holds what was read past the head.
-    pub(super) fn new(io: TcpStream, buffer: BytesMut, framing: Framing, reuse: Option<Return>) -> Self {
+    pub(super) fn new(
+        io: TcpStream,
+        buffer: BytesMut,
+        framing: Framing,
+        reuse: Option<Return>,
+        read_timeout: Duration,
+    ) -> Self {
         let reuse = reuse.filter(|_| framing != Framing::Close);
-        Body { io: Some(io), buffer, decoder: Decoder::new(framing), reuse }
+        Body {
+            io: Some(io),
+            buffer,
+            decoder: Decoder::new(framing),
+            reuse,
+            read_timeout,
+            stall: None,
+            stall_waker: None,
+            progressed: false,
+        }
+    }
+
+    /// `Ready` with an error once no read has brought a byte for the read timeout.
+    ///
+    /// The timer is not reset by every read, which would cost every event of a stream a timer
+    /// update: reads only mark progress, and the timer, when it fires, starts over if there was
+    /// some. A stall is noticed between one and two timeouts after the last byte. Nor is the
+    /// timer polled at every wait: once it holds the waker of the task polling the body, a look
+    /// at whether it has elapsed is enough (its firing wakes that task).
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.read_timeout;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let registered = self.stall_waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !stall.is_elapsed() {
+            return Poll::Pending;
+        }
+        self.stall_waker = Some(cx.waker().clone());
+        loop {
+            ready!(stall.as_mut().poll(cx));
+            if !std::mem::take(&mut self.progressed) {
+                let message = format!("the engine sent nothing for {timeout:?}");
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, message));
+            }
+            stall.as_mut().reset(Instant::now() + timeout);
+        }
     }
 
     /// The body cannot go on: the connection is closed, and later polls end it.
@@ -102,7 +152,14 @@ impl HttpBody for Body {
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return Poll::Ready(Some(Err(self.broken(error)))),
             }
-            match ready!(self.poll_fill(cx)) {
+            let filled = match self.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    let stalled = ready!(self.poll_stalled(cx));
+                    return Poll::Ready(Some(Err(self.broken(stalled))));
+                }
+            };
+            match filled {
                 Ok(0) => {
                     return match self.decoder.at_close() {
                         Ok(()) => {
@@ -112,7 +169,7 @@ impl HttpBody for Body {
                         Err(error) => Poll::Ready(Some(Err(self.broken(error)))),
                     };
                 }
-                Ok(_) => {}
+                Ok(_) => self.progressed = true,
                 Err(error) => return Poll::Ready(Some(Err(self.broken(error)))),
             }
         }

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 pub use body::Body;
 use pool::{Pool, Return};
 
-use crate::gateway::transport::http1::{Framing, Spans, ends_chunked, has_token};
+use crate::gateway::transport::http1::{Framing, Spans, chunked_last, content_length, has_token};
 
 /// An engine's answer as it arrives: status, headers, and the body still on the connection.
 pub type Response = axum::http::Response<Body>;
@@ -49,19 +49,68 @@ pub struct Request<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct InferenceClient {
     pool: Arc<Pool>,
+    timeouts: Timeouts,
+}
+
+/// How long a neuron may keep an exchange waiting. Both are generous: a non-streaming answer's
+/// head comes only once the whole answer is generated, and a stream can be silent for as long
+/// as a long prompt takes to process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the request written to the answer's head.
+    pub head: Duration,
+    /// The longest gap between two reads of the answer's body.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { head: Duration::from_secs(600), read: Duration::from_secs(600) }
+    }
+}
+
+/// Why a request got no answer; the message names every cause (`connection refused`, not
+/// only `connect`).
+#[derive(Debug)]
+pub struct SendError {
+    pub message: String,
+    /// The neuron did not begin its answer within the head timeout.
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for SendError {
+    fn from(message: String) -> Self {
+        SendError { message, timed_out: false }
+    }
 }
 
 /// Why an exchange failed, and whether it may be retried on a fresh connection.
 struct Failure {
-    message: String,
+    error: SendError,
     /// The connection failed before any byte of an answer: on a reused connection this is an
     /// engine that closed it while idle, which a fresh connection does not meet.
     unanswered: bool,
 }
 
+impl Failure {
+    fn new(message: String, unanswered: bool) -> Self {
+        Failure { error: message.into(), unanswered }
+    }
+}
+
 impl InferenceClient {
-    /// Send `request`; the error names every cause (`connection refused`, not only `connect`).
-    pub async fn send(&self, request: Request<'_>) -> Result<Response, String> {
+    pub fn new(timeouts: Timeouts) -> Self {
+        InferenceClient { pool: Arc::default(), timeouts }
+    }
+
+    /// Send `request`.
+    pub async fn send(&self, request: Request<'_>) -> Result<Response, SendError> {
         let message = encode(&request)?;
         if let Some(io) = self.pool.checkout(request.host) {
             match self.exchange(io, &request, &message).await {
@@ -69,50 +118,55 @@ impl InferenceClient {
                 Err(failure) if failure.unanswered => {
                     tracing::debug!(
                         host = request.host,
-                        error = failure.message,
+                        error = failure.error.message,
                         "a kept-alive connection was closed; reconnecting"
                     );
                 }
-                Err(failure) => return Err(failure.message),
+                Err(failure) => return Err(failure.error),
             }
         }
         let io = connect(request.host).await?;
-        self.exchange(io, &request, &message).await.map_err(|failure| failure.message)
+        self.exchange(io, &request, &message).await.map_err(|failure| failure.error)
     }
 
-    /// Write the request on `io` and read the answer's head.
+    /// Write the request on `io` and read the answer's head, within the head timeout.
     async fn exchange(
+        &self,
+        io: TcpStream,
+        request: &Request<'_>,
+        message: &[u8],
+    ) -> Result<Response, Failure> {
+        let limit = self.timeouts.head;
+        tokio::time::timeout(limit, self.exchange_untimed(io, request, message)).await.unwrap_or_else(|_| {
+            let message = format!("no answer within {limit:?}");
+            Err(Failure { error: SendError { message, timed_out: true }, unanswered: false })
+        })
+    }
+
+    async fn exchange_untimed(
         &self,
         mut io: TcpStream,
         request: &Request<'_>,
         message: &[u8],
     ) -> Result<Response, Failure> {
-        let failed = |error: std::io::Error, unanswered| Failure { message: causes(&error), unanswered };
+        let failed = |error: std::io::Error, unanswered| Failure::new(causes(&error), unanswered);
         io.write_all(message).await.map_err(|e| failed(e, true))?;
         let mut buffer = BytesMut::with_capacity(8 * 1024);
         loop {
-            if let Some(head) =
-                parse_head(&mut buffer).map_err(|message| Failure { message, unanswered: false })?
-            {
+            if let Some(head) = parse_head(&mut buffer).map_err(|message| Failure::new(message, false))? {
                 if head.status.is_informational() {
                     continue;
                 }
                 return Ok(self.respond(io, buffer, head, request));
             }
             if buffer.len() >= MAX_HEAD {
-                return Err(Failure {
-                    message: format!("the answer's head is over {MAX_HEAD} bytes"),
-                    unanswered: false,
-                });
+                return Err(Failure::new(format!("the answer's head is over {MAX_HEAD} bytes"), false));
             }
             buffer.reserve(8 * 1024);
             match tokio::io::AsyncReadExt::read_buf(&mut io, &mut buffer).await {
                 Ok(0) => {
                     let unanswered = buffer.is_empty();
-                    return Err(Failure {
-                        message: "the connection closed before an answer".into(),
-                        unanswered,
-                    });
+                    return Err(Failure::new("the connection closed before an answer".into(), unanswered));
                 }
                 Ok(_) => {}
                 Err(error) => return Err(failed(error, buffer.is_empty())),
@@ -132,7 +186,7 @@ impl InferenceClient {
         };
         let reuse =
             head.keep_alive.then(|| Return { pool: self.pool.clone(), host: request.host.to_owned() });
-        let mut response = Response::new(Body::new(io, buffer, framing, reuse));
+        let mut response = Response::new(Body::new(io, buffer, framing, reuse, self.timeouts.read));
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         response
@@ -207,21 +261,22 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, String> {
     let head = buffer.split_to(length).freeze();
     let headers =
         spans.header_map(&head).map_err(|name| format!("the engine sent an invalid header {name:?}"))?;
-    let content_length = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(value) => {
-            let text = value.to_str().unwrap_or_default().trim();
-            Some(text.parse::<u64>().map_err(|_| format!("the engine sent content-length {text:?}"))?)
-        }
-    };
-    let chunked = headers.get(header::TRANSFER_ENCODING).is_some_and(|v| ends_chunked(v.as_bytes()));
+    let content_length =
+        content_length(&headers).map_err(|reason| format!("the engine's answer is malformed: {reason}"))?;
+    let codings = chunked_last(&headers);
+    if http10 && codings.is_some() {
+        return Err("the engine's answer is malformed: transfer-encoding on HTTP/1.0".into());
+    }
     let connection =
         |token| headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token));
-    let close = connection("close") || (http10 && !connection("keep-alive"));
-    let framing = match (chunked, content_length) {
-        (true, _) => Framing::Chunked,
-        (false, Some(length)) => Framing::Length(length),
-        (false, None) => Framing::Close,
+    // Both framings, or a coding list that does not end in chunked (read until the close, RFC
+    // 9112 §6.3): the body is read as the RFC says, and the connection not reused.
+    let ambiguous = codings.is_some() && content_length.is_some();
+    let close = connection("close") || (http10 && !connection("keep-alive")) || ambiguous;
+    let framing = match (codings, content_length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) | (None, None) => Framing::Close,
+        (None, Some(length)) => Framing::Length(length),
     };
     Ok(Some(Head { status, headers, framing, keep_alive: !close }))
 }

@@ -274,7 +274,7 @@ async fn broken_answers_are_errors_that_say_what_broke() {
     })
     .await;
     let client = InferenceClient::default();
-    let error = client.send(post(&host, "/", "{}")).await.expect_err("not HTTP");
+    let error = client.send(post(&host, "/", "{}")).await.expect_err("not HTTP").message;
     assert!(error.contains("not HTTP/1.1"), "{error}");
     for _ in 0..2 {
         let response = client.send(post(&host, "/", "{}")).await.expect("a head");
@@ -284,9 +284,9 @@ async fn broken_answers_are_errors_that_say_what_broke() {
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gone = closed.local_addr().expect("address").to_string();
     drop(closed);
-    let error = client.send(post(&gone, "/", "{}")).await.expect_err("refused");
+    let error = client.send(post(&gone, "/", "{}")).await.expect_err("refused").message;
     assert!(error.contains("cannot connect") && error.to_lowercase().contains("refused"), "{error}");
-    let error = client.send(post(&host, "/a path", "{}")).await.expect_err("invalid target");
+    let error = client.send(post(&host, "/a path", "{}")).await.expect_err("invalid target").message;
     assert!(error.contains("not a valid request target"), "{error}");
 }
 
@@ -297,7 +297,8 @@ async fn idle_connections_expire_for_every_host_as_the_pool_is_used() {
         read_request(&mut io).await;
     })
     .await;
-    let client = InferenceClient { pool: Arc::new(Pool::with_idle_timeout(Duration::from_millis(60))) };
+    let pool = Arc::new(Pool::with_idle_timeout(Duration::from_millis(60)));
+    let client = InferenceClient { pool, timeouts: Timeouts::default() };
     let response = client.send(post(&host, "/v1/completions", "{}")).await.expect("answer");
     assert_eq!(read_all(response).await.expect("body"), b"ok");
     assert_eq!(client.pool.idle(&host), 1);
@@ -308,4 +309,53 @@ async fn idle_connections_expire_for_every_host_as_the_pool_is_used() {
     })
     .await;
     assert!(gone, "the expired connection was dropped");
+}
+
+#[tokio::test]
+async fn an_answer_that_does_not_begin_in_time_is_a_timeout_and_a_silent_one_breaks_off() {
+    let (host, _) = server(|n, mut io, _| async move {
+        if n == 1 {
+            io.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                .await
+                .expect("answer");
+        }
+        // Keep the connection open, silent.
+        let mut rest = Vec::new();
+        let _ = io.read_to_end(&mut rest).await;
+    })
+    .await;
+    let client =
+        InferenceClient::new(Timeouts { head: Duration::from_millis(200), read: Duration::from_millis(200) });
+    let started = Instant::now();
+    let error = client.send(post(&host, "/", "{}")).await.expect_err("no head in time");
+    assert!(error.timed_out && error.message.contains("no answer within 200ms"), "{error}");
+    let response = client.send(post(&host, "/", "{}")).await.expect("a head");
+    let error = read_all(response).await.expect_err("silent after its first chunk");
+    assert!(error.to_string().contains("the engine sent nothing for 200ms"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn answers_are_framed_as_rfc_9112_says_and_ambiguous_ones_not_reused() {
+    let (host, accepted) = server(|n, mut io, _| async move {
+        let answer: &[u8] = match n {
+            0 => b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            1 => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\nraw until close",
+            2 => b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+        };
+        io.write_all(answer).await.expect("answer");
+    })
+    .await;
+    let client = InferenceClient::default();
+    let response = client.send(post(&host, "/", "{}")).await.expect("both framings");
+    assert_eq!(read_all(response).await.expect("read as chunked"), b"ok");
+    assert_eq!(client.pool.idle(&host), 0, "a connection whose answer had both framings is not reused");
+    let response = client.send(post(&host, "/", "{}")).await.expect("codings not ending in chunked");
+    assert_eq!(read_all(response).await.expect("read until the close"), b"raw until close");
+    for expected in ["transfer-encoding on HTTP/1.0", "the content-length is not digits"] {
+        let error = client.send(post(&host, "/", "{}")).await.expect_err("malformed").message;
+        assert!(error.contains(expected), "{error}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }

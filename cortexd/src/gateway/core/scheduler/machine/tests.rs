@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use expect_test::{Expect, expect};
 
 use crate::gateway::core::scheduler::machine::{
-    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Settings, Tag,
+    Arrival, Command, LoadResult, Machine, Mode, Observed, Placed, Placer, Remote, Settings, Tag,
 };
 use plans::plan::Activity;
 
@@ -167,6 +167,21 @@ impl World {
                 Vec::new()
             }
             ["finish", model] => self.machine.finish(self.now, model, "n1", &mut self.neuron),
+            // Other replicas' demand (cluster mode): `remote MODEL:WAITING:IN_FLIGHT ...`, their
+            // oldest request arrived now; `remote -` clears it.
+            ["remote", "-"] => self.machine.remote(self.now, BTreeMap::new(), &mut self.neuron),
+            ["remote", ref demands @ ..] => {
+                let mut remote = BTreeMap::new();
+                for demand in demands {
+                    let parts: Vec<&str> = demand.split(':').collect();
+                    let [model, waiting, in_flight] = parts[..] else { panic!("remote {demand:?}") };
+                    let waiting = waiting.parse().expect("waiting");
+                    let in_flight = in_flight.parse().expect("in flight");
+                    remote.insert(model.to_owned(), Remote { waiting, oldest_arrived: self.now, in_flight });
+                    self.machine.configure(model, self.settings(model));
+                }
+                self.machine.remote(self.now, remote, &mut self.neuron)
+            }
             ["cancel", id, model] => {
                 let id: u64 = id.trim_start_matches('#').parse().expect("id");
                 self.machine.cancel(self.now, id, model, &mut self.neuron)
@@ -513,6 +528,40 @@ fn a_continuation_for_a_model_not_there_is_refused() {
         expect![[r#"
             t=     0 #1 od-b refused: n1 does not serve it now
             t= 20000 end
+        "#]],
+    );
+}
+
+#[test]
+fn the_leader_loads_for_other_replicas_and_swaps_by_their_waits_too() {
+    // Cluster mode, on the leader: its own queues are empty. Another replica waits for od-b
+    // while od-a is busy there (a request in flight): od-a keeps the neuron until od-b's
+    // oldest request has waited max_wait (10 s).
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        6000 remote od-b:2:0 od-a:0:1
+        ",
+        expect![[r#"
+            t= 16000 load od-b on n1 evicting ["od-a"]
+            t= 18000 ready od-b
+            t= 26000 end
+        "#]],
+    );
+    // od-a idle everywhere: the swap starts as soon as od-a's minimum residency allows.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 resident od-a
+        1000 remote od-b:1:0
+        ",
+        expect![[r#"
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t= 21000 end
         "#]],
     );
 }
