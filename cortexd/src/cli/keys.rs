@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use toml_edit::{Array, Table, Value};
 
 use crate::cli::FleetArgs;
-use crate::control::fleetdir::FleetSource;
-use crate::control::fleetedit::{EditError, FleetEditor};
+use crate::cli::maintain::open_editor;
+use crate::control::fleetedit::FleetEditor;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -92,7 +92,7 @@ pub fn run(command: &KeyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
-    let (dir, mut editor) = open(&args.edit)?;
+    let (dir, mut editor) = open_editor(&args.edit.fleet)?;
     if editor.fleet().key(&args.name).is_some() {
         anyhow::bail!("a key named {:?} is declared already; revoke it or choose another name", args.name);
     }
@@ -116,7 +116,7 @@ fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn revoke(args: &RevokeArgs) -> anyhow::Result<ExitCode> {
-    let (dir, mut editor) = open(&args.edit)?;
+    let (dir, mut editor) = open_editor(&args.edit.fleet)?;
     let Some(key) = editor.fleet().key(&args.name) else {
         let names: Vec<String> = editor.fleet().keys.iter().map(|k| format!("{:?}", k.name)).collect();
         anyhow::bail!(
@@ -134,31 +134,6 @@ fn revoke(args: &RevokeArgs) -> anyhow::Result<ExitCode> {
     declaration.set_value("revoked", Value::from(true));
     write(&editor, &dir, &args.edit, &format!("fleet: revoke key {}", args.name))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The fleet directory, open for editing (a fleet with errors is refused).
-fn open(args: &KeyEditArgs) -> anyhow::Result<(PathBuf, FleetEditor)> {
-    let dir = match FleetSource::choose(args.fleet.fleet.clone()) {
-        FleetSource::Dir(dir) => dir,
-        FleetSource::Embedded => {
-            anyhow::bail!(
-                "there is no fleet directory to edit (no ./fleet): pass --fleet DIR or set CORTEX_FLEET"
-            )
-        }
-    };
-    match FleetEditor::open(&dir) {
-        Err(EditError::Invalid { load, .. }) => {
-            for diagnostic in &load.diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            let errors = load.diagnostics.iter().filter(|d| d.is_error()).count();
-            anyhow::bail!(
-                "the fleet in {} has {errors} error(s); fix them first (nothing was changed)",
-                dir.display()
-            )
-        }
-        other => Ok((dir, other?)),
-    }
 }
 
 /// Check the edited fleet, print the diff, write (unless a dry run) and commit (if asked).

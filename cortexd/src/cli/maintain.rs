@@ -133,25 +133,7 @@ pub async fn unpin(args: &PinArgs) -> anyhow::Result<ExitCode> {
 /// Make `change` in the fleet directory, show it and the plan it leads to. Returns the fleet
 /// as edited (or as it was, when there was nothing to change).
 async fn edit(args: &EditArgs, change: &Change<'_>) -> anyhow::Result<Fleet> {
-    let dir = match FleetSource::choose(args.fleet.fleet.clone()) {
-        FleetSource::Dir(dir) => dir,
-        FleetSource::Embedded => anyhow::bail!(
-            "there is no fleet directory to edit (no ./fleet): pass --fleet DIR or set CORTEX_FLEET"
-        ),
-    };
-    let mut editor = match FleetEditor::open(&dir) {
-        Err(EditError::Invalid { load, .. }) => {
-            for diagnostic in &load.diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            let errors = load.diagnostics.iter().filter(|d| d.is_error()).count();
-            anyhow::bail!(
-                "the fleet in {} has {errors} error(s); fix them first (nothing was changed)",
-                dir.display()
-            )
-        }
-        other => other?,
-    };
+    let (dir, mut editor) = open_editor(&args.fleet)?;
     if let Some(unchanged) = apply(&mut editor, change)? {
         println!("{unchanged}; nothing to change.");
         return Ok(editor.fleet().clone());
@@ -177,6 +159,30 @@ async fn edit(args: &EditArgs, change: &Change<'_>) -> anyhow::Result<Fleet> {
     show_plan(args, &dir, &fleet).await?;
     say_what_applies_it(&fleet, args, &dir, &paths, &change.message());
     Ok(fleet)
+}
+
+/// The fleet directory `fleet` names, open for editing; a fleet with errors is refused, its
+/// diagnostics printed.
+pub(crate) fn open_editor(fleet: &FleetArgs) -> anyhow::Result<(PathBuf, FleetEditor)> {
+    let dir = match FleetSource::choose(fleet.fleet.clone()) {
+        FleetSource::Dir(dir) => dir,
+        FleetSource::Embedded => anyhow::bail!(
+            "there is no fleet directory to edit (no ./fleet): pass --fleet DIR or set CORTEX_FLEET"
+        ),
+    };
+    match FleetEditor::open(&dir) {
+        Err(EditError::Invalid { load, .. }) => {
+            for diagnostic in &load.diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            let errors = load.diagnostics.iter().filter(|d| d.is_error()).count();
+            anyhow::bail!(
+                "the fleet in {} has {errors} error(s); fix them first (nothing was changed)",
+                dir.display()
+            )
+        }
+        other => Ok((dir, other?)),
+    }
 }
 
 /// Make `change` in `editor`; `Some(sentence)` when the fleet already says so.

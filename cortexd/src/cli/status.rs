@@ -29,16 +29,18 @@ pub struct StatusArgs {
     pub detailed_exitcode: bool,
 }
 
-pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(&args.config)?;
-    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
-    let key = args
-        .admin_key
-        .clone()
-        .or(config.admin_key.clone())
-        .context("no admin key: pass --admin-key, set CORTEX_ADMIN_KEY, or admin_key in cortex.toml")?;
+/// `GET` an admin route of the daemon at `url` with `key`, decoded as `T` (`what` names it in
+/// the error when it does not decode).
+pub(crate) async fn admin_get<T: serde::de::DeserializeOwned>(
+    url: &str,
+    key: &str,
+    path: &str,
+    query: &[(&str, String)],
+    what: &str,
+) -> anyhow::Result<T> {
     let response = reqwest::Client::new()
-        .get(format!("{}/admin/status", url.trim_end_matches('/')))
+        .get(format!("{}{path}", url.trim_end_matches('/')))
+        .query(query)
         .bearer_auth(key)
         .timeout(Duration::from_secs(10))
         .send()
@@ -49,8 +51,18 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         let body = response.text().await.unwrap_or_default();
         anyhow::bail!("cortex at {url} answered {status}: {}", error_message(body.as_bytes()));
     }
-    let status: DaemonStatus =
-        response.json().await.context("cortex answered an unexpected status document")?;
+    response.json().await.with_context(|| format!("cortex answered an unexpected {what}"))
+}
+
+pub async fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let key = args
+        .admin_key
+        .clone()
+        .or(config.admin_key.clone())
+        .context("no admin key: pass --admin-key, set CORTEX_ADMIN_KEY, or admin_key in cortex.toml")?;
+    let status: DaemonStatus = admin_get(&url, &key, "/admin/status", &[], "status document").await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -2,13 +2,12 @@
 //! prints it as tables or JSON.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
+use crate::cli::status::admin_get;
 use crate::cli::{ConfigArgs, load_config};
-use crate::control::neuron_client::error_message;
 use crate::control::poller::now_unix_ms;
 use crate::gateway::core::keys::limits::day_index;
 use crate::operator::usage::{UsageReport, render};
@@ -47,21 +46,7 @@ pub async fn usage(args: &UsageArgs) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query.push(("since", since_day(since, now_unix_ms())?.to_string()));
     }
-    let response = reqwest::Client::new()
-        .get(format!("{}/admin/usage", url.trim_end_matches('/')))
-        .query(&query)
-        .bearer_auth(key)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach cortex at {url}"))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        anyhow::bail!("cortex at {url} answered {status}: {}", error_message(body.as_bytes()));
-    }
-    let report: UsageReport =
-        response.json().await.context("cortex answered an unexpected usage document")?;
+    let report: UsageReport = admin_get(&url, &key, "/admin/usage", &query, "usage document").await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
