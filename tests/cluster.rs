@@ -151,7 +151,13 @@ async fn nobody_acts_while_etcd_is_away_and_a_leader_returns_with_it() {
         (!view.etcd.reachable && view.etcd.error.is_some()).then_some(())
     })
     .await;
-    let Authority::Follower { why, .. } = a.cluster.authority.borrow().clone() else { panic!("follows") };
+    let why = eventually("gw-a to say it follows, and why", Duration::from_secs(5), async || {
+        match a.cluster.authority.borrow().clone() {
+            Authority::Follower { why, .. } => Some(why),
+            Authority::Leader(_) | Authority::Standalone => None,
+        }
+    })
+    .await;
     assert!(!why.is_empty());
 
     etcd.resume().await;

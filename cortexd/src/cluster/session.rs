@@ -204,9 +204,26 @@ impl Drop for AbortOnDrop {
 }
 
 /// Keep `lease` alive, three keep-alives per TTL, extending `clock` with each answer (from the
-/// time it was asked for). Cancels `lost` when etcd says the lease is gone or when the clock
-/// runs out without an answer.
+/// time it was asked for). Cancels `lost` when etcd says the lease is gone or at the instant the
+/// clock runs out without an answer (not at the next keep-alive's timeout).
 async fn keep_alive(store: Store, lease: Lease, clock: LeaseClock, lost: CancellationToken) {
+    tokio::select! {
+        () = renew(store, lease, clock.clone()) => {}
+        () = run_out(&clock) => {}
+    }
+    lost.cancel();
+}
+
+/// Resolves when `clock` runs out, following every extension.
+async fn run_out(clock: &LeaseClock) {
+    while !clock.expired() {
+        tokio::time::sleep_until(clock.until().into()).await;
+    }
+}
+
+/// Sends keep-alives and extends `clock` with each answer; returns when etcd says the lease is
+/// gone or the clock ran out.
+async fn renew(store: Store, lease: Lease, clock: LeaseClock) {
     let interval = (lease.ttl / 3).max(Duration::from_millis(200));
     'stream: loop {
         if clock.expired() {
@@ -242,5 +259,4 @@ async fn keep_alive(store: Store, lease: Lease, clock: LeaseClock, lost: Cancell
             tokio::time::sleep_until(next.into()).await;
         }
     }
-    lost.cancel();
 }
