@@ -200,6 +200,11 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
         Some(cortex_e2e::NEURON_TOKEN.to_owned()),
         reqwest::Client::new(),
     );
+    // The poller marks a client with what its neuron's discovery says.
+    let discovery = neuron.get("/discovery").await;
+    assert_eq!(discovery["fencing"], true, "the neuron advertises fencing: {discovery}");
+    let unmarked = client.clone();
+    let client = client.with_fencing(true);
     let timeouts = ExecTimeouts { call: Duration::from_secs(10), ready: Duration::from_secs(30) };
     let profile = plans::fleet::Profile {
         harness: "sim".to_owned(),
@@ -224,6 +229,12 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
         if_generation: 0,
     };
 
+    // A neuron not known to fence (an older one ignores the term) is not acted on by a leader.
+    let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
+    let error = execute::run_as(&unmarked, &load, None, Some(&current), timeouts).await.unwrap_err();
+    assert!(matches!(&error, ExecError::Unfenced { neuron } if neuron == "n1"), "{error}");
+    assert!(!error.is_fenced() && current.holds(), "not a lost term: the leader keeps leading");
+
     // A leader paused past its lease wakes up: its mandate holds nothing, nothing is sent.
     let lapsed = Mandate::new(9, LeaseClock::new(Instant::now()));
     let error = execute::run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
@@ -236,7 +247,6 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
 
     // The current leader (term 10) acts; then an older one (term 9, lease still valid on its
     // own clock) is fenced by the neuron and its mandate revoked: it steps down.
-    let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
     execute::run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
     let older = Mandate::new(9, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
     let unload = Action { kind: ActionKind::Unload, profile: None, ..load.clone() };
@@ -261,4 +271,107 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
         [("load".to_owned(), 10, "accepted".to_owned()), ("unload".to_owned(), 9, "fenced".to_owned())]
     );
     assert_eq!(neuron.loaded().await, ["m"], "the older term changed nothing");
+}
+
+/// An older neuron, as a cluster sees it: a real neuron behind a proxy that leaves `fencing` out
+/// of its discovery (an older neuron does not know the field) and records every call it passes.
+async fn older_neuron(neuron: &Neuron) -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+
+    #[derive(Clone)]
+    struct Proxy {
+        upstream: String,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn pass(State(proxy): State<Proxy>, request: Request) -> Response {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        proxy.calls.lock().unwrap().push(format!("{method} {path}"));
+        let headers = request.headers().clone();
+        let body = axum::body::to_bytes(request.into_body(), usize::MAX).await.unwrap();
+        let mut call = reqwest::Client::new().request(method, format!("{}{path}", proxy.upstream)).body(body);
+        if let Some(authorization) = headers.get("authorization") {
+            call = call.header("authorization", authorization);
+        }
+        if let Some(kind) = headers.get("content-type") {
+            call = call.header("content-type", kind);
+        }
+        let answer = call.send().await.unwrap();
+        let status = answer.status();
+        let mut json: serde_json::Value = answer.json().await.unwrap_or_default();
+        if path == "/discovery" {
+            json.as_object_mut().unwrap().remove("fencing");
+        }
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(json.to_string()))
+            .unwrap()
+    }
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let proxy = Proxy { upstream: neuron.endpoint(), calls: calls.clone() };
+    let app = axum::Router::new().fallback(pass).with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (endpoint, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_leader_does_not_act_on_a_neuron_that_does_not_fence() {
+    use cortex_e2e::{Daemon, cortex_config, sim_model, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let (endpoint, calls) = older_neuron(&neuron).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let table = format!("[[neuron]]\nname = \"n1\"\nendpoint = \"{endpoint}\"\n\n");
+    write_atomic(&fleet.join("fleet.toml"), &format!("{table}{}", sim_model("m", 8_000, &["n1"], "m.gguf")));
+    let (config, port) = cortex_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cluster = format!(
+        "\n[cluster]\netcd = [\"{}\"]\nreplica = \"gw-1\"\nlease_ttl = \"2s\"\nprefix = \"/unfenced\"\n",
+        etcd.endpoint()
+    );
+    std::fs::write(&config, format!("{text}{cluster}")).unwrap();
+    let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
+
+    // It leads, sees the neuron, and says it will not act on it, and why.
+    let condition = |status: &serde_json::Value, kind: &str| {
+        status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["kind"] == kind).cloned())
+    };
+    let (fencing, reconciled) =
+        eventually("the status to refuse the neuron", Duration::from_secs(30), async || {
+            let status = daemon.status().await;
+            (status["cluster"]["role"] == "leader").then_some(())?;
+            let fencing = condition(&status, "NeuronsFence")?;
+            let reconciled = condition(&status, "Reconciled")?;
+            reconciled["message"]
+                .as_str()?
+                .contains("does not advertise fencing")
+                .then_some((fencing, reconciled))
+        })
+        .await;
+    assert_eq!(
+        (fencing["ok"].clone(), fencing["reason"].clone()),
+        (false.into(), "NotFencing".into()),
+        "{fencing}"
+    );
+    assert!(fencing["message"].as_str().unwrap().contains("does not act on n1"), "{fencing}");
+    assert_eq!(reconciled["ok"], false, "{reconciled}");
+
+    // Nothing reached it: no load, no unload, not even a fence; a client's request is refused
+    // rather than loaded for.
+    let (status, body) = daemon.chat("m").await;
+    assert_ne!(status, 200, "{body}");
+    let lifecycle: Vec<String> =
+        calls.lock().unwrap().iter().filter(|c| c.starts_with("POST")).cloned().collect();
+    assert!(lifecycle.is_empty(), "calls sent to a neuron that does not fence: {lifecycle:?}");
+    assert!(neuron.loaded().await.is_empty());
+    assert!(neuron.get("/actions").await["actions"].as_array().unwrap().is_empty());
 }

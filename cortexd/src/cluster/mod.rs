@@ -268,8 +268,9 @@ pub fn fence_neurons(poller: PollerHandle, timeout: Duration) -> Prepare {
         Box::pin(async move {
             let observed = poller.observed.borrow().clone();
             let reachable = observed.topology.neurons.iter().filter(|n| n.reachable).map(|n| n.name.clone());
+            // A neuron that does not fence is never acted on (and has no `/fence`).
             let calls = reachable
-                .filter_map(|name| observed.clients.get(&name).cloned())
+                .filter_map(|name| observed.clients.get(&name).filter(|c| c.fences()).cloned())
                 .map(|client| async move { (client.name.clone(), client.fence(term, timeout).await) });
             for (neuron, result) in futures_util::future::join_all(calls).await {
                 match result {

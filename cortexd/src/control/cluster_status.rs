@@ -79,6 +79,26 @@ pub fn condition(view: &ClusterStatus) -> Condition {
     Condition { kind: "Leader".to_owned(), ok, reason: reason.to_owned(), message }
 }
 
+/// The `NeuronsFence` condition: a cluster leader acts only on neurons that check its term;
+/// `unfenced` names the reachable ones whose discovery does not say `fencing` (older neurons).
+pub fn fencing_condition(unfenced: &[String]) -> Condition {
+    let (ok, reason, message) = if unfenced.is_empty() {
+        (true, "AllFence", "every reachable neuron checks the leader's term".to_owned())
+    } else {
+        (
+            false,
+            "NotFencing",
+            format!(
+                "the leader does not act on {}: {} not advertise fencing (an older neuron ignores the leader's term); upgrade {}",
+                unfenced.join(", "),
+                if unfenced.len() == 1 { "it does" } else { "they do" },
+                if unfenced.len() == 1 { "it" } else { "them" },
+            ),
+        )
+    };
+    Condition { kind: "NeuronsFence".to_owned(), ok, reason: reason.to_owned(), message }
+}
+
 /// The `cortex status` lines of the cluster.
 pub fn render(view: &ClusterStatus, now_unix_ms: u64) -> String {
     let mut out = String::new();
@@ -154,5 +174,9 @@ mod tests {
         let condition = condition(&view);
         assert_eq!((condition.ok, condition.reason.as_str()), (false, "EtcdUnreachable"));
         assert!(condition.message.contains("connection refused"), "{}", condition.message);
+        assert!(fencing_condition(&[]).ok);
+        let unfenced = fencing_condition(&["old-1".to_owned()]);
+        assert_eq!((unfenced.ok, unfenced.reason.as_str()), (false, "NotFencing"));
+        assert!(unfenced.message.contains("does not act on old-1"), "{}", unfenced.message);
     }
 }

@@ -113,6 +113,13 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
             if let Some(cluster) = &admin.cluster {
                 let view = cluster.borrow().as_ref().clone();
                 status.conditions.push(cluster_status::condition(&view));
+                let observed = state.gateway.observed();
+                let reachable = observed.topology.neurons.iter().filter(|n| n.reachable);
+                let unfenced: Vec<String> = reachable
+                    .filter(|n| observed.clients.get(&n.name).is_none_or(|c| !c.fences()))
+                    .map(|n| n.name.clone())
+                    .collect();
+                status.conditions.push(cluster_status::fencing_condition(&unfenced));
                 status.cluster = Some(view);
             }
             axum::Json(status).into_response()
