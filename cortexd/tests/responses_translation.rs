@@ -291,7 +291,8 @@ fn a_complete_answer_with_a_namespace_call_maps_back() {
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4}}});
     let names = names_for(&request);
     let response =
-        chat_to_response(&chat, |id| skeleton(&request, id, "m-alias", 1_700_000_000), &names).unwrap();
+        chat_to_response(&chat, |id| skeleton(&request, id, "m-alias", 1_700_000_000), &names, false)
+            .unwrap();
     let brief = json!({"id": response["id"], "object": response["object"], "status": response["status"], "model": response["model"],
         "output": response["output"], "usage": response["usage"], "store": response["store"], "tool_choice": response["tool_choice"]});
     expect![[r#"
