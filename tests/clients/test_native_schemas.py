@@ -157,9 +157,12 @@ def test_messages_stream_and_body_parse_under_the_sdk_types(stack, model, client
     kinds = [data["type"] for _, data in stream]
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"], kinds
     start, delta = stream[0][1]["message"]["usage"], stream[-2][1]
-    # The closing usage is cumulative: it repeats the input counts (LangChain reads only this one).
-    assert delta["usage"]["input_tokens"] == start["input_tokens"] > 0, (start, delta)
-    assert delta["usage"].get("cache_read_input_tokens", 0) == start.get("cache_read_input_tokens", 0), (start, delta)
+    # The closing usage is cumulative: it has the input counts (LangChain reads only this one),
+    # those of message_start where it knew them (a translated stream learns them at the end).
+    assert delta["usage"]["input_tokens"] + delta["usage"].get("cache_read_input_tokens", 0) > 0, delta
+    if model == "gemma-native":
+        assert delta["usage"]["input_tokens"] == start["input_tokens"], (start, delta)
+        assert delta["usage"]["cache_read_input_tokens"] == start["cache_read_input_tokens"], (start, delta)
     assert delta["usage"]["output_tokens"] == (client_limit or CAP), delta
     stop = "max_tokens" if client_limit else "end_turn"
     assert delta["delta"]["stop_reason"] == stop, delta

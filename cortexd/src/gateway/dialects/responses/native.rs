@@ -118,11 +118,21 @@ struct Echoed {
     store: Option<Value>,
 }
 
-/// Usage with the details the API always sends (`cached_tokens`, `reasoning_tokens`, the total).
+/// Usage with the details the API always sends (`cached_tokens`, `cache_write_tokens`,
+/// `reasoning_tokens`) and the total.
 fn complete_usage(usage: &mut Map<String, Value>) {
-    let details = |key: &str| json!({ key: 0 });
-    usage.entry("input_tokens_details").or_insert_with(|| details("cached_tokens"));
-    usage.entry("output_tokens_details").or_insert_with(|| details("reasoning_tokens"));
+    let details = [
+        ("input_tokens_details", &["cached_tokens", "cache_write_tokens"][..]),
+        ("output_tokens_details", &["reasoning_tokens"][..]),
+    ];
+    for (field, counts) in details {
+        let entry = usage.entry(field).or_insert_with(|| json!({}));
+        if let Some(entry) = entry.as_object_mut() {
+            for count in counts {
+                entry.entry(*count).or_insert_with(|| 0.into());
+            }
+        }
+    }
     if !usage.contains_key("total_tokens") {
         let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
         let total = count("input_tokens") + count("output_tokens");
@@ -268,7 +278,7 @@ mod tests {
         assert_eq!(
             response["usage"],
             json!({"input_tokens": 3, "output_tokens": 4, "total_tokens": 7,
-                   "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}})
+                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}})
         );
         assert_eq!(
             (response["status"].as_str(), response["incomplete_details"].clone()),

@@ -74,7 +74,7 @@ pub(crate) fn usage_json(usage: Option<&ChatUsage>, counted_output: u64) -> Valu
     let output = usage.map_or(counted_output, |u| u.completion_tokens);
     json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output,
