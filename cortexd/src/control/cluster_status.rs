@@ -2,8 +2,6 @@
 //! and heartbeats, the leader and its term, whether etcd answers; its condition and its lines in
 //! `cortex status`. Plain data, so that the CLI reads it without the cluster module.
 
-use crate::control::status::Condition;
-
 /// One replica as it describes itself (its record, and its value in the election).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaRecord {
@@ -62,43 +60,6 @@ pub struct ClusterStatus {
     pub replicas: Vec<ReplicaRecord>,
 }
 
-/// The `Leader` condition: whether a leader acts on the neurons, and which.
-pub fn condition(view: &ClusterStatus) -> Condition {
-    let (ok, reason, message) = match (&view.leader, view.etcd.reachable) {
-        (_, false) => (
-            false,
-            "EtcdUnreachable",
-            format!(
-                "etcd does not answer ({}): nobody acts on the neurons; ready models are still served",
-                view.etcd.error.as_deref().unwrap_or("no answer yet")
-            ),
-        ),
-        (Some(leader), true) => (true, "Elected", format!("{} leads (term {})", leader.replica, leader.term)),
-        (None, true) => (false, "NoLeader", "no replica leads yet: an election is under way".to_owned()),
-    };
-    Condition { kind: "Leader".to_owned(), ok, reason: reason.to_owned(), message }
-}
-
-/// The `NeuronsFence` condition: a cluster leader acts only on neurons that check its term;
-/// `unfenced` names the reachable ones whose discovery does not say `fencing` (older neurons).
-pub fn fencing_condition(unfenced: &[String]) -> Condition {
-    let (ok, reason, message) = if unfenced.is_empty() {
-        (true, "AllFence", "every reachable neuron checks the leader's term".to_owned())
-    } else {
-        (
-            false,
-            "NotFencing",
-            format!(
-                "the leader does not act on {}: {} not advertise fencing (an older neuron ignores the leader's term); upgrade {}",
-                unfenced.join(", "),
-                if unfenced.len() == 1 { "it does" } else { "they do" },
-                if unfenced.len() == 1 { "it" } else { "them" },
-            ),
-        )
-    };
-    Condition { kind: "NeuronsFence".to_owned(), ok, reason: reason.to_owned(), message }
-}
-
 /// The `cortex status` lines of the cluster.
 pub fn render(view: &ClusterStatus, now_unix_ms: u64) -> String {
     let mut out = String::new();
@@ -131,6 +92,7 @@ pub fn render(view: &ClusterStatus, now_unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::status::leader_condition as condition;
 
     #[test]
     fn the_cluster_renders_its_leader_replicas_and_etcd() {
@@ -174,6 +136,7 @@ mod tests {
         let condition = condition(&view);
         assert_eq!((condition.ok, condition.reason.as_str()), (false, "EtcdUnreachable"));
         assert!(condition.message.contains("connection refused"), "{}", condition.message);
+        use crate::control::status::fencing_condition;
         assert!(fencing_condition(&[]).ok);
         let unfenced = fencing_condition(&["old-1".to_owned()]);
         assert_eq!((unfenced.ok, unfenced.reason.as_str()), (false, "NotFencing"));

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
 use crate::control::authority::Authority;
-use crate::control::cluster_status::{self, ClusterStatus};
+use crate::control::cluster_status::ClusterStatus;
 use crate::control::execute::ExecTimeouts;
 use crate::control::poller::now_unix_ms;
 use crate::control::reconciler::ReconcileHandle;
@@ -110,16 +110,19 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
             status.contention = state.gateway.scheduler.contention();
+            // Drain progress as the neurons report it now, not as of the last pass: a drain's
+            // loads can take that whole pass.
+            let (fleet, observed) = (state.gateway.fleet(), state.gateway.observed());
+            status.maintenance = plans::maintenance::maintenance(&fleet, &observed.topology, &status.plan);
             if let Some(cluster) = &admin.cluster {
                 let view = cluster.borrow().as_ref().clone();
-                status.conditions.push(cluster_status::condition(&view));
-                let observed = state.gateway.observed();
+                status.conditions.push(crate::control::status::leader_condition(&view));
                 let reachable = observed.topology.neurons.iter().filter(|n| n.reachable);
                 let unfenced: Vec<String> = reachable
                     .filter(|n| observed.clients.get(&n.name).is_none_or(|c| !c.fences()))
                     .map(|n| n.name.clone())
                     .collect();
-                status.conditions.push(cluster_status::fencing_condition(&unfenced));
+                status.conditions.push(crate::control::status::fencing_condition(&unfenced));
                 status.cluster = Some(view);
             }
             axum::Json(status).into_response()

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use memchr::memmem::Finder;
+use plans::wire::MODEL_HEADER;
 
 use crate::control::neuron_client::error_message;
 use crate::gateway::core::admission::Admitted;
@@ -41,6 +42,20 @@ pub enum StreamEdit {
 pub trait RawFix: Send {
     /// `events` holds one or more complete events; `None` forwards them unchanged.
     fn fix(&mut self, events: &[u8]) -> Option<Bytes>;
+    /// Also drop the usage-only chunk, as [`StreamEdit::StripUsageChunk`] does.
+    fn strips_usage_chunk(&self) -> bool {
+        false
+    }
+}
+
+impl StreamEdit {
+    fn strips_usage_chunk(&self) -> bool {
+        match self {
+            StreamEdit::StripUsageChunk => true,
+            StreamEdit::FixRaw(fix) => fix.strips_usage_chunk(),
+            StreamEdit::None | StreamEdit::Transform(_) => false,
+        }
+    }
 }
 
 /// Rewrites a stream on its way to the client (the Anthropic routes): gets every upstream
@@ -85,9 +100,6 @@ pub struct Call<'a> {
     /// The fleet id, named in a header for requests without a body.
     pub model: &'a str,
 }
-
-/// The header that names the model of a bodiless request to a neuron.
-const MODEL_HEADER: &str = "x-cortex-model";
 
 /// Send `call` to the target's neuron and return the upstream response, or an error if it
 /// could not be reached.
@@ -294,7 +306,7 @@ impl Watcher {
         if has_usage {
             record_usage(event, &mut self.usage);
         }
-        !(usage_only && matches!(self.edit, StreamEdit::StripUsageChunk))
+        !(usage_only && self.edit.strips_usage_chunk())
     }
 
     fn end(&mut self) -> Bytes {
