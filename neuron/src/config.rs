@@ -281,7 +281,7 @@ impl Config {
                     responses,
                 },
                 HarnessConfig::Command(mut settings) => {
-                    crate::harness::command::validate(&settings)
+                    validate_command(&settings)
                         .map_err(|message| invalid(format!("`harness.{name}`: {message}")))?;
                     // A bare program name is looked up on PATH; a path is taken like other paths.
                     if let Some(program) = settings.command.first_mut() {
@@ -292,7 +292,7 @@ impl Config {
                     HarnessConfig::Command(settings)
                 }
                 HarnessConfig::Mistralrs(mut settings) => {
-                    crate::harness::mistralrs::validate(&settings)
+                    validate_mistralrs(&settings)
                         .map_err(|message| invalid(format!("`harness.{name}`: {message}")))?;
                     if let Some(program) = settings.command.first_mut() {
                         if program.contains('/') || program.starts_with('~') {
@@ -413,6 +413,105 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(Duration::from_millis(millis))
+}
+
+/// The placeholders `command` and `env` may use.
+pub const PLACEHOLDERS: &[&str] = &["port", "source", "model", "devices", "device_count"];
+
+/// The names of the `{name}` placeholders in `text` (lowercase letters and `_`); other braces,
+/// such as JSON in an argument, are not placeholders.
+pub fn placeholders(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let length = after.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(after.len());
+        if length > 0 && after[length..].starts_with('}') {
+            names.push(&after[..length]);
+            rest = &after[length + 1..];
+        } else {
+            rest = after;
+        }
+    }
+    names
+}
+
+/// Check a `[harness.<name>]` table of kind `command`; the message says what to fix.
+pub fn validate_command(settings: &CommandSettings) -> Result<(), String> {
+    let Some(program) = settings.command.first() else {
+        return Err("`command` must name a program, e.g. [\"vllm\", \"serve\", \"{source}\", ...]".to_owned());
+    };
+    if program.trim().is_empty() || !placeholders(program).is_empty() {
+        return Err("`command`'s first element must be a program, without placeholders".to_owned());
+    }
+    let check = |key: &str, text: &str, allowed: &[&str]| -> Result<(), String> {
+        match placeholders(text).into_iter().find(|name| !allowed.contains(name)) {
+            Some(name) => Err(format!(
+                "`{key}`: unknown placeholder {{{name}}} in {text:?} (known: {})",
+                allowed.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+            )),
+            None => Ok(()),
+        }
+    };
+    for arg in &settings.command {
+        check("command", arg, PLACEHOLDERS)?;
+    }
+    for (key, text) in &settings.env {
+        if key.is_empty() || key.contains('=') {
+            return Err(format!("`env`: {key:?} is not an environment variable name"));
+        }
+        check("env", text, PLACEHOLDERS)?;
+    }
+    let with_ctx: Vec<&str> = PLACEHOLDERS.iter().copied().chain(["ctx_size"]).collect();
+    for arg in &settings.ctx_size_args {
+        check("ctx_size_args", arg, &with_ctx)?;
+    }
+    if !settings.ctx_size_args.is_empty()
+        && !settings.ctx_size_args.iter().any(|a| placeholders(a).contains(&"ctx_size"))
+    {
+        return Err("`ctx_size_args` must contain {ctx_size}".to_owned());
+    }
+    let uses_port =
+        settings.command.iter().chain(settings.env.values()).any(|a| placeholders(a).contains(&"port"));
+    if !uses_port {
+        return Err("`command` (or `env`) must pass {port}: the neuron picks each engine's port".to_owned());
+    }
+    if !settings.health_path.starts_with('/') {
+        return Err(format!("`health_path` {:?} must start with /", settings.health_path));
+    }
+    if !(100..=599).contains(&settings.health_status) {
+        return Err(format!("`health_status` {} is not an HTTP status", settings.health_status));
+    }
+    if settings.devices_env.contains('=') {
+        return Err(format!("`devices_env`: {:?} is not an environment variable name", settings.devices_env));
+    }
+    Ok(())
+}
+
+/// The port of `http://host:port[/...]`.
+pub fn port_of(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Check a `[harness.<name>]` table of kind `mistralrs`; the message says what to fix.
+pub fn validate_mistralrs(settings: &MistralrsSettings) -> Result<(), String> {
+    let url = settings.url.trim_end_matches('/');
+    let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"];
+    if !loopback.iter().any(|prefix| url.starts_with(prefix)) || port_of(url).is_none() {
+        return Err(format!(
+            "`url` {:?} must be a loopback address with a port, like \"http://127.0.0.1:1234\" \
+             (engines listen on loopback only; the neuron is the way in)",
+            settings.url
+        ));
+    }
+    if let Some(program) = settings.command.first() {
+        if program.trim().is_empty() || program.contains('{') {
+            return Err("`command`'s first element must be a program, without placeholders".to_owned());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

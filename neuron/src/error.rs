@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use plans::wire::{ErrorBody, ErrorDetail};
+use plans::wire::{ErrorBody, ErrorDetail, code};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,24 +81,24 @@ impl ApiError {
     /// The stable machine-readable code (documented in docs/neuron.md).
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::PathOutsideModelsDir(_) => "path_outside_models_dir",
-            ApiError::SourceNotFound(_) => "source_not_found",
-            ApiError::UnknownHarness(_) => "unknown_harness",
-            ApiError::ArgsNotAllowed(_) => "args_not_allowed",
-            ApiError::UnknownDevice(_) => "unknown_device",
-            ApiError::GenerationMismatch { .. } => "generation_mismatch",
-            ApiError::Fenced { .. } => "fenced",
-            ApiError::StateNotSaved(_) => "state_not_saved",
-            ApiError::ProfileConflict(_) => "profile_conflict",
-            ApiError::ModelUnloading(_) | ApiError::ModelDraining(_) => "model_unloading",
-            ApiError::ModelNotFound(_) => "model_not_found",
-            ApiError::ModelLoading(_) => "model_loading",
-            ApiError::ModelFailed { .. } => "model_failed",
-            ApiError::NoFreePort => "no_free_port",
-            ApiError::Upstream(_) => "upstream_error",
-            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Unauthorized => code::UNAUTHORIZED,
+            ApiError::BadRequest(_) => code::BAD_REQUEST,
+            ApiError::PathOutsideModelsDir(_) => code::PATH_OUTSIDE_MODELS_DIR,
+            ApiError::SourceNotFound(_) => code::SOURCE_NOT_FOUND,
+            ApiError::UnknownHarness(_) => code::UNKNOWN_HARNESS,
+            ApiError::ArgsNotAllowed(_) => code::ARGS_NOT_ALLOWED,
+            ApiError::UnknownDevice(_) => code::UNKNOWN_DEVICE,
+            ApiError::GenerationMismatch { .. } => code::GENERATION_MISMATCH,
+            ApiError::Fenced { .. } => code::FENCED,
+            ApiError::StateNotSaved(_) => code::STATE_NOT_SAVED,
+            ApiError::ProfileConflict(_) => code::PROFILE_CONFLICT,
+            ApiError::ModelUnloading(_) | ApiError::ModelDraining(_) => code::MODEL_UNLOADING,
+            ApiError::ModelNotFound(_) => code::MODEL_NOT_FOUND,
+            ApiError::ModelLoading(_) => code::MODEL_LOADING,
+            ApiError::ModelFailed { .. } => code::MODEL_FAILED,
+            ApiError::NoFreePort => code::NO_FREE_PORT,
+            ApiError::Upstream(_) => code::UPSTREAM_ERROR,
+            ApiError::ShuttingDown => code::SHUTTING_DOWN,
         }
     }
 

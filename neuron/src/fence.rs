@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use plans::wire::ActionRecord;
 
+use crate::clock::now_unix_ms;
 use crate::error::ApiError;
-use crate::state::now_unix_ms;
 
 /// How many lifecycle decisions `GET /actions` keeps.
 pub const ACTIONS_KEPT: usize = 2_000;

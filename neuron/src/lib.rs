@@ -9,6 +9,7 @@
 //! simulated neurons in one process, for scale tests).
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fence;
@@ -19,7 +20,6 @@ pub mod probe;
 pub mod proxy;
 pub mod source;
 pub mod state;
-pub mod supervise;
 pub mod swarm;
 
 pub use api::{app, serve};

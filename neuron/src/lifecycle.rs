@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::fence::TermFile;
+use crate::harness::supervise::{NotReady, PortLease, wait_ready};
 use crate::harness::{self, Engine, Harness, Launch};
 use crate::source;
 use crate::state::{Neuron, Registry, Slot, Usage};
-use crate::supervise::{NotReady, PortLease, wait_ready};
 
 /// How many engine log lines a failure report carries.
 const LOG_LINES_IN_ERRORS: usize = 20;

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use plans::wire::MODEL_HEADER;
 
 use crate::error::ApiError;
 use crate::state::Neuron;
@@ -18,8 +19,6 @@ use crate::state::Neuron;
 /// Request headers an engine needs; everything else (the neuron's token above all) stays here.
 const FORWARDED_REQUEST_HEADERS: &[header::HeaderName] = &[header::CONTENT_TYPE, header::ACCEPT];
 const FORWARDED_ANTHROPIC_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
-/// Names the model of a request that has no body (cortex sets it; never sent to the engine).
-pub const MODEL_HEADER: &str = "x-cortex-model";
 
 #[derive(serde::Deserialize)]
 struct Envelope {

@@ -16,13 +16,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_unix_ms;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fence::{Fence, TermFile};
+use crate::harness::supervise::PortPool;
 use crate::harness::{self, Harness};
 use crate::metrics::NeuronMetrics;
 use crate::probe::{self, DriverInfo, GpuProbe};
-use crate::supervise::PortPool;
 
 /// Why a neuron could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +176,6 @@ impl Drop for InFlightGuard {
         self.usage.last_used_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         self.usage.in_flight.send_modify(|n| *n = n.saturating_sub(1));
     }
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A random id for this process start.

@@ -330,7 +330,7 @@ async fn responses_routes_reach_the_model_named_in_the_body_or_the_header() {
     let by_header = |model: Option<&'static str>| {
         let request = node.get("/v1/responses/resp_1");
         let request = match model {
-            Some(model) => request.header("x-cortex-model", model),
+            Some(model) => request.header(plans::wire::MODEL_HEADER, model),
             None => request,
         };
         async move {

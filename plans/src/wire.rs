@@ -150,6 +150,50 @@ pub struct LifecycleResponse {
     pub model: Option<LoadedModel>,
 }
 
+/// The header that names the model of a request without a body to name it in
+/// (`GET /v1/responses/{id}`): cortex sets it, the neuron reads it and never forwards it.
+pub const MODEL_HEADER: &str = "x-cortex-model";
+
+/// The `code` of each [`ErrorDetail`] a neuron answers (docs/neuron.md).
+pub mod code {
+    /// The bearer token is missing or wrong (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The request is malformed (400).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// A model source resolves outside `models_dir` (400).
+    pub const PATH_OUTSIDE_MODELS_DIR: &str = "path_outside_models_dir";
+    /// A model source does not exist (400).
+    pub const SOURCE_NOT_FOUND: &str = "source_not_found";
+    /// A load names a harness the neuron does not define (400).
+    pub const UNKNOWN_HARNESS: &str = "unknown_harness";
+    /// A load adds engine arguments its harness does not allow (400).
+    pub const ARGS_NOT_ALLOWED: &str = "args_not_allowed";
+    /// A load names a device the node does not have (400).
+    pub const UNKNOWN_DEVICE: &str = "unknown_device";
+    /// A lifecycle call expected another generation (409, with `generation`).
+    pub const GENERATION_MISMATCH: &str = "generation_mismatch";
+    /// A lifecycle call carries a term older than the highest seen (409, with `term`).
+    pub const FENCED: &str = "fenced";
+    /// The neuron could not save its state (500).
+    pub const STATE_NOT_SAVED: &str = "state_not_saved";
+    /// The model is loaded with another profile (409).
+    pub const PROFILE_CONFLICT: &str = "profile_conflict";
+    /// The model is unloading (409) or draining (503) there: send elsewhere.
+    pub const MODEL_UNLOADING: &str = "model_unloading";
+    /// The model is not loaded there (404).
+    pub const MODEL_NOT_FOUND: &str = "model_not_found";
+    /// The model is still loading there (503).
+    pub const MODEL_LOADING: &str = "model_loading";
+    /// The model's engine failed to start or crashed (503).
+    pub const MODEL_FAILED: &str = "model_failed";
+    /// No port is free in the neuron's `port_range` (503).
+    pub const NO_FREE_PORT: &str = "no_free_port";
+    /// The engine did not answer the forwarded request (502).
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    /// The neuron is shutting down (503).
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+}
+
 /// Every non-2xx answer of the neuron API.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {

@@ -2,8 +2,6 @@
 //! and heartbeats, the leader and its term, whether etcd answers; its condition and its lines in
 //! `cortex status`. Plain data, so that the CLI reads it without the cluster module.
 
-use crate::control::status::Condition;
-
 /// One replica as it describes itself (its record, and its value in the election).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaRecord {
@@ -62,23 +60,6 @@ pub struct ClusterStatus {
     pub replicas: Vec<ReplicaRecord>,
 }
 
-/// The `Leader` condition: whether a leader acts on the neurons, and which.
-pub fn condition(view: &ClusterStatus) -> Condition {
-    let (ok, reason, message) = match (&view.leader, view.etcd.reachable) {
-        (_, false) => (
-            false,
-            "EtcdUnreachable",
-            format!(
-                "etcd does not answer ({}): nobody acts on the neurons; ready models are still served",
-                view.etcd.error.as_deref().unwrap_or("no answer yet")
-            ),
-        ),
-        (Some(leader), true) => (true, "Elected", format!("{} leads (term {})", leader.replica, leader.term)),
-        (None, true) => (false, "NoLeader", "no replica leads yet: an election is under way".to_owned()),
-    };
-    Condition { kind: "Leader".to_owned(), ok, reason: reason.to_owned(), message }
-}
-
 /// The `cortex status` lines of the cluster.
 pub fn render(view: &ClusterStatus, now_unix_ms: u64) -> String {
     let mut out = String::new();
@@ -111,6 +92,7 @@ pub fn render(view: &ClusterStatus, now_unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::status::leader_condition as condition;
 
     #[test]
     fn the_cluster_renders_its_leader_replicas_and_etcd() {

@@ -231,10 +231,10 @@ impl NeuronClient {
             Some(ErrorBody { error }) => (error.code, error.message, error.generation, error.term),
             None => ("http_error".to_owned(), format!("HTTP {status}"), None, None),
         };
-        if status == reqwest::StatusCode::CONFLICT && code == "fenced" {
+        if status == reqwest::StatusCode::CONFLICT && code == plans::wire::code::FENCED {
             return Err(NeuronError::Fenced { neuron: self.name.clone(), term: term.unwrap_or_default() });
         }
-        if status == reqwest::StatusCode::CONFLICT && code == "generation_mismatch" {
+        if status == reqwest::StatusCode::CONFLICT && code == plans::wire::code::GENERATION_MISMATCH {
             return Err(NeuronError::Stale {
                 neuron: self.name.clone(),
                 current: generation.unwrap_or_default(),

@@ -6,6 +6,7 @@ use plans::maintenance::NeuronMaintenance;
 use plans::plan::{Plan, Revision};
 use plans::topology::{ModelState, Topology};
 
+use crate::control::cluster_status::ClusterStatus;
 use crate::control::fleetwatch::FleetStatus;
 use crate::control::poller::Observed;
 use crate::control::reconcile::Trigger;
@@ -138,7 +139,7 @@ pub struct DaemonStatus {
     /// Cluster mode: the replicas, the leader, etcd (filled in by the admin API; absent
     /// standalone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<crate::control::cluster_status::ClusterStatus>,
+    pub cluster: Option<ClusterStatus>,
     /// Each cordoned or draining neuron: what cortex manages there still, the requests in
     /// flight, and whether it is safe to stop.
     #[serde(default)]
@@ -221,6 +222,23 @@ fn conditions(fleet: &FleetStatus, status: &DaemonStatus) -> Vec<Condition> {
         });
     }
     conditions
+}
+
+/// The `Leader` condition: whether a leader acts on the neurons, and which.
+pub fn leader_condition(view: &ClusterStatus) -> Condition {
+    let (ok, reason, message) = match (&view.leader, view.etcd.reachable) {
+        (_, false) => (
+            false,
+            "EtcdUnreachable",
+            format!(
+                "etcd does not answer ({}): nobody acts on the neurons; ready models are still served",
+                view.etcd.error.as_deref().unwrap_or("no answer yet")
+            ),
+        ),
+        (Some(leader), true) => (true, "Elected", format!("{} leads (term {})", leader.replica, leader.term)),
+        (None, true) => (false, "NoLeader", "no replica leads yet: an election is under way".to_owned()),
+    };
+    Condition { kind: "Leader".to_owned(), ok, reason: reason.to_owned(), message }
 }
 
 fn fleet_condition(fleet: &FleetStatus) -> Condition {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::control::apply::{self, Outcome};
 use crate::control::authority::Authority;
-use crate::control::cluster_status::{self, ClusterStatus};
+use crate::control::cluster_status::ClusterStatus;
 use crate::control::execute::ExecTimeouts;
 use crate::control::poller::now_unix_ms;
 use crate::control::reconciler::ReconcileHandle;
@@ -112,7 +112,7 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
             status.contention = state.gateway.scheduler.contention();
             if let Some(cluster) = &admin.cluster {
                 let view = cluster.borrow().as_ref().clone();
-                status.conditions.push(cluster_status::condition(&view));
+                status.conditions.push(crate::control::status::leader_condition(&view));
                 status.cluster = Some(view);
             }
             axum::Json(status).into_response()

@@ -1,6 +1,6 @@
 //! The `command` harness: any OpenAI-compatible server (vLLM, SGLang, a llama-server started
 //! differently, ...) started per model from an argv template in neuron.toml. This file only
-//! checks and fills the template; `crate::supervise` runs, watches and stops the process.
+//! checks and fills the template; `crate::harness::supervise` runs, watches and stops the process.
 //!
 //! The template is an argv, never a shell line: placeholders are replaced inside single
 //! arguments, so a model id or path can never become two arguments or a shell command.
@@ -9,11 +9,8 @@ use futures_util::future::BoxFuture;
 use plans::wire::HarnessInfo;
 
 use crate::config::CommandSettings;
+use crate::harness::supervise::{HttpReady, ProcessEngine, ProcessSpec};
 use crate::harness::{Engine, EngineError, Harness, Launch};
-use crate::supervise::{HttpReady, ProcessEngine, ProcessSpec};
-
-/// The placeholders `command` and `env` may use.
-pub const PLACEHOLDERS: &[&str] = &["port", "source", "model", "devices", "device_count"];
 
 pub struct CommandHarness {
     settings: CommandSettings,
@@ -134,24 +131,6 @@ impl Harness for CommandHarness {
     }
 }
 
-/// The names of the `{name}` placeholders in `text` (lowercase letters and `_`); other braces,
-/// such as JSON in an argument, are not placeholders.
-pub fn placeholders(text: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let length = after.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(after.len());
-        if length > 0 && after[length..].starts_with('}') {
-            names.push(&after[..length]);
-            rest = &after[length + 1..];
-        } else {
-            rest = after;
-        }
-    }
-    names
-}
-
 /// `text` with each `{name}` that `value` knows replaced; anything else is kept as written.
 fn substitute(text: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
@@ -175,58 +154,6 @@ fn substitute(text: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Check a `[harness.<name>]` table of kind `command`; the message says what to fix.
-pub fn validate(settings: &CommandSettings) -> Result<(), String> {
-    let Some(program) = settings.command.first() else {
-        return Err("`command` must name a program, e.g. [\"vllm\", \"serve\", \"{source}\", ...]".to_owned());
-    };
-    if program.trim().is_empty() || !placeholders(program).is_empty() {
-        return Err("`command`'s first element must be a program, without placeholders".to_owned());
-    }
-    let check = |key: &str, text: &str, allowed: &[&str]| -> Result<(), String> {
-        match placeholders(text).into_iter().find(|name| !allowed.contains(name)) {
-            Some(name) => Err(format!(
-                "`{key}`: unknown placeholder {{{name}}} in {text:?} (known: {})",
-                allowed.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
-            )),
-            None => Ok(()),
-        }
-    };
-    for arg in &settings.command {
-        check("command", arg, PLACEHOLDERS)?;
-    }
-    for (key, text) in &settings.env {
-        if key.is_empty() || key.contains('=') {
-            return Err(format!("`env`: {key:?} is not an environment variable name"));
-        }
-        check("env", text, PLACEHOLDERS)?;
-    }
-    let with_ctx: Vec<&str> = PLACEHOLDERS.iter().copied().chain(["ctx_size"]).collect();
-    for arg in &settings.ctx_size_args {
-        check("ctx_size_args", arg, &with_ctx)?;
-    }
-    if !settings.ctx_size_args.is_empty()
-        && !settings.ctx_size_args.iter().any(|a| placeholders(a).contains(&"ctx_size"))
-    {
-        return Err("`ctx_size_args` must contain {ctx_size}".to_owned());
-    }
-    let uses_port =
-        settings.command.iter().chain(settings.env.values()).any(|a| placeholders(a).contains(&"port"));
-    if !uses_port {
-        return Err("`command` (or `env`) must pass {port}: the neuron picks each engine's port".to_owned());
-    }
-    if !settings.health_path.starts_with('/') {
-        return Err(format!("`health_path` {:?} must start with /", settings.health_path));
-    }
-    if !(100..=599).contains(&settings.health_status) {
-        return Err(format!("`health_status` {} is not an HTTP status", settings.health_status));
-    }
-    if settings.devices_env.contains('=') {
-        return Err(format!("`devices_env`: {:?} is not an environment variable name", settings.devices_env));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -234,7 +161,8 @@ mod tests {
     use plans::fleet::Profile;
 
     use super::*;
-    use crate::supervise::PortPool;
+    use crate::config::{placeholders, validate_command as validate};
+    use crate::harness::supervise::PortPool;
 
     fn settings(command: &[&str]) -> CommandSettings {
         CommandSettings {

@@ -1,13 +1,13 @@
 //! The `llamacpp` harness: llama.cpp's `llama-server`, one process per loaded model. This file
-//! only builds the argv and environment; `crate::supervise` runs the process.
+//! only builds the argv and environment; `crate::harness::supervise` runs the process.
 
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
 use plans::wire::HarnessInfo;
 
+use crate::harness::supervise::{HttpReady, ProcessEngine, ProcessSpec};
 use crate::harness::{Engine, EngineError, Harness, Launch};
-use crate::supervise::{HttpReady, ProcessEngine, ProcessSpec};
 
 /// Flags a load request may never pass: they would move the engine off loopback, swap its model
 /// or name, or make it fetch files, all of which the neuron alone decides.
@@ -141,7 +141,7 @@ mod tests {
     use plans::fleet::Profile;
 
     use super::*;
-    use crate::supervise::PortPool;
+    use crate::harness::supervise::PortPool;
 
     fn launch(devices: Vec<u32>, args: Vec<String>) -> Launch {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -4,7 +4,7 @@
 //! status). Loading a model is a reload, unloading it an unload; readiness is the model's status
 //! in `/v1/models` (its `/health` is 200 as soon as it listens). Optionally the neuron starts
 //! the server itself from a configured command (`mistralrs serve …` or `mistralrs from-config -f
-//! FILE`), supervised by `crate::supervise` like any engine process, and stops it at shutdown.
+//! FILE`), supervised by `crate::harness::supervise` like any engine process, and stops it at shutdown.
 //!
 //! A model's fleet id is mapped to the id mistral.rs knows it by (`profile.source`, or its
 //! entry in `model_ids`); the proxy puts that id in the requests it forwards.
@@ -18,9 +18,9 @@ use plans::wire::HarnessInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MistralrsSettings;
+use crate::config::{MistralrsSettings, port_of};
+use crate::harness::supervise::{HttpReady, NotReady, PortPool, ProcessEngine, ProcessSpec, wait_ready};
 use crate::harness::{Engine, EngineError, Harness, Launch, Readiness};
-use crate::supervise::{HttpReady, NotReady, PortPool, ProcessEngine, ProcessSpec, wait_ready};
 
 /// How often a loaded model's status is checked (crash and behind-the-back unload detection).
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -463,35 +463,10 @@ async fn list_models(http: &reqwest::Client, url: &str) -> Result<ModelList, req
     http.get(format!("{url}/v1/models")).timeout(Duration::from_secs(5)).send().await?.json().await
 }
 
-/// The port of `http://host:port[/...]`.
-pub fn port_of(url: &str) -> Option<u16> {
-    let rest = url.strip_prefix("http://")?;
-    let authority = rest.split('/').next()?;
-    authority.rsplit_once(':')?.1.parse().ok()
-}
-
-/// Check a `[harness.<name>]` table of kind `mistralrs`; the message says what to fix.
-pub fn validate(settings: &MistralrsSettings) -> Result<(), String> {
-    let url = settings.url.trim_end_matches('/');
-    let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"];
-    if !loopback.iter().any(|prefix| url.starts_with(prefix)) || port_of(url).is_none() {
-        return Err(format!(
-            "`url` {:?} must be a loopback address with a port, like \"http://127.0.0.1:1234\" \
-             (engines listen on loopback only; the neuron is the way in)",
-            settings.url
-        ));
-    }
-    if let Some(program) = settings.command.first() {
-        if program.trim().is_empty() || program.contains('{') {
-            return Err("`command`'s first element must be a program, without placeholders".to_owned());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate_mistralrs as validate;
 
     fn settings(url: &str) -> MistralrsSettings {
         MistralrsSettings {

@@ -1,13 +1,14 @@
 //! Harnesses (engine kinds) behind one trait, and the running-engine handle the lifecycle
 //! supervises. Each harness only knows how to start its engine and how to tell that it is ready;
 //! the readiness loop, crash watching, draining and stopping are the same for all (see
-//! `crate::supervise` and `crate::lifecycle`).
+//! `crate::harness::supervise` and `crate::lifecycle`).
 
 pub mod command;
 pub mod llamacpp;
 pub mod mistralrs;
 pub mod sim;
 pub mod sim_server;
+pub mod supervise;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use plans::wire::HarnessInfo;
 use tokio::sync::watch;
 
 use crate::config::{Config, HarnessConfig};
-use crate::supervise::PortLease;
+use crate::harness::supervise::PortLease;
 
 /// Why an engine could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,7 @@ pub trait Engine: Send + Sync {
     fn base_url(&self) -> String;
     /// `Some(how it ended)` once the engine has stopped, for whatever reason.
     fn exited(&self) -> watch::Receiver<Option<String>>;
-    /// One readiness check (an HTTP call with a short timeout); `crate::supervise::wait_ready`
+    /// One readiness check (an HTTP call with a short timeout); `crate::harness::supervise::wait_ready`
     /// repeats it with backoff.
     fn probe_ready<'a>(&'a self, http: &'a reqwest::Client) -> BoxFuture<'a, Readiness>;
     /// Stop gracefully, forcefully after `grace`; returns once it has ended.

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::sim_server::{self, SimSettings};
+use crate::harness::supervise::{HttpReady, PortLease};
 use crate::harness::{Engine, EngineError, Harness, Launch, Readiness};
-use crate::supervise::{HttpReady, PortLease};
 
 pub struct Sim {
     pub load: Duration,

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use memchr::memmem::Finder;
+use plans::wire::MODEL_HEADER;
 
 use crate::control::neuron_client::error_message;
 use crate::gateway::core::admission::Admitted;
@@ -85,9 +86,6 @@ pub struct Call<'a> {
     /// The fleet id, named in a header for requests without a body.
     pub model: &'a str,
 }
-
-/// The header that names the model of a bodiless request to a neuron.
-const MODEL_HEADER: &str = "x-cortex-model";
 
 /// Send `call` to the target's neuron and return the upstream response, or an error if it
 /// could not be reached.

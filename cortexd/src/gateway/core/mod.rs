@@ -15,6 +15,7 @@ pub mod keys;
 pub mod overflow;
 pub mod pipeline;
 pub mod request_metrics;
+pub mod response_index;
 pub mod routing;
 pub mod scheduler;
 pub mod state;

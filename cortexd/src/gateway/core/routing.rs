@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use plans::wire::code;
 
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::forward;
@@ -158,6 +159,6 @@ pub async fn send(
 /// Whether a neuron's refusal says the model is not (or no longer) served there.
 fn copy_gone(body: &[u8]) -> bool {
     serde_json::from_slice::<plans::wire::ErrorBody>(body).is_ok_and(|e| {
-        matches!(e.error.code.as_str(), "model_not_found" | "model_unloading" | "model_loading")
+        [code::MODEL_NOT_FOUND, code::MODEL_UNLOADING, code::MODEL_LOADING].contains(&e.error.code.as_str())
     })
 }

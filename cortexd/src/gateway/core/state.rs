@@ -12,9 +12,9 @@ use crate::control::poller::{Observed, PollerHandle};
 use crate::gateway::core::admission::Admission;
 use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::core::keys::Keys;
+use crate::gateway::core::response_index::ResponseIndex;
 use crate::gateway::core::scheduler::{ClusterInputs, Scheduler};
 use crate::gateway::core::traffic::Traffic;
-use crate::gateway::dialects::responses::ResponseIndex;
 use crate::gateway::transport::upstream::{InferenceClient, Timeouts};
 
 /// Everything a handler needs. Cheap to clone; each piece has one writer elsewhere.

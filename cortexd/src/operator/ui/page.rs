@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use plans::fleet::{Fleet, ModelSpec, ReconcileMode, SourceMode};
+use plans::fleet::{Fleet, ModelSpec, NeuronState, ReconcileMode, SourceMode};
+use plans::maintenance::NeuronMaintenance;
 use plans::topology::{LoadedModel, ModelState, NeuronStatus, Topology};
 
 use crate::control::status::{Condition, DaemonStatus, Health, QueueStatus, RevisionRecord, Run, Sync};
@@ -68,12 +69,26 @@ pub struct NeuronView {
     pub labels: BTreeMap<String, String>,
     /// `up`, `unreachable`, or `unknown` before the first poll.
     pub state: &'static str,
+    /// Whether it takes new work, as the fleet declares it: `active`, `cordoned` or `draining`.
+    pub service: NeuronState,
+    /// Cordoned or draining: what cortex manages there still, and whether it is safe to stop.
+    pub maintenance: Option<MaintenanceView>,
     pub simulated: bool,
     pub error: Option<String>,
     pub generation: u64,
     pub harnesses: Vec<String>,
     pub devices: Vec<DeviceView>,
     pub ram: MemoryView,
+}
+
+/// A neuron's drain progress: `cortex status`'s MAINTENANCE line and its parts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MaintenanceView {
+    /// `beast draining: 1 copy left, 3 requests in flight: coder → quad (loading there)`.
+    pub summary: String,
+    pub copies_left: usize,
+    #[serde(flatten)]
+    pub progress: NeuronMaintenance,
 }
 
 /// A device (or the host's RAM) split into models, memory used outside cortex, and free.
@@ -216,7 +231,7 @@ pub fn build(inputs: &Inputs<'_>, memory: &Memory) -> PageState {
         conditions: status.conditions.clone(),
         last_applied: revision(&status.last_applied),
         last_attempted: revision(&status.last_attempted),
-        neurons: neurons(inputs.fleet, inputs.topology),
+        neurons: neurons(inputs.fleet, inputs.topology, &status.maintenance),
         models: with_queues(models(inputs.fleet, inputs.topology, memory), inputs.queues),
         plan: plan_view(inputs),
         runs: status.runs.clone(),
@@ -267,8 +282,9 @@ fn plan_view(inputs: &Inputs<'_>) -> PlanView {
     }
 }
 
-/// The fleet's neurons in fleet order, each with what was last observed of it.
-fn neurons(fleet: &Fleet, topology: &Topology) -> Vec<NeuronView> {
+/// The fleet's neurons in fleet order, each with what was last observed of it and, when
+/// cordoned or draining, its progress (`maintenance`, as the status computed it).
+fn neurons(fleet: &Fleet, topology: &Topology, maintenance: &[NeuronMaintenance]) -> Vec<NeuronView> {
     fleet
         .neurons
         .iter()
@@ -286,6 +302,12 @@ fn neurons(fleet: &Fleet, topology: &Topology) -> Vec<NeuronView> {
                 endpoint: spec.endpoint.clone(),
                 labels: spec.labels.clone(),
                 state,
+                service: spec.state,
+                maintenance: maintenance.iter().find(|m| m.neuron == spec.name).map(|m| MaintenanceView {
+                    summary: m.summary(),
+                    copies_left: m.copies.len(),
+                    progress: m.clone(),
+                }),
                 simulated: neuron.simulated,
                 error: neuron.error.clone(),
                 generation: neuron.generation,
@@ -512,6 +534,73 @@ mod tests {
         );
         assert_eq!(page.models[1].placements[0].status, "draining");
         assert_eq!(page.neurons[0].state, "up");
+    }
+
+    #[test]
+    fn a_draining_neuron_shows_its_state_its_progress_and_when_it_is_safe_to_stop() {
+        let text = "[[neuron]]\nname = \"n\"\nendpoint = \"http://127.0.0.1:1\"\nstate = \"draining\"\n\n[[neuron]]\nname = \"spare\"\nendpoint = \"http://127.0.0.1:2\"\n\n[[model]]\nid = \"m\"\nharness = \"sim\"\nsource = \"m.gguf\"\nvram_mb = 8000\nreplicas = 1\n";
+        let load = plans::fleet::load(&[("fleet.toml".to_owned(), text.to_owned())]);
+        let fleet = load.fleet.unwrap_or_else(|| panic!("valid: {:?}", load.diagnostics));
+        let mut topology = topology(Some((ModelState::Loaded, Some(1_000))));
+        topology.neurons[0].models[0].in_flight = 2;
+        topology.neurons[0].models[0].profile = Some(plans::fleet::Profile {
+            harness: "sim".into(),
+            source: "m.gguf".into(),
+            quant: None,
+            ctx_size: None,
+            args: Vec::new(),
+        });
+        let device = plans::topology::DeviceStatus {
+            index: 0,
+            name: "GPU".into(),
+            vram_total_mb: 24_000,
+            vram_free_mb: 24_000,
+            ..plans::topology::DeviceStatus::default()
+        };
+        topology.neurons[0].devices =
+            vec![plans::topology::DeviceStatus { vram_free_mb: 16_000, ..device.clone() }];
+        topology.neurons.push(NeuronStatus {
+            name: "spare".into(),
+            reachable: true,
+            harnesses: vec!["sim".into()],
+            devices: vec![device],
+            ..NeuronStatus::default()
+        });
+        topology.neurons[0].harnesses = vec!["sim".into()];
+        let plan =
+            plans::plan::plan(&fleet, &topology, &plans::plan::PlanOptions { now_unix_ms: 1, prune: false });
+        let status = DaemonStatus {
+            maintenance: plans::maintenance::maintenance(&fleet, &topology, &plan),
+            plan,
+            ..DaemonStatus::default()
+        };
+        let inputs = Inputs {
+            fleet: &fleet,
+            topology: &topology,
+            status: &status,
+            now_unix_ms: 1,
+            daemon_started_unix_ms: 0,
+            queues: &[],
+            keys: &[],
+        };
+        let page = build(&inputs, &Memory::default());
+        let [draining, spare] = &page.neurons[..] else { panic!("two neurons: {:?}", page.neurons) };
+        assert_eq!((draining.state, draining.service), ("up", NeuronState::Draining));
+        let progress = draining.maintenance.as_ref().expect("a draining neuron shows its progress");
+        assert_eq!(
+            progress.summary,
+            "n draining: 1 copy left, 2 requests in flight: m → spare (its load has not started)"
+        );
+        assert_eq!(
+            (progress.copies_left, progress.progress.in_flight, progress.progress.safe_to_stop),
+            (1, 2, false)
+        );
+        assert_eq!((spare.service, spare.maintenance.is_none()), (NeuronState::Active, true));
+        let json = serde_json::to_value(draining).expect("serializes");
+        assert_eq!(
+            (&json["service"], &json["maintenance"]["copies_left"], &json["maintenance"]["safe_to_stop"]),
+            (&serde_json::json!("draining"), &serde_json::json!(1), &serde_json::json!(false))
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::duration;
 use crate::fleet::load::decode_contention;
 use crate::fleet::load::decode_key::{self, KeyDeclaration};
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
-use crate::fleet::load::fields::Fields;
+use crate::fleet::load::fields::{Fields, check_name};
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{Eviction, NeuronSpec, NeuronState, Policy, ReconcileMode, SourceMode};
 
@@ -227,24 +227,6 @@ fn neuron<'a>(table: &dyn TableLike, at: Site<'a>, sink: &mut Sink) -> NeuronDec
             origin: at.origin(),
         },
     }
-}
-
-/// Names (neuron names, model ids, aliases) appear in URLs, logs and CLI output: they must be
-/// non-empty and free of whitespace and control characters. Returns whether the name is usable.
-pub(super) fn check_name(name: &Located<'_, String>, what: &str, sink: &mut Sink) -> bool {
-    if name.value.is_empty() {
-        sink.error(name.at, format!("{what} must not be empty"));
-        return false;
-    }
-    if name.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        let value = &name.value;
-        sink.error(
-            name.at,
-            format!("{what} must not contain whitespace or control characters, found {value:?}"),
-        );
-        return false;
-    }
-    true
 }
 
 fn check_endpoint(endpoint: &Located<'_, String>, sink: &mut Sink) {

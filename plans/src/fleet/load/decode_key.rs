@@ -2,11 +2,10 @@
 //! own: its name, the form of its digest, its limits and its priority. References to models
 //! and uniqueness are checked once every file is read (`checks.rs`).
 
-use toml_edit::{Datetime, Offset, TableLike};
+use toml_edit::TableLike;
 
-use crate::fleet::keys::{self, KeyLimits, KeySpec, OperatorAccess, Priority};
-use crate::fleet::load::decode::check_name;
-use crate::fleet::load::fields::Fields;
+use crate::fleet::keys::{KeyLimits, KeySpec, OperatorAccess, Priority};
+use crate::fleet::load::fields::{Fields, check_name};
 use crate::fleet::load::{Located, Sink, Site};
 
 pub(super) const KEY_KEYS: [&str; 12] = [
@@ -145,29 +144,4 @@ fn at_least_one<'a>(key: &str, value: Located<'a, u64>, sink: &mut Sink) -> Opti
         return None;
     }
     Some(value.value)
-}
-
-/// Unix milliseconds of a TOML date or date-time (`None` for a bare time or a moment before
-/// 1970). A date is its first moment in UTC; a local date-time is read as UTC.
-pub(super) fn unix_ms_of(moment: &Datetime) -> Option<u64> {
-    let date = moment.date?;
-    let (seconds, millis) = match moment.time {
-        Some(time) => (
-            i64::from(time.hour) * 3_600 + i64::from(time.minute) * 60 + i64::from(time.second.unwrap_or(0)),
-            i64::from(time.nanosecond.unwrap_or(0) / 1_000_000),
-        ),
-        None => (0, 0),
-    };
-    let offset_s = match moment.offset {
-        Some(Offset::Custom { minutes }) => i64::from(minutes) * 60,
-        Some(Offset::Z) | None => 0,
-    };
-    let ms = keys::unix_ms(
-        i64::from(date.year),
-        u32::from(date.month),
-        u32::from(date.day),
-        seconds - offset_s,
-        millis,
-    );
-    u64::try_from(ms).ok()
 }

@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 
 use toml_edit::TableLike;
 
-use crate::fleet::load::decode::check_name;
 use crate::fleet::load::decode_contention;
-use crate::fleet::load::fields::Fields;
+use crate::fleet::load::fields::{Fields, check_name};
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{ModelSpec, Profile};
 

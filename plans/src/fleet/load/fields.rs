@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use toml_edit::{Item, TableLike, Value};
+use toml_edit::{Datetime, Item, Offset, TableLike, Value};
 
+use crate::fleet::keys;
 use crate::fleet::load::{Located, Sink, Site};
 
 /// The keys of one table (`[policy]`, one `[[neuron]]` or one `[[model]]`) being read.
@@ -126,7 +127,7 @@ impl<'a, 'd, 's> Fields<'a, 'd, 's> {
     /// a date means its first moment, and a time without an offset is UTC.
     pub(super) fn moment(&mut self, key: &str) -> Option<Located<'a, u64>> {
         let (item, at) = self.item(key)?;
-        let moment = item.as_datetime().and_then(crate::fleet::load::decode_key::unix_ms_of);
+        let moment = item.as_datetime().and_then(unix_ms_of);
         if moment.is_none() {
             let found = item.as_datetime().map_or_else(|| item.type_name().to_owned(), ToString::to_string);
             self.sink.error(
@@ -219,4 +220,47 @@ pub(super) fn one_of(names: &[String]) -> String {
         [only] => only.clone(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
+}
+
+/// Names (neuron names, model ids, aliases) appear in URLs, logs and CLI output: they must be
+/// non-empty and free of whitespace and control characters. Returns whether the name is usable.
+pub(super) fn check_name(name: &Located<'_, String>, what: &str, sink: &mut Sink) -> bool {
+    if name.value.is_empty() {
+        sink.error(name.at, format!("{what} must not be empty"));
+        return false;
+    }
+    if name.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let value = &name.value;
+        sink.error(
+            name.at,
+            format!("{what} must not contain whitespace or control characters, found {value:?}"),
+        );
+        return false;
+    }
+    true
+}
+
+/// Unix milliseconds of a TOML date or date-time (`None` for a bare time or a moment before
+/// 1970). A date is its first moment in UTC; a local date-time is read as UTC.
+pub(super) fn unix_ms_of(moment: &Datetime) -> Option<u64> {
+    let date = moment.date?;
+    let (seconds, millis) = match moment.time {
+        Some(time) => (
+            i64::from(time.hour) * 3_600 + i64::from(time.minute) * 60 + i64::from(time.second.unwrap_or(0)),
+            i64::from(time.nanosecond.unwrap_or(0) / 1_000_000),
+        ),
+        None => (0, 0),
+    };
+    let offset_s = match moment.offset {
+        Some(Offset::Custom { minutes }) => i64::from(minutes) * 60,
+        Some(Offset::Z) | None => 0,
+    };
+    let ms = keys::unix_ms(
+        i64::from(date.year),
+        u32::from(date.month),
+        u32::from(date.day),
+        seconds - offset_s,
+        millis,
+    );
+    u64::try_from(ms).ok()
 }

@@ -17,6 +17,10 @@
 //! most `DRAIN_WAIT_MS`), so an eviction never cuts a running request short.
 //! `Mode::Arrival` switches the schedule off (swap on demand, in arrival order) for comparison.
 //!
+//! A neuron the fleet drains (`state = "draining"`) keeps serving its copies until a copy of
+//! the same model is ready elsewhere; from then on no new request goes to it (they wait for the
+//! replacement's room), and the reconciler unloads it once the requests there have finished.
+//!
 //! Within a model's queue, requests are served by their callers' priority (a fleet key's
 //! `priority`: interactive before batch) and, among callers of one priority, by deficit round
 //! robin over their keys (`fair.rs`, the one seam for queue order). Demand weighs by class: a
@@ -194,6 +198,9 @@ pub struct Machine {
     queues: BTreeMap<String, Queue>,
     /// `(model, neuron)` → the copy there.
     copies: BTreeMap<(String, String), Copy>,
+    /// Neurons being drained (the fleet's `state = "draining"`): their copies take no new
+    /// request once a copy of the same model elsewhere is ready (requests wait for it instead).
+    leaving: BTreeSet<String>,
     /// `(model, neuron)` → requests admitted and not finished.
     in_flight: BTreeMap<(String, String), u32>,
     /// `(model, neuron)` → when a request was last admitted there or finished.
@@ -351,6 +358,11 @@ impl Machine {
         self.pump(now, placer)
     }
 
+    /// The neurons the fleet drains now (no pump: the observation that comes with it decides).
+    pub fn set_leaving(&mut self, neurons: BTreeSet<String>) {
+        self.leaving = neurons;
+    }
+
     /// The copies the neurons report now (unreachable neurons' copies left out).
     pub fn observe<P>(
         &mut self,
@@ -472,14 +484,21 @@ impl Machine {
     }
 
     /// A ready, not draining copy of `model` with room under its concurrency limit: the one
-    /// with the fewest requests in flight, ties by neuron name.
+    /// with the fewest requests in flight, ties by neuron name. A copy on a neuron being drained
+    /// is left out once a copy elsewhere is ready (full or not: the request waits for it).
     fn free_copy(&self, model: &str) -> Option<String> {
         let limit = self.settings(model).and_then(|s| s.max_concurrency).map_or(u32::MAX, |n| n);
-        self.copies
-            .range((model.to_owned(), String::new())..)
-            .take_while(|((m, _), _)| m == model)
-            .filter(|(_, copy)| matches!(copy.state, CopyState::Ready { .. }) && !copy.draining)
-            .map(|((_, neuron), _)| (self.flying(model, neuron), neuron))
+        let ready = || {
+            self.copies
+                .range((model.to_owned(), String::new())..)
+                .take_while(|((m, _), _)| m == model)
+                .filter(|(_, copy)| matches!(copy.state, CopyState::Ready { .. }) && !copy.draining)
+                .map(|((_, neuron), _)| neuron)
+        };
+        let replaced = ready().any(|neuron| !self.leaving.contains(neuron));
+        ready()
+            .filter(|neuron| !(replaced && self.leaving.contains(*neuron)))
+            .map(|neuron| (self.flying(model, neuron), neuron))
             .filter(|(count, _)| *count < limit)
             .min()
             .map(|(_, neuron)| neuron.clone())

@@ -530,7 +530,14 @@ impl Scheduler {
                 models.insert(model.id.clone());
             }
         }
+        let leaving: BTreeSet<String> = fleet
+            .neurons
+            .iter()
+            .filter(|n| n.state == plans::fleet::NeuronState::Draining)
+            .map(|n| n.name.clone())
+            .collect();
         self.apply(|inner, placer| {
+            inner.machine.set_leaving(leaving);
             // Residents learn their settings too: a swap weighs the evicted model's min_residency.
             for model in &models {
                 inner.machine.configure(model, self.settings(&fleet, model));

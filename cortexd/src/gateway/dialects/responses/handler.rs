@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::{self, EventTransform, IdSink, StreamEdit};
 use crate::gateway::core::pipeline::{self, Checked, Envelope, OutputCap, RouteInfo, Upstream};
+use crate::gateway::core::response_index::{Replica, ResponseIndex};
 use crate::gateway::core::routing;
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
@@ -24,7 +25,6 @@ use crate::gateway::dialects::responses::native::NativeFix;
 use crate::gateway::dialects::responses::request::{self, ToolNames};
 use crate::gateway::dialects::responses::response;
 use crate::gateway::dialects::responses::stream::StreamTranslator;
-use crate::gateway::dialects::responses::{Replica, ResponseIndex};
 use crate::gateway::transport::sse::{self, SseParser};
 
 const CREATE: RouteInfo = RouteInfo { name: "responses", dialect: Dialect::Responses };

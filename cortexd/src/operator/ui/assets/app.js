@@ -178,15 +178,25 @@ function memoryBar(title, detail, m, key) {
 function renderNeuron(n) {
   const stateWord = { up: 'up', unreachable: 'unreachable', unknown: 'waiting for first poll' }[n.state];
   const labels = Object.entries(n.labels || {}).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`));
-  return el('div', { class: 'panel neuron', dataset: { neuron: n.name, state: n.state } },
+  const m = n.maintenance;
+  // Out of service: cordoned, draining, or drained (draining and holding nothing of cortex's).
+  const service = n.service === 'draining' && m && m.safe_to_stop ? 'drained' : n.service;
+  const serviceTitle = { cordoned: 'cordoned: nothing new starts here; what is loaded keeps serving',
+    draining: 'draining: its copies move elsewhere, make-before-break',
+    drained: 'drained: nothing cortex manages is loaded here; safe to stop' }[service];
+  return el('div', { class: 'panel neuron', dataset: { neuron: n.name, state: n.state, service } },
     el('div', { class: 'neuron-head' },
       el('span', { class: `lamp ${n.state === 'up' ? 'ok' : n.state === 'unreachable' ? 'bad' : ''}` }),
       el('span', { class: 'name' }, n.name),
       n.simulated && el('span', { class: 'chip sim', title: 'simulated devices and engines' }, 'simulated'),
+      service !== 'active' && el('span', { class: `badge ${service}`, title: serviceTitle }, service),
       labels,
       el('span', { class: 'state' }, stateWord)),
     el('div', { class: 'meta' }, [n.endpoint, `generation ${n.generation}`, n.harnesses.length ? `harnesses: ${n.harnesses.join(', ')}` : null]
       .filter(Boolean).join(' · ')),
+    m && el('div', { class: `maintenance ${m.safe_to_stop ? 'safe' : ''}`, dataset: { copiesLeft: m.copies_left, inFlight: m.in_flight } },
+      m.summary,
+      m.suspended_pins.length > 0 && el('div', { class: 'faint' }, `pins suspended here: ${m.suspended_pins.join(', ')}`)),
     n.state === 'unreachable' && n.error && el('div', { class: 'error' }, n.error),
     n.devices.map((d) => memoryBar(`GPU ${d.index}`, [d.name, d.utilization_pct != null ? `${d.utilization_pct}%` : null,
       d.temperature_c != null ? `${d.temperature_c}°C` : null].filter(Boolean).join(' · '), d, { device: `${n.name}/${d.index}` })),

@@ -778,3 +778,34 @@ fn under_saturation_a_flooding_batch_key_does_not_hold_up_interactive_keys() {
     assert_eq!(served.len(), 5, "every key is served, the flood included: {served:?}");
     assert_eq!(with_b.len(), 400, "every batch request is served");
 }
+
+#[test]
+fn a_copy_on_a_draining_neuron_takes_no_new_request_once_a_copy_elsewhere_is_ready() {
+    let mut machine = Machine::new(Mode::Elevator);
+    let mut placer = Neuron { room: 1, ..Neuron::default() };
+    let one = Settings { max_concurrency: Some(1), ..settings() };
+    let copy = |neuron: &str, observed| ("coder".to_owned(), neuron.to_owned(), observed);
+    let arrive = |machine: &mut Machine, placer: &mut Neuron, now, id| {
+        let (arrival, commands) = machine.arrive(now, id, "coder", one, placer);
+        assert!(commands.is_empty(), "{commands:?}");
+        arrival
+    };
+    machine.set_leaving(["n1".to_owned()].into());
+    // The replacement is loading: the draining copy serves meanwhile.
+    machine.observe(0, &[copy("n1", Observed::Ready), copy("n2", Observed::Loading)], &mut placer);
+    assert_eq!(arrive(&mut machine, &mut placer, 0, 1), Arrival::Admitted { neuron: "n1".into() });
+    // Ready: new requests go there alone; one that finds it full waits for it, not for n1.
+    machine.observe(100, &[copy("n1", Observed::Ready), copy("n2", Observed::Ready)], &mut placer);
+    assert_eq!(arrive(&mut machine, &mut placer, 100, 2), Arrival::Admitted { neuron: "n2".into() });
+    machine.finish(150, "coder", "n1", &mut placer);
+    assert_eq!(arrive(&mut machine, &mut placer, 200, 3), Arrival::Queued);
+    let commands = machine.finish(300, "coder", "n2", &mut placer);
+    assert_eq!(
+        commands,
+        vec![Command::Admit { request: 3, model: "coder".into(), neuron: "n2".into(), waited_ms: 100 }]
+    );
+    // Back in service (uncordoned): both copies serve again.
+    machine.set_leaving(BTreeSet::new());
+    machine.observe(400, &[copy("n1", Observed::Ready), copy("n2", Observed::Ready)], &mut placer);
+    assert_eq!(arrive(&mut machine, &mut placer, 400, 4), Arrival::Admitted { neuron: "n1".into() });
+}
