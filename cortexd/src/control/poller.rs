@@ -127,7 +127,7 @@ async fn poll_once(
 }
 
 /// Clients for the neurons `fleet` declares.
-pub fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
+fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
     fleet
         .neurons
         .iter()
