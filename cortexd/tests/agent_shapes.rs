@@ -499,3 +499,35 @@ async fn a_stop_at_the_fleets_cap_is_an_end_turn_for_claude_code_but_a_clients_o
         }
     }
 }
+
+#[tokio::test]
+async fn a_stop_at_the_fleets_cap_is_a_natural_end_on_chat_and_responses_but_a_clients_own_limit_is_not() {
+    let (fake, gateway) = setup(false, false, "max_output_tokens = 64\n").await;
+    fake.length_finish.store(true, Ordering::SeqCst);
+    for (limit, finish) in [(None, "stop"), (Some(4096), "stop"), (Some(8), "length")] {
+        let mut chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(limit) = limit {
+            chat["max_completion_tokens"] = json!(limit);
+        }
+        let answer: Value = post(&gateway, "/v1/chat/completions", &chat).await.json().await.expect("json");
+        assert_eq!(answer["choices"][0]["finish_reason"], finish, "{limit:?}: {answer}");
+        chat["stream"] = json!(true);
+        let text = post(&gateway, "/v1/chat/completions", &chat).await.text().await.expect("body");
+        assert!(text.contains(&format!(r#""finish_reason":"{finish}""#)), "{limit:?}: {text}");
+        assert!(!text.contains(r#""choices":[]"#), "no usage chunk the client did not ask for: {text}");
+
+        let mut codex = codex_request();
+        if let Some(limit) = limit {
+            codex["max_output_tokens"] = json!(limit);
+        }
+        let status = if finish == "stop" { r#""status":"completed""# } else { r#""status":"incomplete""# };
+        let text = post(&gateway, "/v1/responses", &codex).await.text().await.expect("body");
+        let completed =
+            text.lines().find(|line| line.contains(r#""type":"response.completed""#)).unwrap_or_default();
+        assert!(completed.contains(status), "{limit:?}: {text}");
+        codex["stream"] = json!(false);
+        let response: Value = post(&gateway, "/v1/responses", &codex).await.json().await.expect("json");
+        let incomplete = if finish == "stop" { Value::Null } else { json!({"reason": "max_output_tokens"}) };
+        assert_eq!(response["incomplete_details"], incomplete, "{limit:?}: {response}");
+    }
+}

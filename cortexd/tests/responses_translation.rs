@@ -291,7 +291,8 @@ fn a_complete_answer_with_a_namespace_call_maps_back() {
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4}}});
     let names = names_for(&request);
     let response =
-        chat_to_response(&chat, |id| skeleton(&request, id, "m-alias", 1_700_000_000), &names).unwrap();
+        chat_to_response(&chat, |id| skeleton(&request, id, "m-alias", 1_700_000_000), &names, false)
+            .unwrap();
     let brief = json!({"id": response["id"], "object": response["object"], "status": response["status"], "model": response["model"],
         "output": response["output"], "usage": response["usage"], "store": response["store"], "tool_choice": response["tool_choice"]});
     expect![[r#"
@@ -346,6 +347,7 @@ fn a_complete_answer_with_a_namespace_call_maps_back() {
           "usage": {
             "input_tokens": 10,
             "input_tokens_details": {
+              "cache_write_tokens": 0,
               "cached_tokens": 4
             },
             "output_tokens": 5,
@@ -404,7 +406,7 @@ fn a_stream_of_reasoning_text_and_a_tool_call() {
             response.function_call_arguments.delta #17 output_index=2 item_id="fc_s1_2" delta=":1}"
             response.function_call_arguments.done #18 output_index=2 item_id="fc_s1_2" arguments="{\"a\":1}" name="spawn_agent"
             response.output_item.done #19 output_index=2 item={"arguments":"{\"a\":1}","call_id":"call_7","id":"fc_s1_2","name":"spawn_agent","namespace":"multi_agent_v1","status":"completed","type":"function_call"}
-            response.completed #20 response={"error":null,"id":"resp_s1","incomplete_details":null,"output":[{"content":[{"text":"hm","type":"reasoning_text"}],"id":"rs_s1_0","status":"completed","summary":[],"type":"reasoning"},{"content":[{"annotations":[],"logprobs":[],"text":"Hi there","type":"output_text"}],"id":"msg_s1_1","role":"assistant","status":"completed","type":"message"},{"arguments":"{\"a\":1}","call_id":"call_7","id":"fc_s1_2","name":"spawn_agent","namespace":"multi_agent_v1","status":"completed","type":"function_call"}],"status":"completed","usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":0},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":19}}
+            response.completed #20 response={"error":null,"id":"resp_s1","incomplete_details":null,"output":[{"content":[{"text":"hm","type":"reasoning_text"}],"id":"rs_s1_0","status":"completed","summary":[],"type":"reasoning"},{"content":[{"annotations":[],"logprobs":[],"text":"Hi there","type":"output_text"}],"id":"msg_s1_1","role":"assistant","status":"completed","type":"message"},{"arguments":"{\"a\":1}","call_id":"call_7","id":"fc_s1_2","name":"spawn_agent","namespace":"multi_agent_v1","status":"completed","type":"function_call"}],"status":"completed","usage":{"input_tokens":12,"input_tokens_details":{"cache_write_tokens":0,"cached_tokens":0},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":19}}
         "#]],
     );
 }
@@ -425,7 +427,7 @@ fn a_length_finish_completes_as_incomplete_and_a_break_fails() {
             response.output_text.done #5 output_index=0 item_id="msg_s1_0" text="cut"
             response.content_part.done #6 output_index=0 item_id="msg_s1_0"
             response.output_item.done #7 output_index=0 item={"content":[{"annotations":[],"logprobs":[],"text":"cut","type":"output_text"}],"id":"msg_s1_0","role":"assistant","status":"completed","type":"message"}
-            response.completed #8 response={"error":null,"id":"resp_s1","incomplete_details":{"reason":"max_output_tokens"},"output":[{"content":[{"annotations":[],"logprobs":[],"text":"cut","type":"output_text"}],"id":"msg_s1_0","role":"assistant","status":"completed","type":"message"}],"status":"incomplete","usage":{"input_tokens":0,"input_tokens_details":{"cached_tokens":0},"output_tokens":1,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1}}
+            response.completed #8 response={"error":null,"id":"resp_s1","incomplete_details":{"reason":"max_output_tokens"},"output":[{"content":[{"annotations":[],"logprobs":[],"text":"cut","type":"output_text"}],"id":"msg_s1_0","role":"assistant","status":"completed","type":"message"}],"status":"incomplete","usage":{"input_tokens":0,"input_tokens_details":{"cache_write_tokens":0,"cached_tokens":0},"output_tokens":1,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1}}
         "#]],
     );
     let broken = chunk(json!({"content": "par"}), None);

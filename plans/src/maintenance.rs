@@ -186,8 +186,20 @@ fn fate(
     match (kept, state) {
         (Some(item), _) => Fate::Stays { why: item.detail.clone() },
         (None, NeuronState::Cordoned) => Fate::Serving,
-        _ => Fate::Waiting,
+        // Between plans while the replacement loads: the plan waits for it, the copy moves there.
+        _ => loading_elsewhere(neuron, model, topology)
+            .map_or(Fate::Waiting, |to| Fate::Moving { to, to_status: Some(ModelState::Loading) }),
     }
+}
+
+/// A reachable neuron other than `neuron` where a copy of `model` is loading.
+fn loading_elsewhere(neuron: &str, model: &str, topology: &Topology) -> Option<String> {
+    topology
+        .neurons
+        .iter()
+        .filter(|n| n.reachable && n.name != neuron)
+        .find(|n| n.model(model).is_some_and(|m| m.status == ModelState::Loading))
+        .map(|n| n.name.clone())
 }
 
 #[cfg(test)]
@@ -251,7 +263,7 @@ pinned_on = ["beast"]
         );
         assert_eq!(
             summary(&loaded, &CODER.replace("STATUS", "loading")),
-            "beast draining: 1 copy left, 3 requests in flight: coder waiting"
+            "beast draining: 1 copy left, 3 requests in flight: coder → quad (loading there)"
         );
         assert_eq!(
             summary(&loaded, &CODER.replace("STATUS", "loaded")),

@@ -3,6 +3,8 @@
 //! An action waits for the actions it names in `after` wherever they run: a move off a draining
 //! neuron unloads the old copy only once the new copy on another neuron is ready. The bound is
 //! taken per action, never while waiting, so waits across neurons cannot starve each other.
+//! The daemon also hands such a move over ([`Handover`]): before the old copy's unload it waits
+//! until its gateway has seen the new copy ready, so that no new request reaches the old one.
 //!
 //! Preconditions travel with the chain: each action on a neuron carries the generation the plan
 //! expects after the previous action of the chain (its own changes, never re-read from the
@@ -10,10 +12,12 @@
 //! failure leaves the neuron's generation unknown, the rest of that neuron's chain is skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plans::plan::{Action, ActionKind, Plan};
+use plans::plan::{Action, ActionKind, Plan, Reason};
 use tokio::sync::{Semaphore, watch};
 
 use crate::control::authority::Mandate;
@@ -75,6 +79,11 @@ impl ApplyReport {
     }
 }
 
+/// Awaited before a copy leaves a draining neuron, once the copy that replaces it is ready: the
+/// daemon returns when its gateway has seen that copy (a fresh poll), so that the gateway sends
+/// the old copy no new request while it unloads.
+pub type Handover = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Apply `plan` through `clients`, under a cluster leader's `mandate` when given. `progress` is
 /// called as actions start and finish.
 pub async fn apply(
@@ -84,6 +93,19 @@ pub async fn apply(
     timeouts: ExecTimeouts,
     mandate: Option<Mandate>,
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
+) -> ApplyReport {
+    apply_handing_over(plan, clients, parallelism, timeouts, mandate, progress, None).await
+}
+
+/// As [`apply`], awaiting `handover` before each unload that a ready copy elsewhere replaces.
+pub async fn apply_handing_over(
+    plan: &Plan,
+    clients: &crate::control::poller::Clients,
+    parallelism: usize,
+    timeouts: ExecTimeouts,
+    mandate: Option<Mandate>,
+    progress: Arc<dyn Fn(Progress) + Send + Sync>,
+    handover: Option<Handover>,
 ) -> ApplyReport {
     // Actions are independent across neurons; within a neuron they run in plan order, which
     // is a topological order of the plan's DAG.
@@ -96,6 +118,7 @@ pub async fn apply(
         finished: Arc::new(watch::channel(BTreeMap::new()).0),
         planned: Arc::new(plan.actions.iter().map(|a| a.id.clone()).collect()),
         mandate,
+        handover,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (neuron, chain) in chains {
@@ -145,6 +168,7 @@ struct Shared {
     planned: Arc<BTreeSet<String>>,
     /// The cluster leader's mandate every call is sent under (`None` standalone).
     mandate: Option<Mandate>,
+    handover: Option<Handover>,
 }
 
 impl Shared {
@@ -187,6 +211,12 @@ async fn run_chain(
             progress(Progress::Finished(action.clone(), outcome.clone()));
             report.outcomes.push((action.id, outcome));
             continue;
+        }
+        let replaced = matches!(action.reason, Reason::Drain { replaced_by: Some(_), .. });
+        if let Some(handover) =
+            shared.handover.as_ref().filter(|_| replaced && action.kind == ActionKind::Unload)
+        {
+            handover().await;
         }
         let Ok(_permit) = shared.permits.acquire().await else {
             shared.finish(&action.id, false);
@@ -315,7 +345,7 @@ mod tests {
     }
 
     /// A move off draining `b`: load on `q`, then unload on `b` once `q`'s copy is ready.
-    async fn apply_move(load_fails: bool, parallelism: usize) -> (ApplyReport, Vec<String>) {
+    async fn apply_move(load_fails: bool, parallelism: usize, hand_over: bool) -> (ApplyReport, Vec<String>) {
         let seen = Seen::default();
         let mut clients = crate::control::poller::Clients::new();
         clients.insert("b".into(), fake_neuron("b", 0, false, seen.clone()).await);
@@ -328,7 +358,16 @@ mod tests {
             ..Plan::default()
         };
         let timeouts = ExecTimeouts { call: Duration::from_secs(5), ready: Duration::from_secs(5) };
-        let report = apply(&plan, &clients, parallelism, timeouts, None, Arc::new(|_| {})).await;
+        let handover: Option<Handover> = hand_over.then(|| {
+            let seen = seen.clone();
+            Arc::new(move || {
+                seen.lock().expect("lock").push("handover".to_owned());
+                Box::pin(async {}) as Pin<Box<dyn Future<Output = ()> + Send>>
+            }) as Handover
+        });
+        let report =
+            apply_handing_over(&plan, &clients, parallelism, timeouts, None, Arc::new(|_| {}), handover)
+                .await;
         let seen = seen.lock().expect("lock").clone();
         (report, seen)
     }
@@ -337,15 +376,25 @@ mod tests {
     async fn an_action_waits_for_what_it_names_on_another_neuron() {
         // With one permit, the unload's chain (b sorts first) must not hold it while it waits.
         for parallelism in [1, 4] {
-            let (report, seen) = apply_move(false, parallelism).await;
+            let (report, seen) = apply_move(false, parallelism, false).await;
             assert!(report.succeeded(), "{:?}", report.outcomes);
             assert_eq!(seen, ["load q", "ready q", "unload b"], "parallelism {parallelism}");
         }
     }
 
     #[tokio::test]
+    async fn the_daemon_hands_a_move_over_after_the_new_copy_is_ready_and_before_the_unload() {
+        let (report, seen) = apply_move(false, 1, true).await;
+        assert!(report.succeeded(), "{:?}", report.outcomes);
+        assert_eq!(seen, ["load q", "ready q", "handover", "unload b"]);
+        // Not for a failed move: the unload is skipped, nothing to hand over.
+        let (_, seen) = apply_move(true, 1, true).await;
+        assert_eq!(seen, ["load q", "ready q"]);
+    }
+
+    #[tokio::test]
     async fn a_failed_load_on_one_neuron_skips_the_unload_on_another() {
-        let (report, seen) = apply_move(true, 2).await;
+        let (report, seen) = apply_move(true, 2, false).await;
         assert_eq!(seen, ["load q", "ready q"]);
         let outcomes: Vec<&Outcome> = report.outcomes.iter().map(|(_, o)| o).collect();
         assert!(matches!(outcomes[0], Outcome::Failed { .. }), "{outcomes:?}");

@@ -178,7 +178,10 @@ impl FleetEditor {
             let unified = diff
                 .unified_diff()
                 .context_radius(3)
-                .header(&format!("a/{path}"), &format!("b/{path}"))
+                .header(
+                    &format!("a/{}", path.trim_start_matches('/')),
+                    &format!("b/{}", path.trim_start_matches('/')),
+                )
                 .to_string();
             out.push_str(&unified);
         }
@@ -475,7 +478,7 @@ pinned_on = [
             +    "b",
              ]
         "#]]
-        .assert_eq(&diff.concat().replace(&editor.texts()[0].0, "MODELS"));
+        .assert_eq(&diff.concat().replace(editor.texts()[0].0.trim_start_matches('/'), "MODELS"));
         for id in ["one", "two"] {
             let mut model = editor.declaration("model", "id", id).expect("model");
             assert!(remove_string(model.string_array_mut("pinned_on").expect("array"), "a"));

@@ -245,13 +245,14 @@ impl Reconciler {
         self.publish_health(Health::Progressing);
         tracing::info!(trigger = trigger.as_str(), revision = %started.revision, actions = runnable.actions.len(), "reconciling");
         let progress: Arc<dyn Fn(Progress) + Send + std::marker::Sync> = Arc::new(log_progress);
-        let report = apply::apply(
+        let report = apply::apply_handing_over(
             &runnable,
             &observed.clients,
             self.config.parallelism,
             self.config.timeouts,
             authority.mandate().cloned(),
             progress,
+            Some(handover(self.poller.clone())),
         )
         .await;
         let (result, errors) = self.account(&report);
@@ -439,6 +440,21 @@ fn jitter(max: Duration) -> Duration {
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(0).max(1);
     Duration::from_millis(u64::from(nanos) % max_ms)
 }
+
+/// A move off a draining neuron: before the old copy unloads, a fresh poll, so that the
+/// gateway's scheduler (which follows the same observations) has seen the new copy ready and
+/// sends the old one nothing new. Bounded: a poller that does not answer does not hold the move.
+fn handover(poller: PollerHandle) -> apply::Handover {
+    Arc::new(move || {
+        let poller = poller.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(HANDOVER_WAIT, poller.refreshed()).await;
+        })
+    })
+}
+
+/// How long a move off a draining neuron waits for the fresh poll before the unload goes on.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

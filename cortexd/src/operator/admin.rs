@@ -110,6 +110,10 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
             status.contention = state.gateway.scheduler.contention();
+            // Drain progress as the neurons report it now, not as of the last pass: a drain's
+            // loads can take that whole pass.
+            let (fleet, observed) = (state.gateway.fleet(), state.gateway.observed());
+            status.maintenance = plans::maintenance::maintenance(&fleet, &observed.topology, &status.plan);
             if let Some(cluster) = &admin.cluster {
                 let view = cluster.borrow().as_ref().clone();
                 status.conditions.push(crate::control::status::leader_condition(&view));

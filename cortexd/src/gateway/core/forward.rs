@@ -42,6 +42,20 @@ pub enum StreamEdit {
 pub trait RawFix: Send {
     /// `events` holds one or more complete events; `None` forwards them unchanged.
     fn fix(&mut self, events: &[u8]) -> Option<Bytes>;
+    /// Also drop the usage-only chunk, as [`StreamEdit::StripUsageChunk`] does.
+    fn strips_usage_chunk(&self) -> bool {
+        false
+    }
+}
+
+impl StreamEdit {
+    fn strips_usage_chunk(&self) -> bool {
+        match self {
+            StreamEdit::StripUsageChunk => true,
+            StreamEdit::FixRaw(fix) => fix.strips_usage_chunk(),
+            StreamEdit::None | StreamEdit::Transform(_) => false,
+        }
+    }
 }
 
 /// Rewrites a stream on its way to the client (the Anthropic routes): gets every upstream
@@ -292,7 +306,7 @@ impl Watcher {
         if has_usage {
             record_usage(event, &mut self.usage);
         }
-        !(usage_only && matches!(self.edit, StreamEdit::StripUsageChunk))
+        !(usage_only && self.edit.strips_usage_chunk())
     }
 
     fn end(&mut self) -> Bytes {

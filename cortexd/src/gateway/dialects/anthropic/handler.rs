@@ -38,8 +38,11 @@ async fn messages_adapter(state: AppState, target: Target, checked: Checked) -> 
     let cap_binds = cap.is_some_and(|cap| cap.binds(checked.envelope.max_tokens.as_ref()));
     if pipeline::capabilities(&state, &target).anthropic_messages {
         let body = edit_body(&checked.body, &checked.model, &target.model, cap, false)?;
-        let edit =
-            if stream { StreamEdit::FixRaw(Box::new(NativeFix { cap_binds })) } else { StreamEdit::None };
+        let edit = if stream {
+            StreamEdit::FixRaw(Box::new(NativeFix { cap_binds, stream: Default::default() }))
+        } else {
+            StreamEdit::None
+        };
         let upstream = Upstream::post("/v1/messages", body, stream, edit, true);
         let response = pipeline::forward(&state, target, &checked, upstream).await?;
         return if stream { Ok(response) } else { fix_native_body(response, cap_binds).await };
@@ -104,17 +107,18 @@ fn cap_is_not_a_stop(message: &mut Value, cap_binds: bool) {
 }
 
 /// Pass-through of a native Anthropic stream, fixing known engine deviations on the raw events
-/// (only events with a `tool_use` block are parsed), and reporting a stop at the fleet's cap as
+/// (only events with a `tool_use` block, `message_start` and `message_delta` are parsed), and reporting a stop at the fleet's cap as
 /// `end_turn` (see [`cap_is_not_a_stop`]).
 struct NativeFix {
     cap_binds: bool,
+    stream: anthropic::NativeStreamFix,
 }
 
 const MAX_TOKENS_STOP: &str = r#""stop_reason":"max_tokens""#;
 
 impl RawFix for NativeFix {
     fn fix(&mut self, events: &[u8]) -> Option<Bytes> {
-        let fixed = anthropic::fix_native_raw_event(events);
+        let fixed = self.stream.raw(events);
         let capped =
             self.cap_binds && events.windows(MAX_TOKENS_STOP.len()).any(|w| w == MAX_TOKENS_STOP.as_bytes());
         if !capped {

@@ -5,8 +5,9 @@
 //! clock, except `handler`, which calls them from the `/v1/messages` routes:
 //! - translated engines: [`request_to_chat`] on the way in, then [`chat_to_message`] (non-streaming)
 //!   or a [`StreamTranslator`] fed every `data:` payload of the upstream stream;
-//! - native engines: forward bytes, passing each event through [`fix_native_event`] or
-//!   [`fix_native_raw_event`] (and non-streaming bodies through [`fix_native_message`]).
+//! - native engines: forward bytes, passing each stream's events through a [`NativeStreamFix`]
+//!   ([`fix_native_event`], [`fix_native_raw_event`] for one event alone) and non-streaming
+//!   bodies through [`fix_native_message`].
 //!
 //! Architecture invariant: every stream a [`StreamTranslator`] writes is one the official
 //! anthropic SDK accepts (message_start first, contiguous block indices each started and
@@ -20,7 +21,7 @@ mod response;
 mod stream;
 
 pub use handler::{count_tokens, messages};
-pub use native::{fix_native_event, fix_native_message, fix_native_raw_event};
+pub use native::{NativeStreamFix, fix_native_event, fix_native_message, fix_native_raw_event};
 pub use request::request_to_chat;
 pub use response::chat_to_message;
 pub use stream::StreamTranslator;

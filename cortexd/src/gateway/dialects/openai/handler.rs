@@ -1,10 +1,11 @@
 //! The OpenAI adapter (Chat Completions, Completions, Embeddings) over the pipeline: always
-//! native, only the model name, the output cap and the usage request are touched.
+//! native, only the model name, the output cap and the usage request are touched, and a stop at
+//! the fleet's cap is reported as `stop` ([`native`]).
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::StreamEdit;
@@ -12,6 +13,7 @@ use crate::gateway::core::pipeline::{self, Checked, OutputCap, RouteInfo, Upstre
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 use crate::gateway::dialects::chat::body::edit_body;
+use crate::gateway::dialects::openai::native::{self, CapIsNotAStop};
 
 pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     openai(state, headers, body, "/v1/chat/completions", "chat_completions").await
@@ -61,7 +63,21 @@ async fn forward_openai(
         _ => pipeline::output_cap(&state, &target.model)
             .map(|cap| OutputCap::new(cap, &["max_tokens", "max_completion_tokens"])),
     };
+    let envelope = &checked.envelope;
+    let limits = [envelope.max_tokens.as_ref(), envelope.max_completion_tokens.as_ref()];
+    let cap_binds = native::cap_binds(cap.map(|cap| cap.cap), &limits);
     let body = edit_body(&checked.body, &checked.model, &target.model, cap, add_usage)?;
-    let edit = if add_usage { StreamEdit::StripUsageChunk } else { StreamEdit::None };
-    pipeline::forward(&state, target, &checked, Upstream::post(path, body, stream, edit, true)).await
+    let edit = match (cap_binds, add_usage) {
+        (true, strip_usage) => StreamEdit::FixRaw(Box::new(CapIsNotAStop { strip_usage })),
+        (false, true) => StreamEdit::StripUsageChunk,
+        (false, false) => StreamEdit::None,
+    };
+    let upstream = Upstream::post(path, body, stream, edit, true);
+    let answer = pipeline::forward(&state, target, &checked, upstream).await?;
+    if stream || !cap_binds {
+        return Ok(answer);
+    }
+    let mut answer = pipeline::read_json(answer).await?;
+    native::cap_is_not_a_stop(&mut answer);
+    Ok(axum::Json(answer).into_response())
 }

@@ -21,8 +21,8 @@ use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
 use crate::gateway::dialects::chat::body::{chat_body, edit_body};
 use crate::gateway::dialects::chat::translate::Translate;
-use crate::gateway::dialects::responses::native::NativeFix;
-use crate::gateway::dialects::responses::request::{self, ToolNames};
+use crate::gateway::dialects::responses::native::{NativeFix, ResponseFix};
+use crate::gateway::dialects::responses::request;
 use crate::gateway::dialects::responses::response;
 use crate::gateway::dialects::responses::stream::StreamTranslator;
 use crate::gateway::transport::sse::{self, SseParser};
@@ -181,15 +181,31 @@ async fn native(
         let replica = Replica { neuron: target.neuron.name.clone(), model: target.model.clone() };
         Box::new(move |id: &str| index.remember(id, replica)) as IdSink
     });
-    let upstream = if stream {
-        let fix = NativeStream { parser: SseParser::new(), fix: NativeFix::default(), remember, usage: None };
-        Upstream::post("/v1/responses", body, true, StreamEdit::Transform(Box::new(fix)), true)
-    } else {
-        let mut upstream = Upstream::post("/v1/responses", body, false, StreamEdit::None, true);
-        upstream.on_response_id = remember;
-        upstream
-    };
-    pipeline::forward(&state, target, &checked, upstream).await
+    let fix = response_fix(&checked, &target.model, cap);
+    if stream {
+        let fix = NativeStream { parser: SseParser::new(), fix: NativeFix::new(fix), remember, usage: None };
+        let upstream =
+            Upstream::post("/v1/responses", body, true, StreamEdit::Transform(Box::new(fix)), true);
+        return pipeline::forward(&state, target, &checked, upstream).await;
+    }
+    let mut upstream = Upstream::post("/v1/responses", body, false, StreamEdit::None, true);
+    upstream.on_response_id = remember;
+    let mut response =
+        pipeline::read_json(pipeline::forward(&state, target, &checked, upstream).await?).await?;
+    if let Some(object) = response.as_object_mut() {
+        fix.apply(object);
+    }
+    Ok(axum::Json(response).into_response())
+}
+
+/// What a native answer to `checked` gets where the engine leaves it out; the client's own
+/// `max_output_tokens` marks a cut answer only where it, not the fleet's `cap`, bounds it.
+fn response_fix(checked: &Checked, model: &str, cap: Option<OutputCap>) -> ResponseFix {
+    let asked = checked.envelope.max_output_tokens.as_ref();
+    let binds = cap.is_some_and(|cap| cap.binds(asked));
+    let limit = asked.and_then(Value::as_u64).filter(|_| !binds);
+    let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    ResponseFix::from_body(&checked.body, model, created_at, limit)
 }
 
 /// Pass-through of a native Responses stream: fixes the engine's known deviations, notes the
@@ -253,6 +269,7 @@ async fn translated(
     cap: Option<OutputCap>,
 ) -> Result<Response, ApiError> {
     let stream = checked.envelope.stream;
+    let cap_binds = cap.is_some_and(|cap| cap.binds(checked.envelope.max_output_tokens.as_ref()));
     let request: Value = serde_json::from_slice(&checked.body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let request::Translated { chat, names } = request::request_to_chat(&request)?;
@@ -262,7 +279,8 @@ async fn translated(
     let skeleton_of = move |id: &str| response::skeleton(&request, id, &requested, created_at);
     let edit = if stream {
         let fallback = format!("cortex{created_at}");
-        let translator = StreamTranslator::new(skeleton_of(""), names.clone(), &fallback);
+        let translator =
+            StreamTranslator::new(skeleton_of(""), names.clone(), &fallback).cap_binds(cap_binds);
         StreamEdit::Transform(Box::new(Translate::new(translator)))
     } else {
         StreamEdit::None
@@ -273,15 +291,7 @@ async fn translated(
         return Ok(answer);
     }
     let chat = pipeline::read_json(answer).await?;
-    translate_body(&chat, skeleton_of, &names)
-}
-
-fn translate_body(
-    chat: &Value,
-    skeleton_of: impl FnOnce(&str) -> serde_json::Map<String, Value>,
-    names: &ToolNames,
-) -> Result<Response, ApiError> {
-    let response = response::chat_to_response(chat, skeleton_of, names)?;
+    let response = response::chat_to_response(&chat, skeleton_of, &names, cap_binds)?;
     Ok(axum::Json(response).into_response())
 }
 
@@ -292,7 +302,8 @@ mod tests {
     #[test]
     fn usage_of_a_translated_stream_is_reported() {
         let skeleton = response::skeleton(&serde_json::json!({}), "", "m", 0);
-        let mut translate = Translate::new(StreamTranslator::new(skeleton, ToolNames::default(), "x"));
+        let names = request::ToolNames::default();
+        let mut translate = Translate::new(StreamTranslator::new(skeleton, names, "x"));
         let mut out = BytesMut::new();
         translate.chunk(b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n", &mut out);
         assert_eq!(translate.usage(), Some((3, 4)));

@@ -4,8 +4,8 @@
 //!
 //! Output order: a `reasoning` item (from `reasoning_content`), a `message` item with one
 //! `output_text` part, then one `function_call` item per tool call. A `length` finish is status
-//! `incomplete` with `incomplete_details.reason = "max_output_tokens"`; everything else is
-//! `completed`.
+//! `incomplete` with `incomplete_details.reason = "max_output_tokens"` unless the fleet's cap (not
+//! the client's limit) bound the answer; everything else is `completed`.
 
 use serde_json::{Map, Value, json};
 
@@ -74,7 +74,7 @@ pub(crate) fn usage_json(usage: Option<&ChatUsage>, counted_output: u64) -> Valu
     let output = usage.map_or(counted_output, |u| u.completion_tokens);
     json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output,
@@ -146,6 +146,7 @@ pub fn chat_to_response(
     chat: &Value,
     skeleton_of: impl FnOnce(&str) -> Map<String, Value>,
     names: &ToolNames,
+    cap_binds: bool,
 ) -> Result<Value, ApiError> {
     let (completion, choice) = ChatCompletion::read(chat)?;
     let suffix = id_suffix(completion.id.as_deref(), "cortex");
@@ -182,7 +183,8 @@ pub fn chat_to_response(
             output.push(function_call_item(&id, &call_id, name, &arguments, "completed", names));
         }
     }
-    finish(&mut response, choice.finish_reason.as_deref());
+    let reason = choice.finish_reason.as_deref().filter(|reason| !(cap_binds && *reason == "length"));
+    finish(&mut response, reason);
     response.insert("output".into(), Value::Array(output));
     response.insert("usage".into(), usage_json(completion.usage.as_ref(), 0));
     Ok(Value::Object(response))

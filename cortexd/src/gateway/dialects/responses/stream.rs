@@ -12,9 +12,11 @@
 //!   `response.output_text.delta`; each upstream tool-call index → a `function_call` item with
 //!   `response.function_call_arguments.delta`), each closed once with its `.done` events.
 //!   Output indices count from 0.
-//! - A `length` finish ends with `response.completed` whose status is `incomplete`
-//!   (`incomplete_details.reason = "max_output_tokens"`): Codex fails a turn on a
-//!   `response.incomplete` event, and the fleet's output cap must not cost an agent its turn.
+//! - A `length` finish at the client's own `max_output_tokens` ends with `response.completed`
+//!   whose status is `incomplete` (`incomplete_details.reason = "max_output_tokens"`): Codex
+//!   fails a turn on a `response.incomplete` event. A `length` finish at the fleet's output cap
+//!   (below the client's limit, see [`StreamTranslator::cap_binds`]) is `completed`: the
+//!   operator's limit must not cost an agent its turn.
 //! - An upstream error chunk, a malformed chunk, a tool call interleaved with a closed one, or
 //!   the end of the stream before a finish reason (or a `[DONE]` without any output) ends the
 //!   stream with `response.failed` (status `failed`, `error.code = "server_error"`), inside the
@@ -45,7 +47,15 @@ impl ChatStream<Responses> {
             output: Vec::new(),
             open: None,
             scratch: Vec::new(),
+            cap_binds: false,
         })
+    }
+
+    /// Marks that the fleet's output cap is below the client's own limit: the engine stopping
+    /// at it is a natural end (`completed`), not a cut answer.
+    pub fn cap_binds(mut self, binds: bool) -> Self {
+        self.writer_mut().cap_binds = binds;
+        self
     }
 }
 
@@ -63,6 +73,8 @@ pub struct Responses {
     output: Vec<Value>,
     open: Option<OpenItem>,
     scratch: Vec<u8>,
+    /// The fleet's cap, not the client's limit, bounds the answer.
+    cap_binds: bool,
 }
 
 #[derive(Debug)]
@@ -122,7 +134,8 @@ impl Writer for Responses {
 
     fn complete(&mut self, finish: Option<Finish>, seen: &Seen, out: &mut impl SseBuffer) {
         let mut response = self.response_now("completed");
-        response::finish(&mut response, finish.as_ref().map(|finish| finish.reason.as_str()));
+        let reason = finish.as_ref().map(|finish| finish.reason.as_str());
+        response::finish(&mut response, reason.filter(|reason| !(self.cap_binds && *reason == "length")));
         response.insert("usage".into(), response::usage_json(seen.usage.as_ref(), seen.content_chunks));
         self.write("response.completed", json!({"type": "response.completed", "response": response}), out);
     }
