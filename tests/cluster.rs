@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 
 use cortex_e2e::etcd::Etcd;
 use cortex_e2e::{Neuron, eventually};
-use cortexd::cluster::session::Prepare;
-use cortexd::cluster::{Cluster, Settings};
-use cortexd::config::ClusterConfig;
-use cortexd::control::authority::{Authority, LeaseClock, Mandate};
-use cortexd::control::cluster_status::Role;
-use cortexd::control::status::QueueStatus;
+use cortexd::{
+    Authority, Cluster, ClusterConfig, ClusterSettings as Settings, LeaseClock, Mandate, Prepare,
+    QueueStatus, Role,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +47,10 @@ impl Replica {
             Box::pin(async { Ok(()) })
         });
         let me =
-            cortexd::cluster::record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+            cortexd::replica_record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let shutdown = CancellationToken::new();
         let (cluster, task) =
-            cortexd::cluster::start(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
+            cortexd::start_cluster(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
         Replica { name: name.to_owned(), cluster, task, shutdown, elected }
     }
 
@@ -189,12 +187,12 @@ async fn demand_is_published_under_the_replicas_lease_and_goes_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
-    use cortexd::control::execute::{self, ExecError, ExecTimeouts};
+    use cortexd::{ExecError, ExecTimeouts, run_as};
     use plans::plan::{Action, ActionKind, Reason};
 
     let dir = tempfile::tempdir().unwrap();
     let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
-    let client = cortexd::control::neuron_client::NeuronClient::new(
+    let client = cortexd::NeuronClient::new(
         "n1",
         &neuron.endpoint(),
         Some(cortex_e2e::NEURON_TOKEN.to_owned()),
@@ -231,13 +229,13 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
 
     // A neuron not known to fence (an older one ignores the term) is not acted on by a leader.
     let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
-    let error = execute::run_as(&unmarked, &load, None, Some(&current), timeouts).await.unwrap_err();
+    let error = run_as(&unmarked, &load, None, Some(&current), timeouts).await.unwrap_err();
     assert!(matches!(&error, ExecError::Unfenced { neuron } if neuron == "n1"), "{error}");
     assert!(!error.is_fenced() && current.holds(), "not a lost term: the leader keeps leading");
 
     // A leader paused past its lease wakes up: its mandate holds nothing, nothing is sent.
     let lapsed = Mandate::new(9, LeaseClock::new(Instant::now()));
-    let error = execute::run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
+    let error = run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
     assert!(matches!(error, ExecError::NotLeader { term: 9 }), "{error}");
     assert_eq!(
         neuron.get("/actions").await["actions"].as_array().unwrap().len(),
@@ -247,10 +245,10 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
 
     // The current leader (term 10) acts; then an older one (term 9, lease still valid on its
     // own clock) is fenced by the neuron and its mandate revoked: it steps down.
-    execute::run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
+    run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
     let older = Mandate::new(9, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
     let unload = Action { kind: ActionKind::Unload, profile: None, ..load.clone() };
-    let error = execute::run_as(&client, &unload, None, Some(&older), timeouts).await.unwrap_err();
+    let error = run_as(&client, &unload, None, Some(&older), timeouts).await.unwrap_err();
     assert!(error.is_fenced(), "{error}");
     assert!(older.is_revoked(), "a fenced answer revokes the mandate");
     let record = neuron.get("/actions").await;

@@ -13,12 +13,12 @@
 //! copies, admission and metrics stay local to each replica; lifecycle decisions are the
 //! leader's, published fenced by its term so a successor inherits them.
 
-pub mod demand;
-pub mod keys;
-pub mod session;
-pub mod store;
-pub mod usage;
-pub mod view;
+pub(crate) mod demand;
+pub(crate) mod keys;
+pub(crate) mod session;
+pub(crate) mod store;
+pub(crate) mod usage;
+pub(crate) mod view;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -79,7 +79,7 @@ impl Settings {
 
     /// How long one etcd call may take before the store counts as away: a third of the lease,
     /// so that a leader notices within its lease.
-    pub fn call_timeout(&self) -> Duration {
+    fn call_timeout(&self) -> Duration {
         (self.lease_ttl / 3).max(Duration::from_millis(500))
     }
 }

@@ -79,17 +79,9 @@ impl ExecError {
 /// far as this action's own changes go (never re-read from the neuron, so that a change by
 /// another actor in between shows up as a 409 on the caller's next action instead of being
 /// absorbed into its precondition).
-pub async fn run(
-    client: &NeuronClient,
-    action: &Action,
-    if_generation: Option<u64>,
-    timeouts: ExecTimeouts,
-) -> Result<u64, ExecError> {
-    run_as(client, action, if_generation, None, timeouts).await
-}
-
-/// [`run`] under a cluster leader's `mandate`: every call carries its term and is sent only
-/// while the mandate holds; a neuron's `fenced` answer revokes it.
+///
+/// Under a cluster leader's `mandate`, every call carries its term and is sent only while the
+/// mandate holds; a neuron's `fenced` answer revokes it.
 pub async fn run_as(
     client: &NeuronClient,
     action: &Action,

@@ -145,7 +145,7 @@ fn with_fencing(clients: &Clients, memory: &BTreeMap<String, Memory>) -> Clients
 }
 
 /// Clients for the neurons `fleet` declares.
-pub fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
+fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
     fleet
         .neurons
         .iter()

@@ -12,6 +12,7 @@ use crate::control::poller::Observed;
 use crate::control::reconcile::Trigger;
 
 /// Whether the observed state matches the fleet in force.
+#[allow(clippy::enum_variant_names, reason = "Argo CD's words, as `cortex status` shows them")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Sync {
     #[default]

@@ -133,7 +133,7 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
 
 /// The answer to `POST /admin/apply`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ApplyResponse {
+struct ApplyResponse {
     pub succeeded: bool,
     pub summary: String,
     /// `(action id, outcome text)` in plan order.
@@ -199,7 +199,7 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
 
 /// The answer to `POST /admin/reconcile`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ReconcileResponse {
+struct ReconcileResponse {
     pub requested: bool,
     /// The trigger the pass is recorded under in the status's runs.
     pub trigger: String,
