@@ -87,7 +87,11 @@ fn arrows_between_modules_point_one_way_and_down_the_layering() {
 fn architecture_md_writes_the_same_layering() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ARCHITECTURE.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let missing: Vec<String> = LAYERS.iter().map(|(at, layers)| layering_line(at, layers)).filter(|line| !doc.contains(line.as_str())).collect();
+    let missing: Vec<String> = LAYERS
+        .iter()
+        .map(|(at, layers)| layering_line(at, layers))
+        .filter(|line| !doc.contains(line.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "docs/ARCHITECTURE.md's layering differs from tests/structure.rs LAYERS; it should have these lines:\n{}",
