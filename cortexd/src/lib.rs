@@ -1,10 +1,12 @@
 //! `cortexd`: the gateway, the reconciler and the CLI of cortex. The only crate that knows the
 //! OpenAI and Anthropic JSON dialects; it depends on `plans` for every decision it acts on.
 //!
-//! Layers, each using only those before it: `config`/`metrics`/`usage` (shared settings, the
-//! metrics recorder, the per-key usage store) ← `control` (neuron client, poller, fleet, apply,
-//! reconcile, status) ← `gateway` (inference API) ← `operator` (admin API, fleet page) ← `serve`
-//! (wires the daemon) ← `cli` (the commands).
+//! Layers, each using only those before it (tests/structure.rs holds it so; docs/ARCHITECTURE.md
+//! is the map): `config`/`metrics`/`usage` (shared settings, the metrics recorder, the per-key
+//! usage store) ← `control` (neuron client, poller, fleet, apply, reconcile, status) ← `cluster`
+//! (cluster mode on etcd) ← `gateway` (inference API) ← `operator` (admin API, fleet page) ←
+//! `serve` (wires the daemon) ← `cli` (the commands). The modules are private; what the binary,
+//! the integration tests and the benchmarks use is re-exported below.
 
 mod config;
 mod metrics;
