@@ -373,3 +373,86 @@ async fn a_cluster_leader_does_not_act_on_a_neuron_that_does_not_fence() {
     assert!(neuron.loaded().await.is_empty());
     assert!(neuron.get("/actions").await["actions"].as_array().unwrap().is_empty());
 }
+
+/// `cortex apply` against a cluster: refused without `--url` (only the leader changes the
+/// fleet); with `--url` naming a follower, the follower's 409 names the leader and the CLI posts
+/// the saved plan there, which applies it with its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cortex_apply_goes_through_the_clusters_leader() {
+    use cortex_e2e::{ADMIN_KEY, Daemon, cortex, cortex_config, neuron_table, sim_model, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    // The daemons plan and report only: the applied plan is the one actor.
+    let text = format!(
+        "[policy]\nreconcile = \"off\"\n\n{}{}",
+        neuron_table(&neuron),
+        sim_model("m", 8_000, &["n1"], "m.gguf")
+    );
+    write_atomic(&fleet.join("fleet.toml"), &text);
+    let mut replicas = Vec::new();
+    for name in ["gw-1", "gw-2"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, port) = cortex_config(&home);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cluster = format!(
+            "\n[cluster]\netcd = [\"{}\"]\nreplica = \"{name}\"\nlease_ttl = \"2s\"\nprefix = \"/apply\"\n",
+            etcd.endpoint()
+        );
+        std::fs::write(
+            &config,
+            format!("state_dir = {:?}\n{text}{cluster}", home.join("state").display().to_string()),
+        )
+        .unwrap();
+        let daemon = Daemon::start(&fleet, &config, port, home.join("cortex.log")).await;
+        replicas.push((name, config, daemon));
+    }
+    let (leader, term) = eventually("one replica to lead", Duration::from_secs(30), async || {
+        for (name, _, daemon) in &replicas {
+            let status = daemon.status().await;
+            if status["cluster"]["role"] == "leader" {
+                return Some((*name, status["cluster"]["leader"]["term"].as_u64()?));
+            }
+        }
+        None
+    })
+    .await;
+    let (_, config, follower) = replicas.iter().find(|(name, _, _)| *name != leader).unwrap();
+
+    // Straight to the neurons, as a standalone fleet is applied: refused, saying how.
+    let out = cortex(&["apply", "--auto-approve", "--fleet", fleet.to_str().unwrap()], config, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--url"), "{stderr}");
+
+    // A saved plan through the follower: it names the leader, which applies it.
+    let plan = dir.path().join("plan.json");
+    let out = cortex(
+        &["plan", "--fleet", fleet.to_str().unwrap(), "--out", plan.to_str().unwrap()],
+        config,
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("http://127.0.0.1:{}", follower.port);
+    let out = cortex(
+        &["apply", plan.to_str().unwrap(), "--url", &url, "--admin-key", ADMIN_KEY],
+        config,
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("applying through the leader"), "{stdout}");
+    assert_eq!(neuron.loaded().await, ["m"]);
+    let record = neuron.get("/actions").await;
+    let loads: Vec<&serde_json::Value> =
+        record["actions"].as_array().unwrap().iter().filter(|a| a["kind"] == "load").collect();
+    assert_eq!(loads.len(), 1, "{record}");
+    assert_eq!(
+        (loads[0]["term"].as_u64(), &loads[0]["outcome"]),
+        (Some(term), &"accepted".into()),
+        "{record}"
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plans::fleet::OperatorAccess;
@@ -71,6 +71,9 @@ pub struct Admin {
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({"error": {"message": message.into()}}))).into_response()
 }
+
+/// On a follower's 409 to `POST /admin/apply`: the leader's API address (`http://host:port`).
+pub const LEADER_HEADER: &str = "x-cortex-leader";
 
 const DISABLED: &str = "the admin API is disabled: set admin_key in cortex.toml, or give a fleet key operator = \"read_only\" or \"admin\"";
 
@@ -133,7 +136,7 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
 
 /// The answer to `POST /admin/apply`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ApplyResponse {
+pub(crate) struct ApplyResponse {
     pub succeeded: bool,
     pub summary: String,
     /// `(action id, outcome text)` in plan order.
@@ -159,11 +162,17 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
     let authority = admin.authority.borrow().clone();
     if !authority.acts() {
         let leader = admin.cluster.as_ref().and_then(|view| view.borrow().leader.clone());
-        let pointer = leader.map_or_else(
+        let pointer = leader.as_ref().map_or_else(
             || "no replica leads at the moment; try again shortly".to_owned(),
             |l| format!("post the plan to the leader, {} at http://{}/admin/apply", l.replica, l.api),
         );
-        return error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+        let mut answer =
+            error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+        // `cortex apply --url` follows it to the leader.
+        if let Some(value) = leader.and_then(|l| HeaderValue::try_from(format!("http://{}", l.api)).ok()) {
+            answer.headers_mut().insert(LEADER_HEADER, value);
+        }
+        return answer;
     }
     let fleet = state.gateway.fleet();
     let observed = state.gateway.observed();
