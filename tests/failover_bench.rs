@@ -11,6 +11,11 @@
 //! of a sim neuron with a resident model, standalone and as the leader of a one-replica cluster
 //! (a real etcd), in alternating rounds of N sequential non-streaming requests; per mode the
 //! client-side p50 and p99.
+//!
+//! `failover-bench swarm N`: three replicas in cluster mode over `neuron-swarm`'s N simulated
+//! neurons (8 GPUs each, one model pinned per five neurons) at the default 2 s poll interval;
+//! once the leader has them Synced, 30 s of steady state: each replica's poll cycle
+//! (`cortex_poll_cycle_seconds`) and etcd's writes per second (its own counters).
 
 #![allow(clippy::unwrap_used, reason = "a benchmark: a failed step should stop it loudly")]
 
@@ -51,7 +56,113 @@ async fn main() {
         let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
         return latency(n).await;
     }
+    if args.first().map(String::as_str) == Some("swarm") {
+        let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+        return swarm(n).await;
+    }
     failovers(args.first().and_then(|a| a.parse().ok()).unwrap_or(10)).await;
+}
+
+/// The sum of every sample of the counter `name` in Prometheus text.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+async fn swarm(n: usize) {
+    use cortex_e2e::scale::{Size, Swarm, histogram};
+    use cortex_e2e::{Daemon, cortex_config_with, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = cortex_e2e::etcd::Etcd::start().await;
+    let swarm = Swarm::start(dir.path(), Size { neurons: n, devices: 8 }).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let mut text = swarm.tables.clone();
+    for (i, five) in swarm.names.chunks(5).enumerate() {
+        let pins: Vec<String> = five.iter().map(|n| format!("\"{n}\"")).collect();
+        text.push_str(&format!(
+            "[[model]]\nid = \"m-{i}\"\nharness = \"sim\"\nsource = \"m-{i}.gguf\"\nvram_mb = 20000\nmin_devices = 1\npinned_on = [{}]\n\n",
+            pins.join(", ")
+        ));
+    }
+    write_atomic(&fleet.join("fleet.toml"), &text);
+    let mut replicas = Vec::new();
+    for name in ["gw-1", "gw-2", "gw-3"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, port) = cortex_config_with(&home, "interval = \"2s\"", "resync = \"30s\"");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let metrics = text
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics_listen = \"")?.strip_suffix('"').map(str::to_owned))
+            .unwrap();
+        let cluster = format!(
+            "\n[cluster]\netcd = [\"{}\"]\nreplica = \"{name}\"\nlease_ttl = \"3s\"\nprefix = \"/swarm\"\n",
+            etcd.endpoint()
+        );
+        std::fs::write(
+            &config,
+            format!("state_dir = {:?}\n{text}{cluster}", home.join("state").display().to_string()),
+        )
+        .unwrap();
+        let daemon = Daemon::start(&fleet, &config, port, home.join("cortex.log")).await;
+        replicas.push((name, daemon, format!("http://{metrics}/metrics")));
+    }
+    let started = std::time::Instant::now();
+    eventually("the leader to load every pin", Duration::from_secs(600), async || {
+        for (_, daemon, _) in &replicas {
+            let status = daemon.status().await;
+            if status["cluster"]["role"] == "leader" {
+                return (status["sync"] == "Synced").then_some(());
+            }
+        }
+        None
+    })
+    .await;
+    let converged = started.elapsed();
+    let etcd_metrics = format!("{}/metrics", etcd.endpoint());
+    let writes = |text: &str| counter(text, "etcd_mvcc_put_total") + counter(text, "etcd_mvcc_txn_total");
+    let before_etcd = scrape(&etcd_metrics).await;
+    let mut before = Vec::new();
+    for (_, _, metrics) in &replicas {
+        before.push(histogram(&scrape(metrics).await, "cortex_poll_cycle_seconds"));
+    }
+    let window = Duration::from_secs(30);
+    let t0 = std::time::Instant::now();
+    eventually("the steady-state window", window + Duration::from_secs(5), async || {
+        (t0.elapsed() >= window).then_some(())
+    })
+    .await;
+    let seconds = t0.elapsed().as_secs_f64();
+    let after_etcd = scrape(&etcd_metrics).await;
+    println!(
+        "{n} neurons × 8 GPUs, {} pinned models, 3 replicas; leader Synced after {:.1} s",
+        swarm.names.len().div_ceil(5),
+        converged.as_secs_f64()
+    );
+    println!("| replica | poll cycles in {seconds:.0} s | mean cycle | p95 under |");
+    println!("|---|---|---|---|");
+    for ((name, _, metrics), (count0, sum0, _)) in replicas.iter().zip(before) {
+        let (count, sum, p95) = histogram(&scrape(metrics).await, "cortex_poll_cycle_seconds");
+        let cycles = count - count0;
+        let mean_ms = (sum - sum0) / cycles.max(1) as f64 * 1000.0;
+        println!("| {name} | {cycles} | {mean_ms:.0} ms | {p95} s |");
+    }
+    let puts = writes(&after_etcd) - writes(&before_etcd);
+    let proposals = counter(&after_etcd, "etcd_server_proposals_committed_total")
+        - counter(&before_etcd, "etcd_server_proposals_committed_total");
+    println!(
+        "etcd: {:.1} writes/s (puts and txns), {:.1} committed proposals/s (writes, lease grants and revocations)",
+        puts / seconds,
+        proposals / seconds
+    );
 }
 
 /// Standalone against cluster mode, same neuron, same model, alternating rounds.
