@@ -6,6 +6,7 @@
 #   ROUTE=messages bash bench/instructions.sh BIN_DIR     (the Anthropic route, translated)
 #   KEY=1 bash bench/instructions.sh BIN_DIR     (through a fleet [[key]] with an rpm, a tpm and
 #                                                 a daily budget: the key check and accounting)
+#   KEY=api bash bench/instructions.sh BIN_DIR   (through cortex.toml's api_keys: a key, no limits)
 #
 # cortex serves in front of the bench's mock engine; 200 streaming requests of one token go
 # through one kept-alive connection, then 20 streams of 50 tokens. The poller runs once a
@@ -30,7 +31,12 @@ if [ "${KEY:-0}" = 1 ]; then
         "$(printf %s "$secret" | sha256sum | cut -d' ' -f1)" >>"$work/fleet/fleet.toml"
     auth=(-H "authorization: Bearer $secret")
 fi
-printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\nusage_store = "%s/usage.redb"\n\n[poll]\ninterval = "60s"\n' \
+api_keys=""
+if [ "${KEY:-0}" = api ]; then
+    api_keys='api_keys = ["ck-bench"]\n'
+    auth=(-H "authorization: Bearer ck-bench")
+fi
+printf "${api_keys}"'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\nusage_store = "%s/usage.redb"\n\n[poll]\ninterval = "60s"\n' \
     "$api_port" "$metrics_port" "$work" >"$work/cortex.toml"
 "$bin/cortex-bench" mock --port "$mock_port" --models m-0-0,m-0-1 >"$work/mock.log" 2>&1 &
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \

@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 
 use cortex_e2e::etcd::Etcd;
 use cortex_e2e::{Neuron, eventually};
-use cortexd::cluster::session::Prepare;
-use cortexd::cluster::{Cluster, Settings};
-use cortexd::config::ClusterConfig;
-use cortexd::control::authority::{Authority, LeaseClock, Mandate};
-use cortexd::control::cluster_status::Role;
-use cortexd::control::status::QueueStatus;
+use cortexd::{
+    Authority, Cluster, ClusterConfig, ClusterSettings as Settings, LeaseClock, Mandate, Prepare,
+    QueueStatus, Role,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +47,10 @@ impl Replica {
             Box::pin(async { Ok(()) })
         });
         let me =
-            cortexd::cluster::record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+            cortexd::replica_record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let shutdown = CancellationToken::new();
         let (cluster, task) =
-            cortexd::cluster::start(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
+            cortexd::start_cluster(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
         Replica { name: name.to_owned(), cluster, task, shutdown, elected }
     }
 
@@ -189,17 +187,22 @@ async fn demand_is_published_under_the_replicas_lease_and_goes_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
-    use cortexd::control::execute::{self, ExecError, ExecTimeouts};
+    use cortexd::{ExecError, ExecTimeouts, run_as};
     use plans::plan::{Action, ActionKind, Reason};
 
     let dir = tempfile::tempdir().unwrap();
     let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
-    let client = cortexd::control::neuron_client::NeuronClient::new(
+    let client = cortexd::NeuronClient::new(
         "n1",
         &neuron.endpoint(),
         Some(cortex_e2e::NEURON_TOKEN.to_owned()),
         reqwest::Client::new(),
     );
+    // The poller marks a client with what its neuron's discovery says.
+    let discovery = neuron.get("/discovery").await;
+    assert_eq!(discovery["fencing"], true, "the neuron advertises fencing: {discovery}");
+    let unmarked = client.clone();
+    let client = client.with_fencing(true);
     let timeouts = ExecTimeouts { call: Duration::from_secs(10), ready: Duration::from_secs(30) };
     let profile = plans::fleet::Profile {
         harness: "sim".to_owned(),
@@ -224,9 +227,15 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
         if_generation: 0,
     };
 
+    // A neuron not known to fence (an older one ignores the term) is not acted on by a leader.
+    let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
+    let error = run_as(&unmarked, &load, None, Some(&current), timeouts).await.unwrap_err();
+    assert!(matches!(&error, ExecError::Unfenced { neuron } if neuron == "n1"), "{error}");
+    assert!(!error.is_fenced() && current.holds(), "not a lost term: the leader keeps leading");
+
     // A leader paused past its lease wakes up: its mandate holds nothing, nothing is sent.
     let lapsed = Mandate::new(9, LeaseClock::new(Instant::now()));
-    let error = execute::run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
+    let error = run_as(&client, &load, None, Some(&lapsed), timeouts).await.unwrap_err();
     assert!(matches!(error, ExecError::NotLeader { term: 9 }), "{error}");
     assert_eq!(
         neuron.get("/actions").await["actions"].as_array().unwrap().len(),
@@ -236,11 +245,10 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
 
     // The current leader (term 10) acts; then an older one (term 9, lease still valid on its
     // own clock) is fenced by the neuron and its mandate revoked: it steps down.
-    let current = Mandate::new(10, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
-    execute::run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
+    run_as(&client, &load, None, Some(&current), timeouts).await.unwrap();
     let older = Mandate::new(9, LeaseClock::new(Instant::now() + Duration::from_secs(60)));
     let unload = Action { kind: ActionKind::Unload, profile: None, ..load.clone() };
-    let error = execute::run_as(&client, &unload, None, Some(&older), timeouts).await.unwrap_err();
+    let error = run_as(&client, &unload, None, Some(&older), timeouts).await.unwrap_err();
     assert!(error.is_fenced(), "{error}");
     assert!(older.is_revoked(), "a fenced answer revokes the mandate");
     let record = neuron.get("/actions").await;
@@ -261,4 +269,190 @@ async fn a_lapsed_or_older_term_performs_nothing_on_a_real_neuron() {
         [("load".to_owned(), 10, "accepted".to_owned()), ("unload".to_owned(), 9, "fenced".to_owned())]
     );
     assert_eq!(neuron.loaded().await, ["m"], "the older term changed nothing");
+}
+
+/// An older neuron, as a cluster sees it: a real neuron behind a proxy that leaves `fencing` out
+/// of its discovery (an older neuron does not know the field) and records every call it passes.
+async fn older_neuron(neuron: &Neuron) -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::body::Body;
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+
+    #[derive(Clone)]
+    struct Proxy {
+        upstream: String,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn pass(State(proxy): State<Proxy>, request: Request) -> Response {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        proxy.calls.lock().unwrap().push(format!("{method} {path}"));
+        let headers = request.headers().clone();
+        let body = axum::body::to_bytes(request.into_body(), usize::MAX).await.unwrap();
+        let mut call = reqwest::Client::new().request(method, format!("{}{path}", proxy.upstream)).body(body);
+        if let Some(authorization) = headers.get("authorization") {
+            call = call.header("authorization", authorization);
+        }
+        if let Some(kind) = headers.get("content-type") {
+            call = call.header("content-type", kind);
+        }
+        let answer = call.send().await.unwrap();
+        let status = answer.status();
+        let mut json: serde_json::Value = answer.json().await.unwrap_or_default();
+        if path == "/discovery" {
+            json.as_object_mut().unwrap().remove("fencing");
+        }
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(json.to_string()))
+            .unwrap()
+    }
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let proxy = Proxy { upstream: neuron.endpoint(), calls: calls.clone() };
+    let app = axum::Router::new().fallback(pass).with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (endpoint, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_leader_does_not_act_on_a_neuron_that_does_not_fence() {
+    use cortex_e2e::{Daemon, cortex_config, sim_model, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let (endpoint, calls) = older_neuron(&neuron).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let table = format!("[[neuron]]\nname = \"n1\"\nendpoint = \"{endpoint}\"\n\n");
+    write_atomic(&fleet.join("fleet.toml"), &format!("{table}{}", sim_model("m", 8_000, &["n1"], "m.gguf")));
+    let (config, port) = cortex_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cluster = format!(
+        "\n[cluster]\netcd = [\"{}\"]\nreplica = \"gw-1\"\nlease_ttl = \"2s\"\nprefix = \"/unfenced\"\n",
+        etcd.endpoint()
+    );
+    std::fs::write(&config, format!("{text}{cluster}")).unwrap();
+    let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
+
+    // It leads, sees the neuron, and says it will not act on it, and why.
+    let condition = |status: &serde_json::Value, kind: &str| {
+        status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["kind"] == kind).cloned())
+    };
+    let (fencing, reconciled) =
+        eventually("the status to refuse the neuron", Duration::from_secs(30), async || {
+            let status = daemon.status().await;
+            (status["cluster"]["role"] == "leader").then_some(())?;
+            let fencing = condition(&status, "NeuronsFence")?;
+            let reconciled = condition(&status, "Reconciled")?;
+            reconciled["message"]
+                .as_str()?
+                .contains("does not advertise fencing")
+                .then_some((fencing, reconciled))
+        })
+        .await;
+    assert_eq!(
+        (fencing["ok"].clone(), fencing["reason"].clone()),
+        (false.into(), "NotFencing".into()),
+        "{fencing}"
+    );
+    assert!(fencing["message"].as_str().unwrap().contains("does not act on n1"), "{fencing}");
+    assert_eq!(reconciled["ok"], false, "{reconciled}");
+
+    // Nothing reached it: no load, no unload, not even a fence; a client's request is refused
+    // rather than loaded for.
+    let (status, body) = daemon.chat("m").await;
+    assert_ne!(status, 200, "{body}");
+    let lifecycle: Vec<String> =
+        calls.lock().unwrap().iter().filter(|c| c.starts_with("POST")).cloned().collect();
+    assert!(lifecycle.is_empty(), "calls sent to a neuron that does not fence: {lifecycle:?}");
+    assert!(neuron.loaded().await.is_empty());
+    assert!(neuron.get("/actions").await["actions"].as_array().unwrap().is_empty());
+}
+
+/// `cortex apply` against a cluster: refused without `--url` (only the leader changes the
+/// fleet); with `--url` naming a follower, the follower's 409 names the leader and the CLI posts
+/// the saved plan there, which applies it with its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cortex_apply_goes_through_the_clusters_leader() {
+    use cortex_e2e::{ADMIN_KEY, Daemon, cortex, cortex_config, neuron_table, sim_model, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    // The daemons plan and report only: the applied plan is the one actor.
+    let text = format!(
+        "[policy]\nreconcile = \"off\"\n\n{}{}",
+        neuron_table(&neuron),
+        sim_model("m", 8_000, &["n1"], "m.gguf")
+    );
+    write_atomic(&fleet.join("fleet.toml"), &text);
+    let mut replicas = Vec::new();
+    for name in ["gw-1", "gw-2"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, port) = cortex_config(&home);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cluster = format!(
+            "\n[cluster]\netcd = [\"{}\"]\nreplica = \"{name}\"\nlease_ttl = \"2s\"\nprefix = \"/apply\"\n",
+            etcd.endpoint()
+        );
+        std::fs::write(
+            &config,
+            format!("state_dir = {:?}\n{text}{cluster}", home.join("state").display().to_string()),
+        )
+        .unwrap();
+        let daemon = Daemon::start(&fleet, &config, port, home.join("cortex.log")).await;
+        replicas.push((name, config, daemon));
+    }
+    let (leader, term) = eventually("one replica to lead", Duration::from_secs(30), async || {
+        for (name, _, daemon) in &replicas {
+            let status = daemon.status().await;
+            if status["cluster"]["role"] == "leader" {
+                return Some((*name, status["cluster"]["leader"]["term"].as_u64()?));
+            }
+        }
+        None
+    })
+    .await;
+    let (_, config, follower) = replicas.iter().find(|(name, _, _)| *name != leader).unwrap();
+
+    // Straight to the neurons, as a standalone fleet is applied: refused, saying how.
+    let out = cortex(&["apply", "--auto-approve", "--fleet", fleet.to_str().unwrap()], config, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--url"), "{stderr}");
+
+    // A saved plan through the follower: it names the leader, which applies it.
+    let plan = dir.path().join("plan.json");
+    let out = cortex(
+        &["plan", "--fleet", fleet.to_str().unwrap(), "--out", plan.to_str().unwrap()],
+        config,
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("http://127.0.0.1:{}", follower.port);
+    let out = cortex(
+        &["apply", plan.to_str().unwrap(), "--url", &url, "--admin-key", ADMIN_KEY],
+        config,
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("applying through the leader"), "{stdout}");
+    assert_eq!(neuron.loaded().await, ["m"]);
+    let record = neuron.get("/actions").await;
+    let loads: Vec<&serde_json::Value> =
+        record["actions"].as_array().unwrap().iter().filter(|a| a["kind"] == "load").collect();
+    assert_eq!(loads.len(), 1, "{record}");
+    assert_eq!(
+        (loads[0]["term"].as_u64(), &loads[0]["outcome"]),
+        (Some(term), &"accepted".into()),
+        "{record}"
+    );
 }

@@ -264,6 +264,12 @@ async fn a_pin_on_a_draining_neuron_is_suspended_shown_and_honoured_again() {
         (rig.n1.loaded().await == ["coder"]).then_some(())
     })
     .await;
+    // The stand-in stays as a second warm copy; the fleet is in sync with both.
+    eventually("Synced with the pin back", MINUTE, async || {
+        (rig.daemon.status().await["sync"] == "Synced").then_some(())
+    })
+    .await;
+    assert_eq!(rig.n2.loaded().await, ["coder"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -137,9 +137,14 @@ fn status(answer: &str) -> &str {
 /// Send the head of a request declaring `DECLARED` bytes, then as much of the body as the
 /// connection takes (up to `send` bytes): what was sent, what was answered and when it closed.
 async fn send_body(tcp: TcpStream, head: String, send: usize) -> (usize, String, Instant) {
+    send_pieces(tcp, head, vec![b'x'; 64 * 1024], send).await
+}
+
+/// Send `head`, then `piece` again and again until `send` bytes are sent or the connection
+/// takes no more: what was sent after the head, what was answered and when it closed.
+async fn send_pieces(tcp: TcpStream, head: String, piece: Vec<u8>, send: usize) -> (usize, String, Instant) {
     let (mut reader, mut writer) = tcp.into_split();
     let sender = tokio::spawn(async move {
-        let piece = vec![b'x'; 64 * 1024];
         let mut sent = 0;
         if writer.write_all(head.as_bytes()).await.is_err() {
             return 0;
@@ -344,6 +349,10 @@ async fn framing_another_hop_could_read_differently_is_refused() {
         ("a signed chunk size", post("transfer-encoding: chunked\r\n", &chunked(&format!("+{hex}"), "\r\n"))),
         ("a bare LF after a chunk size", post("transfer-encoding: chunked\r\n", &chunked(&hex, "\n"))),
         (
+            "a chunk size after spaces",
+            post("transfer-encoding: chunked\r\n", &chunked(&format!("  {hex}"), "\r\n")),
+        ),
+        (
             "chunk extensions over 16 KiB",
             post(
                 "transfer-encoding: chunked\r\n",
@@ -356,10 +365,67 @@ async fn framing_another_hop_could_read_differently_is_refused() {
         assert_eq!(status(&answer), "400", "{case}: {answer}");
         assert_eq!(answer.matches("HTTP/1.").count(), 1, "{case}: nothing after the 400: {answer}");
     }
-    let zeros =
-        post("transfer-encoding: chunked\r\nconnection: close\r\n", &chunked(&format!("000{hex}"), "\r\n"));
+    // A coding before `chunked` (on one line or two): no route decodes one, so 501 from the
+    // head, the body unread, and nothing after it answered.
+    for (case, headers) in [
+        ("gzip then chunked on two lines", "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"),
+        ("gzip, chunked", "transfer-encoding: gzip, chunked\r\n"),
+    ] {
+        let answer = stack.exchange(&format!("{}{follow}", post(headers, &chunked(&hex, "\r\n")))).await;
+        assert_eq!(status(&answer), "501", "{case}: {answer}");
+        assert_eq!(answer.matches("HTTP/1.").count(), 1, "{case}: nothing after the 501: {answer}");
+    }
+    let zeros = post(
+        "transfer-encoding: chunked\r\nconnection: close\r\n",
+        &chunked(&format!("{}{hex}", "0".repeat(64)), "\r\n"),
+    );
     let answer = stack.exchange(&zeros).await;
-    assert_eq!(status(&answer), "200", "leading zeros in a chunk size: {answer}");
+    assert_eq!(status(&answer), "200", "64 leading zeros in a chunk size: {answer}");
+
+    // Each malformed head gets its own status (not one message for all), and is closed.
+    for (case, head, expected) in [
+        ("a request line without a version", "GET /v1/models\r\nhost: t\r\n\r\n".to_owned(), "400"),
+        ("a header without a colon", "GET /v1/models HTTP/1.1\r\nhost t\r\n\r\n".to_owned(), "400"),
+        (
+            "a head over 64 KiB",
+            format!("GET /v1/models HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(70_000)),
+            "431",
+        ),
+        ("over 100 headers", format!("GET /v1/models HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(101)), "431"),
+    ] {
+        let answer = stack.exchange(&head).await;
+        assert_eq!(status(&answer), expected, "{case}: {answer}");
+        assert!(!answer.contains("not HTTP/1.1"), "{case}: {answer}");
+    }
+}
+
+/// 64 MiB of trailer fields and 20 MB of chunk extensions on one request: refused with 400 once
+/// past their bounds (64 KiB of trailers, 16 KiB of extensions per body), the connection closed
+/// long before the client has sent them, and cortex's memory unmoved.
+#[tokio::test(flavor = "multi_thread")]
+async fn unbounded_trailers_and_chunk_extensions_are_refused_early() {
+    let stack = Stack::start(5, "", "").await;
+    let (rss_before, _) = stack.memory();
+    let head = |first: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{first}"
+        )
+    };
+    let trailer = [b"x-trailer: ".as_slice(), &[b't'; 1000], b"\r\n"].concat();
+    let cases = [
+        ("64 MiB of trailers", head("1\r\n{\r\n0\r\n"), trailer, 64 * MIB),
+        ("20 MB of chunk extensions", head("1;"), vec![b'e'; 64 * 1024], 20_000_000),
+    ];
+    for (case, head, piece, total) in cases {
+        let (sent, answer, _) = send_pieces(stack.connect().await, head, piece, total).await;
+        assert_eq!(status(&answer), "400", "{case}: {answer}");
+        assert!(answer.contains("over limit"), "{case}: the reason is given: {answer}");
+        assert!(sent < total * 3 / 4, "{case}: the connection closed under them ({sent} bytes sent)");
+        let grown = stack.memory().0.saturating_sub(rss_before);
+        assert!(grown < 16 * 1024, "{case}: cortex grew by {grown} KiB");
+        println!("{case}: {sent} bytes sent before the close, cortex +{grown} KiB");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,8 +3,8 @@
 //! read from its `src/`; an arrow from module `a::x::…` to `a::y::…` is an arrow between the
 //! siblings `x` and `y` under `a` (a module and its own descendants may name each other freely).
 //! The test fails on a cycle between siblings and on an arrow against the layering written in
-//! [`LAYERS`] (the same layering as docs/ARCHITECTURE.md's code map), and prints each offending
-//! arrow with the line that draws it. Test code (`#[cfg(test)]` items, `tests` modules) is not
+//! [`LAYERS`] (docs/ARCHITECTURE.md writes the same lines, and a test here holds them equal), and
+//! prints each offending arrow with the line that draws it. Test code (`#[cfg(test)]` items, `tests` modules) is not
 //! read: tests may reach anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +81,28 @@ fn arrows_between_modules_point_one_way_and_down_the_layering() {
         krate.check(&mut failures);
     }
     assert!(failures.is_empty(), "module structure:\n{failures}");
+}
+
+#[test]
+fn architecture_md_writes_the_same_layering() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ARCHITECTURE.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let missing: Vec<String> = LAYERS
+        .iter()
+        .map(|(at, layers)| layering_line(at, layers))
+        .filter(|line| !doc.contains(line.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/ARCHITECTURE.md's layering differs from tests/structure.rs LAYERS; it should have these lines:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// One module's layering as ARCHITECTURE.md writes it: `crate/module: bottom, … ← … ← top`.
+fn layering_line(at: &str, layers: &[&[&str]]) -> String {
+    let layers: Vec<String> = layers.iter().map(|layer| layer.join(", ")).collect();
+    format!("{at}: {}", layers.join(" ← "))
 }
 
 #[test]

@@ -24,6 +24,29 @@ pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// [`client`], presenting `key` as a bearer token on every request when there is one.
+pub fn keyed_client(timeout: Duration, key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let Some(key) = key else { return client(timeout) };
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(300))
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()?)
+}
+
+/// `streamer`, presenting `key` as a bearer token when there is one.
+pub fn keyed(streamer: Streamer, key: Option<&str>) -> Streamer {
+    match key {
+        Some(key) => streamer.with_header("authorization", &format!("Bearer {key}")),
+        None => streamer,
+    }
+}
+
 /// The streaming client: what [`streams`] and [`hold`] use, with the header the Anthropic
 /// route asks for (the OpenAI ones ignore it).
 pub fn streamer(timeout: Duration) -> Streamer {

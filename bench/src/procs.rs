@@ -268,13 +268,26 @@ pub fn start_llama_neuron(
 
 /// `cortex serve` on `fleet_toml`, listening on `port`.
 pub fn start_cortex(bin: &Path, dir: &Path, name: &str, port: u16, fleet_toml: &str) -> anyhow::Result<Proc> {
+    start_cortex_with(bin, dir, name, port, fleet_toml, "")
+}
+
+/// The same, with `extra` lines at the top of cortex.toml (e.g. `api_keys`).
+pub fn start_cortex_with(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    fleet_toml: &str,
+    extra: &str,
+) -> anyhow::Result<Proc> {
     let root = dir.join(name);
     std::fs::create_dir_all(root.join("fleet"))?;
     std::fs::write(root.join("fleet").join("fleet.toml"), fleet_toml)?;
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\n\
-         [poll]\ninterval = \"1s\"\n",
-        free_port()?
+        "{extra}listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{}\"\nneuron_token = \"{NEURON_TOKEN}\"\n\
+         usage_store = \"{}\"\n\n[poll]\ninterval = \"1s\"\n",
+        free_port()?,
+        root.join("usage.redb").display()
     );
     std::fs::write(root.join("cortex.toml"), config)?;
     Proc::spawn(

@@ -71,6 +71,47 @@ pub struct Args {
     /// Rounds per measurement (paths alternate within each round); default 3 (1 with --smoke).
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// The client key cortex asks for: `none`; `api-keys` (cortex.toml's `api_keys`: the
+    /// digest looked up, no limits); `fleet` (a fleet `[[key]]` with an rpm, a tpm and a daily
+    /// budget, high enough never to refuse: the key check, reservation and accounting all run).
+    /// The requests to cortex carry it; the direct paths ignore it.
+    #[arg(long, value_enum, default_value = "none")]
+    pub keys: KeyMode,
+}
+
+/// How cortex's clients are keyed in a run (`--keys`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    None,
+    ApiKeys,
+    Fleet,
+}
+
+/// The secret the bench's clients present when cortex asks for a key.
+const BENCH_KEY: &str = "ck-bench";
+/// Its SHA-256 digest (`printf %s ck-bench | sha256sum`), as a fleet `[[key]]` declares it.
+const BENCH_KEY_SHA256: &str = "d9302fba84cfcc8a197ec8b3c8478124947167d52959fc1a9279af8b36205134";
+
+impl KeyMode {
+    /// The secret to present, if cortex asks for one.
+    fn secret(self) -> Option<&'static str> {
+        (self != KeyMode::None).then_some(BENCH_KEY)
+    }
+
+    /// What cortex.toml and the fleet get for this mode.
+    fn config(self) -> (&'static str, String) {
+        match self {
+            KeyMode::None => ("", String::new()),
+            KeyMode::ApiKeys => ("api_keys = [\"ck-bench\"]\n", String::new()),
+            KeyMode::Fleet => (
+                "",
+                format!(
+                    "\n[[key]]\nname = \"bench\"\nsha256 = \"{BENCH_KEY_SHA256}\"\nrpm = 100000000\n\
+                     tpm = 1000000000000\ntokens_per_day = 1000000000000000\n"
+                ),
+            ),
+        }
+    }
 }
 
 impl Args {
@@ -153,6 +194,8 @@ fn chat_body(model: &str, max_tokens: u64, stream: bool) -> Bytes {
 
 /// The running system under test.
 struct Rig {
+    /// The key the clients present to cortex (`--keys`).
+    key: Option<&'static str>,
     mock_url: String,
     cortex_url: String,
     sim_url: String,
@@ -168,7 +211,7 @@ struct Rig {
 }
 
 async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
-    let http = load::client(Duration::from_secs(5))?;
+    let http = load::keyed_client(Duration::from_secs(5), args.keys.secret())?;
     let models: Vec<String> =
         [NONSTREAM_MODEL, STREAM_MODEL, STREAM_MODEL_MANY, SLOW_MODEL].map(str::to_owned).to_vec();
     let mock_port = procs::free_port()?;
@@ -198,9 +241,17 @@ async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
     let fleet = format!(
         "[[neuron]]\nname = \"mock\"\nendpoint = \"{mock_url}\"\n\n\
          [[neuron]]\nname = \"simnode\"\nendpoint = \"{neuron_url}\"\n\n\
-         [[model]]\nid = \"sim\"\nharness = \"sim\"\nsource = \"sim.gguf\"\nvram_mb = 1000\nmin_devices = 1\npinned_on = [\"simnode\"]\n"
+         [[model]]\nid = \"sim\"\nharness = \"sim\"\nsource = \"sim.gguf\"\nvram_mb = 1000\nmin_devices = 1\npinned_on = [\"simnode\"]\n{}",
+        args.keys.config().1
     );
-    let cortex = procs::start_cortex(&args.bin_dir.join("cortex"), dir, "cortex", cortex_port, &fleet)?;
+    let cortex = procs::start_cortex_with(
+        &args.bin_dir.join("cortex"),
+        dir,
+        "cortex",
+        cortex_port,
+        &fleet,
+        args.keys.config().0,
+    )?;
     let cortex_url = format!("http://127.0.0.1:{cortex_port}");
     procs::eventually("cortex to route to the mock", Duration::from_secs(30), Some(&cortex), || {
         procs::chat_ok(&http, &cortex_url, NONSTREAM_MODEL)
@@ -237,6 +288,7 @@ async fn start_rig(args: &Args, dir: &Path) -> anyhow::Result<Rig> {
         .map(Proc::pid)
         .collect();
     Ok(Rig {
+        key: args.keys.secret(),
         pids,
         mock_url,
         cortex_url,
@@ -313,7 +365,7 @@ fn added(runs: &[Value], base: &[Value], pointer: &str) -> f64 {
 }
 
 async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
-    let client = load::client(Duration::from_secs(10))?;
+    let client = load::keyed_client(Duration::from_secs(10), rig.key)?;
     let body = chat_body(NONSTREAM_MODEL, 4, false);
     let sim_body = chat_body("sim", 1, false);
     let direct =
@@ -401,7 +453,7 @@ async fn nonstream(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
 }
 
 async fn streaming(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
-    let client = load::streamer(Duration::from_secs(60));
+    let client = load::keyed(load::streamer(Duration::from_secs(60)), rig.key);
     let tokens = scale.stream_tokens;
     let mut rows = Vec::new();
     for &(concurrency, total, sequential) in &scale.stream_levels {
@@ -585,7 +637,7 @@ fn cpu_per_event(run: &Value, cortex_us: u64, mock_us: u64, nginx_us: u64, clien
 }
 
 async fn memory(rig: &Rig, scale: &Scale) -> anyhow::Result<Value> {
-    let client = load::streamer(Duration::from_secs(600));
+    let client = load::keyed(load::streamer(Duration::from_secs(600)), rig.key);
     let url = format!("{}/v1/chat/completions", rig.cortex_url);
     let body = chat_body(SLOW_MODEL, 1000, true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -875,6 +927,7 @@ pub async fn all(args: &Args) -> anyhow::Result<Value> {
     if args.wants("nonstream") || args.wants("stream") || args.wants("memory") {
         let rig = start_rig(args, &dir).await?;
         report["litellm_measured"] = json!(rig.litellm_url.is_some());
+        report["client_keys"] = json!(format!("{:?}", args.keys).to_lowercase());
         if args.wants("nonstream") {
             report["nonstream"] = nonstream(&rig, &scale).await?;
         }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cortexd::cli::{self, Cli};
+use cortexd::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cli::run(&cli));
+    let result = runtime.block_on(cortexd::run(&cli));
     match result {
         Ok(code) => code,
         Err(error) => {

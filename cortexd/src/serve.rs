@@ -374,7 +374,7 @@ async fn wait_for_signal() {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
+fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -1,8 +1,8 @@
 //! Golden tests of Anthropic Messages request → OpenAI Chat Completions request, including the 400 messages.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::core::error::Dialect;
-use cortexd::gateway::dialects::anthropic::request_to_chat;
+use cortexd::Dialect;
+use cortexd::anthropic::request_to_chat;
 use expect_test::{Expect, expect};
 
 /// Translates `request` (JSON text) and renders the Chat Completions body, or `error: <message>`.

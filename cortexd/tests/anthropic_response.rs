@@ -1,8 +1,8 @@
 //! Golden tests of OpenAI Chat Completions response → Anthropic message (non-streaming).
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::core::error::Dialect;
-use cortexd::gateway::dialects::anthropic::chat_to_message;
+use cortexd::Dialect;
+use cortexd::anthropic::chat_to_message;
 use expect_test::{Expect, expect};
 
 /// Translates `response` (JSON text) for a client that asked for `qwen3:8b`.

@@ -4,10 +4,10 @@
 //! official anthropic SDK and Claude Code rely on.
 #![expect(clippy::unwrap_used, reason = "a test should stop at the first surprise")]
 
-use cortexd::gateway::core::forward::EventTransform;
-use cortexd::gateway::dialects::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
-use cortexd::gateway::dialects::chat::translate::Translate;
-use cortexd::gateway::transport::sse::{self, SseParser};
+use cortexd::EventTransform;
+use cortexd::Translate;
+use cortexd::anthropic::{StreamTranslator, fix_native_event, fix_native_raw_event};
+use cortexd::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 
@@ -606,9 +606,9 @@ fn native_message_tool_use_gets_its_input() {
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "call_x", "name": "get_weather"},
     ]});
-    assert!(cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
+    assert!(cortexd::anthropic::fix_native_message(&mut message));
     assert_eq!(message["content"][1]["input"], serde_json::json!({}));
-    assert!(!cortexd::gateway::dialects::anthropic::fix_native_message(&mut message));
+    assert!(!cortexd::anthropic::fix_native_message(&mut message));
 }
 
 /// Runs raw upstream bytes (fed in `pieces`) through the stream transform into a `BytesMut`, as

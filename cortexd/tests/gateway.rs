@@ -301,7 +301,7 @@ async fn anthropic_requests_pass_through_to_native_engines_with_tool_use_fixed()
 async fn traffic_until(gateway: &Gateway, model: &str, done: impl Fn(u32, u32) -> bool) -> (u32, u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let window = gateway.traffic.window(cortexd::control::poller::now_unix_ms());
+        let window = gateway.traffic.window(cortexd::now_unix_ms());
         let counts = window
             .models
             .iter()
@@ -345,7 +345,7 @@ async fn an_engine_error_status_counts_as_an_error_of_its_model_but_a_client_mis
     assert_eq!(post(&url, &chat("counted", false)).await.status(), 200);
     let counts = traffic_until(&gateway, "counted", |requests, _| requests >= 3).await;
     assert_eq!(counts, (3, 2), "two engine failures and one answer; the 400 is the client's mistake");
-    let window = gateway.traffic.window(cortexd::control::poller::now_unix_ms());
+    let window = gateway.traffic.window(cortexd::now_unix_ms());
     assert!(!window.models.iter().any(|s| s.model == "made-up-model"), "an unknown name gets no chart");
 }
 

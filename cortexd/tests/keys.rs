@@ -79,7 +79,7 @@ async fn error_of(response: reqwest::Response) -> (u16, Option<String>, serde_js
 
 /// Tokens `key` used today, as the usage store (and what is pending for it) says.
 fn used_today(gateway: &Gateway, key: &str) -> u64 {
-    let today = cortexd::gateway::core::keys::limits::day_index(cortexd::control::poller::now_unix_ms());
+    let today = cortexd::day_index(cortexd::now_unix_ms());
     gateway.keys.usage().tokens(key, today, today).expect("usage readable")
 }
 

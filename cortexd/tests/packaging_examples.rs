@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use cortexd::config::Config;
+use cortexd::Config;
 
 fn example() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/cortex.example.toml");

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use cortexd::gateway::dialects::responses::request::{ToolNames, request_to_chat};
-use cortexd::gateway::dialects::responses::response::{chat_to_response, skeleton};
-use cortexd::gateway::dialects::responses::stream::StreamTranslator;
-use cortexd::gateway::transport::sse::{self, SseParser};
+use cortexd::responses::StreamTranslator;
+use cortexd::responses::{ToolNames, request_to_chat};
+use cortexd::responses::{chat_to_response, skeleton};
+use cortexd::sse::{self, SseParser};
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
 use serde_json::{Value, json};

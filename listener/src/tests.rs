@@ -417,10 +417,6 @@ async fn framing_is_read_as_rfc_9112_says() {
     let accepted = [
         ("leading zeros in a chunk size", post("transfer-encoding: chunked\r\n", "0002\r\nok\r\n0\r\n\r\n")),
         (
-            "a coding before chunked, left to the route",
-            post("transfer-encoding: gzip, chunked\r\n", "2\r\nok\r\n0\r\n\r\n"),
-        ),
-        (
             "chunk extensions and trailers within bounds",
             post("transfer-encoding: chunked\r\n", "2;a=b\r\nok\r\n0\r\nx: y\r\n\r\n"),
         ),
@@ -432,12 +428,54 @@ async fn framing_is_read_as_rfc_9112_says() {
         assert_eq!(status(&answer), "200", "{case}: {answer}");
         assert!(answer.ends_with("ok"), "{case}: {answer}");
     }
+    // A coding before `chunked`, on one line or two, or `chunked` twice: 501 from the head (no
+    // route decodes a coding), the body unread, and the connection closed after the answer.
+    let codings = [
+        ("gzip, chunked", "transfer-encoding: gzip, chunked\r\n"),
+        ("gzip then chunked", "transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"),
+        ("chunked twice", "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n"),
+    ];
+    for (case, headers) in codings {
+        let request = post(headers, "2\r\nok\r\n0\r\n\r\n");
+        let answer =
+            exchange(&server, format!("{request}GET /pending HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes()).await;
+        assert_eq!(status(&answer), "501", "{case}: {answer}");
+        assert!(
+            answer.contains("transfer coding") && answer.contains("connection: close\r\n"),
+            "{case}: {answer}"
+        );
+        assert_eq!(answer.matches("HTTP/1.").count(), 1, "{case}: nothing after the 501: {answer}");
+    }
     // Both framings: read as chunked (RFC 9112 §6.3), and the connection closes after it.
     let both = post("content-length: 100\r\ntransfer-encoding: chunked\r\n", "2\r\nok\r\n0\r\n\r\n");
     let answer =
         exchange(&server, format!("{both}GET /pending HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes()).await;
     assert_eq!(status(&answer), "200", "{answer}");
     assert!(answer.ends_with("ok") && answer.contains("connection: close\r\n"), "{answer}");
+}
+
+/// Each kind of malformed head gets its own status, and the connection closes: a bad request
+/// line or header 400, a head over 64 KiB or 100 headers 431, a head cut short 408 (at the head
+/// timeout); an HTTP/2 preface is closed without an HTTP/1.1 answer.
+#[tokio::test]
+async fn malformed_heads_get_their_own_status_and_are_closed() {
+    let server = start(quick()).await;
+    let cases: [(&str, String, &str); 7] = [
+        ("a request line without a version", "GET /echo\r\nhost: t\r\n\r\n".into(), "400"),
+        ("an unknown HTTP version", "GET /echo HTTP/3.0\r\nhost: t\r\n\r\n".into(), "400"),
+        ("a header without a colon", "GET /echo HTTP/1.1\r\nhost t\r\n\r\n".into(), "400"),
+        ("a space before a header's colon", "GET /echo HTTP/1.1\r\nhost : t\r\n\r\n".into(), "400"),
+        ("a head over 64 KiB", format!("GET /echo HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(70_000)), "431"),
+        ("over 100 headers", format!("GET /echo HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(101)), "431"),
+        ("a head cut short", "GET /echo HTTP/1.1\r\nhost: t\r\n".into(), "408"),
+    ];
+    for (case, head, expected) in cases {
+        let answer = exchange(&server, head.as_bytes()).await;
+        assert_eq!(status(&answer), expected, "{case}: {answer}");
+        assert!(!answer.contains("not HTTP/1.1"), "{case}: {answer}");
+    }
+    let answer = exchange(&server, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "an HTTP/2 preface is not served: {answer}");
 }
 
 #[tokio::test]

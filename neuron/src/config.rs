@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The default API address: loopback, the neuron's well-known port.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:13131";
+const DEFAULT_LISTEN: &str = "127.0.0.1:13131";
 
 /// Why neuron.toml could not be used. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -399,7 +399,7 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 /// `"500ms"`, `"30s"`, `"10m"`, `"1h"` → a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -416,7 +416,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The placeholders `command` and `env` may use.
-pub const PLACEHOLDERS: &[&str] = &["port", "source", "model", "devices", "device_count"];
+const PLACEHOLDERS: &[&str] = &["port", "source", "model", "devices", "device_count"];
 
 /// The names of the `{name}` placeholders in `text` (lowercase letters and `_`); other braces,
 /// such as JSON in an argument, are not placeholders.

@@ -16,7 +16,7 @@ use crate::clock::now_unix_ms;
 use crate::error::ApiError;
 
 /// How many lifecycle decisions `GET /actions` keeps.
-pub const ACTIONS_KEPT: usize = 2_000;
+const ACTIONS_KEPT: usize = 2_000;
 
 /// Why the persisted term could not be read at start.
 #[derive(Debug, thiserror::Error)]

@@ -2,29 +2,37 @@
 //! (harnesses), and exposes the node API that `cortex` plans against and proxies inference
 //! through. See docs/neuron.md for the API and configuration.
 //!
-//! Code map: `config` (neuron.toml), `probe` (GPU discovery), `harness` (engine kinds),
-//! `supervise` (process supervision shared by harnesses), `source` (models_dir confinement),
-//! `state` (shared state, read side), `lifecycle` (load/unload/wait/supervisor), `proxy`
-//! (inference forwarding), `api` (router and serve), `metrics`, `error`, `swarm` (many
-//! simulated neurons in one process, for scale tests).
+//! Code map, each layer using only those before it (tests/structure.rs holds it so):
+//! `clock`/`error`/`metrics`/`source` (models_dir confinement) ← `config` (neuron.toml) ←
+//! `probe` (GPU discovery)/`fence` (lifecycle terms) ← `harness` (engine kinds, and
+//! `harness::supervise`, the process supervision they share) ← `state` (shared state, read
+//! side) ← `lifecycle` (load/unload/wait/supervisor)/`proxy` (inference forwarding) ← `api`
+//! (router and serve) ← `swarm` (many simulated neurons in one process, for scale tests).
 
-pub mod api;
-pub mod clock;
-pub mod config;
-pub mod error;
-pub mod fence;
-pub mod harness;
-pub mod lifecycle;
-pub mod metrics;
-pub mod probe;
-pub mod proxy;
-pub mod source;
-pub mod state;
-pub mod swarm;
+mod api;
+mod clock;
+mod config;
+mod error;
+mod fence;
+mod harness;
+mod lifecycle;
+mod metrics;
+mod probe;
+mod proxy;
+mod source;
+mod state;
+mod swarm;
 
+// The daemon: its settings, state and API.
 pub use api::{app, serve};
-pub use config::Config;
+pub use config::{Config, parse_port_range, resolve_token};
 pub use state::Neuron;
+// Engines a previous run left behind, found by the marker in their environment.
+pub use harness::supervise::{engine_marker, reclaim_orphans};
+// GPU discovery, and a fixed probe for tests.
+pub use probe::{DriverInfo, GpuProbe, StaticProbe};
+// Many simulated neurons in one process (the `neuron-swarm` binary, scale tests).
+pub use swarm::{SwarmSpec, fleet_tables as swarm_fleet_tables, start as start_swarm};
 
 /// Logs to stderr for the binaries: `RUST_LOG` filters (else `default_level`); colours only on
 /// a terminal, so that journald and log files stay plain.

@@ -41,12 +41,12 @@ async fn run() -> anyhow::Result<()> {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
-    let token = neuron::config::resolve_token(&config, &cli.config, cli.token)?;
+    let token = neuron::resolve_token(&config, &cli.config, cli.token)?;
     let listen = config.listen;
     // Engines an earlier neuron of this name and port range left behind hold ports and memory
     // that this one is about to lease: stop them first (see docs/neuron.md, engine lifetime).
-    let marker = neuron::harness::supervise::engine_marker(&config.name, config.port_range);
-    let reclaimed = neuron::harness::supervise::reclaim_orphans(&marker, config.stop_grace).await;
+    let marker = neuron::engine_marker(&config.name, config.port_range);
+    let reclaimed = neuron::reclaim_orphans(&marker, config.stop_grace).await;
     if !reclaimed.is_empty() {
         tracing::warn!(pids = ?reclaimed, "reclaimed the port range from {} orphaned engine(s)", reclaimed.len());
     }

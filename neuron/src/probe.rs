@@ -73,7 +73,7 @@ pub struct StaticProbe {
 }
 
 impl StaticProbe {
-    pub fn cpu_only() -> StaticProbe {
+    fn cpu_only() -> StaticProbe {
         StaticProbe::default()
     }
 }
@@ -91,7 +91,7 @@ impl GpuProbe for StaticProbe {
 }
 
 /// Real NVIDIA GPUs through NVML, initialised once.
-pub struct NvmlProbe {
+struct NvmlProbe {
     nvml: Nvml,
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{TOKEN, TestNeuron, load_body};
 use futures_util::StreamExt;
-use neuron::probe::{DriverInfo, StaticProbe};
+use neuron::{DriverInfo, StaticProbe};
 use plans::topology::DeviceStatus;
 use serde_json::{Value, json};
 

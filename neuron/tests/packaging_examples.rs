@@ -62,3 +62,14 @@ fn every_example_parses_and_fits_the_unit_stop_timeout() {
     kinds.dedup();
     assert_eq!(kinds, ["command", "llamacpp", "mistralrs", "sim"], "one example per harness kind");
 }
+
+/// neuron-llamacpp.toml shows the `[listener]` table with the defaults docs/neuron.md states.
+#[test]
+fn the_llamacpp_example_states_the_listeners_defaults() {
+    let models = tempfile::tempdir().expect("tempdir");
+    let path = packaging().join("neuron/neuron-llamacpp.toml");
+    let text = std::fs::read_to_string(&path).expect("neuron-llamacpp.toml");
+    assert!(text.lines().any(|l| l == "[listener]"), "the example shows [listener]");
+    let config = parse_example(&path, models.path());
+    assert_eq!(config.listener, cortex_listener::Limits::default());
+}

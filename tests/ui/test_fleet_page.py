@@ -1,7 +1,8 @@
 """The fleet page in a real browser: headless Chromium (Debian's package, tests/install-browser.sh)
 opens /ui against `cortex serve` with two simulated neurons and checks, without ever reloading
 the page, that it shows the whole fleet, follows a model loaded through the API, shows an
-invalid fleet edit's path:line:col, comes back by itself after a daemon restart, and turns a
+invalid fleet edit's path:line:col, follows a neuron's drain until it is ready for maintenance
+and its return to service, comes back by itself after a daemon restart, and turns a
 killed neuron red. Screenshots go to $CORTEX_UI_ARTIFACTS (default $CORTEX_CACHE/ui-artifacts)."""
 
 import json
@@ -146,6 +147,22 @@ def run(fleet: SimFleet, browser: Browser) -> None:
     browser.screenshot(ARTIFACTS / "invalid-edit.png")
     fleet.write_fleet(good)
     browser.wait_for("!document.querySelector('#fleet-errors')", 10, "the error gone after the fix")
+
+    # pico is drained: its card says so and follows the drain until it is safe to stop; its
+    # pinned embedder moves to atlas first. Taking the state out brings it back.
+    pico = f'name = "pico"\nendpoint = "http://127.0.0.1:{fleet.ports["pico"]}"\n'
+    assert pico in good, "pico's table in the fleet"
+    fleet.write_fleet(good.replace(pico, f'{pico}state = "draining"\n'))
+    browser.wait_for("document.querySelector('[data-neuron=pico][data-service=draining] .maintenance')", 15,
+                     "pico draining, with its progress")
+    browser.wait_for("document.querySelector('[data-neuron=pico][data-service=drained] .maintenance')"
+                     "?.textContent.includes('ready for maintenance')", 60, "pico drained: ready for maintenance")
+    assert browser.evaluate(f"{placement_status('nomic-embed', 'atlas')}") == "loaded", "the embedder moved to atlas"
+    assert "suspended" in browser.evaluate("document.querySelector('[data-neuron=pico] .maintenance').textContent")
+    browser.screenshot(ARTIFACTS / "neuron-drained.png")
+    fleet.write_fleet(good)
+    browser.wait_for("document.querySelector('[data-neuron=pico][data-service=active]') && "
+                     "!document.querySelector('[data-neuron=pico] .maintenance')", 15, "pico back in service")
 
     # The daemon restarts: the page notices, reconnects by itself, and shows the new daemon's state.
     started = browser.evaluate("page.state.daemon_started_unix_ms")

@@ -15,7 +15,9 @@ use crate::cli::{ConfigArgs, FleetArgs, load_config, load_fleet};
 use crate::control::apply::{self, Outcome, Progress};
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
+use crate::control::neuron_client::error_message;
 use crate::control::poller::now_unix_ms;
+use crate::operator::admin::{ApplyResponse, LEADER_HEADER};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -34,6 +36,52 @@ pub struct ApplyArgs {
     /// Also unload models loaded through cortex that no fleet file declares any more
     #[arg(long)]
     pub prune: bool,
+    /// Apply the saved plan through a running cortex's admin API (a cluster: any replica; a
+    /// follower's answer names the leader, which applies it with its term)
+    #[arg(long, requires = "plan_file")]
+    pub url: Option<String>,
+    /// The admin key for --url [default: the config's admin_key]
+    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+}
+
+/// Post the saved plan at `path` to the daemon at `url`; a follower's 409 that names the
+/// leader is followed once.
+async fn apply_through(url: &str, key: &str, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let http = reqwest::Client::new();
+    let mut url = url.trim_end_matches('/').to_owned();
+    for hop in 0..2 {
+        let response = http
+            .post(format!("{url}/admin/apply"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(text.clone())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach cortex at {url}"))?;
+        let status = response.status();
+        let leader = response.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if status == reqwest::StatusCode::CONFLICT
+            && let Some(leader) = leader.filter(|_| hop == 0)
+        {
+            println!("{url} does not lead the cluster; applying through the leader at {leader}");
+            url = leader;
+            continue;
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("cortex at {url} answered {status}: {}", error_message(&body));
+        }
+        let answer: ApplyResponse =
+            serde_json::from_slice(&body).context("cortex answered an unexpected apply report")?;
+        for (action, outcome) in &answer.outcomes {
+            println!("{action}: {outcome}");
+        }
+        println!("\n{}", answer.summary);
+        return Ok(if answer.succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    anyhow::bail!("the cluster's leader moved while the plan was posted; run it again")
 }
 
 /// A saved plan file, read before anything else: it says which fleet to check it against.
@@ -44,6 +92,19 @@ fn read_plan_file(path: &std::path::Path) -> anyhow::Result<PlanFile> {
 
 pub async fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
+    if let (Some(url), Some(path)) = (&args.url, &args.plan_file) {
+        let key = args.admin_key.clone().or(config.admin_key.clone()).context(
+            "no admin key for --url: pass --admin-key, set CORTEX_ADMIN_KEY, or admin_key in cortex.toml",
+        )?;
+        return apply_through(url, &key, path).await;
+    }
+    // A clustered fleet is changed by its leader only (the neurons refuse calls without its
+    // term): go through the admin API.
+    if config.cluster.is_some() {
+        anyhow::bail!(
+            "cortex.toml has [cluster]: the cluster's leader applies plans. Save one with `cortex plan --out plan.json` and run `cortex apply plan.json --url http://REPLICA:PORT` (any replica; a follower names the leader)"
+        );
+    }
     let saved = args.plan_file.as_deref().map(read_plan_file).transpose()?;
     // `--fleet` wins; else the fleet the saved plan was made from; else ./fleet or the default.
     let source = match (&args.fleet.fleet, saved.as_ref().and_then(|f| f.fleet.clone())) {

@@ -2,12 +2,12 @@
 //! Terraform: 0 ok (no changes), 1 error, 2 changes (with `--detailed-exitcode`). The CLI sits at
 //! the top of the layering: it calls `serve` and `control`, and nothing calls it.
 
-pub mod apply;
-pub mod keys;
-pub mod maintain;
-pub mod plan;
-pub mod status;
-pub mod usage;
+pub(crate) mod apply;
+pub(crate) mod keys;
+pub(crate) mod maintain;
+pub(crate) mod plan;
+pub(crate) mod status;
+pub(crate) mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,12 +13,12 @@
 //! copies, admission and metrics stay local to each replica; lifecycle decisions are the
 //! leader's, published fenced by its term so a successor inherits them.
 
-pub mod demand;
-pub mod keys;
-pub mod session;
-pub mod store;
-pub mod usage;
-pub mod view;
+pub(crate) mod demand;
+pub(crate) mod keys;
+pub(crate) mod session;
+pub(crate) mod store;
+pub(crate) mod usage;
+pub(crate) mod view;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -79,7 +79,7 @@ impl Settings {
 
     /// How long one etcd call may take before the store counts as away: a third of the lease,
     /// so that a leader notices within its lease.
-    pub fn call_timeout(&self) -> Duration {
+    fn call_timeout(&self) -> Duration {
         (self.lease_ttl / 3).max(Duration::from_millis(500))
     }
 }
@@ -268,8 +268,9 @@ pub fn fence_neurons(poller: PollerHandle, timeout: Duration) -> Prepare {
         Box::pin(async move {
             let observed = poller.observed.borrow().clone();
             let reachable = observed.topology.neurons.iter().filter(|n| n.reachable).map(|n| n.name.clone());
+            // A neuron that does not fence is never acted on (and has no `/fence`).
             let calls = reachable
-                .filter_map(|name| observed.clients.get(&name).cloned())
+                .filter_map(|name| observed.clients.get(&name).filter(|c| c.fences()).cloned())
                 .map(|client| async move { (client.name.clone(), client.fence(term, timeout).await) });
             for (neuron, result) in futures_util::future::join_all(calls).await {
                 match result {

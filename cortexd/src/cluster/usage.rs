@@ -16,11 +16,11 @@ use crate::control::poller::now_unix_ms;
 use crate::usage::{Elsewhere, Window};
 
 /// How often a replica publishes its keys' usage (when it changed): the bound on the lag.
-pub const EVERY: Duration = Duration::from_secs(1);
+const EVERY: Duration = Duration::from_secs(1);
 
 /// One replica's published usage: key name → its day and month windows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaUsage {
+struct ReplicaUsage {
     pub replica: String,
     pub keys: BTreeMap<String, Elsewhere>,
 }

@@ -136,5 +136,10 @@ mod tests {
         let condition = condition(&view);
         assert_eq!((condition.ok, condition.reason.as_str()), (false, "EtcdUnreachable"));
         assert!(condition.message.contains("connection refused"), "{}", condition.message);
+        use crate::control::status::fencing_condition;
+        assert!(fencing_condition(&[]).ok);
+        let unfenced = fencing_condition(&["old-1".to_owned()]);
+        assert_eq!((unfenced.ok, unfenced.reason.as_str()), (false, "NotFencing"));
+        assert!(unfenced.message.contains("does not act on old-1"), "{}", unfenced.message);
     }
 }

@@ -30,6 +30,11 @@ pub enum ExecError {
     /// This replica's leadership ended (its lease ran out or it was fenced): nothing was sent.
     #[error("not sent: this replica no longer leads the cluster (term {term})")]
     NotLeader { term: u64 },
+    /// A cluster leader does not act on a neuron that does not check terms: nothing was sent.
+    #[error(
+        "not sent: neuron {neuron} does not advertise fencing (an older neuron that ignores the leader's term); a cluster acts only on neurons that fence: upgrade it"
+    )]
+    Unfenced { neuron: String },
 }
 
 /// Timeouts for lifecycle calls.
@@ -51,7 +56,8 @@ impl ExecError {
             ExecError::LoadFailed { generation, .. } => Some(*generation),
             ExecError::Neuron(NeuronError::Refused { .. } | NeuronError::Fenced { .. })
             | ExecError::NoProfile { .. }
-            | ExecError::NotLeader { .. } => before,
+            | ExecError::NotLeader { .. }
+            | ExecError::Unfenced { .. } => before,
             ExecError::Neuron(_) | ExecError::NotReady { .. } => None,
         }
     }
@@ -73,17 +79,9 @@ impl ExecError {
 /// far as this action's own changes go (never re-read from the neuron, so that a change by
 /// another actor in between shows up as a 409 on the caller's next action instead of being
 /// absorbed into its precondition).
-pub async fn run(
-    client: &NeuronClient,
-    action: &Action,
-    if_generation: Option<u64>,
-    timeouts: ExecTimeouts,
-) -> Result<u64, ExecError> {
-    run_as(client, action, if_generation, None, timeouts).await
-}
-
-/// [`run`] under a cluster leader's `mandate`: every call carries its term and is sent only
-/// while the mandate holds; a neuron's `fenced` answer revokes it.
+///
+/// Under a cluster leader's `mandate`, every call carries its term and is sent only while the
+/// mandate holds; a neuron's `fenced` answer revokes it.
 pub async fn run_as(
     client: &NeuronClient,
     action: &Action,
@@ -107,12 +105,14 @@ pub async fn run_as(
     result
 }
 
-/// The term to send, when the mandate (if any) still holds.
-fn term(mandate: Option<&Mandate>) -> Result<Option<u64>, ExecError> {
+/// The term to send to `client`'s neuron, when the mandate (if any) still holds and the neuron
+/// checks terms (a leader never acts on one that would ignore its term).
+fn term(client: &NeuronClient, mandate: Option<&Mandate>) -> Result<Option<u64>, ExecError> {
     match mandate {
         None => Ok(None),
-        Some(mandate) if mandate.holds() => Ok(Some(mandate.term)),
-        Some(mandate) => Err(ExecError::NotLeader { term: mandate.term }),
+        Some(mandate) if !mandate.holds() => Err(ExecError::NotLeader { term: mandate.term }),
+        Some(_) if !client.fences() => Err(ExecError::Unfenced { neuron: client.name.clone() }),
+        Some(mandate) => Ok(Some(mandate.term)),
     }
 }
 
@@ -123,7 +123,7 @@ async fn unload(
     mandate: Option<&Mandate>,
     timeouts: ExecTimeouts,
 ) -> Result<u64, ExecError> {
-    let request = UnloadRequest { model: model.to_owned(), if_generation, term: term(mandate)? };
+    let request = UnloadRequest { model: model.to_owned(), if_generation, term: term(client, mandate)? };
     Ok(client.unload(&request, timeouts.call + timeouts.ready).await?.generation)
 }
 
@@ -142,7 +142,7 @@ async fn load(
         vram_mb: action.vram_mb,
         ram_mb: action.ram_mb,
         if_generation,
-        term: term(mandate)?,
+        term: term(client, mandate)?,
     };
     let accepted = client.load(&request, timeouts.call).await?;
     // A started load bumps the generation once more when it becomes ready (or fails); a load

@@ -7,7 +7,7 @@ use std::process::Command;
 use plans::plan::Revision;
 
 /// The default fleet compiled into the binary, used when no fleet directory exists.
-pub const EMBEDDED: &[(&str, &str)] = &[("fleet/fleet.toml", include_str!("../../../fleet/fleet.toml"))];
+const EMBEDDED: &[(&str, &str)] = &[("fleet/fleet.toml", include_str!("../../../fleet/fleet.toml"))];
 
 /// Where a fleet comes from.
 #[derive(Clone, Debug)]
@@ -85,7 +85,7 @@ fn collect(dir: &Path, paths: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 /// The commit at HEAD of the repository holding `dir`, and whether `dir` has uncommitted changes.
-pub fn git_revision(dir: &Path) -> Revision {
+fn git_revision(dir: &Path) -> Revision {
     let git = |args: &[&str]| -> Option<String> {
         let output = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
         output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())

@@ -11,7 +11,7 @@
 //! changed files (each atomically replaced). New declarations (`cortex key new`) are appended
 //! with [`FleetEditor::append`]: a new table at the end of one file, the rest of it untouched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plans::fleet::{Fleet, FleetLoad};
 use similar::TextDiff;
@@ -41,7 +41,6 @@ struct FleetFile {
 
 /// The fleet directory's files, open for editing.
 pub struct FleetEditor {
-    dir: PathBuf,
     files: Vec<FleetFile>,
     fleet: Fleet,
 }
@@ -66,16 +65,12 @@ impl FleetEditor {
             })?;
             files.push(FleetFile { path, original: text, document });
         }
-        Ok(FleetEditor { dir: dir.to_path_buf(), files, fleet })
+        Ok(FleetEditor { files, fleet })
     }
 
     /// The fleet as it was read (validated).
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The `[[kind]]` declaration whose `key` is `value` (e.g. `[[neuron]]` with `name =
@@ -96,7 +91,12 @@ impl FleetEditor {
                 _ => None,
             };
             if let Some((table, inline)) = found {
-                return Some(Declaration { path: file.path.as_str(), table, inline });
+                return Some(Declaration {
+                    #[cfg(test)]
+                    path: file.path.as_str(),
+                    table,
+                    inline,
+                });
             }
         }
         None
@@ -235,6 +235,7 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 /// One `[[kind]]` table of a fleet file, found by [`FleetEditor::declaration`].
 pub struct Declaration<'d> {
     /// The file that declares it.
+    #[cfg(test)]
     pub path: &'d str,
     table: &'d mut dyn TableLike,
     /// Written as `{ ... }` inside an array rather than under a `[[kind]]` header.
@@ -242,10 +243,6 @@ pub struct Declaration<'d> {
 }
 
 impl Declaration<'_> {
-    pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.table.get(key).and_then(Item::as_str)
-    }
-
     /// Set `key` to the string `value`, keeping the decor (spacing, a trailing comment) of the
     /// value it replaces; a new key goes after the table's last key.
     pub fn set_string(&mut self, key: &str, value: &str) {

@@ -155,7 +155,7 @@ pub fn unreadable(error: &anyhow::Error) -> Loaded {
 }
 
 /// The `*.toml` files under `dir` as committed at HEAD, with the same paths as on disk.
-pub fn committed_files(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+fn committed_files(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let git = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
         let output = Command::new("git").arg("-C").arg(dir).args(args).output()?;
         anyhow::ensure!(
@@ -205,7 +205,7 @@ pub struct Keeper {
 
 /// How long file events are collected before one reload: editors save in bursts (write to a
 /// temporary file, rename over the original), and one reload per burst is enough.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How often a vanished fleet directory is looked for again.
 const VANISHED_RETRY: Duration = Duration::from_secs(2);

@@ -61,8 +61,6 @@ impl SavedFleet {
 #[derive(Clone, Debug)]
 pub struct LastGood {
     path: PathBuf,
-    /// The fleet directory, as status and logs name it.
-    source: String,
 }
 
 impl LastGood {
@@ -73,15 +71,11 @@ impl LastGood {
         let hash = sha2::Sha256::digest(dir.display().to_string().as_bytes());
         let key: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let path = state_dir.join("fleets").join(format!("{key}.json"));
-        Some(LastGood { path, source: source.describe() })
+        Some(LastGood { path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// The saved fleet, if there is a readable one.
@@ -120,7 +114,7 @@ mod tests {
         let source = FleetSource::Dir(one.clone());
         let keep = LastGood::for_source(state.path(), &source).expect("a directory has a copy");
         assert!(keep.read().is_none(), "nothing saved yet");
-        keep.save(&SavedFleet::new(keep.source(), Revision::default(), digest.clone(), files.clone()))
+        keep.save(&SavedFleet::new(&source.describe(), Revision::default(), digest.clone(), files.clone()))
             .expect("saved");
         let saved = keep.read().expect("readable");
         assert_eq!(saved.fleet().expect("loads again").digest, digest);

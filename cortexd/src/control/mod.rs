@@ -2,17 +2,17 @@
 //! directory and watcher), executing and applying plans, the reconcile loop and its status. It
 //! knows nothing of inference dialects; the gateway and the CLI build on it, never the reverse.
 
-pub mod apply;
-pub mod authority;
-pub mod backoff;
-pub mod cluster_status;
-pub mod execute;
-pub mod fleetdir;
-pub mod fleetedit;
-pub mod fleetwatch;
-pub mod lastgood;
-pub mod neuron_client;
-pub mod poller;
-pub mod reconcile;
-pub mod reconciler;
-pub mod status;
+pub(crate) mod apply;
+pub(crate) mod authority;
+pub(crate) mod backoff;
+pub(crate) mod cluster_status;
+pub(crate) mod execute;
+pub(crate) mod fleetdir;
+pub(crate) mod fleetedit;
+pub(crate) mod fleetwatch;
+pub(crate) mod lastgood;
+pub(crate) mod neuron_client;
+pub(crate) mod poller;
+pub(crate) mod reconcile;
+pub(crate) mod reconciler;
+pub(crate) mod status;

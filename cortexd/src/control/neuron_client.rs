@@ -46,6 +46,9 @@ pub struct NeuronClient {
     /// Where forwarded requests go (`http://` endpoints), worked out once from `base`.
     address: Option<Address>,
     http: reqwest::Client,
+    /// The neuron said in discovery that it checks the term of lifecycle calls (`fencing`).
+    /// A cluster leader acts only on neurons that do.
+    fences: bool,
 }
 
 /// A neuron's forwarding address: the `host:port` to connect to and the endpoint's path, which
@@ -85,7 +88,27 @@ impl NeuronClient {
             Some(value)
         });
         let address = base.as_ref().and_then(Address::of);
-        NeuronClient { name: name.to_owned(), endpoint, base, token, authorization, address, http }
+        NeuronClient {
+            name: name.to_owned(),
+            endpoint,
+            base,
+            token,
+            authorization,
+            address,
+            http,
+            fences: false,
+        }
+    }
+
+    /// This client, for a neuron whose discovery says whether it checks terms (`fencing`).
+    pub fn with_fencing(mut self, fences: bool) -> Self {
+        self.fences = fences;
+        self
+    }
+
+    /// Whether the neuron said in discovery that it checks terms (`false` until it was seen).
+    pub fn fences(&self) -> bool {
+        self.fences
     }
 
     /// The URL of `path` on this neuron, from the parsed endpoint (`None`: parse it per call).

@@ -123,11 +123,29 @@ async fn poll_once(
         neurons.push(status);
     }
     observed.topology = Topology::new(now_unix_ms(), neurons);
+    observed.clients = with_fencing(clients, memory);
     observed
 }
 
+/// `clients`, each marked with whether its neuron's discovery says it checks terms (a cluster
+/// leader acts only on those).
+fn with_fencing(clients: &Clients, memory: &BTreeMap<String, Memory>) -> Clients {
+    clients
+        .iter()
+        .map(|(name, client)| {
+            let fences = memory.get(name).and_then(|m| m.discovery.as_ref()).is_some_and(|d| d.fencing);
+            let client = if client.fences() == fences {
+                client.clone()
+            } else {
+                Arc::new(NeuronClient::clone(client).with_fencing(fences))
+            };
+            (name.clone(), client)
+        })
+        .collect()
+}
+
 /// Clients for the neurons `fleet` declares.
-pub fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
+fn clients_for(fleet: &Fleet, token: Option<&str>, http: &reqwest::Client) -> Clients {
     fleet
         .neurons
         .iter()

@@ -12,6 +12,7 @@ use crate::control::poller::Observed;
 use crate::control::reconcile::Trigger;
 
 /// Whether the observed state matches the fleet in force.
+#[allow(clippy::enum_variant_names, reason = "Argo CD's words, as `cortex status` shows them")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Sync {
     #[default]
@@ -239,6 +240,26 @@ pub fn leader_condition(view: &ClusterStatus) -> Condition {
         (None, true) => (false, "NoLeader", "no replica leads yet: an election is under way".to_owned()),
     };
     Condition { kind: "Leader".to_owned(), ok, reason: reason.to_owned(), message }
+}
+
+/// The `NeuronsFence` condition (cluster mode): a leader acts only on neurons that check its
+/// term; `unfenced` names the reachable ones whose discovery does not say `fencing` (older
+/// neurons).
+pub fn fencing_condition(unfenced: &[String]) -> Condition {
+    let (ok, reason, message) = if unfenced.is_empty() {
+        (true, "AllFence", "every reachable neuron checks the leader's term".to_owned())
+    } else {
+        let (they, them) = if unfenced.len() == 1 { ("it does", "it") } else { ("they do", "them") };
+        (
+            false,
+            "NotFencing",
+            format!(
+                "the leader does not act on {}: {they} not advertise fencing (an older neuron ignores the leader's term); upgrade {them}",
+                unfenced.join(", "),
+            ),
+        )
+    };
+    Condition { kind: "NeuronsFence".to_owned(), ok, reason: reason.to_owned(), message }
 }
 
 fn fleet_condition(fleet: &FleetStatus) -> Condition {

@@ -3,9 +3,9 @@
 //! `app(state)` builds the router without binding, so tests drive it in-process; `serve` runs
 //! it on an already-bound listener until the shutdown token fires.
 
-pub mod core;
-pub mod dialects;
-pub mod transport;
+pub(crate) mod core;
+pub(crate) mod dialects;
+pub(crate) mod transport;
 
 use axum::Router;
 use axum::routing::{get, post};

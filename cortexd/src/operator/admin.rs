@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plans::fleet::OperatorAccess;
@@ -72,6 +72,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({"error": {"message": message.into()}}))).into_response()
 }
 
+/// On a follower's 409 to `POST /admin/apply`: the leader's API address (`http://host:port`).
+pub const LEADER_HEADER: &str = "x-cortex-leader";
+
 const DISABLED: &str = "the admin API is disabled: set admin_key in cortex.toml, or give a fleet key operator = \"read_only\" or \"admin\"";
 
 /// The admin settings if the request carries the admin key, or a fleet key with at least the
@@ -110,9 +113,19 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
         Ok(admin) => {
             let mut status = admin.status.borrow().as_ref().clone();
             status.contention = state.gateway.scheduler.contention();
+            // Drain progress as the neurons report it now, not as of the last pass: a drain's
+            // loads can take that whole pass.
+            let (fleet, observed) = (state.gateway.fleet(), state.gateway.observed());
+            status.maintenance = plans::maintenance::maintenance(&fleet, &observed.topology, &status.plan);
             if let Some(cluster) = &admin.cluster {
                 let view = cluster.borrow().as_ref().clone();
                 status.conditions.push(crate::control::status::leader_condition(&view));
+                let reachable = observed.topology.neurons.iter().filter(|n| n.reachable);
+                let unfenced: Vec<String> = reachable
+                    .filter(|n| observed.clients.get(&n.name).is_none_or(|c| !c.fences()))
+                    .map(|n| n.name.clone())
+                    .collect();
+                status.conditions.push(crate::control::status::fencing_condition(&unfenced));
                 status.cluster = Some(view);
             }
             axum::Json(status).into_response()
@@ -123,7 +136,7 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response
 
 /// The answer to `POST /admin/apply`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ApplyResponse {
+pub(crate) struct ApplyResponse {
     pub succeeded: bool,
     pub summary: String,
     /// `(action id, outcome text)` in plan order.
@@ -149,11 +162,17 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
     let authority = admin.authority.borrow().clone();
     if !authority.acts() {
         let leader = admin.cluster.as_ref().and_then(|view| view.borrow().leader.clone());
-        let pointer = leader.map_or_else(
+        let pointer = leader.as_ref().map_or_else(
             || "no replica leads at the moment; try again shortly".to_owned(),
             |l| format!("post the plan to the leader, {} at http://{}/admin/apply", l.replica, l.api),
         );
-        return error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+        let mut answer =
+            error(StatusCode::CONFLICT, format!("this replica does not lead the cluster: {pointer}"));
+        // `cortex apply --url` follows it to the leader.
+        if let Some(value) = leader.and_then(|l| HeaderValue::try_from(format!("http://{}", l.api)).ok()) {
+            answer.headers_mut().insert(LEADER_HEADER, value);
+        }
+        return answer;
     }
     let fleet = state.gateway.fleet();
     let observed = state.gateway.observed();
@@ -189,7 +208,7 @@ async fn apply(State(state): State<AdminState>, headers: HeaderMap, body: Body) 
 
 /// The answer to `POST /admin/reconcile`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ReconcileResponse {
+struct ReconcileResponse {
     pub requested: bool,
     /// The trigger the pass is recorded under in the status's runs.
     pub trigger: String,

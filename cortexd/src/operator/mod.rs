@@ -2,6 +2,6 @@
 //! listener, admin key required) and the fleet page (`ui`, on the operator listener beside
 //! `/metrics`), and the fleet keys' usage report they and `cortex usage` share (`usage`).
 
-pub mod admin;
-pub mod ui;
-pub mod usage;
+pub(crate) mod admin;
+pub(crate) mod ui;
+pub(crate) mod usage;

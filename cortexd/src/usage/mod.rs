@@ -11,7 +11,7 @@
 //! A leaf of the daemon's layering, beside `config` and `metrics`: it knows nothing of the
 //! gateway that records into it.
 
-pub mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -149,7 +149,8 @@ impl UsageStore {
     }
 
     /// The value stored under `name` in the meta table, or `make()` stored there now.
-    pub fn meta_or_insert(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    #[cfg(test)]
+    fn meta_or_insert(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
         {
             let read = self.db.begin_read().map_err(|e| self.error(e))?;
             let table = read.open_table(META).map_err(|e| self.error(e))?;

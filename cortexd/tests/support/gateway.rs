@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cortexd::config::{GatewayConfig, PollConfig};
-use cortexd::control::poller::PollerHandle;
-use cortexd::gateway::core::auth::ApiKeys;
-use cortexd::gateway::core::traffic::Traffic;
-use cortexd::gateway::{self, AppState};
+use cortexd::ApiKeys;
+use cortexd::AppState;
+use cortexd::PollerHandle;
+use cortexd::Traffic;
+use cortexd::{GatewayConfig, PollConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,7 @@ pub struct Gateway {
     /// The fleet in force: send a new one to reload.
     pub fleet: watch::Sender<Arc<plans::fleet::Fleet>>,
     /// The client keys and their usage.
-    pub keys: Arc<cortexd::gateway::core::keys::Keys>,
+    pub keys: Arc<cortexd::Keys>,
 }
 
 impl Drop for Gateway {
@@ -39,8 +39,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let shutdown = CancellationToken::new();
     let http = reqwest::Client::new();
     let poll = PollConfig { interval: Duration::from_millis(100), unreachable_after: 2 };
-    let (poller, _task) =
-        cortexd::control::poller::spawn(fleet.clone(), None, http.clone(), poll, shutdown.clone());
+    let (poller, _task) = cortexd::spawn_poller(fleet.clone(), None, http.clone(), poll, shutdown.clone());
     let state =
         AppState::new(fleet, poller.clone(), ApiKeys::new(keys.iter().map(|k| (*k).to_owned())), limits);
     let keys = state.keys.clone();
@@ -48,7 +47,7 @@ pub async fn start(fleet_toml: &str, keys: &[&str], limits: GatewayConfig) -> Ga
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let traffic = state.traffic.clone();
     let limits = cortex_listener::Limits::default();
-    tokio::spawn(gateway::serve(listener, gateway::app(state), limits, shutdown.clone()));
+    tokio::spawn(cortexd::serve(listener, cortexd::app(state), limits, shutdown.clone()));
     let mut observed = poller.observed.clone();
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -1,4 +1,4 @@
-//! The `neuron-swarm` binary: many SIMULATED neurons in one process (see `neuron::swarm`), for
+//! The `neuron-swarm` binary: many SIMULATED neurons in one process (see `neuron::start_swarm`), for
 //! scale tests and benchmarks of cortex. Prints (or writes) the `[[neuron]]` tables of a fleet
 //! once every member listens; serves until SIGINT/SIGTERM.
 
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use neuron::swarm::{self, SwarmSpec};
+use neuron::SwarmSpec;
 use tokio_util::sync::CancellationToken;
 
 /// Many simulated neurons (sim harness, simulated GPUs) in one process. Everything it reports
@@ -67,7 +67,7 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     neuron::init_logging("warn");
     let cli = Cli::parse();
-    let engine_ports = neuron::config::parse_port_range(&cli.engine_ports)
+    let engine_ports = neuron::parse_port_range(&cli.engine_ports)
         .map_err(|message| anyhow::anyhow!("--engine-ports: {message}"))?;
     let temporary = match &cli.dir {
         Some(_) => None,
@@ -89,8 +89,8 @@ async fn run() -> anyhow::Result<()> {
         token: cli.token,
     };
     let shutdown = CancellationToken::new();
-    let (members, task) = swarm::start(&spec, shutdown.clone()).await?;
-    let tables = swarm::fleet_tables(&members);
+    let (members, task) = neuron::start_swarm(&spec, shutdown.clone()).await?;
+    let tables = neuron::swarm_fleet_tables(&members);
     match &cli.fleet_out {
         Some(path) => {
             let partial = path.with_extension("partial");

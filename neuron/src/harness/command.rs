@@ -18,7 +18,7 @@ pub struct CommandHarness {
 
 /// What a template expands to for one launch.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Expanded {
+struct Expanded {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -42,7 +42,7 @@ impl CommandHarness {
     }
 
     /// The program, argv and environment for `launch`.
-    pub fn expand(&self, launch: &Launch) -> Expanded {
+    fn expand(&self, launch: &Launch) -> Expanded {
         let devices = launch.devices.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let ctx_size = launch.profile.ctx_size.map(|c| c.to_string());
         let value = |name: &str| -> Option<String> {

@@ -90,7 +90,7 @@ impl MistralRs {
     }
 
     /// The id mistral.rs knows the model by: its `model_ids` entry, else the profile's source.
-    pub fn engine_model_id(&self, source: &str) -> String {
+    fn engine_model_id(&self, source: &str) -> String {
         self.settings.model_ids.get(source).cloned().unwrap_or_else(|| source.to_owned())
     }
 
@@ -401,10 +401,6 @@ impl Engine for ModelEngine {
             Some(server) => server.log_tail(lines),
             None => format!("(mistral.rs at {} runs outside the neuron: its log is its own)", self.url),
         }
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.server.as_ref().and_then(|s| s.pid())
     }
 
     fn served_model(&self) -> Option<String> {

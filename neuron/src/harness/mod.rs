@@ -3,12 +3,12 @@
 //! the readiness loop, crash watching, draining and stopping are the same for all (see
 //! `crate::harness::supervise` and `crate::lifecycle`).
 
-pub mod command;
-pub mod llamacpp;
-pub mod mistralrs;
-pub mod sim;
-pub mod sim_server;
-pub mod supervise;
+pub(crate) mod command;
+pub(crate) mod llamacpp;
+pub(crate) mod mistralrs;
+pub(crate) mod sim;
+pub(crate) mod sim_server;
+pub(crate) mod supervise;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -87,8 +87,6 @@ pub trait Engine: Send + Sync {
     fn stop(&self, grace: Duration) -> BoxFuture<'_, ()>;
     /// The engine's last log lines, for failure reports.
     fn log_tail(&self, lines: usize) -> String;
-    /// The OS process id, when it is a process.
-    fn pid(&self) -> Option<u32>;
     /// The name requests must use for this model when the engine does not serve it under its
     /// fleet id (mistral.rs's `model_id`); the proxy puts it in the forwarded body.
     fn served_model(&self) -> Option<String> {

@@ -86,7 +86,7 @@ impl Sim {
 }
 
 /// A running simulated engine: a server task stopped through its cancellation token.
-pub struct SimEngine {
+struct SimEngine {
     port: PortLease,
     cancel: CancellationToken,
     exited: watch::Receiver<Option<String>>,
@@ -120,10 +120,6 @@ impl Engine for SimEngine {
 
     fn log_tail(&self, _lines: usize) -> String {
         "(simulated engine: no log)".to_owned()
-    }
-
-    fn pid(&self) -> Option<u32> {
-        None
     }
 }
 

@@ -29,7 +29,7 @@ pub struct SimSettings {
 }
 
 /// The label in every simulated answer.
-pub const FINGERPRINT: &str = "cortex-sim";
+const FINGERPRINT: &str = "cortex-sim";
 
 /// The filler the simulated model "generates", one entry per token.
 const FILLER: &[&str] =

@@ -215,14 +215,10 @@ impl Engine for ProcessEngine {
     fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log_path, lines)
     }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.pid)
-    }
 }
 
 /// The environment variable that marks an engine as started by one neuron.
-pub const ENGINE_MARKER: &str = "CORTEX_ENGINE_OF";
+const ENGINE_MARKER: &str = "CORTEX_ENGINE_OF";
 
 /// The marker value of neuron `name` leasing `range`.
 pub fn engine_marker(name: &str, range: (u16, u16)) -> String {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use neuron::probe::GpuProbe;
+use neuron::GpuProbe;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

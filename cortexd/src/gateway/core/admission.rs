@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::core::error::ApiError;
 
 /// How often the event loop's delay is sampled.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many probes in a row must run late before requests are shed.
-pub const SUSTAINED_PROBES: usize = 4;
+const SUSTAINED_PROBES: usize = 4;
 
 /// The gateway-wide bounds on inference requests.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ impl Admission {
     }
 
     /// Record the event loop's sustained delay.
-    pub fn observe_delay(&self, late: Duration) {
+    fn observe_delay(&self, late: Duration) {
         let micros = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
         self.delay_us.store(micros, Ordering::Relaxed);
         metrics::gauge!("cortex_gateway_loop_delay_seconds").set(late.as_secs_f64());
@@ -88,7 +88,7 @@ fn overloaded(message: String) -> ApiError {
 
 /// The lateness of the last [`SUSTAINED_PROBES`] probes.
 #[derive(Debug, Default)]
-pub struct Recent {
+struct Recent {
     late: [Duration; SUSTAINED_PROBES],
     next: usize,
 }

@@ -76,13 +76,13 @@ pub type IdSink = Box<dyn FnOnce(&str) + Send>;
 
 /// Labels and context of one forwarded request, for metrics.
 pub struct Exchange {
-    pub route: &'static str,
     pub dialect: Dialect,
     pub target: Target,
     pub started: Instant,
     pub guard: InFlightGuard,
     pub on_response_id: Option<IdSink>,
     /// The request's place under the gateway's in-flight bound, held until the body ends.
+    #[allow(dead_code, reason = "held, never read: dropping it gives the place back")]
     pub admitted: Option<Arc<Admitted>>,
     /// The window the request is added to when it ends.
     pub traffic: Arc<Traffic>,

@@ -7,17 +7,17 @@
 //! dialect shares (`model`, `stream`, the output-limit fields) and the usage counts read from
 //! a finished answer; errors know the dialect only to render themselves in its shape.
 
-pub mod admission;
-pub mod auth;
-pub mod error;
-pub mod forward;
-pub mod keys;
-pub mod overflow;
-pub mod pipeline;
-pub mod request_metrics;
-pub mod response_index;
-pub mod routing;
-pub mod scheduler;
-pub mod state;
-pub mod target;
-pub mod traffic;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod keys;
+pub(crate) mod overflow;
+pub(crate) mod pipeline;
+pub(crate) mod request_metrics;
+pub(crate) mod response_index;
+pub(crate) mod routing;
+pub(crate) mod scheduler;
+pub(crate) mod state;
+pub(crate) mod target;
+pub(crate) mod traffic;

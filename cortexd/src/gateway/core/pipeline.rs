@@ -117,7 +117,7 @@ pub struct Checked {
 
 impl Checked {
     /// The request's place in its model's queue: its caller's priority and key, its cost.
-    pub fn queue_tag(&self) -> Tag {
+    fn queue_tag(&self) -> Tag {
         Tag { priority: self.grant.priority().0, key: Arc::from(self.grant.label()), cost: self.cost }
     }
 }
@@ -181,7 +181,7 @@ pub async fn check(
 
 /// What a request whose output is not limited otherwise is assumed to generate, for its
 /// reservation (docs/gateway.md, "Budgets and their bound").
-pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4_096;
+const DEFAULT_OUTPUT_RESERVATION: u64 = 4_096;
 
 /// The output tokens a request on `route` reserves against its key's budgets: its own limit,
 /// clamped by the model's `max_output_tokens` (which the adapters enforce) and context window;
@@ -442,7 +442,6 @@ pub async fn forward(
     );
     let guard = InFlightGuard::enter(handles);
     let exchange = Exchange {
-        route: checked.route.name,
         dialect: checked.route.dialect,
         target,
         started: checked.started,
@@ -456,14 +455,14 @@ pub async fn forward(
 }
 
 /// Read a whole (non-streaming) response body, up to `limit` bytes.
-pub async fn read_bounded(response: Response, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_bounded(response: Response, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(response.into_body(), limit).await.map_err(|e| {
         ApiError::Upstream(format!("the engine's answer broke off or exceeded {limit} bytes: {e}"))
     })
 }
 
 /// The largest non-streaming engine answer a translating adapter reads into memory.
-pub const MAX_TRANSLATED_BODY: usize = 16 * 1024 * 1024;
+const MAX_TRANSLATED_BODY: usize = 16 * 1024 * 1024;
 
 /// Read a whole (non-streaming) engine answer as JSON, bounded.
 pub async fn read_json(response: Response) -> Result<serde_json::Value, ApiError> {

@@ -28,7 +28,7 @@ pub struct Replica {
 }
 
 impl ResponseIndex {
-    pub const CAPACITY: usize = 100_000;
+    const CAPACITY: usize = 100_000;
     pub const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
     pub fn remember(&self, id: &str, replica: Replica) {

@@ -16,6 +16,7 @@ pub struct Target {
     pub harness: String,
     /// The scheduler's admission: the request counts against the copy's concurrency until the
     /// last clone of the target (held by the response body) is dropped.
+    #[allow(dead_code, reason = "held, never read: dropping it ends the admission")]
     pub permit: Option<Arc<Permit>>,
     /// Only this copy can answer (the request continues a response stored there): when the copy
     /// goes away under the request, the request fails instead of moving to another copy.

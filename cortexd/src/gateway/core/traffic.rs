@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use crate::control::poller::now_unix_ms;
 
 /// Width of one bucket.
-pub const BUCKET_SECONDS: u64 = 10;
+const BUCKET_SECONDS: u64 = 10;
 /// Buckets in the window: 90 × 10 s = 15 minutes.
-pub const BUCKETS: usize = 90;
+const BUCKETS: usize = 90;
 /// Models kept at most; model names come from the fleet or from what neurons serve, but a
 /// bound keeps memory flat whatever happens.
-pub const MAX_MODELS: usize = 256;
+const MAX_MODELS: usize = 256;
 
 /// Upper bounds (milliseconds) of the time-to-first-token histogram kept per bucket; the last
 /// one catches everything slower. Percentiles interpolate inside a histogram bucket.
@@ -137,7 +137,8 @@ impl Traffic {
     }
 
     /// Bytes the window holds (its map and every model's ring), to show it stays flat.
-    pub fn footprint_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn footprint_bytes(&self) -> usize {
         let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = std::mem::size_of::<(String, ModelWindow)>();
         let rings: usize =

@@ -8,7 +8,7 @@
 //! `native` (fix-ups for engines that speak it themselves).
 
 pub mod anthropic;
-pub mod chat;
-pub mod fallback;
-pub mod openai;
+pub(crate) mod chat;
+pub(crate) mod fallback;
+pub(crate) mod openai;
 pub mod responses;

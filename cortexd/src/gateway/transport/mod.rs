@@ -5,6 +5,6 @@
 //! Architecture invariant: nothing here imports the rest of the gateway. It knows requests,
 //! responses, bodies and events, never models, routes, dialects or the fleet.
 
-pub mod http1;
+pub(crate) mod http1;
 pub mod sse;
-pub mod upstream;
+pub(crate) mod upstream;

@@ -22,7 +22,7 @@ use crate::operator::usage::KeyUsage;
 use crate::usage::Usage;
 
 /// How often the traffic charts are refreshed.
-pub const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
+const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
 /// What a page's `EventSource` waits before reconnecting after the stream broke.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -187,7 +187,7 @@ fn listened(sender: &watch::Sender<Arc<str>>) -> bool {
 }
 
 /// The traffic window now, as JSON.
-pub fn traffic_json(traffic: &Traffic) -> Arc<str> {
+fn traffic_json(traffic: &Traffic) -> Arc<str> {
     to_json(&traffic.window(now_unix_ms()))
 }
 

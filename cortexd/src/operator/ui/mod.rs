@@ -9,8 +9,8 @@
 //! is HttpOnly, SameSite=Strict, and holds a digest of the key rather than the key itself, so
 //! it survives daemon restarts and stops working when the key changes.
 
-pub mod feed;
-pub mod page;
+pub(crate) mod feed;
+pub(crate) mod page;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
 /// The cookie that carries a signed-in page's access.
-pub const COOKIE: &str = "cortex_ui";
+const COOKIE: &str = "cortex_ui";
 
 /// What the page's handlers share.
 #[derive(Clone)]

@@ -231,7 +231,12 @@ pub fn build(inputs: &Inputs<'_>, memory: &Memory) -> PageState {
         conditions: status.conditions.clone(),
         last_applied: revision(&status.last_applied),
         last_attempted: revision(&status.last_attempted),
-        neurons: neurons(inputs.fleet, inputs.topology, &status.maintenance),
+        // Drain progress as the neurons report it now (the status's is as of the last pass).
+        neurons: neurons(
+            inputs.fleet,
+            inputs.topology,
+            &plans::maintenance::maintenance(inputs.fleet, inputs.topology, &status.plan),
+        ),
         models: with_queues(models(inputs.fleet, inputs.topology, memory), inputs.queues),
         plan: plan_view(inputs),
         runs: status.runs.clone(),

@@ -11,7 +11,7 @@
 
 use plans::fleet::KeyLimits;
 
-pub const MINUTE_MS: u64 = 60_000;
+const MINUTE_MS: u64 = 60_000;
 pub const DAY_MS: u64 = 86_400_000;
 
 /// A token bucket of `capacity` that refills `capacity` per minute, continuously. Its level may

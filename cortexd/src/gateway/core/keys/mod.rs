@@ -8,7 +8,7 @@
 //! next request after the reload: the digest index follows the fleet in force, and each key's
 //! counters (rates, in flight, budgets) are kept by name across reloads.
 
-pub mod limits;
+pub(crate) mod limits;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

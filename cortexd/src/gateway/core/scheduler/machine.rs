@@ -236,10 +236,6 @@ impl Machine {
         Machine { mode, ..Machine::default() }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// When `tick` should run next, if anything waits on time.
     pub fn wake_at(&self) -> Option<u64> {
         self.wake_at
@@ -255,6 +251,7 @@ impl Machine {
     }
 
     /// A new request for `model` from a caller without a key (interactive, one shared lane).
+    #[cfg(test)]
     pub fn arrive<P>(
         &mut self,
         now: u64,

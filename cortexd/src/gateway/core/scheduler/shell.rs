@@ -167,7 +167,8 @@ impl Scheduler {
         policy: BackoffPolicy,
         cluster: Option<ClusterInputs>,
     ) -> Arc<Self> {
-        Arc::new(Scheduler {
+        let in_cluster = cluster.is_some();
+        let scheduler = Arc::new(Scheduler {
             inner: Mutex::new(Inner {
                 machine: Machine::new(limits.swap_schedule),
                 waiters: HashMap::new(),
@@ -184,7 +185,13 @@ impl Scheduler {
             poller,
             limits,
             cluster,
-        })
+        });
+        // A cluster replica may lead before any client of its own arrives: its driver weighs
+        // the other replicas' demand from the start, not from its own first request.
+        if in_cluster && tokio::runtime::Handle::try_current().is_ok() {
+            scheduler.start();
+        }
+        scheduler
     }
 
     /// The backoff policy of failed loads.
@@ -376,7 +383,8 @@ impl Scheduler {
         result
     }
 
-    /// Start the driver task once, from the first request (a runtime is running then).
+    /// Start the driver task once: from the first request (a runtime is running then), or at
+    /// once in a cluster.
     fn start(self: &Arc<Self>) {
         self.driver.get_or_init(|| {
             self.observe();

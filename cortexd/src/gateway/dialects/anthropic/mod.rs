@@ -14,7 +14,7 @@
 //! stopped once, message_delta with cumulative `output_tokens`, message_stop last), or it ends
 //! in an `event: error` the SDK raises; never a silent truncation.
 
-pub mod handler;
+mod handler;
 mod native;
 mod request;
 mod response;

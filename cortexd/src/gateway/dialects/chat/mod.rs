@@ -5,7 +5,7 @@
 //! (`body`). Translations fail with the gateway's one error type: `ApiError::BadRequest` for
 //! what the client sent, `ApiError::Upstream` for what the engine answered.
 
-pub mod body;
-pub mod stream;
-pub mod translate;
-pub mod types;
+pub(crate) mod body;
+pub(crate) mod stream;
+pub(crate) mod translate;
+pub(crate) mod types;

@@ -2,8 +2,8 @@
 //! engine (`handler`), a stop at the fleet's cap reported as a natural end (`native`), and the
 //! model list (`models`).
 
-pub mod handler;
-pub mod models;
-pub mod native;
+pub(crate) mod handler;
+pub(crate) mod models;
+pub(crate) mod native;
 
 pub use handler::{chat_completions, completions, embeddings};

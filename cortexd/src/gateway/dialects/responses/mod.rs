@@ -14,9 +14,12 @@
 //! `response.failed`.
 
 mod handler;
-pub mod native;
-pub mod request;
-pub mod response;
-pub mod stream;
+mod native;
+mod request;
+mod response;
+mod stream;
 
 pub use handler::{cancel, create, input_tokens, retrieve};
+pub use request::{ToolNames, request_to_chat};
+pub use response::{chat_to_response, skeleton};
+pub use stream::StreamTranslator;

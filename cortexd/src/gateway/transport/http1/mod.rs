@@ -43,9 +43,9 @@ enum State {
 }
 
 /// Read buffer growth: what hyper starts with too.
-pub const READ_SIZE: usize = 8 * 1024;
+const READ_SIZE: usize = 8 * 1024;
 /// A read buffer grows by `READ_SIZE` when less than this is free for the next read.
-pub const MIN_ROOM: usize = 2 * 1024;
+const MIN_ROOM: usize = 2 * 1024;
 
 /// Room in `buffer` for the next read from a connection.
 pub fn make_room(buffer: &mut BytesMut) {
@@ -55,13 +55,13 @@ pub fn make_room(buffer: &mut BytesMut) {
 }
 
 /// A line in the chunked framing (size line, trailer) longer than this is refused.
-pub const MAX_LINE: usize = 8 * 1024;
+const MAX_LINE: usize = 8 * 1024;
 /// The most bytes of chunk extensions in one body, all chunks together (hyper's bound too).
-pub const MAX_EXTENSIONS: usize = 16 * 1024;
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// The most bytes of trailer fields after the last chunk (hyper's bound too).
-pub const MAX_TRAILERS: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
 /// The most trailer fields after the last chunk.
-pub const MAX_TRAILER_FIELDS: usize = 100;
+const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Decodes one body's framing from a buffer that its owner fills from the connection: what is
 /// decoded is taken from the front of the buffer, in place, without copies.

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 /// every idle connection until then (no count cap): a cap closes the connections a burst opened
 /// as soon as they are free, and under a sustained burst that churn fills the host's ephemeral
 /// ports with TIME_WAIT sockets until new connections fail.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug)]
 pub struct Pool {

@@ -32,7 +32,7 @@ impl Default for Tag {
 
 /// One round's credit per key, in tokens: a key is served requests worth this much per turn
 /// (at least one request whatever its size, over enough turns).
-pub const QUANTUM: u64 = 4_096;
+const QUANTUM: u64 = 4_096;
 
 /// A request's weight is capped so that one huge reservation waits a bounded number of turns.
 const MAX_COST: u64 = 64 * QUANTUM;
