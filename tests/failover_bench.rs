@@ -6,6 +6,11 @@
 //! fence), and kill → its first load done (the first request that needed a lifecycle action can
 //! be served then); and across all of them, the requests lost. Usage (binaries built first):
 //! `cargo run -p cortex-e2e --bin failover-bench -- 10`.
+//!
+//! `failover-bench latency N`: cluster mode's cost on the hot path. One `cortex serve` in front
+//! of a sim neuron with a resident model, standalone and as the leader of a one-replica cluster
+//! (a real etcd), in alternating rounds of N sequential non-streaming requests; per mode the
+//! client-side p50 and p99.
 
 #![allow(clippy::unwrap_used, reason = "a benchmark: a failed step should stop it loudly")]
 
@@ -41,7 +46,73 @@ fn firsts(actions: &[Value], term: u64) -> (Option<u64>, Option<u64>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("latency") {
+        let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+        return latency(n).await;
+    }
+    failovers(args.first().and_then(|a| a.parse().ok()).unwrap_or(10)).await;
+}
+
+/// Standalone against cluster mode, same neuron, same model, alternating rounds.
+async fn latency(n: usize) {
+    use cortex_e2e::{Daemon, Neuron, cortex_config, neuron_table, sim_model, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = cortex_e2e::etcd::Etcd::start().await;
+    let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 50).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    write_atomic(
+        &fleet.join("fleet.toml"),
+        &format!("{}{}", neuron_table(&neuron), sim_model("m", 8_000, &["n1"], "m.gguf")),
+    );
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..6 {
+        let clustered = round % 2 == 1;
+        let home = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, port) = cortex_config(&home);
+        if clustered {
+            let text = std::fs::read_to_string(&config).unwrap();
+            let cluster = format!(
+                "\n[cluster]\netcd = [\"{}\"]\nreplica = \"gw-1\"\nlease_ttl = \"2s\"\nprefix = \"/latency\"\n",
+                etcd.endpoint()
+            );
+            std::fs::write(&config, format!("{text}{cluster}")).unwrap();
+        }
+        let daemon = Daemon::start(&fleet, &config, port, home.join("cortex.log")).await;
+        eventually("m to be served", Duration::from_secs(60), async || {
+            let status = daemon.status().await;
+            let leads = !clustered || status["cluster"]["role"] == "leader";
+            (leads && daemon.chat("m").await.0 == 200).then_some(())
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let body = serde_json::json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+        for _ in 0..100 {
+            http.post(&url).json(&body).send().await.unwrap().bytes().await.unwrap();
+        }
+        for _ in 0..n {
+            let sent = std::time::Instant::now();
+            let answer = http.post(&url).json(&body).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.bytes().await.unwrap();
+            times[usize::from(clustered)].push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        drop(daemon);
+    }
+    println!("| mode | requests | p50 | p99 |");
+    println!("|---|---|---|---|");
+    for (mode, times) in ["standalone", "cluster (leader, etcd up)"].iter().zip(times.iter_mut()) {
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize];
+        println!("| {mode} | {} | {:.2} ms | {:.2} ms |", times.len(), at(0.5), at(0.99));
+    }
+}
+
+async fn failovers(rounds: usize) {
     let mut rig = ha::Rig::start().await;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = ha::load(&rig, 6, stop.clone());
