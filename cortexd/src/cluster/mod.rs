@@ -11,7 +11,9 @@
 //!
 //! What lives where (docs/operations.md): observed state, open requests, the choice among ready
 //! copies, admission and metrics stay local to each replica; lifecycle decisions are the
-//! leader's, published fenced by its term so a successor inherits them.
+//! leader's. What it publishes fenced by its term is the fleet in force; its scheduler's state
+//! (residency clocks, backoff, drains) is its own, and a successor rebuilds it from what the
+//! neurons report (docs/operations.md).
 
 pub(crate) mod demand;
 pub(crate) mod keys;
