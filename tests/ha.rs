@@ -30,8 +30,8 @@ const MODELS: [&str; 2] = ["model-a", "model-b"];
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// One `cortex serve` replica.
-struct Replica {
-    name: String,
+pub(crate) struct Replica {
+    pub(crate) name: String,
     port: u16,
     config: PathBuf,
     process: Option<Process>,
@@ -41,12 +41,12 @@ struct Replica {
 }
 
 /// The whole rig: etcd, a neuron, three replicas, nginx.
-struct Rig {
+pub(crate) struct Rig {
     dir: tempfile::TempDir,
     etcd: Etcd,
-    neuron: Neuron,
+    pub(crate) neuron: Neuron,
     fleet: PathBuf,
-    replicas: Vec<Replica>,
+    pub(crate) replicas: Vec<Replica>,
     _nginx: Process,
     lb_port: u16,
 }
@@ -66,7 +66,7 @@ fn fleet_text(neuron: &Neuron) -> String {
 }
 
 impl Rig {
-    async fn start() -> Rig {
+    pub(crate) async fn start() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let etcd = Etcd::start().await;
         let neuron = Neuron::start_sim(dir.path(), "n1", &[24_000], 300).await;
@@ -103,7 +103,7 @@ impl Rig {
         rig
     }
 
-    async fn start_replica(&mut self, i: usize) {
+    pub(crate) async fn start_replica(&mut self, i: usize) {
         let replica = &mut self.replicas[i];
         replica.starts += 1;
         let log = self.dir.path().join(format!("{}-{}.log", replica.name, replica.starts));
@@ -125,7 +125,7 @@ impl Rig {
     }
 
     /// Send `signal` to replica `i` (`KILL` forgets the process).
-    fn signal(&mut self, i: usize, signal: &str) {
+    pub(crate) fn signal(&mut self, i: usize, signal: &str) {
         let replica = &mut self.replicas[i];
         let pid = replica.process.as_ref().unwrap().child.id();
         Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
@@ -218,7 +218,7 @@ impl Rig {
 
     /// The index of the replica every live replica names as the leader, once they agree and
     /// that one says it leads.
-    async fn leader(&self, within: Duration) -> (usize, u64) {
+    pub(crate) async fn leader(&self, within: Duration) -> (usize, u64) {
         eventually("one leader that every replica names", within, async || {
             let mut named = Vec::new();
             let mut leading = Vec::new();
@@ -246,7 +246,7 @@ impl Rig {
     }
 
     /// Wait until nginx sends requests to replica `i` again.
-    async fn in_rotation(&self, i: usize) {
+    pub(crate) async fn in_rotation(&self, i: usize) {
         let (url, port) = (format!("http://127.0.0.1:{}/health", self.lb_port), self.replicas[i].port);
         let http = reqwest::Client::new();
         eventually("nginx to send requests to the restarted replica", Duration::from_secs(20), async || {
@@ -345,16 +345,16 @@ fn start_nginx(dir: &Path, port: u16, upstreams: &[u16]) -> Process {
 
 /// What the clients saw: per answering replica, answers by status; and every failure.
 #[derive(Debug, Default)]
-struct Seen {
-    ok: usize,
-    by_replica: BTreeMap<String, usize>,
-    failures: Vec<(String, String)>,
+pub(crate) struct Seen {
+    pub(crate) ok: usize,
+    pub(crate) by_replica: BTreeMap<String, usize>,
+    pub(crate) failures: Vec<(String, String)>,
 }
 
 /// `clients` closed-loop clients through nginx, alternating between the two models, until
 /// `stop`; every other client streams (a longer answer, so that streams are open when a fault
 /// strikes). A refused connection to nginx itself is retried once (as a load balancer would).
-fn load(rig: &Rig, clients: usize, stop: Arc<AtomicBool>) -> JoinSet<Vec<(u16, String, String)>> {
+pub(crate) fn load(rig: &Rig, clients: usize, stop: Arc<AtomicBool>) -> JoinSet<Vec<(u16, String, String)>> {
     let mut tasks = JoinSet::new();
     for c in 0..clients {
         let (url, stop) = (rig.url(), stop.clone());
@@ -408,7 +408,7 @@ fn load(rig: &Rig, clients: usize, stop: Arc<AtomicBool>) -> JoinSet<Vec<(u16, S
     tasks
 }
 
-async fn collect(rig: &Rig, mut tasks: JoinSet<Vec<(u16, String, String)>>) -> Seen {
+pub(crate) async fn collect(rig: &Rig, mut tasks: JoinSet<Vec<(u16, String, String)>>) -> Seen {
     let mut seen = Seen::default();
     while let Some(result) = tasks.join_next().await {
         for (status, upstream, text) in result.unwrap() {
@@ -426,7 +426,7 @@ async fn collect(rig: &Rig, mut tasks: JoinSet<Vec<(u16, String, String)>>) -> S
 
 /// The neuron's action record: no call accepted with a lower term than one before it, and never
 /// two lifecycle calls of different terms under way at once.
-async fn check_actions(neuron: &Neuron) -> Vec<Value> {
+pub(crate) async fn check_actions(neuron: &Neuron) -> Vec<Value> {
     let record = neuron.get("/actions").await;
     let actions: Vec<Value> = record["actions"].as_array().unwrap().clone();
     let accepted: Vec<&Value> =
