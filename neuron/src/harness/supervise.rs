@@ -385,8 +385,10 @@ mod tests {
     #[test]
     fn ports_are_leased_once_and_returned_on_drop() {
         // A port below the kernel's ephemeral range, so that no test binding port 0 beside this
-        // one can take it between the drop and the lease.
-        let listener = (20_000..30_000)
+        // one can take it between the drop and the lease; where the search starts depends on the
+        // process, so that two runs of this test at once do not race for the same port.
+        let start = 20_000 + u16::try_from(std::process::id() % 8_000).expect("below 8,000");
+        let listener = (start..30_000)
             .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
             .expect("a free port below the ephemeral range");
         let busy = listener.local_addr().expect("addr").port();
