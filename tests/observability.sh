@@ -173,7 +173,7 @@ chat alpha false
 curl -sS -m 1 "http://127.0.0.1:$api_port/v1/chat/completions" -H 'content-type: application/json' \
   -d '{"model":"alpha","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}' \
   >/dev/null 2>&1 || true
-poll 10 "cortex to count the hung-up stream" has_metric cm 'cortex_requests_total{.*status="client_closed"} [1-9]'
+poll 10 "cortex to count the hung-up stream" has_metric cm 'cortex_requests_total{.*status="client_closed"[^}]*} [1-9]'
 
 # An engine crash: load the stand-in engine directly on the neuron, then kill it.
 curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$neuron_port/models/load" \
