@@ -167,3 +167,39 @@ endpoint = "http://127.0.0.1:{self.neuron_port}"
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# One model served natively and one translated (its harness declares neither Messages nor
+# Responses), both capped by the fleet at CAP output tokens, above the CLIENT_LIMIT the tests
+# ask for when they want the client's own limit to stop an answer.
+CAP = 24
+CLIENT_LIMIT = 8
+PATHS = ["gemma-native", "gemma-translated"]
+
+_TWO_PATHS_HARNESSES = """
+[harness.translated]
+kind = "llamacpp"
+binary = "{binary}"
+anthropic_messages = false
+responses = false
+"""
+
+_TWO_PATHS_MODELS = "".join(
+    f"""
+[[model]]
+id = "{model}"
+harness = "{harness}"
+source = "{GEMMA}"
+min_devices = 0
+ram_mb = 400
+ctx_size = 2048
+max_output_tokens = {CAP}
+"""
+    for model, harness in zip(PATHS, ["llamacpp", "translated"])
+)
+
+
+def start_two_paths(state_dir: pathlib.Path) -> "Stack":
+    """A started stack serving PATHS: gemma natively and translated."""
+    extra = _TWO_PATHS_HARNESSES.format(binary=LLAMA_SERVER)
+    return Stack(state_dir, _TWO_PATHS_MODELS, extra_harnesses=extra).start()

@@ -15,40 +15,8 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 
-from stack import LLAMA_SERVER, Stack
+from stack import CAP, CLIENT_LIMIT, PATHS, Stack, start_two_paths
 
-CAP = 24
-CLIENT_LIMIT = 8
-
-HARNESSES = """
-[harness.translated]
-kind = "llamacpp"
-binary = "{binary}"
-anthropic_messages = false
-responses = false
-"""
-
-MODELS = f"""
-[[model]]
-id = "gemma-native"
-harness = "llamacpp"
-source = "gemma-3-270m-q4_k_m.gguf"
-min_devices = 0
-ram_mb = 400
-ctx_size = 2048
-max_output_tokens = {CAP}
-
-[[model]]
-id = "gemma-translated"
-harness = "translated"
-source = "gemma-3-270m-q4_k_m.gguf"
-min_devices = 0
-ram_mb = 400
-ctx_size = 2048
-max_output_tokens = {CAP}
-"""
-
-PATHS = ["gemma-native", "gemma-translated"]
 # Long enough that gemma never ends on its own within the cap.
 LONG = "Count from one to one hundred in words, one number per line."
 # (the client's own limit, or none: the fleet's cap binds)
@@ -67,8 +35,7 @@ MESSAGE_EVENTS = members(RawMessageStreamEvent)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    extra = HARNESSES.format(binary=LLAMA_SERVER)
-    stack = Stack(tmp_path_factory.mktemp("schemas"), MODELS, extra_harnesses=extra).start()
+    stack = start_two_paths(tmp_path_factory.mktemp("schemas"))
     yield stack
     stack.stop()
 

