@@ -493,7 +493,7 @@ async fn kill_9_of_the_leader_loses_nothing_but_its_own_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_paused_past_its_lease_performs_nothing_and_steps_down() {
     let mut rig = Rig::start().await;
-    let (leader, term) = rig.leader(Duration::from_secs(30)).await;
+    let (leader, term) = rig.leader(Duration::from_secs(60)).await;
     let paused = rig.replicas[leader].name.clone();
     under_load(
         &mut rig,
