@@ -35,8 +35,8 @@ struct Slot {
 pub struct Reuse {
     /// The slot it took.
     pub slot: usize,
-    /// Prompt tokens already in that slot (never the whole prompt: the engine evaluates at
-    /// least its last token, as llama-server does).
+    /// Prompt tokens found cached (never the whole prompt: the engine evaluates at least its
+    /// last token, as llama-server does).
     pub cached_tokens: u64,
     pub prompt_tokens: u64,
 }
@@ -48,19 +48,22 @@ impl PromptCache {
         PromptCache { inner: Mutex::new(Slots { slots, tick: 0 }) }
     }
 
-    /// Serve `prompt` (the request's rendered text): take a slot, count what it had cached, then
-    /// leave `prompt` followed by `answer` in it. The slot taken is the one holding the longest
-    /// earlier turn of this prompt (its text a prefix of the prompt) or the longest text the
-    /// prompt is a prefix of (a retry); failing both, the least recently used one, an empty one
-    /// first. Another conversation's slot is never taken for a prefix they merely share (a
-    /// system prompt): that would evict it while older slots wait.
+    /// Serve `prompt` (the request's rendered text): take a slot, count the prompt's cached
+    /// tokens, then leave `prompt` followed by `answer` in the slot. The slot taken is the one
+    /// holding the longest earlier turn of this prompt (its text a prefix of the prompt) or the
+    /// longest text the prompt is a prefix of (a retry); failing both, the least recently used
+    /// one, an empty one first. Another conversation's slot is never taken for a prefix they
+    /// merely share (a system prompt): that would evict it while older slots wait. The cached
+    /// tokens are the longest prefix of the prompt any slot holds: the engine copies it into the
+    /// slot taken, as llama-server restores a prompt from its prompt cache (`--cache-ram`) and
+    /// vLLM shares prefix blocks between requests.
     pub fn serve(&self, prompt: &str, answer: &str) -> Reuse {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.tick += 1;
         let tick = inner.tick;
         let slot = reusable(&inner.slots, prompt).unwrap_or_else(|| least_recent(&inner.slots));
+        let common = inner.slots.iter().map(|s| common_prefix(&s.text, prompt)).max().unwrap_or(0);
         let taken = &mut inner.slots[slot];
-        let common = common_prefix(&taken.text, prompt);
         let prompt_tokens = tokens(prompt);
         let cached = u64::try_from(prompt[..common].chars().count() / CHARS_PER_TOKEN).unwrap_or(u64::MAX);
         taken.text.clear();
@@ -168,6 +171,17 @@ mod tests {
         assert_eq!((b.slot, b.cached_tokens), (2, 100), "c's slot, now the least recent");
         let c = cache.serve(&format!("{}more", conversation('c')), "");
         assert_eq!(c.cached_tokens, 100, "c was evicted by b");
+    }
+
+    #[test]
+    fn a_new_conversation_in_an_empty_slot_reuses_a_prefix_another_slot_holds() {
+        let cache = PromptCache::new(4);
+        let system = text('s', 400);
+        cache.serve(&format!("{system}{}", text('a', 100)), "");
+        let b = cache.serve(&format!("{system}{}", text('b', 100)), "");
+        assert_eq!((b.slot, b.cached_tokens), (1, 100), "its own slot, the system prompt copied");
+        let a = cache.serve(&format!("{system}{}more", text('a', 100)), "");
+        assert_eq!((a.slot, a.cached_tokens), (0, 125), "a's own slot is still there");
     }
 
     #[test]
