@@ -51,5 +51,4 @@ pub fn choose(key: Key, copies: &[(&str, u32)], limit: u32, factor: LoadFactor) 
 }
 
 #[cfg(test)]
-#[path = "choice_tests.rs"]
 mod tests;

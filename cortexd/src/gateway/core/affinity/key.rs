@@ -359,5 +359,4 @@ fn claude_session(user_id: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "key_tests.rs"]
 mod tests;
