@@ -48,12 +48,15 @@ fn keys_spread_over_the_copies() {
     }
 }
 
+/// (case, load of n0, load of n1, max_concurrency, where it goes, whether first choice)
+type Case = (&'static str, u32, u32, u32, Option<&'static str>, bool);
+
 #[test]
 fn a_copy_above_the_bound_or_full_is_passed_by() {
     let copies = idle(2);
     let key = key_preferring("n0", &copies);
     // (case, load of n0, load of n1, max_concurrency, where it goes, whether first choice)
-    let cases: [(&str, u32, u32, u32, Option<&str>, bool); 7] = [
+    let cases: [Case; 7] = [
         ("idle", 0, 0, u32::MAX, Some("n0"), true),
         // in flight 2 (+1) over 2 copies, bound ceil(1.25 * 3 / 2) = 2: n0 at 2 spills.
         ("over the bound", 2, 0, u32::MAX, Some("n1"), false),

@@ -101,11 +101,16 @@ fn chat(system: &str, first: &str, history: usize) -> String {
     .to_string()
 }
 
+/// Request headers as name and value.
+type Headers = Vec<(&'static str, &'static str)>;
+
+/// One request: its headers and body.
+type Turn = (Headers, String);
+
 #[test]
 fn every_turn_of_a_session_has_its_key_and_sessions_differ() {
     // (case, turn 1, turn 4 of the same session, turn 1 of another session)
-    let cases: [(&str, (Vec<(&str, &str)>, String), (Vec<(&str, &str)>, String), (Vec<(&str, &str)>, String));
-        6] = [
+    let cases: [(&str, Turn, Turn, Turn); 6] = [
         (
             "Claude Code: metadata.user_id's session_id",
             (vec![], claude_code("s-1", "fix it", 0)),
@@ -161,7 +166,7 @@ fn explicit_ids_come_in_order_and_agree_across_sources() {
     };
     let id = |id: &str| key_of(&[("x-session-id", id)], &body(json!({})));
     // (case, headers, extra body fields, the id the key must be)
-    let cases: [(&str, Vec<(&str, &str)>, Value, &str); 8] = [
+    let cases: [(&str, Headers, Value, &str); 8] = [
         (
             "metadata before the headers",
             vec![("session-id", "h")],
