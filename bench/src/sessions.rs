@@ -503,8 +503,7 @@ async fn one_policy(
 
 /// The fleet's `[policy]` table for `policy`.
 fn policy_table(policy: &str) -> String {
-    let _ = policy;
-    String::new()
+    format!("[policy]\nrouting = \"{policy}\"\n\n")
 }
 
 async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
