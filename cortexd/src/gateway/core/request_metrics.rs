@@ -17,6 +17,17 @@ pub enum Outcome {
     ClientClosed,
 }
 
+impl Outcome {
+    /// The `status` label (and the outcome a request's timeline shows).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientClosed => "client_closed",
+        }
+    }
+}
+
 /// The series one (model, neuron, route, key) records into.
 pub struct Handles {
     /// `cortex_requests_total` by [`Outcome`], in its order.
