@@ -166,7 +166,7 @@ mod tests {
         let now = Instant::now();
         new.inherit(&exported, now);
         assert!(new.waiting("m", "n1", now), "it waits on where the old one stopped");
-        let left = new.entry("m", "n1").unwrap().until - now;
+        let left = new.entry("m", "n1").expect("an inherited entry").until - now;
         assert!(left > Duration::from_secs(35) && left <= Duration::from_secs(40), "{left:?}");
         // The next failure doubles from the inherited count.
         let until = new.failed("m", "n1", "again".into(), policy, now);

@@ -279,8 +279,8 @@ mod tests {
         };
         assert_eq!(Record::decode(&record.encode()), Ok(record.clone()));
         let other = Record { format: FORMAT + 1, ..record };
-        assert!(Record::decode(&other.encode()).unwrap_err().contains("format 2"));
-        assert!(Record::decode(b"{not json").unwrap_err().contains("unreadable"));
+        assert!(Record::decode(&other.encode()).expect_err("another format").contains("format 2"));
+        assert!(Record::decode(b"{not json").expect_err("not JSON").contains("unreadable"));
         let long = Failure::new("m", "n", 1, 0, &"x".repeat(5_000));
         assert_eq!(long.error.chars().count(), ERROR_CHARS + 1, "cut, with an ellipsis");
     }
