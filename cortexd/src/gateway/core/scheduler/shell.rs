@@ -336,6 +336,8 @@ impl Scheduler {
             max_wait_ms: contention.max_wait(),
             min_residency_ms: contention.min_residency(),
             priority: spec.map_or(0, |m| m.priority),
+            routing: contention.routing(),
+            load_factor: fleet.policy.affinity_load_factor,
         }
     }
 
@@ -454,6 +456,10 @@ impl Scheduler {
             });
             let (result, commands) = event(&mut inner, &mut placer);
             let outgoing: Vec<Outgoing> = commands.into_iter().filter_map(|c| inner.take(c)).collect();
+            for (model, outcome) in inner.machine.take_outcomes() {
+                metrics::counter!("cortex_affinity_routing_total", "model" => model, "outcome" => outcome.label())
+                    .increment(1);
+            }
             (result, outgoing, inner.rearm(), resident)
         };
         if let (Some(cluster), Some((term, _))) = (&self.cluster, inherited) {
