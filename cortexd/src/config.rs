@@ -126,6 +126,9 @@ pub struct GatewayConfig {
     /// a long prompt is processed).
     #[serde(with = "duration")]
     pub upstream_read_timeout: Duration,
+    /// How many recent requests' timelines the daemon keeps for `GET /admin/requests` and the
+    /// fleet page (`0` keeps none); each takes at most a few KiB (docs/operations.md).
+    pub request_timelines: usize,
 }
 
 /// `[gateway] swap_schedule`.
@@ -150,6 +153,7 @@ impl Default for GatewayConfig {
             swap_schedule: SwapSchedule::Elevator,
             upstream_head_timeout: Duration::from_secs(600),
             upstream_read_timeout: Duration::from_secs(600),
+            request_timelines: 2_000,
         }
     }
 }

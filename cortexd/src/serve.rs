@@ -136,6 +136,7 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         queues: state.scheduler.queues(),
         traffic: state.traffic.clone(),
         usage: state.keys.usage().clone(),
+        requests: state.timelines.clone(),
     };
     let (ui_feed, ui_task) = crate::operator::ui::feed::spawn(ui_sources, shutdown.clone());
     let operator = crate::metrics::router(prometheus).merge(crate::operator::ui::router(

@@ -90,6 +90,14 @@ pub enum HarnessConfig {
         devices: Vec<SimDevice>,
         #[serde(default)]
         allow_args: bool,
+        /// Prompt cache slots per engine: each keeps its last request's prompt and answer, and
+        /// a request reuses the slot holding its conversation's earlier turn (else the least
+        /// recently used one).
+        #[serde(default = "default_sim_slots")]
+        slots: usize,
+        /// Time to first token added per uncached prompt token (a token is four characters).
+        #[serde(default)]
+        prefill_ms_per_token: f64,
     },
 }
 
@@ -185,6 +193,12 @@ fn default_sim_ttft_ms() -> u64 {
 fn default_sim_tokens_per_second() -> f64 {
     50.0
 }
+/// llama-server's default (`--parallel` auto).
+fn default_sim_slots() -> usize {
+    4
+}
+/// The most slots a sim engine may keep (each holds a whole prompt).
+const MAX_SIM_SLOTS: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,6 +319,16 @@ impl Config {
                     if !tokens_per_second.is_finite() || tokens_per_second <= 0.0 =>
                 {
                     return Err(invalid(format!("`harness.{name}.tokens_per_second` must be > 0")));
+                }
+                HarnessConfig::Sim { slots, .. } if !(1..=MAX_SIM_SLOTS).contains(&slots) => {
+                    return Err(invalid(format!(
+                        "`harness.{name}.slots` must be between 1 and {MAX_SIM_SLOTS}"
+                    )));
+                }
+                HarnessConfig::Sim { prefill_ms_per_token, .. }
+                    if !prefill_ms_per_token.is_finite() || prefill_ms_per_token < 0.0 =>
+                {
+                    return Err(invalid(format!("`harness.{name}.prefill_ms_per_token` must be ≥ 0")));
                 }
                 sim @ HarnessConfig::Sim { .. } => sim,
             };
@@ -597,6 +621,33 @@ embeddings = true
         )
         .expect_err("unknown placeholder");
         assert!(err.to_string().contains("harness.x") && err.to_string().contains("{gpu}"), "{err}");
+    }
+
+    #[test]
+    fn the_sim_prompt_cache_has_defaults_and_its_bounds_are_checked() {
+        let config =
+            parse("name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.s]\nkind = \"sim\"\n").expect("valid");
+        assert!(matches!(
+            config.harnesses["s"],
+            HarnessConfig::Sim { slots: 4, prefill_ms_per_token, .. } if prefill_ms_per_token == 0.0
+        ));
+        let config = parse(
+            "name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.s]\nkind = \"sim\"\nslots = 16\nprefill_ms_per_token = 0.25\n",
+        )
+        .expect("valid");
+        assert!(matches!(
+            config.harnesses["s"],
+            HarnessConfig::Sim { slots: 16, prefill_ms_per_token, .. } if prefill_ms_per_token == 0.25
+        ));
+        for (bad, key) in
+            [("slots = 0", "slots"), ("slots = 5000", "slots"), ("prefill_ms_per_token = -1.0", "prefill")]
+        {
+            let err = parse(&format!(
+                "name = \"n\"\nmodels_dir = \"MODELS\"\n[harness.s]\nkind = \"sim\"\n{bad}\n"
+            ))
+            .expect_err(bad);
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct SwarmSpec {
     pub load_ms: u64,
     pub ttft_ms: u64,
     pub tokens_per_second: f64,
+    /// Prompt cache slots per engine and the time to first token per uncached prompt token.
+    pub slots: usize,
+    pub prefill_ms_per_token: f64,
     /// Holds each neuron's (empty) models_dir and log_dir.
     pub dir: PathBuf,
     pub token: String,
@@ -81,6 +84,8 @@ fn config_for(spec: &SwarmSpec, index: usize, ports: (u16, u16)) -> Result<Confi
         tokens_per_second: spec.tokens_per_second,
         devices: vec![device; spec.devices_per_neuron],
         allow_args: false,
+        slots: spec.slots,
+        prefill_ms_per_token: spec.prefill_ms_per_token,
     };
     Ok(Config {
         name,
@@ -107,6 +112,11 @@ pub async fn start(
 ) -> Result<(Vec<Member>, tokio::task::JoinHandle<()>), SwarmError> {
     if spec.count == 0 {
         return Err(SwarmError::Invalid("--count must be at least 1".to_owned()));
+    }
+    if spec.slots == 0 || !spec.prefill_ms_per_token.is_finite() || spec.prefill_ms_per_token < 0.0 {
+        return Err(SwarmError::Invalid(
+            "--slots must be at least 1 and --prefill-ms-per-token at least 0".to_owned(),
+        ));
     }
     let (low, high) = spec.engine_ports;
     let per_neuron = (usize::from(high).saturating_sub(usize::from(low)) + 1) / spec.count;
@@ -167,6 +177,8 @@ mod tests {
             load_ms: 10,
             ttft_ms: 1,
             tokens_per_second: 1000.0,
+            slots: 4,
+            prefill_ms_per_token: 0.0,
             dir: dir.path().to_owned(),
             token: "t".to_owned(),
         };

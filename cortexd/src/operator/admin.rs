@@ -1,5 +1,6 @@
 //! The admin API: `GET /admin/status` (the daemon's status, as `cortex status` shows it),
-//! `GET /admin/usage` (each fleet key's usage, as `cortex usage` shows it), `POST /admin/apply`
+//! `GET /admin/usage` (each fleet key's usage, as `cortex usage` shows it), `GET
+//! /admin/requests` and `GET /admin/requests/{id}` (the recent requests' timelines), `POST /admin/apply`
 //! (apply a saved plan file, refused when stale) and `POST /admin/reconcile` (a reconcile pass
 //! now, every backoff cleared: what SIGHUP does). The admin key of cortex.toml opens every
 //! route; a fleet key opens the reading routes with `operator = "read_only"` and every route
@@ -36,6 +37,8 @@ pub fn router(gateway: AppState, admin: Option<Admin>) -> Router {
     Router::new()
         .route("/admin/status", get(status))
         .route("/admin/usage", get(usage))
+        .route("/admin/requests", get(requests))
+        .route("/admin/requests/{id}", get(request))
         .route("/admin/apply", post(apply))
         .route("/admin/reconcile", post(reconcile).fallback(wrong_method))
         // A plan file is bounded like an inference body.
@@ -254,6 +257,30 @@ async fn usage(
         Ok(Ok(report)) => axum::Json(report).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /admin/requests?model=&key=&status=&limit=`: the recent requests, newest first.
+async fn requests(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    axum::extract::Query(filter): axum::extract::Query<crate::gateway::core::timeline::Filter>,
+) -> Response {
+    match authorised(&state, &headers, OperatorAccess::ReadOnly) {
+        Ok(_) => crate::operator::requests::list(&state.gateway.timelines, filter),
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// `GET /admin/requests/{id}`: one request's timeline.
+async fn request(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match authorised(&state, &headers, OperatorAccess::ReadOnly) {
+        Ok(_) => crate::operator::requests::one(&state.gateway.timelines, &id),
+        Err((status, message)) => error(status, message),
     }
 }
 

@@ -42,6 +42,12 @@ struct Cli {
     ttft_ms: u64,
     #[arg(long, default_value_t = 100.0)]
     tokens_per_second: f64,
+    /// Prompt cache slots of each simulated engine.
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    /// Time to first token added per uncached prompt token (a token is four characters).
+    #[arg(long, default_value_t = 0.0)]
+    prefill_ms_per_token: f64,
     /// Folder for the members' (empty) models and log folders; default: a fresh temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -85,6 +91,8 @@ async fn run() -> anyhow::Result<()> {
         load_ms: cli.load_ms,
         ttft_ms: cli.ttft_ms,
         tokens_per_second: cli.tokens_per_second,
+        slots: cli.slots,
+        prefill_ms_per_token: cli.prefill_ms_per_token,
         dir,
         token: cli.token,
     };

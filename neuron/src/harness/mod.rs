@@ -7,6 +7,7 @@ pub(crate) mod command;
 pub(crate) mod llamacpp;
 pub(crate) mod mistralrs;
 pub(crate) mod sim;
+pub(crate) mod sim_cache;
 pub(crate) mod sim_server;
 pub(crate) mod supervise;
 
@@ -126,14 +127,23 @@ pub fn from_config(config: &Config) -> BTreeMap<String, Arc<dyn Harness>> {
                     &config.log_dir,
                     config.load_timeout,
                 )),
-                HarnessConfig::Sim { load_ms, ttft_ms, tokens_per_second, allow_args, .. } => {
-                    Arc::new(sim::Sim {
-                        load: Duration::from_millis(*load_ms),
-                        ttft: Duration::from_millis(*ttft_ms),
-                        tokens_per_second: *tokens_per_second,
-                        allow_args: *allow_args,
-                    })
-                }
+                HarnessConfig::Sim {
+                    load_ms,
+                    ttft_ms,
+                    tokens_per_second,
+                    allow_args,
+                    slots,
+                    prefill_ms_per_token,
+                    ..
+                } => Arc::new(sim::Sim {
+                    load: Duration::from_millis(*load_ms),
+                    ttft: Duration::from_millis(*ttft_ms),
+                    tokens_per_second: *tokens_per_second,
+                    allow_args: *allow_args,
+                    slots: *slots,
+                    prefill_per_token: Duration::try_from_secs_f64(prefill_ms_per_token / 1000.0)
+                        .unwrap_or(Duration::ZERO),
+                }),
             };
             (name.clone(), harness)
         })

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::sim_cache::PromptCache;
 use crate::harness::sim_server::{self, SimSettings};
 use crate::harness::supervise::{HttpReady, PortLease};
 use crate::harness::{Engine, EngineError, Harness, Launch, Readiness};
@@ -20,6 +21,10 @@ pub struct Sim {
     pub ttft: Duration,
     pub tokens_per_second: f64,
     pub allow_args: bool,
+    /// Prompt cache slots of each engine (`sim_cache`).
+    pub slots: usize,
+    /// Time to first token added per uncached prompt token.
+    pub prefill_per_token: Duration,
 }
 
 impl Harness for Sim {
@@ -67,7 +72,9 @@ impl Sim {
             model: launch.model.clone(),
             ready_at: Instant::now() + self.load,
             ttft: self.ttft,
+            prefill_per_token: self.prefill_per_token,
             token_interval: Duration::from_secs_f64(1.0 / self.tokens_per_second),
+            cache: PromptCache::new(self.slots),
         });
         tracing::info!(model = %launch.model, port, "starting SIMULATED engine (load {:?})", self.load);
         let cancel = CancellationToken::new();

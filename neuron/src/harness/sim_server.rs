@@ -1,7 +1,10 @@
 //! The SIMULATED engine's HTTP server: OpenAI-compatible `/v1/chat/completions`,
 //! `/v1/completions` (streaming and not, with `usage` and `stream_options.include_usage`),
 //! `/v1/embeddings`, `/v1/models` and `/health`, answering deterministic filler text with a
-//! configured time to first token and token rate. Every answer is marked `cortex-sim`.
+//! configured time to first token and token rate. Prompts go through the prompt cache
+//! (`sim_cache`): the time to first token grows with the uncached prompt tokens, and the cached
+//! ones are reported as llama-server reports them (`usage.prompt_tokens_details.cached_tokens`,
+//! `timings.cache_n`). Every answer is marked `cortex-sim`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +21,21 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::harness::sim_cache::{PromptCache, Reuse};
+
 /// How one simulated engine behaves; fixed at load.
 pub struct SimSettings {
     /// The fleet id it serves (what `--alias` is for llama.cpp).
     pub model: String,
     /// `/health` answers 503 (and every route refuses) until then.
     pub ready_at: Instant,
+    /// The time to first token of a prompt wholly cached.
     pub ttft: Duration,
+    /// Added to the time to first token for each uncached prompt token.
+    pub prefill_per_token: Duration,
     pub token_interval: Duration,
+    /// Its slots' prompts.
+    pub cache: PromptCache,
 }
 
 /// The label in every simulated answer.
@@ -101,21 +111,97 @@ fn parse(body: &[u8]) -> Result<Value, Box<Response>> {
     }
 }
 
-/// A rough, deterministic prompt token count: a token per four characters of text.
-fn prompt_tokens(request: &Value, dialect: Dialect) -> u64 {
-    fn text_len(value: &Value) -> usize {
-        match value {
-            Value::String(s) => s.chars().count(),
-            Value::Array(items) => items.iter().map(text_len).sum(),
-            Value::Object(map) => map.get("text").or_else(|| map.get("content")).map_or(0, text_len),
-            _ => 0,
+/// The prompt as the simulated engine reads it: each message's text between role markers
+/// (after the tools, when there are any), like a chat template; a completion's prompt as is.
+/// Its token count is a token per four characters (`sim_cache::tokens`).
+fn render_prompt(request: &Value, dialect: Dialect) -> String {
+    let mut out = String::new();
+    match dialect {
+        Dialect::Chat => {
+            if let Some(tools) = request.get("tools").filter(|t| !t.is_null()) {
+                push_turn(&mut out, "tools", &tools.to_string());
+            }
+            for message in request.get("messages").and_then(Value::as_array).into_iter().flatten() {
+                let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
+                let mut text = String::new();
+                if let Some(content) = message.get("content") {
+                    push_text(content, &mut text);
+                }
+                if let Some(calls) = message.get("tool_calls").filter(|c| !c.is_null()) {
+                    text.push_str(&calls.to_string());
+                }
+                push_turn(&mut out, role, &text);
+            }
+        }
+        Dialect::Completion => {
+            if let Some(prompt) = request.get("prompt") {
+                push_text(prompt, &mut out);
+            }
         }
     }
-    let chars = match dialect {
-        Dialect::Chat => request.get("messages").map_or(0, text_len),
-        Dialect::Completion => request.get("prompt").map_or(0, text_len),
+    out
+}
+
+/// The text of a content value: a string, or the `text`/`content` of its parts.
+fn push_text(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => out.push_str(s),
+        Value::Array(items) => items.iter().for_each(|item| push_text(item, out)),
+        Value::Object(map) => {
+            if let Some(inner) = map.get("text").or_else(|| map.get("content")) {
+                push_text(inner, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn push_turn(out: &mut String, role: &str, text: &str) {
+    out.push_str("<|");
+    out.push_str(role);
+    out.push_str("|>");
+    out.push_str(text);
+    out.push_str("<|end|>");
+}
+
+/// What the slot keeps after the answer: the answer as the next turn will resend it.
+fn render_answer(text: &str, dialect: Dialect) -> String {
+    match dialect {
+        Dialect::Chat => {
+            let mut out = String::new();
+            push_turn(&mut out, "assistant", text);
+            out
+        }
+        Dialect::Completion => text.to_owned(),
+    }
+}
+
+/// The prefill of the prompt tokens `reuse` did not find cached.
+fn prefill_time(settings: &SimSettings, reuse: Reuse) -> Duration {
+    let uncached = u32::try_from(reuse.prompt_tokens - reuse.cached_tokens).unwrap_or(u32::MAX);
+    settings.prefill_per_token.saturating_mul(uncached)
+}
+
+/// llama-server's `usage` and `timings` for a request that found `reuse` in the cache.
+fn usage_and_timings(reuse: Reuse, completion: u64, prefill: Duration, interval: Duration) -> (Value, Value) {
+    let (prompt, cached) = (reuse.prompt_tokens, reuse.cached_tokens);
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                       "total_tokens": prompt + completion,
+                       "prompt_tokens_details": {"cached_tokens": cached}});
+    let evaluated = prompt - cached;
+    let prompt_ms = prefill.as_secs_f64() * 1000.0;
+    let predicted_ms = interval.as_secs_f64() * 1000.0 * completion as f64;
+    let per = |n: u64, ms: f64| {
+        if n > 0 && ms > 0.0 { (ms / n as f64, 1000.0 * n as f64 / ms) } else { (0.0, 0.0) }
     };
-    u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX).max(1)
+    let (prompt_per_token_ms, prompt_per_second) = per(evaluated, prompt_ms);
+    let (predicted_per_token_ms, predicted_per_second) = per(completion, predicted_ms);
+    let timings = json!({"cache_n": cached, "prompt_n": evaluated, "prompt_ms": prompt_ms,
+                         "prompt_per_token_ms": prompt_per_token_ms, "prompt_per_second": prompt_per_second,
+                         "predicted_n": completion, "predicted_ms": predicted_ms,
+                         "predicted_per_token_ms": predicted_per_token_ms,
+                         "predicted_per_second": predicted_per_second});
+    (usage, timings)
 }
 
 fn token(i: u64) -> &'static str {
@@ -138,8 +224,11 @@ async fn generate(settings: &SimSettings, dialect: Dialect, body: &[u8]) -> Resp
         Some(n) => (n.min(MAX_TOKENS), "length"),
         None => (DEFAULT_TOKENS, "stop"),
     };
-    let prompt = prompt_tokens(&request, dialect);
-    let usage = json!({"prompt_tokens": prompt, "completion_tokens": count, "total_tokens": prompt + count});
+    let text: String = (0..count).map(token).collect();
+    let reuse = settings.cache.serve(&render_prompt(&request, dialect), &render_answer(&text, dialect));
+    let prefill = prefill_time(settings, reuse);
+    let ttft = settings.ttft + prefill;
+    let (usage, timings) = usage_and_timings(reuse, count, prefill, settings.token_interval);
     let id = format!(
         "{}-sim-{}",
         if dialect == Dialect::Chat { "chatcmpl" } else { "cmpl" },
@@ -147,7 +236,7 @@ async fn generate(settings: &SimSettings, dialect: Dialect, body: &[u8]) -> Resp
     );
     let created =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let due = |i: u64| settings.ttft + settings.token_interval * u32::try_from(i).unwrap_or(u32::MAX);
+    let due = |i: u64| ttft + settings.token_interval * u32::try_from(i).unwrap_or(u32::MAX);
     let (object, chunk_object) = match dialect {
         Dialect::Chat => ("chat.completion", "chat.completion.chunk"),
         Dialect::Completion => ("text_completion", "text_completion"),
@@ -160,7 +249,6 @@ async fn generate(settings: &SimSettings, dialect: Dialect, body: &[u8]) -> Resp
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
         tokio::time::sleep_until(started + due(count.saturating_sub(1))).await;
-        let text: String = (0..count).map(token).collect();
         let choice = match dialect {
             Dialect::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
                                    "logprobs": null, "finish_reason": finish}),
@@ -170,6 +258,7 @@ async fn generate(settings: &SimSettings, dialect: Dialect, body: &[u8]) -> Resp
         };
         let mut response = envelope(object, json!([choice]));
         response["usage"] = usage;
+        response["timings"] = timings;
         return axum::Json(response).into_response();
     }
 
@@ -196,12 +285,15 @@ async fn generate(settings: &SimSettings, dialect: Dialect, body: &[u8]) -> Resp
         Dialect::Chat => json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}),
         Dialect::Completion => json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish}),
     };
-    events.push((last, envelope(chunk_object, json!([final_choice])).to_string()));
+    // llama-server puts `timings` on its last chunk: the usage chunk when there is one.
+    let mut last_chunk = envelope(chunk_object, json!([final_choice]));
     if include_usage {
-        let mut chunk = envelope(chunk_object, json!([]));
-        chunk["usage"] = usage;
-        events.push((last, chunk.to_string()));
+        events.push((last, last_chunk.to_string()));
+        last_chunk = envelope(chunk_object, json!([]));
+        last_chunk["usage"] = usage;
     }
+    last_chunk["timings"] = timings;
+    events.push((last, last_chunk.to_string()));
     events.push((last, "[DONE]".to_owned()));
     let body = futures_util::stream::iter(events).then(move |(at, data)| async move {
         tokio::time::sleep_until(started + at).await;
@@ -291,6 +383,115 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sim_settings(prefill_per_token: Duration) -> SimSettings {
+        SimSettings {
+            model: "m".to_owned(),
+            ready_at: Instant::now(),
+            ttft: Duration::ZERO,
+            prefill_per_token,
+            token_interval: Duration::ZERO,
+            cache: PromptCache::new(2),
+        }
+    }
+
+    async fn answer(settings: &SimSettings, dialect: Dialect, request: &Value) -> Vec<Value> {
+        let response = generate(settings, dialect, request.to_string().as_bytes()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
+        match text.strip_prefix("data: ") {
+            None => vec![serde_json::from_str(&text).expect("json")],
+            Some(_) => text
+                .split("\n\n")
+                .filter_map(|event| event.strip_prefix("data: "))
+                .filter(|data| *data != "[DONE]")
+                .map(|data| serde_json::from_str(data).expect("json event"))
+                .collect(),
+        }
+    }
+
+    fn system() -> Value {
+        json!({"role": "system", "content": "You are a careful coding agent. ".repeat(40)})
+    }
+
+    #[tokio::test]
+    async fn a_conversations_next_turn_reports_its_cached_prompt_like_llama_server() {
+        let settings = sim_settings(Duration::ZERO);
+        let mut messages = vec![system(), json!({"role": "user", "content": "Fix the failing test."})];
+        let first = answer(&settings, Dialect::Chat, &json!({"messages": messages, "max_tokens": 8})).await;
+        let usage = &first[0]["usage"];
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0, "{usage}");
+        assert_eq!(first[0]["timings"]["cache_n"], 0);
+        assert_eq!(first[0]["timings"]["prompt_n"], usage["prompt_tokens"]);
+        let reply = first[0]["choices"][0]["message"]["content"].clone();
+        messages.push(json!({"role": "assistant", "content": reply}));
+        messages.push(json!({"role": "user", "content": [{"type": "text", "text": "Now run it."}]}));
+        let request = json!({"messages": messages, "max_tokens": 8, "stream": true,
+                             "stream_options": {"include_usage": true}});
+        let second = answer(&settings, Dialect::Chat, &request).await;
+        let last = second.last().expect("a usage chunk");
+        let (prompt, cached) = (
+            last["usage"]["prompt_tokens"].as_u64().expect("prompt"),
+            last["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cached"),
+        );
+        let previous = usage["prompt_tokens"].as_u64().expect("prompt") + 8;
+        assert!(cached >= previous && cached < prompt, "the earlier turn and its answer: {last}");
+        assert_eq!(last["timings"]["cache_n"], cached);
+        assert_eq!(last["timings"]["prompt_n"], prompt - cached);
+        assert!(second[..second.len() - 1].iter().all(|c| c.get("timings").is_none()), "only the last chunk");
+    }
+
+    #[tokio::test]
+    async fn completions_are_cached_and_streams_without_usage_carry_timings_last() {
+        let settings = sim_settings(Duration::ZERO);
+        let prompt = "Once upon a time ".repeat(30);
+        answer(&settings, Dialect::Completion, &json!({"prompt": prompt, "max_tokens": 4})).await;
+        let request =
+            json!({"prompt": format!("{prompt}This is simulated"), "max_tokens": 4, "stream": true});
+        let chunks = answer(&settings, Dialect::Completion, &request).await;
+        let last = chunks.last().expect("chunks");
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            last["timings"]["cache_n"], 131,
+            "the first prompt and the part of the answer resent: {last}"
+        );
+    }
+
+    #[test]
+    fn the_prefill_grows_with_the_uncached_tokens_only() {
+        let settings = sim_settings(Duration::from_millis(2));
+        let reuse = |prompt_tokens, cached_tokens| Reuse { slot: 0, cached_tokens, prompt_tokens };
+        assert_eq!(prefill_time(&settings, reuse(1000, 0)), Duration::from_secs(2));
+        assert_eq!(prefill_time(&settings, reuse(1000, 990)), Duration::from_millis(20));
+        assert_eq!(
+            prefill_time(&sim_settings(Duration::ZERO), reuse(1000, 0)),
+            Duration::ZERO,
+            "the default"
+        );
+    }
+
+    #[test]
+    fn a_chat_prompt_renders_tools_and_every_turn_and_the_answer_as_resent() {
+        let request = json!({"tools": [{"type": "function", "function": {"name": "read"}}],
+            "messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]},
+                         {"role": "tool", "content": [{"type": "text", "text": "file"}]}]});
+        let text = render_prompt(&request, Dialect::Chat);
+        assert!(text.starts_with("<|tools|>[{\"function\""), "{text}");
+        assert!(
+            text.ends_with("<|user|>hi<|end|><|assistant|>[{\"id\":\"1\"}]<|end|><|tool|>file<|end|>"),
+            "{text}"
+        );
+        let next =
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]});
+        let first = render_prompt(&json!({"messages": [{"role": "user", "content": "hi"}]}), Dialect::Chat);
+        assert_eq!(
+            render_prompt(&next, Dialect::Chat),
+            format!("{first}{}", render_answer("ok", Dialect::Chat))
+        );
+        assert_eq!(render_prompt(&json!({"messages": "not a list"}), Dialect::Chat), "");
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet() {

@@ -22,6 +22,7 @@ use crate::gateway::core::admission::Admitted;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::request_metrics::{InFlightGuard, Outcome, Tokens};
 use crate::gateway::core::target::Target;
+use crate::gateway::core::timeline::{self, Recording};
 use crate::gateway::core::traffic::Traffic;
 use crate::gateway::transport::upstream::{self, InferenceClient};
 
@@ -88,6 +89,8 @@ pub struct Exchange {
     pub traffic: Arc<Traffic>,
     /// The caller's key: the body settles its reservation with the engine's usage at the end.
     pub grant: Arc<crate::gateway::core::keys::Grant>,
+    /// The request's timeline: the body stamps its first byte, its end and its usage.
+    pub timeline: Recording,
 }
 
 /// One request to a neuron's inference routes.
@@ -440,6 +443,12 @@ impl Drop for Watcher {
         let events = if self.stream { self.events } else { 0 };
         let used = self.usage.map(|tokens| (tokens.prompt, tokens.completion));
         exchange.grant.settle(used, events, crate::control::poller::now_unix_ms());
+        let tokens = self.usage.map(|tokens| timeline::Tokens {
+            prompt: tokens.prompt,
+            cached: Some(tokens.cached),
+            completion: tokens.completion,
+        });
+        exchange.timeline.finished(outcome.label(), self.first_event_at, tokens);
     }
 }
 

@@ -20,4 +20,5 @@ pub(crate) mod routing;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod target;
+pub(crate) mod timeline;
 pub(crate) mod traffic;

@@ -32,6 +32,7 @@ use crate::gateway::core::routing::{self, Queued, Resolution};
 use crate::gateway::core::scheduler::machine::Tag;
 use crate::gateway::core::state::AppState;
 use crate::gateway::core::target::Target;
+use crate::gateway::core::timeline::{CopySeen, LoadSeen, REQUEST_ID_HEADER, Recording};
 
 /// The part of a request body the gateway reads; the rest is forwarded untouched.
 #[derive(Debug, serde::Deserialize)]
@@ -113,6 +114,8 @@ pub struct Checked {
     /// The tokens the request may cost (its output limit and prompt estimate): its weight in
     /// its model's queue.
     pub cost: u64,
+    /// The request's timeline, stamped at each stage (shared with the response body).
+    pub timeline: Recording,
 }
 
 impl Checked {
@@ -125,20 +128,22 @@ impl Checked {
 /// Client request headers forwarded to the engine on native pass-through.
 const FORWARDED_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
 
-/// Authorise, read (bounded) and parse the envelope.
+/// Authorise, read (bounded) and parse the envelope, stamping `timeline` as it goes.
 pub async fn check(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     route: RouteInfo,
+    timeline: Recording,
 ) -> Result<Checked, ApiError> {
-    let started = Instant::now();
+    let started = timeline.started();
     let fleet = state.fleet();
     // The caller's key and its limits, from the head: a refused key costs no body read.
     let grant = state.keys.admit(&fleet, headers, now_unix_ms())?;
     // Shed before reading the body: an overload must not become buffered memory. The listener
     // sends `100 Continue` only now, when the body is first read.
     let admitted = state.admission.admit()?;
+    timeline.admitted(grant.label());
     let limit = state.limits.max_body_bytes;
     // A declared length over the limit is refused from the head, its body never read.
     if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
@@ -152,6 +157,7 @@ pub async fn check(
         .clone()
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::BadRequest("\"model\" is required".into()))?;
+    timeline.model(&model);
     let spec = fleet.model(&model);
     grant.scope(&model, spec)?;
     let output = reservation(route, &envelope, spec);
@@ -176,6 +182,7 @@ pub async fn check(
         admitted: Some(admitted),
         grant,
         cost,
+        timeline,
     })
 }
 
@@ -241,13 +248,28 @@ where
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
 {
     let mut pending = Unanswered { route: Some(route.name) };
+    let timeline = state.timelines.start(route.name);
     let outcome = async {
-        let checked = check(&state, &headers, body, route).await?;
+        let checked = check(&state, &headers, body, route, timeline.clone()).await?;
         dispatch(state, checked, adapter).await
     };
-    let response = outcome.await.unwrap_or_else(|e| rejected(e, route.name, route.dialect));
+    let response = outcome.await.unwrap_or_else(|e| rejected_on(e, route, &timeline));
     pending.route = None;
+    identified(response, &timeline)
+}
+
+/// The answer with its request's id (`x-request-id`); its status noted in the timeline when
+/// nothing more precise was.
+pub fn identified(mut response: Response, timeline: &Recording) -> Response {
+    timeline.responded(response.status().as_u16());
+    response.headers_mut().insert(REQUEST_ID_HEADER, timeline.id().header());
     response
+}
+
+/// [`rejected`], with the refusal noted in the request's timeline.
+pub fn rejected_on(error: ApiError, route: RouteInfo, timeline: &Recording) -> Response {
+    timeline.failed(error.status().as_u16(), &error.to_string());
+    rejected(error, route.name, route.dialect)
 }
 
 /// A request whose client left before its answer began (the listener drops the request's
@@ -289,13 +311,21 @@ where
     Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
 {
     let stream = checked.envelope.stream;
-    match routing::resolve_as(&state, &checked.model, checked.queue_tag())? {
-        Resolution::Ready(target) => adapter(state, target, checked).await,
-        Resolution::Waiting(ticket) if !stream => {
-            let target = wait(ticket, checked.started, &checked.model).await?;
+    let resolution = routing::resolve_as(&state, &checked.model, checked.queue_tag())?;
+    match resolution {
+        Resolution::Ready(target) => {
+            checked.timeline.placed(None);
             adapter(state, target, checked).await
         }
-        Resolution::Waiting(ticket) => Ok(waiting_stream(state, ticket, checked, adapter)),
+        Resolution::Waiting(ticket) if !stream => {
+            checked.timeline.queued();
+            let target = wait(&state, ticket, &checked).await?;
+            adapter(state, target, checked).await
+        }
+        Resolution::Waiting(ticket) => {
+            checked.timeline.queued();
+            Ok(waiting_stream(state, ticket, checked, adapter))
+        }
     }
 }
 
@@ -334,12 +364,22 @@ pub fn rejected(error: ApiError, route: &'static str, dialect: Dialect) -> Respo
     error.in_dialect(dialect).into_response()
 }
 
-/// Wait for a cold load, recording how long the request queued.
-pub async fn wait(ticket: Queued, started: Instant, model: &str) -> Result<Target, ApiError> {
+/// Wait for a cold load, recording how long the request queued (and, in its timeline, the
+/// load it waited behind).
+pub async fn wait(state: &AppState, ticket: Queued, checked: &Checked) -> Result<Target, ApiError> {
     let result = ticket.wait().await;
-    metrics::histogram!("cortex_queue_wait_seconds", "model" => model.to_owned())
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("cortex_queue_wait_seconds", "model" => checked.model.clone())
+        .record(checked.started.elapsed().as_secs_f64());
+    if let Ok(target) = &result {
+        checked.timeline.placed(waited_behind(state, target, checked.started));
+    }
     result
+}
+
+/// The load of `target`'s copy that ended after `since` (the request waited behind it).
+fn waited_behind(state: &AppState, target: &Target, since: Instant) -> Option<LoadSeen> {
+    let load = state.scheduler.last_load(&target.model, &target.neuron.name)?;
+    load.ready.is_some_and(|ready| ready >= since).then_some(load)
 }
 
 /// What the engine serving `target` can do natively (nothing known: translate everything).
@@ -430,7 +470,16 @@ pub async fn forward(
     // Through the router: a request that raced an unload is queued again, not failed.
     let call =
         routing::Resend { method: upstream.method, path: &upstream.path, body: upstream.body, headers };
+    checked.timeline.forwarded(CopySeen {
+        model: &target.model,
+        neuron: &target.neuron.name,
+        address: &target.neuron.endpoint,
+        harness: &target.harness,
+        path: &upstream.path,
+        native: upstream.native,
+    });
     let (target, response) = routing::send(state, target, call).await?;
+    checked.timeline.answered(response.status().as_u16(), &target.neuron.name);
     if !response.status().is_success() {
         return Err(forward::upstream_error(response, ctx_size(state, &target.model)).await);
     }
@@ -450,6 +499,7 @@ pub async fn forward(
         admitted: checked.admitted.clone(),
         traffic: state.traffic.clone(),
         grant: checked.grant.clone(),
+        timeline: checked.timeline.clone(),
     };
     Ok(forward::respond(response, exchange, upstream.stream, upstream.edit))
 }
@@ -483,13 +533,14 @@ where
     let every = state.limits.keepalive_interval;
     let (dialect, route) = (checked.route.dialect, checked.route.name);
     let answer = Box::pin(async move {
-        let (model, started) = (checked.model.clone(), checked.started);
-        let answered = match wait(ticket, started, &model).await {
+        let (model, started, timeline) = (checked.model.clone(), checked.started, checked.timeline.clone());
+        let answered = match wait(&state, ticket, &checked).await {
             Ok(target) => adapter(state.clone(), target, checked).await,
             Err(error) => Err(error),
         };
         if let Err(error) = &answered {
             count_failure(&state, &model, started, error);
+            timeline.failed(error.status().as_u16(), &error.to_string());
         }
         answered
     });

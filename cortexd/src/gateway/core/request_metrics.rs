@@ -17,6 +17,17 @@ pub enum Outcome {
     ClientClosed,
 }
 
+impl Outcome {
+    /// The `status` label (and the outcome a request's timeline shows).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientClosed => "client_closed",
+        }
+    }
+}
+
 /// A request's token counts from the engine's usage, in one meaning whatever the dialect:
 /// `prompt` is the whole prompt (Anthropic's `input_tokens` plus its cache reads and writes),
 /// `cached` the part of it the engine took from its prompt cache.

@@ -14,6 +14,7 @@ use crate::gateway::core::auth::ApiKeys;
 use crate::gateway::core::keys::Keys;
 use crate::gateway::core::response_index::ResponseIndex;
 use crate::gateway::core::scheduler::{ClusterInputs, Scheduler};
+use crate::gateway::core::timeline::Timelines;
 use crate::gateway::core::traffic::Traffic;
 use crate::gateway::transport::upstream::{InferenceClient, Timeouts};
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub inference: InferenceClient,
     /// The recent traffic per model (the fleet page's charts): added to when a request ends.
     pub traffic: Arc<Traffic>,
+    /// The recent requests' timelines (bounded): added to when a request ends.
+    pub timelines: Arc<Timelines>,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
         limits: GatewayConfig,
     ) -> Self {
         let limits = Arc::new(limits);
+        let timelines = Arc::new(Timelines::new(limits.request_timelines));
         let upstream = Timeouts { head: limits.upstream_head_timeout, read: limits.upstream_read_timeout };
         let scheduler =
             Scheduler::new(fleet.clone(), poller.clone(), limits.clone(), BackoffPolicy::default(), None);
@@ -63,6 +67,7 @@ impl AppState {
             response_index: Arc::new(ResponseIndex::default()),
             inference: InferenceClient::new(upstream),
             traffic: Arc::new(Traffic::default()),
+            timelines,
         }
     }
 

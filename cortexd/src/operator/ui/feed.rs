@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::poller::{Observed, now_unix_ms};
 use crate::control::status::{DaemonStatus, QueueStatus};
+use crate::gateway::core::timeline::Timelines;
 use crate::gateway::core::traffic::Traffic;
 use crate::operator::ui::page::{self, Inputs, Memory};
 use crate::operator::usage::KeyUsage;
@@ -37,6 +38,8 @@ pub struct Sources {
     pub traffic: Arc<Traffic>,
     /// The fleet keys' usage (shown per key; sampled with the traffic window).
     pub usage: Arc<Usage>,
+    /// The recent requests' timelines (the requests view reads them when asked).
+    pub requests: Arc<Timelines>,
 }
 
 /// The page's documents: the latest ones as JSON text ready to send (written by the feed task
@@ -52,6 +55,11 @@ impl Feed {
     /// The state document as of now.
     pub fn state_now(&self) -> Arc<str> {
         self.documents.state()
+    }
+
+    /// The recent requests' timelines.
+    pub fn requests(&self) -> &Timelines {
+        &self.documents.sources.requests
     }
 
     /// The traffic window as of now.

@@ -1,6 +1,7 @@
 //! The fleet page (`/ui`, spec §6), served on the operator listener beside `/metrics`: one
 //! HTML page with hand-written CSS and JavaScript compiled into the binary, its state document
-//! (`/ui/api/state`) and its live feed (`/ui/api/events`, server-sent events; see `feed`).
+//! (`/ui/api/state`), its live feed (`/ui/api/events`, server-sent events; see `feed`) and the
+//! recent requests' timelines (`/ui/api/requests`, `/ui/api/requests/{id}`).
 //!
 //! Access: open when no admin key is configured (the listener binds loopback by default);
 //! with one, a request needs `Authorization: Bearer <admin key>` or the page's cookie. The
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -112,6 +113,8 @@ pub fn router(ui: Ui) -> Router {
         .route("/ui/assets/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
         .route("/ui/api/state", get(state))
         .route("/ui/api/events", get(events))
+        .route("/ui/api/requests", get(requests))
+        .route("/ui/api/requests/{id}", get(request))
         .with_state(ui)
 }
 
@@ -190,6 +193,26 @@ async fn events(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     // Proxies must not buffer the stream.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// `GET /ui/api/requests?model=&key=&status=&limit=`: the recent requests, newest first.
+async fn requests(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Query(filter): Query<crate::gateway::core::timeline::Filter>,
+) -> Response {
+    if !ui.allows(&headers) {
+        return unauthorised();
+    }
+    crate::operator::requests::list(ui.feed.requests(), filter)
+}
+
+/// `GET /ui/api/requests/{id}`: one request's timeline.
+async fn request(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !ui.allows(&headers) {
+        return unauthorised();
+    }
+    crate::operator::requests::one(ui.feed.requests(), &id)
 }
 
 #[cfg(test)]

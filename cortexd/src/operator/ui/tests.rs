@@ -144,6 +144,7 @@ async fn serve(admin_key: Option<&str>) -> Harness {
         queues,
         traffic,
         usage: crate::usage::Usage::in_memory(),
+        requests: Arc::new(crate::gateway::core::timeline::Timelines::new(16)),
     };
     let shutdown = CancellationToken::new();
     let (feed, _task) = feed::spawn(sources, shutdown.clone());

@@ -29,6 +29,7 @@ use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
     self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings, Tag,
 };
+use crate::gateway::core::timeline::LoadSeen;
 
 /// The answer to an arrival: admitted now, or a place in the model's queue.
 pub enum Arrived {
@@ -129,6 +130,9 @@ pub struct Scheduler {
     limits: Arc<GatewayConfig>,
     /// Cluster mode: who acts, and the other replicas' demand (`None` standalone).
     cluster: Option<ClusterInputs>,
+    /// The last load this scheduler ran per (model, neuron), for the timelines of the requests
+    /// that waited behind it; bounded by the fleet's placements. Held only for short sections.
+    loads: Mutex<HashMap<(String, String), LoadSeen>>,
 }
 
 /// What a cluster replica's scheduler reads besides its own inputs. Only the leader loads,
@@ -185,6 +189,7 @@ impl Scheduler {
             poller,
             limits,
             cluster,
+            loads: Mutex::new(HashMap::new()),
         });
         // A cluster replica may lead before any client of its own arrives: its driver weighs
         // the other replicas' demand from the start, not from its own first request.
@@ -192,6 +197,35 @@ impl Scheduler {
             scheduler.start();
         }
         scheduler
+    }
+
+    /// The last load of `model` on `neuron` this scheduler ran (what a request that waited
+    /// for that copy waited behind), if any.
+    pub fn last_load(&self, model: &str, neuron: &str) -> Option<LoadSeen> {
+        let loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        loads.get(&(model.to_owned(), neuron.to_owned())).cloned()
+    }
+
+    /// Note a load as it starts, and when it is done.
+    fn note_load(&self, model: &str, neuron: &str, evicts: Option<&[String]>) {
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (model.to_owned(), neuron.to_owned());
+        match evicts {
+            Some(evicts) => {
+                let seen = LoadSeen {
+                    neuron: neuron.to_owned(),
+                    evicted: evicts.to_vec(),
+                    started: Instant::now(),
+                    ready: None,
+                };
+                loads.insert(key, seen);
+            }
+            None => {
+                if let Some(seen) = loads.get_mut(&key) {
+                    seen.ready = Some(Instant::now());
+                }
+            }
+        }
     }
 
     /// The backoff policy of failed loads.
@@ -410,6 +444,7 @@ impl Scheduler {
                     metrics::counter!("cortex_swaps_total", "neuron" => neuron.clone()).increment(1);
                     tracing::info!(%model, %neuron, evicting = ?evicts, "swap");
                 }
+                self.note_load(&model, &neuron, Some(&evicts));
                 tokio::spawn(run_load(self.clone(), model, neuron, placement));
             }
         }
@@ -701,6 +736,7 @@ async fn run_load(scheduler: Arc<Scheduler>, model: String, neuron: String, plac
             metrics::histogram!("cortex_cold_start_duration_seconds", "model" => model.clone())
                 .record(started.elapsed().as_secs_f64());
             tracing::info!(%model, %neuron, elapsed_ms = started.elapsed().as_millis(), "load done");
+            scheduler.note_load(&model, &neuron, None);
             LoadResult::Ready
         }
         Err(error) if error.is_conflict() || error.is_fenced() => LoadResult::Retry,

@@ -33,13 +33,17 @@ const INPUT_TOKENS: RouteInfo = RouteInfo { name: "responses_input_tokens", dial
 const RETRIEVE: RouteInfo = RouteInfo { name: "responses_retrieve", dialect: Dialect::OpenAi };
 
 pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let timeline = state.timelines.start(CREATE.name);
     let outcome = async {
-        let checked = pipeline::check(&state, &headers, body, CREATE).await?;
+        let checked = pipeline::check(&state, &headers, body, CREATE, timeline.clone()).await?;
         match checked.envelope.previous_response_id.clone() {
             Some(previous) => {
                 let (name, started) = (checked.model.clone(), checked.started);
                 let answered = match remembered_target(&state, &previous, Admit::Yes) {
-                    Ok(target) => create_adapter(state.clone(), target, checked).await,
+                    Ok(target) => {
+                        checked.timeline.placed(None);
+                        create_adapter(state.clone(), target, checked).await
+                    }
                     Err(error) => Err(error),
                 };
                 if let Err(error) = &answered {
@@ -50,7 +54,8 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bod
             None => pipeline::dispatch(state, checked, create_adapter).await,
         }
     };
-    outcome.await.unwrap_or_else(|e| pipeline::rejected(e, CREATE.name, CREATE.dialect))
+    let response = outcome.await.unwrap_or_else(|e| pipeline::rejected_on(e, CREATE, &timeline));
+    pipeline::identified(response, &timeline)
 }
 
 pub async fn input_tokens(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -84,8 +89,10 @@ async fn by_id(
     path: String,
     id: String,
 ) -> Response {
+    let timeline = state.timelines.start(RETRIEVE.name);
     let outcome = async {
         let grant = state.keys.admit(&state.fleet(), &headers, crate::control::poller::now_unix_ms())?;
+        timeline.admitted(grant.label());
         let target = remembered_target(&state, &id, Admit::No).map_err(|_| {
             ApiError::NotFound(format!(
                 "no response with id {id:?} is known (only stored, native responses are)"
@@ -95,18 +102,22 @@ async fn by_id(
             body: Bytes::new(),
             envelope: Envelope::empty(),
             model: target.model.clone(),
-            started: std::time::Instant::now(),
+            started: timeline.started(),
             forward_headers: HeaderMap::new(),
             route: RETRIEVE,
             admitted: None,
             grant,
             cost: 0,
+            timeline: timeline.clone(),
         };
+        checked.timeline.model(&checked.model);
+        checked.timeline.placed(None);
         let mut upstream = Upstream::post(path, Bytes::new(), false, StreamEdit::None, true);
         upstream.method = method;
         pipeline::forward(&state, target, &checked, upstream).await
     };
-    outcome.await.unwrap_or_else(|e| pipeline::rejected(e, RETRIEVE.name, RETRIEVE.dialect))
+    let response = outcome.await.unwrap_or_else(|e| pipeline::rejected_on(e, RETRIEVE, &timeline));
+    pipeline::identified(response, &timeline)
 }
 
 /// Whether a call about a stored response is admitted by the scheduler like a generation.

@@ -400,6 +400,113 @@ function renderTraffic() {
   }));
 }
 
+// ---- requests: the recent requests and one request's timeline -------------------------------
+
+const requests = { picked: null, detail: null, timer: null };
+
+function requestQuery() {
+  const form = new FormData(document.getElementById('requests-filter'));
+  const query = new URLSearchParams({ limit: '100' });
+  for (const [name, value] of form.entries()) if (String(value).trim()) query.set(name, String(value).trim());
+  return query.toString();
+}
+
+async function loadRequests() {
+  const answer = await fetch('/ui/api/requests?' + requestQuery()).catch(() => null);
+  if (!answer || !answer.ok) return;
+  const doc = await answer.json();
+  renderRequests(doc);
+}
+
+function outcomeBadge(r) {
+  const tone = r.outcome === 'ok' ? 'loaded' : r.outcome === 'client_closed' ? 'idle' : 'failed';
+  const words = { ok: 'ok', error: 'refused', upstream_error: 'broke off', client_closed: 'client left' };
+  return el('span', { class: `badge ${tone}` }, `${r.status || '–'} ${words[r.outcome] || r.outcome}`);
+}
+
+function copyText(r) {
+  if (!r.copy) return el('span', { class: 'faint' }, '–');
+  return [r.copy.neuron, el('span', { class: 'faint' }, r.copy.native ? ' · native' : ' · translated')];
+}
+
+function renderRequests(doc) {
+  const head = el('tr', {}, ['When', 'Model', 'Key', 'Status', 'Took', 'Waited', 'Copy'].map((t) => el('th', {}, t)));
+  const rows = doc.requests.map((r) => el('tr', { dataset: { request: r.id }, class: r.id === requests.picked ? 'picked' : null },
+    el('td', { class: 'when' }, agoSpan(r.received_unix_ms)),
+    el('td', {}, el('div', { class: 'id' }, el('span', { class: 'swatch', style: { backgroundColor: colour((r.copy && r.copy.model) || r.model || '') } }), r.model || '–')),
+    el('td', { class: 'mono' }, r.key || '–'),
+    el('td', {}, outcomeBadge(r)),
+    el('td', { class: 'num' }, duration(r.duration_ms)),
+    el('td', { class: 'num' }, r.queue_wait_ms === null ? '–' : duration(r.queue_wait_ms), r.load && r.load.swap ? el('span', { class: 'faint' }, ' · swap') : null),
+    el('td', { class: 'mono' }, copyText(r))));
+  fill('requests', el('thead', {}, head), el('tbody', {}, rows.length ? rows
+    : el('tr', {}, el('td', { class: 'empty', colspan: 7 }, 'No request kept matches.'))));
+  fill('requests-count', `${doc.requests.length} shown · the daemon keeps the last ${doc.capacity}`);
+}
+
+async function pickRequest(id) {
+  requests.picked = id;
+  for (const row of document.querySelectorAll('#requests tr[data-request]')) row.classList.toggle('picked', row.dataset.request === id);
+  const answer = await fetch('/ui/api/requests/' + encodeURIComponent(id)).catch(() => null);
+  if (!answer) return;
+  if (!answer.ok) { fill('request-detail', el('div', { class: 'empty' }, 'This request is no longer kept.')); return; }
+  renderRequest(await answer.json());
+}
+
+/** One bar on the time axis, from `from` to `to` (ms from the request's arrival). */
+function axisRow(name, from, to, scale, className, note, dataset) {
+  const left = ((from - scale.start) * 100) / scale.span;
+  const width = Math.max(0.3, ((to - from) * 100) / scale.span);
+  return el('div', { class: 'row', dataset },
+    el('span', { class: 'name' }, name),
+    el('div', { class: 'track' }, from === to
+      ? el('span', { class: 'tick', style: { left: `calc(${left}% - 1px)` } })
+      : el('span', { class: `span ${className}`, style: { left: `${left}%`, width: `${width}%` } })),
+    el('span', { class: 'after' }, note));
+}
+
+function renderRequest(r) {
+  const at = Object.fromEntries(r.stages.map((s) => [s.stage, s.at_ms]));
+  const start = Math.min(0, ...r.stages.map((s) => s.at_ms));
+  const scale = { start, span: Math.max(1, r.duration_ms - start) };
+  const spans = [];
+  if (at.queued !== undefined && at.placed !== undefined) spans.push(axisRow('queue wait', at.queued, at.placed, scale, 'wait', duration(at.placed - at.queued), { span: 'wait' }));
+  if (r.load) {
+    const ready = r.load.ready_ms === null ? r.duration_ms : r.load.ready_ms;
+    spans.push(axisRow(r.load.swap ? 'swap' : 'load', r.load.started_ms, ready, scale, 'load', duration(ready - r.load.started_ms), { span: 'load' }));
+  }
+  if (at.forwarded !== undefined) {
+    const first = at.first_byte === undefined ? at.done : at.first_byte;
+    spans.push(axisRow('to first byte', at.forwarded, first, scale, 'engine', duration(first - at.forwarded), { span: 'first_byte' }));
+    if (at.first_byte !== undefined) spans.push(axisRow('answer', at.first_byte, at.done, scale, r.outcome === 'ok' ? 'engine' : 'bad', duration(at.done - at.first_byte), { span: 'answer' }));
+  }
+  const stages = r.stages.map((s) => axisRow(s.stage.replace('_', ' '), s.at_ms, s.at_ms, scale, '', `+${duration(s.after_ms)}`, { stage: s.stage }));
+  const tokens = r.tokens ? `${r.tokens.in} in${r.tokens.cached === null ? '' : ` (${r.tokens.cached} cached)`} · ${r.tokens.out} out` : '–';
+  const copy = r.copy ? `${r.copy.model} on ${r.copy.neuron} (${r.copy.address}, ${r.copy.harness}) · ${r.copy.native ? 'native' : 'translated'} ${r.copy.path}` : '–';
+  const load = r.load ? `${r.load.swap ? 'swap' : 'load'} on ${r.load.neuron}${r.load.swap ? `, evicted ${r.load.evicted.join(', ')}` : ''}${r.load.took_ms === null ? '' : ` · took ${duration(r.load.took_ms)}`}` : 'none';
+  const fact = (name, value, key) => [el('dt', {}, name), el('dd', { dataset: { fact: key } }, value)];
+  fill('request-detail',
+    el('div', { class: 'id' }, el('b', {}, r.model || '–'), ' ', outcomeBadge(r), el('span', { class: 'faint' }, ` · ${duration(r.duration_ms)}`)),
+    el('dl', { class: 'facts' },
+      fact('id', r.id, 'id'), fact('route', r.route, 'route'), fact('key', r.key || '–', 'key'),
+      fact('copy', copy, 'copy'), fact('waited behind', load, 'load'), fact('tokens', tokens, 'tokens')),
+    r.error && el('div', { class: 'err' }, r.error),
+    el('div', { class: 'axis' }, spans, stages,
+      el('div', { class: 'scale' }, el('span', {}, `${Math.round(start)} ms`), el('span', {}, duration(r.duration_ms)))));
+}
+
+function watchRequests() {
+  const form = document.getElementById('requests-filter');
+  form.addEventListener('input', () => loadRequests());
+  form.addEventListener('submit', (event) => { event.preventDefault(); loadRequests(); });
+  document.getElementById('requests').addEventListener('click', (event) => {
+    const row = event.target.closest('tr[data-request]');
+    if (row) pickRequest(row.dataset.request);
+  });
+  loadRequests();
+  requests.timer = setInterval(() => { if (!document.hidden) loadRequests(); }, 3000);
+}
+
 // ---- the live feed ---------------------------------------------------------------------------
 
 function render() {
@@ -462,4 +569,5 @@ function tick() {
 }
 
 connect();
+watchRequests();
 setInterval(tick, 1000);
