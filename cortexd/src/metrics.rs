@@ -73,6 +73,12 @@ fn describe() {
         "cortex_evictions_total",
         "Models cortex unloaded, by reason (evict: to make room, prune, idle)"
     );
+    // Affinity routing among a model's copies (gateway/core/affinity).
+    describe_counter!(
+        "cortex_affinity_routing_total",
+        "Requests routed by session affinity, by outcome (hit: the session's first copy, \
+         spilled: moved past it by load, new: a session not seen within the window)"
+    );
     describe_gauge!("cortex_neuron_up", "1 when the neuron answers, 0 when it is unreachable");
     describe_histogram!(
         "cortex_poll_cycle_seconds",

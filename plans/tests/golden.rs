@@ -1278,6 +1278,23 @@ fn place_one_weighs_queues_and_residency() {
 }
 
 #[test]
+fn place_one_evicts_the_copy_fewer_live_sessions_are_bound_to() {
+    let big = PINNED_BIG.replace("pinned_on = [\"beast\"]", "");
+    let (fleet, topology) = inputs(&format!("{BEAST}{CROWDED}{big}"), CROWDED_TOPOLOGY);
+    let options = PlanOptions { now_unix_ms: NOW, prune: false };
+    let evicted = |activity: &plans::plan::Activity| {
+        let placement = place_one_with(&fleet, &topology, "big", &options, activity).unwrap();
+        placement.evictions.iter().map(|a| a.model.clone()).collect::<Vec<_>>().join(",")
+    };
+    let mut activity = plans::plan::Activity::default();
+    assert_eq!(evicted(&activity), "chat", "least recently used first");
+    activity.sessions.insert(("chat".into(), "beast".into()), 4);
+    assert_eq!(evicted(&activity), "embed", "the idle copy without live sessions goes first");
+    activity.sessions.insert(("embed".into(), "beast".into()), 9);
+    assert_eq!(evicted(&activity), "chat", "then the one fewer sessions are bound to");
+}
+
+#[test]
 fn place_one_clears_a_failed_copy_and_loads_afresh_in_its_place() {
     let failed = CROWDED_TOPOLOGY.replace(
         r#"{"id": "chat", "harness": "llamacpp", "status": "loaded""#,

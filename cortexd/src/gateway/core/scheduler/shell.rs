@@ -329,6 +329,8 @@ impl Scheduler {
             max_wait_ms: contention.max_wait(),
             min_residency_ms: contention.min_residency(),
             priority: spec.map_or(0, |m| m.priority),
+            routing: contention.routing(),
+            load_factor: fleet.policy.affinity_load_factor,
         }
     }
 
@@ -404,6 +406,10 @@ impl Scheduler {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             let (result, commands) = event(&mut inner, &mut placer);
             let outgoing: Vec<Outgoing> = commands.into_iter().filter_map(|c| inner.take(c)).collect();
+            for (model, outcome) in inner.machine.take_outcomes() {
+                metrics::counter!("cortex_affinity_routing_total", "model" => model, "outcome" => outcome.label())
+                    .increment(1);
+            }
             (result, outgoing, inner.rearm())
         };
         // Most events (a request admitted at once, one finishing) leave the next deadline
