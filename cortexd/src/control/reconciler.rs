@@ -525,7 +525,11 @@ vram_mb = 12000
         // `b` became resident a moment ago (within its minimum residency): it is held, so the
         // pin takes `a` after all (a busy copy is evicted last, not never).
         let resident = [(("b".to_owned(), "n".to_owned()), NOW - 1_000)].into();
-        gateway.send_replace(Activity { queued: [("a".to_owned(), 3)].into(), resident_since: resident });
+        gateway.send_replace(Activity {
+            queued: [("a".to_owned(), 3)].into(),
+            resident_since: resident,
+            ..Activity::default()
+        });
         let plan = plan_now(&fleet, &topology, &activity, NOW);
         assert_eq!(evicted(&plan), ["a"], "the gateway's residency holds `b`");
     }
