@@ -26,6 +26,7 @@ use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::NeuronError;
 use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
 use crate::control::status::{Contention, QueueStatus};
+use crate::gateway::core::affinity::Key;
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
     self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings, Tag,
@@ -43,6 +44,7 @@ pub struct LoadTicket {
     scheduler: Arc<Scheduler>,
     request: RequestId,
     model: String,
+    session: Option<Key>,
     receiver: Option<oneshot::Receiver<Result<Permit, ApiError>>>,
 }
 
@@ -52,9 +54,10 @@ impl LoadTicket {
         let Some(receiver) = self.receiver.take() else {
             return Err(ApiError::Internal("the ticket was already used".into()));
         };
-        receiver
+        let permit = receiver
             .await
-            .unwrap_or_else(|_| Err(ApiError::Internal("the scheduler dropped a waiting request".into())))
+            .unwrap_or_else(|_| Err(ApiError::Internal("the scheduler dropped a waiting request".into())))?;
+        Ok(permit.with_session(self.session))
     }
 }
 
@@ -77,6 +80,9 @@ pub struct Permit {
     scheduler: Arc<Scheduler>,
     model: String,
     neuron: String,
+    /// The request's session key (affinity routing), so that a request re-queued after its copy
+    /// went away goes to its session's next copy.
+    session: Option<Key>,
 }
 
 impl Permit {
@@ -88,6 +94,16 @@ impl Permit {
     /// The neuron whose copy serves the request.
     pub fn neuron(&self) -> &str {
         &self.neuron
+    }
+
+    /// The request's session key, if it has one.
+    pub fn session(&self) -> Option<Key> {
+        self.session
+    }
+
+    fn with_session(mut self, session: Option<Key>) -> Permit {
+        self.session = session;
+        self
     }
 }
 
@@ -277,6 +293,7 @@ impl Scheduler {
         self.start();
         let settings = self.settings(fleet, &id);
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let session = tag.session;
         let (sender, receiver) = oneshot::channel();
         let arrival = self.apply(|inner, placer| {
             let (arrival, commands) =
@@ -287,11 +304,12 @@ impl Scheduler {
             (arrival, commands)
         });
         match arrival {
-            Arrival::Admitted { neuron } => Ok(Arrived::Now(self.permit(id, neuron))),
+            Arrival::Admitted { neuron } => Ok(Arrived::Now(self.permit(id, neuron).with_session(session))),
             Arrival::Queued => Ok(Arrived::Queued(LoadTicket {
                 scheduler: self.clone(),
                 request,
                 model: id,
+                session,
                 receiver: Some(receiver),
             })),
             Arrival::Rejected(rejection) => {
@@ -318,7 +336,7 @@ impl Scheduler {
     }
 
     fn permit(self: &Arc<Self>, model: String, neuron: String) -> Permit {
-        Permit { scheduler: self.clone(), model, neuron }
+        Permit { scheduler: self.clone(), model, neuron, session: None }
     }
 
     /// The contention settings of `model`: the fleet's (model, then `[policy]`), then the
