@@ -40,6 +40,10 @@ fn describe() {
         "cortex_tokens_total",
         "Tokens by model, kind (prompt, completion) and key, from the engine's usage"
     );
+    describe_counter!(
+        "cortex_cached_prompt_tokens_total",
+        "Prompt tokens the engine took from its prompt cache (part of the prompt count), by model and key"
+    );
     describe_histogram!(
         "cortex_tokens_per_second",
         "Completion tokens per second of generation, per streamed request"

@@ -230,6 +230,8 @@ pub struct Machine {
     /// Cluster mode, on the leader: what the other replicas' clients wait for, per model. It
     /// counts like this replica's own queues in every decision (loads, swaps, evictions).
     remote: BTreeMap<String, Remote>,
+    /// Residency clocks a previous leader left, for the copies the next observation reports.
+    inherited: BTreeMap<(String, String), u64>,
     /// The sessions bound to each copy by affinity routing.
     sessions: Sessions,
     /// Affinity outcomes per model since the shell last took them (for the metrics).
@@ -385,7 +387,9 @@ impl Machine {
         for (model, neuron, observed) in copies {
             let key = (model.clone(), neuron.clone());
             let old = self.copies.get(&key);
+            let inherited = self.inherited.get(&key).copied().filter(|since| *since <= now);
             let state = match (observed, old.map(|c| c.state)) {
+                (Observed::Ready, _) if let Some(since) = inherited => CopyState::Ready { since },
                 (Observed::Ready, Some(CopyState::Ready { since })) => CopyState::Ready { since },
                 (Observed::Ready, _) => CopyState::Ready { since: now },
                 (Observed::Loading | Observed::Unloading, _) => CopyState::Moving,
@@ -394,7 +398,30 @@ impl Machine {
             next.insert(key, Copy { state, draining: old.is_some_and(|c| c.draining) });
         }
         self.copies = next;
+        self.inherited.clear();
         self.pump(now, placer)
+    }
+
+    /// A previous leader's residency clocks (cluster mode, on election): the ready copies count
+    /// their `min_residency` from when it saw them ready, and so do those the next observation
+    /// reports. A clock in the future is not taken.
+    pub fn inherit_residency(&mut self, now: u64, clocks: BTreeMap<(String, String), u64>) {
+        for (key, copy) in &mut self.copies {
+            if let (CopyState::Ready { .. }, Some(since)) = (copy.state, clocks.get(key))
+                && *since <= now
+            {
+                copy.state = CopyState::Ready { since: *since };
+            }
+        }
+        self.inherited = clocks;
+    }
+
+    /// Every ready copy and since when it is resident.
+    pub fn residency(&self) -> impl Iterator<Item = (&(String, String), u64)> {
+        self.copies.iter().filter_map(|(key, copy)| match copy.state {
+            CopyState::Ready { since } => Some((key, since)),
+            CopyState::Moving | CopyState::Failed => None,
+        })
     }
 
     /// The neuron refused a request for `model`: the copy is gone or going (someone else

@@ -169,6 +169,18 @@ impl World {
                 Vec::new()
             }
             ["finish", model] => self.machine.finish(self.now, model, "n1", &mut self.neuron),
+            // A previous leader's residency clocks (cluster mode): `inherit MODEL:SINCE ...`.
+            ["inherit", ref clocks @ ..] => {
+                let clocks = clocks
+                    .iter()
+                    .map(|clock| {
+                        let (model, since) = clock.split_once(':').expect("MODEL:SINCE");
+                        ((model.to_owned(), "n1".to_owned()), since.parse().expect("since"))
+                    })
+                    .collect();
+                self.machine.inherit_residency(self.now, clocks);
+                self.machine.tick(self.now, &mut self.neuron)
+            }
             // Other replicas' demand (cluster mode): `remote MODEL:WAITING:IN_FLIGHT ...`, their
             // oldest request arrived now; `remote -` clears it.
             ["remote", "-"] => self.machine.remote(self.now, BTreeMap::new(), &mut self.neuron),
@@ -295,6 +307,62 @@ fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
             t=  7000 ready od-b
             t=  7000 admit #1 od-b on n1 after 6000ms
             t= 21000 end
+        "#]],
+    );
+}
+
+#[test]
+fn an_inherited_residency_clock_counts_from_the_previous_leaders_start() {
+    // This replica saw od-a ready at 4000; the leader before it had loaded it at 0: the swap
+    // waits for min_residency from 0, not from 4000.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        4000 resident od-a
+        4000 inherit od-a:0
+        4500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  4500 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 2500ms
+            t= 24500 end
+        "#]],
+    );
+    // Handed over before the copy was first observed: the next observation takes the clock.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 inherit od-a:0
+        3000 resident od-a
+        3500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  3500 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 3500ms
+            t= 23500 end
+        "#]],
+    );
+    // A clock in the future (another host's wall clock ahead) is not taken.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        3000 resident od-a
+        3000 inherit od-a:9000
+        3500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  3500 #1 od-b queued
+            t=  8000 load od-b on n1 evicting ["od-a"]
+            t= 10000 ready od-b
+            t= 10000 admit #1 od-b on n1 after 6500ms
+            t= 23500 end
         "#]],
     );
 }
