@@ -4,7 +4,8 @@
 # scenario of `cortex-bench all`, prints the figures and writes bench/results/<UTC time>.json.
 #   bash bench/run.sh            the full run (~12 minutes on the 2-core dev machine)
 #   bash bench/run.sh --smoke    every scenario at tiny scale with debug builds (tests/check.sh)
-# Other arguments go to `cortex-bench all` (e.g. --only stream,memory, --rounds 5, --out DIR).
+# Other arguments go to `cortex-bench all` (e.g. --only stream,memory, --rounds 5, --out DIR);
+#   bash bench/run.sh --only sessions-llama   the agent sessions on two real llama-server copies
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=tests/env.sh
@@ -19,12 +20,12 @@ for arg in "$@"; do
 done
 
 if $smoke; then
-  cargo build --locked --bin cortex --bin neuron --bin cortex-bench
+  cargo build --locked --bin cortex --bin neuron --bin neuron-swarm --bin cortex-bench
   bin="$CARGO_TARGET_DIR/debug"
   exec "$bin/cortex-bench" all --bin-dir "$bin" "$@"
 fi
 
-cargo build --release --locked --bin cortex --bin neuron --bin cortex-bench
+cargo build --release --locked --bin cortex --bin neuron --bin neuron-swarm --bin cortex-bench
 bin="$CARGO_TARGET_DIR/release"
 
 LITELLM_VENV="${LITELLM_VENV:-$CORTEX_CACHE/litellm-venv}"

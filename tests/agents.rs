@@ -587,3 +587,95 @@ async fn qwen_code_says_hello_in_at_most_two_requests_when_the_fleets_cap_ends_e
         stack.logs()
     );
 }
+
+/// One turn of `claude -p` in `home` (its sessions) and `work`: `--continue` resumes the last
+/// session there. Its exit and the JSON result.
+async fn claude_turn(gateway: &str, home: &Path, work: &Path, prompt: &str, resume: bool) -> (Output, Value) {
+    let mut command = tokio::process::Command::new(agent("CLAUDE_BIN", "claude"));
+    command.args(["-p", prompt, "--model", "gemma-native", "--output-format", "json"]);
+    if resume {
+        command.arg("--continue");
+    }
+    command
+        .current_dir(work)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("ANTHROPIC_BASE_URL", gateway)
+        .env("ANTHROPIC_API_KEY", KEY)
+        .env("ANTHROPIC_DEFAULT_HAIKU_MODEL", "gemma-native")
+        .env("ANTHROPIC_SMALL_FAST_MODEL", "gemma-native")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1");
+    let output = run(command, "claude -p").await;
+    let result = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    (output, result)
+}
+
+/// Claude Code's session through two copies of gemma (one llama-server on each of two neurons):
+/// affinity routing keeps the session on one copy, so the second turn finds the first turn's
+/// prompt in that copy's cache and Claude Code's usage reports `cache_read_input_tokens > 0`.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_codes_second_turn_reads_the_first_from_the_engines_cache_across_two_copies() {
+    let _serial = SERIAL.lock().await;
+    let (server, models) = installed_llama_server();
+    let harness = format!(
+        "[harness.llamacpp]\nkind = \"llamacpp\"\nbinary = {:?}\ndefault_args = [\"--logit-bias\", \"{GEMMA_ENDS_ITS_TURN}\", \"--parallel\", \"1\"]\n",
+        server.display().to_string()
+    );
+    let dir = Stack::folder();
+    let n1 = Neuron::start_in(dir.path(), "copy-a", &harness, Some(&models)).await;
+    let n2 = Neuron::start_in(dir.path(), "copy-b", &harness, Some(&models)).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let model = format!(
+        "[[model]]\nid = \"gemma-native\"\nharness = \"llamacpp\"\nsource = \"{GEMMA_GGUF}\"\nmin_devices = 0\n\
+         ram_mb = 1200\nctx_size = 32768\nmax_output_tokens = {GEMMA_MAX_OUTPUT}\npinned_on = [\"copy-a\", \"copy-b\"]\n"
+    );
+    write_atomic(&fleet.join("fleet.toml"), &format!("{}{}{model}", neuron_table(&n1), neuron_table(&n2)));
+    let (config, port) = cortex_config(dir.path());
+    let daemon = Daemon::start(&fleet, &config, port, dir.path().join("cortex.log")).await;
+    eventually("a copy of gemma on each neuron", Duration::from_secs(240), async || {
+        let loaded = (n1.loaded().await, n2.loaded().await);
+        (loaded.0 == ["gemma-native"] && loaded.1 == ["gemma-native"]).then_some(())
+    })
+    .await;
+    let gateway = format!("http://127.0.0.1:{port}");
+    let home = dir.path().join("claude-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let work = dir.path().join("work");
+    let logs = || format!("--- cortex log (tail) ---\n{}", tail(&daemon.process.log_text(), 40));
+    let mut usage = Vec::new();
+    for (prompt, resume) in [("Say hello in one word.", false), ("Say it once more.", true)] {
+        let (output, result) = claude_turn(&gateway, &home, &work, prompt, resume).await;
+        assert!(
+            output.status.success() && result["is_error"] == json!(false),
+            "claude -p failed through cortex\n{}\n{}",
+            output_text(&output),
+            logs()
+        );
+        eprintln!("claude -p turn (resume {resume}): usage {}", result["usage"]);
+        usage.push(result["usage"].clone());
+    }
+    let cached = usage[1]["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    let computed = usage[1]["input_tokens"].as_u64().unwrap_or(0);
+    assert!(cached > 0, "the second turn read nothing from the engine's cache: {}\n{}", usage[1], logs());
+    assert!(cached > computed, "most of the second turn's prompt was cached: {}", usage[1]);
+    // Both turns went to one copy: only one neuron's engine answered Messages requests.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let metrics = text.lines().find_map(|l| l.strip_prefix("metrics_listen = ")).unwrap().trim_matches('"');
+    let metrics = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let served: Vec<&str> = ["copy-a", "copy-b"]
+        .into_iter()
+        .filter(|neuron| {
+            metrics.lines().any(|l| {
+                l.starts_with("cortex_requests_total{")
+                    && l.contains(&format!("neuron=\"{neuron}\""))
+                    && l.contains("status=\"ok\"")
+                    && !l.ends_with(" 0")
+            })
+        })
+        .collect();
+    assert_eq!(served.len(), 1, "the session's requests went to one copy: {served:?}\n{metrics}");
+}

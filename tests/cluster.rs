@@ -3,7 +3,8 @@
 //! higher term than the last, a successor within a lease when the leader dies, an immediate
 //! hand-over when it stops, fenced writes refused to a leader that lost its term, nobody acting
 //! while etcd is away and a leader again when it is back, demand that disappears with its
-//! replica, and lifecycle calls that a lapsed or older term cannot make.
+//! replica, lifecycle calls that a lapsed or older term cannot make, and the leader's decisions
+//! (residency clocks, backoff) written under its term and continued by its successor.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use cortex_e2e::etcd::Etcd;
 use cortex_e2e::{Neuron, eventually};
 use cortexd::{
-    Authority, Cluster, ClusterConfig, ClusterSettings as Settings, LeaseClock, Mandate, Prepare,
-    QueueStatus, Role,
+    Authority, Cluster, ClusterConfig, ClusterSettings as Settings, DecisionRecord, Decisions, Failure,
+    LeaseClock, Mandate, Prepare, QueueStatus, Resident, Role,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ struct Replica {
     shutdown: CancellationToken,
     /// The terms `prepare` was called with (it fences nothing here).
     elected: Arc<Mutex<Vec<u64>>>,
+    /// Its scheduler's and reconciler's decisions (none act here: the test sets them).
+    decisions: Decisions,
 }
 
 impl Replica {
@@ -49,9 +52,12 @@ impl Replica {
         let me =
             cortexd::replica_record(name, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let shutdown = CancellationToken::new();
+        let decisions = Decisions::default();
+        let tokens = (shutdown.clone(), shutdown.clone());
         let (cluster, task) =
-            cortexd::start_cluster(settings, me, prepare, shutdown.clone(), shutdown.clone()).await.unwrap();
-        Replica { name: name.to_owned(), cluster, task, shutdown, elected }
+            cortexd::start_cluster(settings, me, prepare, Some(decisions.clone()), tokens).await.unwrap();
+        cluster.publish_decisions(decisions.clone(), shutdown.clone());
+        Replica { name: name.to_owned(), cluster, task, shutdown, elected, decisions }
     }
 
     fn mandate(&self) -> Option<Mandate> {
@@ -116,6 +122,57 @@ async fn a_dead_leader_is_replaced_within_a_lease_and_its_term_is_fenced() {
     .await;
     assert!(view.etcd.reachable);
     assert_eq!(view.leader.as_ref().unwrap().replica, second.name);
+}
+
+/// The leader's decisions: written on change under its term, refused to a follower and to a
+/// deposed leader (etcd's compare on the election key's create revision; the refusal revokes
+/// its mandate), read by the successor before it leads and written again under the new term,
+/// the inherited part carried until the successor's components adopt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_decisions_are_fenced_by_its_term_and_inherited_by_its_successor() {
+    let etcd = Etcd::start().await;
+    let (a, b) = (Replica::start(&etcd, "gw-a").await, Replica::start(&etcd, "gw-b").await);
+    let first = leader(&[&a, &b], Duration::from_secs(15)).await;
+    let other = if first.name == a.name { &b } else { &a };
+    let old = first.mandate().unwrap();
+    let until = cortexd::now_unix_ms() + 600_000;
+    first.decisions.set_loads(vec![Failure::new("bad", "n1", 2, until, "exit 3")]);
+    first.decisions.set_resident(vec![Resident {
+        model: "a".into(),
+        neuron: "n1".into(),
+        since_unix_ms: 1_000,
+    }]);
+    let written = eventually("the leader to write its decisions", Duration::from_secs(10), async || {
+        let record = other.cluster.read_decisions().await.unwrap()?;
+        (record.term == old.term && !record.loads.is_empty() && !record.resident.is_empty()).then_some(record)
+    })
+    .await;
+    assert_eq!(written.loads[0].until_unix_ms, until);
+    let forged = DecisionRecord { term: old.term + 1_000, ..written.clone() };
+    assert!(!other.cluster.write_decisions(&forged).await.unwrap(), "a follower cannot write");
+
+    first.kill();
+    let second = leader(&[other], TTL * 2 + Duration::from_secs(20)).await;
+    let new = second.mandate().unwrap();
+    assert_eq!(
+        second.decisions.to_adopt(cortexd::DecisionPart::Scheduler, new.term).as_deref(),
+        Some(&written),
+        "handed to the successor before it led"
+    );
+    let rewritten =
+        eventually("the successor to write under its term", Duration::from_secs(10), async || {
+            let record = second.cluster.read_decisions().await.unwrap()?;
+            (record.term == new.term).then_some(record)
+        })
+        .await;
+    assert_eq!((&rewritten.loads, &rewritten.resident), (&written.loads, &written.resident), "carried on");
+
+    // The deposed leader writes as if it still led: etcd refuses it, its mandate is revoked,
+    // and what the successor wrote stays.
+    let stale = DecisionRecord { resident: Vec::new(), loads: Vec::new(), ..written };
+    assert!(!first.cluster.write_decisions(&stale).await.unwrap());
+    assert!(old.is_revoked(), "a refused write ends the term on the replica that tried it");
+    assert_eq!(second.cluster.read_decisions().await.unwrap().unwrap().term, new.term);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,4 +513,156 @@ async fn cortex_apply_goes_through_the_clusters_leader() {
         (Some(term), &"accepted".into()),
         "{record}"
     );
+}
+
+/// How long a copy stays resident at least, and how long the first failure of an action waits,
+/// in the inheritance test: long enough that a successor elected after a kill would act before
+/// them if it started cold.
+const RESIDENCY_MS: u64 = 20_000;
+
+/// The leader's decisions outlive its process: it records the backoff of a pinned model whose
+/// load fails and since when an on-demand copy is resident; it is killed (`kill -9`); its
+/// successor does not try the failing load again before the inherited backoff is over, nor
+/// evict the copy before its inherited `min_residency` (read from the neuron's own action record,
+/// term by term), and writes the same clocks under its own term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_continues_the_killed_leaders_residency_clocks_and_backoff() {
+    use cortex_e2e::{Daemon, cortex_config_with, fault_harness, fault_model, neuron_table, write_atomic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("bad.gguf"), "fail").unwrap();
+    let harness = format!(
+        "[harness.sim]\nkind = \"sim\"\nload_ms = 200\nttft_ms = 5\ntokens_per_second = 500\n\
+         devices = [{{ name = \"SimGPU\", vram_mb = 24000 }}]\n\n{}",
+        fault_harness(std::path::Path::new(env!("CARGO_BIN_EXE_fault-engine")))
+    );
+    let neuron = Neuron::start_in(dir.path(), "n1", &harness, Some(&models)).await;
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    // `a` and `b` contend for the one GPU; `bad` is pinned and never loads.
+    let mut text = format!(
+        "[policy]\nmin_residency = \"{}s\"\nqueue_timeout = \"120s\"\n\n{}",
+        RESIDENCY_MS / 1000,
+        neuron_table(&neuron)
+    );
+    for model in ["a", "b"] {
+        text.push_str(&format!(
+            "[[model]]\nid = \"{model}\"\nharness = \"sim\"\nsource = \"{model}.gguf\"\nvram_mb = 16000\nmin_devices = 1\n\n"
+        ));
+    }
+    text.push_str(&fault_model("bad", "bad.gguf", &["n1"]));
+    write_atomic(&fleet.join("fleet.toml"), &text);
+    let reconcile =
+        format!("resync = \"5s\"\nbackoff_base = \"{}s\"\nbackoff_max = \"60s\"", RESIDENCY_MS / 1000);
+    let mut replicas = Vec::new();
+    for name in ["gw-1", "gw-2"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, port) = cortex_config_with(&home, "interval = \"200ms\"", &reconcile);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let cluster = format!(
+            "\n[gateway]\nmax_wait = \"120s\"\n\n[cluster]\netcd = [\"{}\"]\nreplica = \"{name}\"\nlease_ttl = \"2s\"\nprefix = \"/inherit\"\n",
+            etcd.endpoint()
+        );
+        let state = home.join("state").display().to_string();
+        std::fs::write(&config, format!("state_dir = {state:?}\n{text}{cluster}")).unwrap();
+        replicas.push(Daemon::start(&fleet, &config, port, home.join("cortex.log")).await);
+    }
+    let leading = async |replicas: &[Daemon]| {
+        for (i, daemon) in replicas.iter().enumerate() {
+            let status = daemon.status().await;
+            if status["cluster"]["role"] == "leader" {
+                return Some((i, status["cluster"]["leader"]["term"].as_u64()?));
+            }
+        }
+        None
+    };
+    let (first, old_term) =
+        eventually("one replica to lead", Duration::from_secs(30), async || leading(&replicas).await).await;
+    let settings = Settings::from_config(
+        &ClusterConfig {
+            etcd: vec![etcd.endpoint()],
+            replica: Some("reader".to_owned()),
+            lease_ttl: TTL,
+            prefix: "/inherit".to_owned(),
+        },
+        "127.0.0.1:1".parse().unwrap(),
+    )
+    .unwrap();
+
+    // The leader loads `a` for a client, and fails to load `bad`: both are in its record.
+    let (status, body) = replicas[first].chat("a").await;
+    assert_eq!(status, 200, "{body}");
+    let (resident, failure) = eventually(
+        "the leader to record `a` and the backoff of `bad`",
+        Duration::from_secs(30),
+        async || {
+            let record = cortexd::recorded_decisions(&settings).await.ok()??;
+            (record.term == old_term).then_some(())?;
+            let a = record.resident.iter().find(|r| r.model == "a")?.clone();
+            let bad = record.passes.iter().find(|f| f.model == "bad")?.clone();
+            Some((a, bad))
+        },
+    )
+    .await;
+    let evictable_at = resident.since_unix_ms + RESIDENCY_MS;
+    assert!(failure.until_unix_ms > cortexd::now_unix_ms() + 5_000, "still backing off: {failure:?}");
+
+    let mut old = replicas.remove(first);
+    old.process.child.kill().unwrap();
+    old.process.child.wait().unwrap();
+    let successor = &replicas[0];
+    let new_term = eventually("the other replica to lead", Duration::from_secs(30), async || {
+        let status = successor.status().await;
+        (status["cluster"]["role"] == "leader").then(|| status["cluster"]["leader"]["term"].as_u64())?
+    })
+    .await;
+    assert!(new_term > old_term);
+    let rewritten =
+        eventually("the successor to write under its term", Duration::from_secs(10), async || {
+            cortexd::recorded_decisions(&settings).await.ok()?.filter(|r| r.term == new_term)
+        })
+        .await;
+    if cortexd::now_unix_ms() < evictable_at {
+        assert!(rewritten.resident.contains(&resident), "the residency clock continues: {rewritten:?}");
+    }
+    assert!(rewritten.passes.contains(&failure), "the backoff continues: {rewritten:?}");
+
+    // A client of the successor asks for `b`: `a` goes, but not before its inherited residency.
+    let (status, body) = successor.chat("b").await;
+    assert_eq!(status, 200, "{body}");
+    // And `bad` is tried again, once its inherited backoff is over.
+    let actions = eventually("the successor to try `bad` again", Duration::from_secs(60), async || {
+        let record = neuron.get("/actions").await;
+        let actions = record["actions"].as_array()?.clone();
+        let retried =
+            actions.iter().any(|a| a["kind"] == "load" && a["model"] == "bad" && a["term"] == new_term);
+        retried.then_some(actions)
+    })
+    .await;
+    let by = |kind: &str, model: &str, term: u64| -> Vec<u64> {
+        let matching = actions.iter().filter(|a| {
+            a["kind"] == kind && a["model"] == model && a["term"] == term && a["outcome"] == "accepted"
+        });
+        matching.map(|a| a["started_unix_ms"].as_u64().unwrap()).collect()
+    };
+    assert!(!by("load", "bad", old_term).is_empty(), "the old leader's failing load: {actions:?}");
+    let evictions = by("unload", "a", new_term);
+    assert!(!evictions.is_empty(), "`a` was evicted for `b`: {actions:?}");
+    for at in evictions {
+        assert!(at >= evictable_at, "evicted {} ms before its inherited min_residency", evictable_at - at);
+    }
+    for at in by("load", "bad", new_term) {
+        assert!(at >= failure.until_unix_ms, "retried {} ms inside the backoff", failure.until_unix_ms - at);
+    }
+    // No call was accepted with a lower term than one accepted before it.
+    let mut highest = 0;
+    for action in actions.iter().filter(|a| a["outcome"] == "accepted") {
+        let term = action["term"].as_u64().unwrap_or(0);
+        assert!(term >= highest, "term {term} accepted after {highest}: {actions:?}");
+        highest = term;
+    }
 }

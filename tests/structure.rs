@@ -50,7 +50,7 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
     (
         "cortexd/gateway::core",
         &[
-            &["error", "auth", "traffic", "request_metrics", "response_index", "timeline"],
+            &["error", "auth", "traffic", "request_metrics", "response_index", "timeline", "affinity"],
             &["admission", "overflow", "keys", "scheduler"],
             &["target", "state"],
             &["forward"],

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use cortex_e2e::{
-    ADMIN_KEY, Daemon, Neuron, cortex_config, eventually, neuron_table, sim_model, write_atomic,
+    ADMIN_KEY, Daemon, Neuron, cortex, cortex_config, eventually, neuron_table, sim_model, write_atomic,
 };
 use serde_json::{Value, json};
 
@@ -115,14 +115,22 @@ async fn a_request_that_waited_behind_a_swap_shows_the_wait_the_swap_and_the_cop
     assert!(timeline["tokens"]["out"].as_u64().is_some_and(|n| n > 0), "{timeline:#}");
 
     // The warm request was placed at once; the cold one waited behind a load that swapped nothing.
-    let (_, warm) = admin(&gateway, &format!("/admin/requests/{warm}")).await;
-    assert!(warm["load"].is_null() && warm["queue_wait_ms"].is_null(), "{warm:#}");
-    let (_, cold) = admin(&gateway, &format!("/admin/requests/{cold}")).await;
-    assert_eq!(
-        (cold["load"]["swap"].as_bool(), cold["load"]["evicted"].clone()),
-        (Some(false), json!([])),
-        "{cold:#}"
-    );
+    let (_, placed_at_once) = admin(&gateway, &format!("/admin/requests/{warm}")).await;
+    let (load, waited) = (&placed_at_once["load"], &placed_at_once["queue_wait_ms"]);
+    assert!(load.is_null() && waited.is_null(), "{placed_at_once:#}");
+    let (_, loaded) = admin(&gateway, &format!("/admin/requests/{cold}")).await;
+    let load = &loaded["load"];
+    assert_eq!((load["swap"].as_bool(), load["evicted"].clone()), (Some(false), json!([])), "{loaded:#}");
+
+    // `cortex requests` tells the same story from a shell.
+    let shown = cortex(&["requests", &swapped], &config, dir.path());
+    let story = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{story}{}", String::from_utf8_lossy(&shown.stderr));
+    assert!(story.contains("behind a swap (evicted od-a) on gpu"), "{story}");
+    assert!(story.contains("copy  od-b on gpu") && story.contains("native /v1/chat/completions"), "{story}");
+    let listed = cortex(&["requests", "--model", "od-b"], &config, dir.path());
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.contains(&warm) && table.contains(&swapped) && !table.contains(&cold), "{table}");
 
     // A refusal is kept too, filterable by its status; an unknown id is a 404.
     let response = reqwest::Client::new()

@@ -11,6 +11,7 @@ mod mock;
 mod procs;
 mod report;
 mod scenarios;
+mod sessions;
 mod stream_client;
 mod tally;
 

@@ -221,6 +221,16 @@ pub fn problems(report: &Value) -> Vec<String> {
             ));
         }
     }
+    for engine in ["sim", "llama"] {
+        for run in report["sessions"][engine]["runs"].as_array().into_iter().flatten() {
+            if f(run, "failed").unwrap_or(1.0) > 0.0 {
+                problems.push(format!(
+                    "sessions ({engine}, {}): {} sessions failed: {}",
+                    run["policy"], run["failed"], run["failure_sample"]
+                ));
+            }
+        }
+    }
     for level in report["memory"]["levels"].as_array().into_iter().flatten() {
         if level["open"] != level["streams"] {
             problems.push(format!("memory: only {} of {} streams opened", level["open"], level["streams"]));

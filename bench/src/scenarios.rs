@@ -58,7 +58,9 @@ pub struct Args {
     /// Output of `cargo bench -p plans --bench planner`, included in the report.
     #[arg(long)]
     pub planner_log: Option<PathBuf>,
-    /// Comma-separated subset of scenarios: nonstream, stream, memory, cold, contention.
+    /// Comma-separated subset of scenarios: nonstream, stream, memory, cold, contention,
+    /// sessions; and sessions-llama (the agent sessions on two real llama-server copies), which
+    /// runs only when named here.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Non-streaming rates to measure instead of the scale's (comma-separated req/s).
@@ -116,7 +118,12 @@ impl KeyMode {
 
 impl Args {
     fn wants(&self, scenario: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+        self.only.is_empty() || self.named(scenario)
+    }
+
+    /// Whether `--only` names `scenario` (the scenarios left out of a plain run).
+    fn named(&self, scenario: &str) -> bool {
+        self.only.iter().any(|s| s == scenario)
     }
 }
 
@@ -943,6 +950,22 @@ pub async fn all(args: &Args) -> anyhow::Result<Value> {
     }
     if args.wants("contention") {
         report["contention"] = crate::contention::run(&args.bin_dir, &dir, args.smoke).await?;
+    }
+    if args.wants("sessions") {
+        report["sessions"]["sim"] = crate::sessions::sim(&args.bin_dir, &dir, args.smoke).await?;
+    }
+    if args.named("sessions-llama") {
+        let (Some(server), Some(models)) = (&args.llama_server, &args.models_dir) else {
+            anyhow::bail!("sessions-llama needs LLAMA_SERVER and CORTEX_MODELS_DIR (source tests/env.sh)");
+        };
+        anyhow::ensure!(
+            server.is_file() && models.join(&args.gguf).is_file(),
+            "sessions-llama needs {} and {}: run tests/install.sh",
+            server.display(),
+            models.join(&args.gguf).display()
+        );
+        report["sessions"]["llama"] =
+            crate::sessions::llama(&args.bin_dir, &dir, server, models, &args.gguf).await?;
     }
     report["planner"] = planner(args.planner_log.as_deref());
     report["machine_after"] = machine();

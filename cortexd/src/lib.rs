@@ -47,10 +47,12 @@ pub use gateway::transport::sse;
 // authority it hands the reconciler, and fenced lifecycle calls.
 #[cfg(feature = "cluster")]
 pub use cluster::{
-    Cluster, Settings as ClusterSettings, record as replica_record, session::Prepare, start as start_cluster,
+    Cluster, Settings as ClusterSettings, record as replica_record, recorded_decisions, session::Prepare,
+    start as start_cluster,
 };
 pub use control::authority::{Authority, LeaseClock, Mandate};
 pub use control::cluster_status::Role;
+pub use control::decisions::{Decisions, Failure, Part as DecisionPart, Record as DecisionRecord, Resident};
 pub use control::execute::{ExecError, ExecTimeouts, run_as};
 pub use control::neuron_client::NeuronClient;
 pub use control::status::QueueStatus;

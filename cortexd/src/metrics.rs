@@ -40,6 +40,10 @@ fn describe() {
         "cortex_tokens_total",
         "Tokens by model, kind (prompt, completion) and key, from the engine's usage"
     );
+    describe_counter!(
+        "cortex_cached_prompt_tokens_total",
+        "Prompt tokens the engine took from its prompt cache (part of the prompt count), by model and key"
+    );
     describe_histogram!(
         "cortex_tokens_per_second",
         "Completion tokens per second of generation, per streamed request"
@@ -68,6 +72,12 @@ fn describe() {
     describe_counter!(
         "cortex_evictions_total",
         "Models cortex unloaded, by reason (evict: to make room, prune, idle)"
+    );
+    // Affinity routing among a model's copies (gateway/core/affinity).
+    describe_counter!(
+        "cortex_affinity_routing_total",
+        "Requests routed by session affinity, by outcome (hit: the session's first copy, \
+         spilled: moved past it by load, new: a session not seen within the window)"
     );
     describe_gauge!("cortex_neuron_up", "1 when the neuron answers, 0 when it is unreachable");
     describe_histogram!(

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::control::authority::Authority;
 use crate::control::backoff::BackoffPolicy;
 use crate::control::cluster_status::ClusterStatus;
+use crate::control::decisions::Decisions;
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetdir::FleetSource;
 use crate::control::fleetwatch;
@@ -119,12 +120,14 @@ pub async fn run(fleet_dir: Option<PathBuf>, config: Config) -> anyhow::Result<E
         // Passes weigh the gateway's queues and residency in evictions, as its cold loads do.
         activity: state.scheduler.activity(),
         authority: authority.clone(),
+        decisions: joined.decisions.clone(),
     };
     let (status, reconciler, reconcile_task) =
         crate::control::reconciler::spawn(fleet, poller.clone(), reconcile_config, shutdown.clone());
     joined.publish_demand(state.scheduler.queues(), released.clone());
     joined.share_usage(&state.keys, released.clone());
     joined.publish_fleet(fleet_saved, shutdown.clone());
+    joined.publish_decisions(shutdown.clone());
     tokio::spawn(pass_on_sighup(reconciler.clone(), shutdown.clone()));
 
     // The fleet page reads the same channels (and the gateway's queues and traffic window) on the
@@ -239,6 +242,8 @@ struct Joined {
     _standalone: Option<watch::Sender<Authority>>,
     view: Option<watch::Receiver<Arc<ClusterStatus>>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Cluster mode: the scheduler's and reconciler's decisions, for the next leader.
+    decisions: Option<Decisions>,
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::Cluster>,
 }
@@ -273,10 +278,21 @@ impl Joined {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             let remote = cluster.others_demand(shutdown);
-            return Some(ClusterInputs { authority: cluster.authority.clone(), remote });
+            let decisions = self.decisions.clone().unwrap_or_default();
+            return Some(ClusterInputs { authority: cluster.authority.clone(), remote, decisions });
         }
         let _ = shutdown;
         None
+    }
+
+    /// Cluster mode: keep the leader's decisions written in etcd, for the next leader.
+    fn publish_decisions(&self, shutdown: CancellationToken) {
+        #[cfg(feature = "cluster")]
+        if let (Some(cluster), Some(decisions)) = (&self.cluster, &self.decisions) {
+            cluster.publish_decisions(decisions.clone(), shutdown);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = shutdown;
     }
 
     fn publish_fleet(&self, saved: watch::Receiver<Option<Arc<SavedFleet>>>, shutdown: CancellationToken) {
@@ -296,6 +312,7 @@ fn standalone() -> Joined {
         _standalone: Some(sender),
         view: None,
         task: None,
+        decisions: None,
         #[cfg(feature = "cluster")]
         cluster: None,
     }
@@ -313,14 +330,17 @@ async fn join(
     let me = crate::cluster::record(&settings.replica, api, operator);
     tracing::info!(replica = %settings.replica, etcd = ?settings.endpoints, lease_ttl = ?settings.lease_ttl, "joining the cluster");
     let prepare = crate::cluster::fence_neurons(poller.clone(), config.gateway.neuron_timeout);
-    let (cluster, task) = crate::cluster::start(settings, me, prepare, shutdown, released)
-        .await
-        .context("cannot set up the etcd client")?;
+    let decisions = Decisions::default();
+    let (cluster, task) =
+        crate::cluster::start(settings, me, prepare, Some(decisions.clone()), (shutdown, released))
+            .await
+            .context("cannot set up the etcd client")?;
     Ok(Joined {
         authority: cluster.authority.clone(),
         _standalone: None,
         view: Some(cluster.view.clone()),
         task: Some(task),
+        decisions: Some(decisions),
         cluster: Some(cluster),
     })
 }

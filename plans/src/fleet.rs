@@ -56,6 +56,50 @@ pub struct Policy {
     /// Fleet-wide defaults of the contention settings; each model may override them.
     #[serde(default)]
     pub contention: Contention,
+    /// How far above the mean in-flight load a copy may go before affinity routing spills a
+    /// request to the session's next copy (`affinity_load_factor`).
+    #[serde(default)]
+    pub affinity_load_factor: LoadFactor,
+}
+
+/// How a request chooses among a model's ready copies (`routing` in `[policy]` or a model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// The copy that holds the conversation: rendezvous order of its session key, past copies
+    /// loaded above the load factor.
+    #[default]
+    Affinity,
+    /// The copy with the fewest requests in flight.
+    LeastBusy,
+}
+
+/// A load factor in thousandths (1.25 is 1250), so that the policy stays `Eq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadFactor(pub u32);
+
+impl LoadFactor {
+    /// The lowest factor accepted: a copy may always take its mean share.
+    pub const MIN: f64 = 1.0;
+    /// The highest factor accepted (beyond it affinity never spills).
+    pub const MAX: f64 = 100.0;
+
+    /// The factor, from a float within [`LoadFactor::MIN`]..=[`LoadFactor::MAX`].
+    pub fn from_f64(factor: f64) -> Option<LoadFactor> {
+        let ok = factor.is_finite() && (Self::MIN..=Self::MAX).contains(&factor);
+        // Within 1..=100 the product fits easily; rounding to thousandths is the stated precision.
+        ok.then(|| LoadFactor((factor * 1000.0).round() as u32))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl Default for LoadFactor {
+    fn default() -> Self {
+        LoadFactor(1250)
+    }
 }
 
 /// How requests wait for a model and how a contended neuron swaps models (spec §7). Every
@@ -77,6 +121,8 @@ pub struct Contention {
     pub queue_length: Option<u32>,
     /// How long one request may wait in the queue before 503 with `Retry-After`.
     pub queue_timeout_ms: Option<u64>,
+    /// How a request chooses among the model's ready copies; `None`: [`Routing::Affinity`].
+    pub routing: Option<Routing>,
 }
 
 impl Contention {
@@ -91,6 +137,7 @@ impl Contention {
             max_concurrency: self.max_concurrency.or(fallback.max_concurrency),
             queue_length: self.queue_length.or(fallback.queue_length),
             queue_timeout_ms: self.queue_timeout_ms.or(fallback.queue_timeout_ms),
+            routing: self.routing.or(fallback.routing),
         }
     }
 
@@ -100,6 +147,10 @@ impl Contention {
 
     pub fn max_wait(&self) -> u64 {
         self.max_wait_ms.unwrap_or(Self::DEFAULT_MAX_WAIT_MS)
+    }
+
+    pub fn routing(&self) -> Routing {
+        self.routing.unwrap_or_default()
     }
 }
 

@@ -36,8 +36,9 @@ pub struct PlanOptions {
 }
 
 /// What the gateway knows that neurons do not report, for the eviction choice: requests
-/// waiting in its queues, and since when each copy has been resident (a copy younger than its
-/// `min_residency` is not evicted). Empty for `cortex plan`, which then weighs in-flight
+/// waiting in its queues, since when each copy has been resident (a copy younger than its
+/// `min_residency` is not evicted), and the live sessions bound to each copy by affinity
+/// routing (of a model's copies, the one fewer sessions are bound to goes first). Empty for `cortex plan`, which then weighs in-flight
 /// requests only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -45,6 +46,8 @@ pub struct Activity {
     pub queued: BTreeMap<String, usize>,
     /// `(model id, neuron)` → when that copy became ready (Unix ms).
     pub resident_since: BTreeMap<(String, String), u64>,
+    /// `(model id, neuron)` → the sessions routed to that copy within the gateway's window.
+    pub sessions: BTreeMap<(String, String), usize>,
 }
 
 /// The fleet's git revision, shown in plan headers.

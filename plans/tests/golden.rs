@@ -1278,6 +1278,70 @@ fn place_one_weighs_queues_and_residency() {
 }
 
 #[test]
+fn place_one_evicts_the_copy_fewer_live_sessions_are_bound_to() {
+    let big = PINNED_BIG.replace("pinned_on = [\"beast\"]", "");
+    let (fleet, topology) = inputs(&format!("{BEAST}{CROWDED}{big}"), CROWDED_TOPOLOGY);
+    let options = PlanOptions { now_unix_ms: NOW, prune: false };
+    let evicted = |activity: &plans::plan::Activity| {
+        let placement = place_one_with(&fleet, &topology, "big", &options, activity).unwrap();
+        placement.evictions.iter().map(|a| a.model.clone()).collect::<Vec<_>>().join(",")
+    };
+    let mut activity = plans::plan::Activity::default();
+    assert_eq!(evicted(&activity), "chat", "least recently used first");
+    activity.sessions.insert(("chat".into(), "beast".into()), 4);
+    assert_eq!(evicted(&activity), "embed", "the idle copy without live sessions goes first");
+    activity.sessions.insert(("embed".into(), "beast".into()), 9);
+    assert_eq!(evicted(&activity), "chat", "then the one fewer sessions are bound to");
+}
+
+#[test]
+fn of_a_models_copies_the_one_more_sessions_are_bound_to_stays_a_replica() {
+    let copy = |neuron: &str| {
+        format!(
+            r#"{{"name": "{neuron}", "reachable": true, "generation": 1, "boot_id": "{neuron}",
+   "devices": [{{"index": 0, "name": "L4", "vram_total_mb": 24000, "vram_free_mb": 15000}}],
+   "ram_total_mb": 64000, "ram_free_mb": 40000, "harnesses": ["llamacpp"],
+   "models": [{{"id": "chat", "harness": "llamacpp", "status": "loaded", "devices": [0], "vram_mb": 9000,
+      "last_used_unix_ms": 1699999000000, "in_flight": 0,
+      "profile": {{"harness": "llamacpp", "source": "chat.gguf", "args": []}}}}]}}"#
+        )
+    };
+    let topology = format!(
+        r#"{{"format_version": 1, "observed_at_unix_ms": 1699999988000, "neurons": [{}, {}]}}"#,
+        copy("ant"),
+        copy("bee")
+    );
+    let fleet = r#"
+[policy]
+idle_unload_after = "5m"
+
+[[neuron]]
+name = "ant"
+endpoint = "http://ant:13131"
+[[neuron]]
+name = "bee"
+endpoint = "http://bee:13131"
+
+[[model]]
+id = "chat"
+harness = "llamacpp"
+source = "chat.gguf"
+vram_mb = 9000
+replicas = 1
+"#;
+    let (fleet, topology) = inputs(fleet, &topology);
+    let options = PlanOptions { now_unix_ms: NOW, prune: false };
+    let unloaded = |activity: &plans::plan::Activity| {
+        let plan = plans::plan::plan_with(&fleet, &topology, &options, activity);
+        plan.actions.iter().map(|a| format!("{:?} {} on {}", a.kind, a.model, a.neuron)).collect::<Vec<_>>()
+    };
+    let mut activity = plans::plan::Activity::default();
+    assert_eq!(unloaded(&activity), ["Unload chat on bee"], "without sessions, by neuron name");
+    activity.sessions.insert(("chat".into(), "bee".into()), 3);
+    assert_eq!(unloaded(&activity), ["Unload chat on ant"], "the copy with the sessions stays");
+}
+
+#[test]
 fn place_one_clears_a_failed_copy_and_loads_afresh_in_its_place() {
     let failed = CROWDED_TOPOLOGY.replace(
         r#"{"id": "chat", "harness": "llamacpp", "status": "loaded""#,

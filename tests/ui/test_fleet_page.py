@@ -132,6 +132,9 @@ def run(fleet: SimFleet, browser: Browser) -> None:
     browser.wait_for("document.querySelector('[data-traffic=\"qwen3-coder-30b\"] svg path')", 20, "coder's traffic chart")
     time.sleep(TRAFFIC_S)  # not a wait for readiness: the charts fill with real traffic for the picture
     browser.wait_for("document.querySelector('[data-traffic=\"llama-3.1-8b\"] svg path')", 10, "chat's traffic chart")
+    # Each model's cache share: the part of its prompt tokens the engine had cached, over the window.
+    share = "(document.querySelector('[data-cache-share=\"qwen3-coder-30b\"] .head b') || {}).textContent"
+    browser.wait_for(f"/^\\d+% in 15 min$/.test({share})", 10, "coder's prompt cache share")
     overview = browser.screenshot(ARTIFACTS / "fleet-page.png")
     print(f"screenshot: {overview}")
 

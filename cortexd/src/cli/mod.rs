@@ -6,6 +6,7 @@ pub(crate) mod apply;
 pub(crate) mod keys;
 pub(crate) mod maintain;
 pub(crate) mod plan;
+pub(crate) mod requests;
 pub(crate) mod status;
 pub(crate) mod usage;
 
@@ -62,6 +63,8 @@ pub enum Command {
     },
     /// Show the fleet keys' usage (tokens and requests per key and day) from the daemon
     Usage(crate::cli::usage::UsageArgs),
+    /// Show the daemon's recent requests, or one request's timeline (by its x-request-id)
+    Requests(crate::cli::requests::RequestsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -162,5 +165,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Unpin(args) => maintain::unpin(args).await,
         Command::Key { command } => keys::run(command),
         Command::Usage(args) => usage::usage(args).await,
+        Command::Requests(args) => requests::requests(args).await,
     }
 }

@@ -49,6 +49,11 @@ impl Keys {
     pub fn fleet(&self) -> String {
         format!("{}/leader/fleet", self.prefix)
     }
+
+    /// The leader's decisions a successor continues (residency clocks, backoff), written fenced.
+    pub fn decisions(&self) -> String {
+        format!("{}/leader/decisions", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +67,7 @@ mod tests {
         assert_eq!(keys.replica("gw-1"), "/cortex/replicas/gw-1");
         assert_eq!(keys.demand("gw-1"), "/cortex/demand/gw-1");
         assert_eq!(keys.fleet(), "/cortex/leader/fleet");
+        assert_eq!(keys.decisions(), "/cortex/leader/decisions");
         assert_ne!(Keys::new("/a").demands(), Keys::new("/b").demands(), "fleets sharing an etcd");
     }
 }

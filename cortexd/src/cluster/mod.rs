@@ -7,14 +7,19 @@
 //!   the authority.
 //! - `store.rs`: etcd as the cluster uses it, fenced writes included; `keys.rs`: the key layout.
 //! - `demand.rs`: each replica's queues under its own lease, and everyone's for the leader.
+//! - `decisions.rs`: the leader's residency clocks and backoff, written fenced, inherited by
+//!   the next leader before it acts.
 //! - `view.rs`: replicas, heartbeats, the leader, its term, whether etcd answers.
 //!
 //! What lives where (docs/operations.md): observed state, open requests, the choice among ready
 //! copies, admission and metrics stay local to each replica; lifecycle decisions are the
-//! leader's. What it publishes fenced by its term is the fleet in force; its scheduler's state
-//! (residency clocks, backoff, drains) is its own, and a successor rebuilds it from what the
-//! neurons report (docs/operations.md).
+//! leader's. What it publishes fenced by its term is the fleet in force and its decisions: since
+//! when each copy is resident (what `min_residency` counts from) and the backoff of failed loads
+//! and actions; a successor continues them. Swaps the leader decided and was draining for are
+//! not carried over: they wait on requests that ended with it, and the successor decides again
+//! from the demand it sees (docs/operations.md).
 
+pub(crate) mod decisions;
 pub(crate) mod demand;
 pub(crate) mod keys;
 pub(crate) mod session;
@@ -39,6 +44,7 @@ use crate::cluster::view::ViewTask;
 use crate::config::ClusterConfig;
 use crate::control::authority::Authority;
 use crate::control::cluster_status::{ClusterStatus, ReplicaRecord};
+use crate::control::decisions::{Decisions, Record};
 use crate::control::lastgood::SavedFleet;
 use crate::control::poller::{PollerHandle, now_unix_ms};
 use crate::control::status::QueueStatus;
@@ -109,17 +115,21 @@ pub struct Cluster {
 }
 
 /// Join the cluster: connect to etcd (lazily: it may be away), start the election session and
-/// the view. `prepare` runs when this replica is elected, before it acts. At `shutdown` it
-/// hands leadership over; at `released` (once the API has drained) it leaves; the task ends
-/// then.
+/// the view. `prepare` runs when this replica is elected, before it acts; then, with
+/// `decisions`, the previous leader's record is handed to it. At `shutdown` it hands leadership
+/// over; at `released` (once the API has drained) it leaves; the task ends then.
 pub async fn start(
     settings: Settings,
     me: ReplicaRecord,
     prepare: Prepare,
-    shutdown: CancellationToken,
-    released: CancellationToken,
+    decisions: Option<Decisions>,
+    (shutdown, released): (CancellationToken, CancellationToken),
 ) -> Result<(Cluster, tokio::task::JoinHandle<()>), StoreError> {
     let store = Store::connect(&settings.endpoints, settings.call_timeout()).await?;
+    let prepare = match decisions {
+        Some(decisions) => decisions::inheriting(prepare, store.clone(), settings.keys.clone(), decisions),
+        None => prepare,
+    };
     let (authority_sender, authority) =
         watch::channel(Authority::Follower { leader: None, why: "joining the cluster".to_owned() });
     let (lease_sender, lease) = watch::channel(None);
@@ -162,6 +172,21 @@ impl Cluster {
             }
         }
         Ok(written)
+    }
+
+    /// Write the leader's decisions fenced by its term (`Ok(false)`: refused, the term is over).
+    pub async fn write_decisions(&self, record: &Record) -> Result<bool, StoreError> {
+        self.put_fenced(&self.settings.keys.decisions(), record.encode()).await
+    }
+
+    /// The decisions the last leader wrote, if any and readable.
+    pub async fn read_decisions(&self) -> Result<Option<Record>, StoreError> {
+        decisions::read(&self.store, &self.settings.keys).await
+    }
+
+    /// While this replica leads, keep its decisions written (fenced), until `shutdown`.
+    pub fn publish_decisions(&self, decisions: Decisions, shutdown: CancellationToken) {
+        decisions::publish(self.clone(), decisions, shutdown);
     }
 
     /// Publish this replica's `queues` as its demand, until `shutdown`.
@@ -213,6 +238,12 @@ pub async fn published_fleet(settings: &Settings) -> Result<Option<SavedFleet>, 
     let store = Store::connect(&settings.endpoints, settings.call_timeout()).await?;
     let value = store.get(&settings.keys.fleet()).await?;
     Ok(value.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// The decisions the last leader wrote (read from outside a replica, as a test or a tool does).
+pub async fn recorded_decisions(settings: &Settings) -> Result<Option<Record>, StoreError> {
+    let store = Store::connect(&settings.endpoints, settings.call_timeout()).await?;
+    decisions::read(&store, &settings.keys).await
 }
 
 /// While this replica leads, publish each fleet that comes into force (fenced by its term), so

@@ -1,10 +1,15 @@
 //! The reconciler's one backoff policy: per (model, neuron), exponential from a base to a cap,
 //! measured on tokio's clock (so tests run it in virtual time). A new fleet revision resets it.
+//! Each wait is also kept in Unix milliseconds, so that a cluster's next leader continues it
+//! (`crate::control::decisions`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::control::decisions::Failure;
+use crate::control::poller::now_unix_ms;
 
 /// The delays: `base`, `2·base`, `4·base`, … up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +38,8 @@ impl BackoffPolicy {
 pub struct Entry {
     pub failures: u32,
     pub until: Instant,
+    /// `until` on the wall clock, as other processes read it.
+    pub until_unix_ms: u64,
     pub error: String,
 }
 
@@ -64,12 +71,41 @@ impl Backoff {
         let entry = self.entries.entry((model.to_owned(), neuron.to_owned())).or_insert(Entry {
             failures: 0,
             until: now,
+            until_unix_ms: 0,
             error: String::new(),
         });
         entry.failures = entry.failures.saturating_add(1);
-        entry.until = now + policy.delay(entry.failures);
+        let delay = policy.delay(entry.failures);
+        entry.until = now + delay;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        entry.until_unix_ms = now_unix_ms().saturating_add(delay_ms);
         entry.error = error;
         entry.until
+    }
+
+    /// Every entry, for the record a cluster's next leader inherits.
+    pub fn export(&self) -> Vec<Failure> {
+        let entries = self.entries.iter();
+        entries.map(|((m, n), e)| Failure::new(m, n, e.failures, e.until_unix_ms, &e.error)).collect()
+    }
+
+    /// Continue a previous leader's `failures` at `now`: each waits until its Unix time (the
+    /// longer wait wins over an entry of this replica's own).
+    pub fn inherit(&mut self, failures: &[Failure], now: Instant) {
+        let now_unix = now_unix_ms();
+        for failure in failures {
+            let left = Duration::from_millis(failure.until_unix_ms.saturating_sub(now_unix));
+            let entry = Entry {
+                failures: failure.failures,
+                until: now + left,
+                until_unix_ms: failure.until_unix_ms,
+                error: failure.error.clone(),
+            };
+            let key = (failure.model.clone(), failure.neuron.clone());
+            if self.entries.get(&key).is_none_or(|own| own.until_unix_ms < entry.until_unix_ms) {
+                self.entries.insert(key, entry);
+            }
+        }
     }
 
     pub fn succeeded(&mut self, model: &str, neuron: &str) {
@@ -116,5 +152,24 @@ mod tests {
         assert!(!backoff.waiting("m", "n1", until));
         backoff.reset();
         assert_eq!(backoff.next_expiry(now), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_continues_an_exported_wait() {
+        let policy = BackoffPolicy { base: Duration::from_secs(20), max: Duration::from_secs(300) };
+        let mut old = Backoff::default();
+        old.failed("m", "n1", "boom".into(), policy, Instant::now());
+        old.failed("m", "n1", "boom".into(), policy, Instant::now());
+        let exported = old.export();
+        assert_eq!((exported[0].failures, exported[0].error.as_str()), (2, "boom"));
+        let mut new = Backoff::default();
+        let now = Instant::now();
+        new.inherit(&exported, now);
+        assert!(new.waiting("m", "n1", now), "it waits on where the old one stopped");
+        let left = new.entry("m", "n1").expect("an inherited entry").until - now;
+        assert!(left > Duration::from_secs(35) && left <= Duration::from_secs(40), "{left:?}");
+        // The next failure doubles from the inherited count.
+        let until = new.failed("m", "n1", "again".into(), policy, now);
+        assert_eq!(until - now, Duration::from_secs(80));
     }
 }

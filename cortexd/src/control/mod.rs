@@ -6,6 +6,7 @@ pub(crate) mod apply;
 pub(crate) mod authority;
 pub(crate) mod backoff;
 pub(crate) mod cluster_status;
+pub(crate) mod decisions;
 pub(crate) mod execute;
 pub(crate) mod fleetdir;
 pub(crate) mod fleetedit;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::apply::{self, ApplyReport, Outcome, Progress};
 use crate::control::authority::Authority;
 use crate::control::backoff::{Backoff, BackoffPolicy};
+use crate::control::decisions::{Decisions, Part};
 use crate::control::execute::ExecTimeouts;
 use crate::control::fleetwatch::FleetHandle;
 use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
@@ -42,6 +43,9 @@ pub struct ReconcileConfig {
     /// Whether this daemon acts on neurons now (always standalone; in a cluster, while it
     /// leads), and the mandate its calls carry.
     pub authority: watch::Receiver<Authority>,
+    /// Cluster mode: where the backoff is published for the next leader, and where a previous
+    /// leader's is found on election (`None` standalone).
+    pub decisions: Option<Decisions>,
 }
 
 /// Asks the running reconciler for a pass.
@@ -203,7 +207,9 @@ impl Reconciler {
             // A new desired revision, or an operator asking, deserves a fresh try of everything.
             self.backoff.reset();
             self.last_digest = fleet.digest.clone();
+            self.share_backoff();
         }
+        self.adopt();
         let fleet_status = self.fleet.status.borrow().clone();
         let observed = self.poller.observed.borrow().clone();
         let unix_ms = now_unix_ms();
@@ -256,6 +262,7 @@ impl Reconciler {
         )
         .await;
         let (result, errors) = self.account(&report);
+        self.share_backoff();
         metrics::counter!("cortex_reconcile_runs_total", "result" => result.as_str()).increment(1);
         tracing::info!(trigger = trigger.as_str(), result = result.as_str(), "{}", report.summary());
         self.record(run(&started, result, report.summary(), errors));
@@ -265,6 +272,31 @@ impl Reconciler {
         let after = plan_now(&fleet, &observed.topology, &self.config.activity, now_unix_ms());
         let applied = report.succeeded().then(|| started.record.clone());
         self.publish(Some(after), Some((started.record, applied)));
+    }
+
+    /// Cluster mode, at the first pass of a new term: continue the backoff the previous leader
+    /// recorded against the fleet in force.
+    fn adopt(&mut self) {
+        let Some(decisions) = self.config.decisions.clone() else { return };
+        let Some(term) = self.config.authority.borrow().mandate().map(|m| m.term) else { return };
+        let Some(record) = decisions.to_adopt(Part::Reconciler, term) else { return };
+        if record.fleet == self.last_digest {
+            self.backoff.inherit(&record.passes, Instant::now());
+            tracing::info!(
+                term,
+                waiting = record.passes.len(),
+                "cluster: continuing the previous leader's backoff"
+            );
+        }
+        self.share_backoff();
+        decisions.adopted(Part::Reconciler, term);
+    }
+
+    /// Cluster mode: publish the backoff, for the next leader.
+    fn share_backoff(&self) {
+        if let Some(decisions) = &self.config.decisions {
+            decisions.set_passes(&self.last_digest, self.backoff.export());
+        }
     }
 
     /// Record outcomes in the backoff; returns the run's result and its error lines.
@@ -525,7 +557,11 @@ vram_mb = 12000
         // `b` became resident a moment ago (within its minimum residency): it is held, so the
         // pin takes `a` after all (a busy copy is evicted last, not never).
         let resident = [(("b".to_owned(), "n".to_owned()), NOW - 1_000)].into();
-        gateway.send_replace(Activity { queued: [("a".to_owned(), 3)].into(), resident_since: resident });
+        gateway.send_replace(Activity {
+            queued: [("a".to_owned(), 3)].into(),
+            resident_since: resident,
+            ..Activity::default()
+        });
         let plan = plan_now(&fleet, &topology, &activity, NOW);
         assert_eq!(evicted(&plan), ["a"], "the gateway's residency holds `b`");
     }

@@ -16,6 +16,8 @@ pub struct Candidate<'a> {
     /// For `eviction = "priority"`: lower goes first.
     pub priority: i64,
     pub last_used_unix_ms: u64,
+    /// Live sessions bound to the copy by affinity routing: fewer go first.
+    pub sessions: usize,
     /// The earliest time it may be evicted (resident since + `min_residency`); `None`: any time.
     pub evictable_from_unix_ms: Option<u64>,
 }
@@ -29,8 +31,8 @@ pub struct Choice {
 }
 
 /// Order `candidates` for eviction under `policy` at `now_unix_ms`: idle on-demand copies first
-/// (by policy: least recently used, or lowest priority then least recently used), then busy
-/// ones, then replicas; copies still within their minimum residency are held back.
+/// (by policy: least recently used, or lowest priority then least recently used; before
+/// recency, fewer live sessions), then busy ones, then replicas; copies still within their minimum residency are held back.
 pub fn choose(candidates: &[Candidate<'_>], policy: Eviction, now_unix_ms: u64) -> Choice {
     let mut choice = Choice::default();
     for (position, candidate) in candidates.iter().enumerate() {
@@ -45,7 +47,7 @@ pub fn choose(candidates: &[Candidate<'_>], policy: Eviction, now_unix_ms: u64) 
             Eviction::Lru => 0,
             Eviction::Priority => c.priority,
         };
-        (c.replica, c.busy, policy_key, c.last_used_unix_ms, c.id)
+        (c.replica, c.busy, policy_key, c.sessions, c.last_used_unix_ms, c.id)
     });
     choice.held.sort_by_key(|&(position, from)| (from, candidates[position].id));
     choice
@@ -62,6 +64,7 @@ mod tests {
             busy,
             priority,
             last_used_unix_ms: last_used,
+            sessions: 0,
             evictable_from_unix_ms: from,
         }
     }
@@ -85,6 +88,21 @@ mod tests {
         let later = choose(&candidates, Eviction::Priority, 5_000);
         let ids: Vec<&str> = later.order.iter().map(|&p| candidates[p].id).collect();
         assert_eq!(ids, ["fresh", "settled", "idle-new", "idle-old", "busy-old"]);
+    }
+
+    #[test]
+    fn fewer_sessions_go_before_recency_within_a_policy_class() {
+        let with = |id, sessions, priority, last_used| Candidate {
+            sessions,
+            ..candidate(id, false, priority, last_used, None)
+        };
+        let candidates = [with("held", 3, 0, 1), with("recent-empty", 0, 0, 9), with("high", 0, 5, 0)];
+        let lru = choose(&candidates, Eviction::Lru, 0);
+        let ids: Vec<&str> = lru.order.iter().map(|&p| candidates[p].id).collect();
+        assert_eq!(ids, ["high", "recent-empty", "held"]);
+        let by_priority = choose(&candidates, Eviction::Priority, 0);
+        let ids: Vec<&str> = by_priority.order.iter().map(|&p| candidates[p].id).collect();
+        assert_eq!(ids, ["recent-empty", "held", "high"]);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Resident<'a> {
     pub queued: usize,
     /// When this copy may be evicted (resident since + `min_residency`), where known.
     pub evictable_from: Option<u64>,
+    /// Live sessions bound to this copy (from the planner's `Activity`).
+    pub sessions: usize,
     pub status: ModelState,
     pub role: Role,
     /// The observed copy; `None` for a copy this plan loads.
@@ -262,6 +264,7 @@ impl<'a> NeuronLedger<'a> {
                     busy: copy.in_flight > 0 || copy.queued > 0,
                     priority: priority(r),
                     last_used_unix_ms: copy.last_used,
+                    sessions: copy.sessions,
                     // A failed copy serves nothing: its residency protects nobody.
                     evictable_from_unix_ms: copy.evictable_from.filter(|_| copy.status == ModelState::Loaded),
                 }

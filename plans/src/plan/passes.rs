@@ -93,6 +93,11 @@ impl<'a> Planner<'a> {
                         let residency = fleet.models[m].contention(&fleet.policy).min_residency();
                         Some(since.saturating_add(residency))
                     }),
+                    sessions: activity
+                        .sessions
+                        .get(&(loaded.id.clone(), spec.name.clone()))
+                        .copied()
+                        .unwrap_or(0),
                     status: loaded.status,
                     role,
                     observed: Some(loaded),
@@ -260,7 +265,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Marks up to the wanted number of live copies of model `m` (pinned ones first, then
-    /// healthy ones, then by neuron name) as kept; returns how many live copies count and how
+    /// healthy ones, then those more live sessions are bound to, then by neuron name) as kept; returns how many live copies count and how
     /// many warm copies the model wants: `replicas`, or more while pins are suspended (each
     /// suspended pin wants a stand-in). Copies on draining neurons do not count: they move.
     fn promote_replicas(&mut self, m: usize, reload: bool) -> (usize, usize) {
@@ -281,10 +286,15 @@ impl<'a> Planner<'a> {
             live.iter().filter(|&&(n, r)| self.neurons[n].residents[r].role == Role::Pinned).count();
         let wanted = replicas.max(have + self.suspended[m].len());
         live.retain(|&(n, r)| self.neurons[n].residents[r].role != Role::Pinned);
-        // Healthy copies first, then by neuron name. Not by recency: a reload or a new request
-        // would change that ranking after apply, demote a kept copy and unload it as idle on
-        // the next pass (flapping). This key survives apply unchanged.
-        live.sort_by_key(|&(n, r)| (self.neurons[n].residents[r].status == ModelState::Failed, n));
+        // Healthy copies first, then the copies more sessions are bound to (a copy that goes
+        // takes its sessions' caches with it), then by neuron name. Not by recency: a reload or
+        // a new request would change that ranking after apply, demote a kept copy and unload it
+        // as idle on the next pass (flapping). Sessions stay with their copy under affinity
+        // routing, and a demoted copy with live sessions is not idle.
+        live.sort_by_key(|&(n, r)| {
+            let copy = &self.neurons[n].residents[r];
+            (copy.status == ModelState::Failed, std::cmp::Reverse(copy.sessions), n)
+        });
         for (n, r) in live {
             if have >= wanted {
                 break;
@@ -438,7 +448,8 @@ impl<'a> Planner<'a> {
     }
 
     /// The best neuron for a new copy of model `m`: one that fits without evictions (best
-    /// fit, then name), else the one needing the fewest evictions (then name).
+    /// fit, then name), else the one needing the fewest evictions (then the fewest live
+    /// sessions displaced, then name).
     fn place_anywhere(&mut self, m: usize, reason: Reason, role: Role) -> Result<usize, Vec<Reject>> {
         let spec = &self.fleet.models[m];
         let need = Need::of(spec);
@@ -482,12 +493,13 @@ impl<'a> Planner<'a> {
             self.load(n, m, Room { positions, evict: Vec::new() }, reason, role);
             return Ok(n);
         }
-        let mut cheapest: Option<(usize, Room)> = None;
+        let mut cheapest: Option<(usize, Room, (usize, usize))> = None;
         for n in eligible {
             match self.room_on(n, &need, false) {
                 Ok(room) => {
-                    if cheapest.as_ref().is_none_or(|(_, best)| room.evict.len() < best.evict.len()) {
-                        cheapest = Some((n, room));
+                    let cost = (room.evict.len(), self.displaced_sessions(n, &room));
+                    if cheapest.as_ref().is_none_or(|(_, _, best)| cost < *best) {
+                        cheapest = Some((n, room, cost));
                     }
                 }
                 Err((dimension, detail)) => {
@@ -496,12 +508,17 @@ impl<'a> Planner<'a> {
             }
         }
         match cheapest {
-            Some((n, room)) => {
+            Some((n, room, _)) => {
                 self.load(n, m, room, reason, role);
                 Ok(n)
             }
             None => Err(rejects),
         }
+    }
+
+    /// The live sessions bound to the copies `room` evicts on neuron `n`.
+    fn displaced_sessions(&self, n: usize, room: &Room) -> usize {
+        room.evict.iter().map(|&r| self.neurons[n].residents[r].sessions).sum()
     }
 
     /// Place model `m` on neuron `n`, evicting by policy if needed.
@@ -600,6 +617,7 @@ impl<'a> Planner<'a> {
             in_flight: 0,
             queued: 0,
             evictable_from: None,
+            sessions: 0,
             status: ModelState::Loaded,
             role,
             observed: None,

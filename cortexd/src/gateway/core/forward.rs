@@ -20,9 +20,9 @@ use plans::wire::MODEL_HEADER;
 use crate::control::neuron_client::error_message;
 use crate::gateway::core::admission::Admitted;
 use crate::gateway::core::error::{ApiError, Dialect};
-use crate::gateway::core::request_metrics::{InFlightGuard, Outcome};
+use crate::gateway::core::request_metrics::{InFlightGuard, Outcome, Tokens};
 use crate::gateway::core::target::Target;
-use crate::gateway::core::timeline::{Recording, Tokens};
+use crate::gateway::core::timeline::{self, Recording};
 use crate::gateway::core::traffic::Traffic;
 use crate::gateway::transport::upstream::{self, InferenceClient};
 
@@ -68,8 +68,8 @@ pub trait EventTransform: Send {
     fn finish(&mut self, out: &mut BytesMut);
     /// The upstream failed midway; append an error event the client will raise.
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut);
-    /// `(prompt, completion)` tokens seen so far, for metrics.
-    fn usage(&self) -> Option<(u64, u64)>;
+    /// The tokens seen so far, for metrics.
+    fn usage(&self) -> Option<Tokens>;
 }
 
 /// Receives the engine's response id once the stream (or body) shows it.
@@ -233,8 +233,8 @@ struct Watcher {
     edit: StreamEdit,
     exchange: Exchange,
     first_event_at: Option<Instant>,
-    /// (prompt, completion) tokens, from the engine's usage.
-    usage: Option<(u64, u64)>,
+    /// The engine's usage.
+    usage: Option<Tokens>,
     /// Streamed events seen with content (about one token each): what a stream cut short
     /// before its usage is charged (with its prompt's estimate).
     events: u64,
@@ -426,7 +426,7 @@ impl Drop for Watcher {
             let to_first = first.duration_since(exchange.started);
             handles.time_to_first_token.record(to_first.as_secs_f64());
             let generating = elapsed.saturating_sub(to_first);
-            if let Some((_, completion)) = self.usage
+            if let Some(Tokens { completion, .. }) = self.usage
                 && completion > 0
                 && self.stream
                 && !generating.is_zero()
@@ -434,14 +434,20 @@ impl Drop for Watcher {
                 handles.tokens_per_second.record(completion as f64 / generating.as_secs_f64());
             }
         }
-        if let Some((prompt, completion)) = self.usage {
-            handles.prompt_tokens.increment(prompt);
-            handles.completion_tokens.increment(completion);
+        if let Some(tokens) = self.usage {
+            handles.prompt_tokens.increment(tokens.prompt);
+            handles.completion_tokens.increment(tokens.completion);
+            handles.cached_prompt_tokens.increment(tokens.cached);
         }
         // A non-streaming body is one event; a stream's are counted as they pass.
         let events = if self.stream { self.events } else { 0 };
-        exchange.grant.settle(self.usage, events, crate::control::poller::now_unix_ms());
-        let tokens = self.usage.map(|(prompt, completion)| Tokens { prompt, cached: None, completion });
+        let used = self.usage.map(|tokens| (tokens.prompt, tokens.completion));
+        exchange.grant.settle(used, events, crate::control::poller::now_unix_ms());
+        let tokens = self.usage.map(|tokens| timeline::Tokens {
+            prompt: tokens.prompt,
+            cached: Some(tokens.cached),
+            completion: tokens.completion,
+        });
         exchange.timeline.finished(outcome.label(), self.first_event_at, tokens);
     }
 }
@@ -476,8 +482,13 @@ fn created_id(event: &[u8]) -> Option<String> {
     serde_json::from_slice::<Created>(json_of(event)?).ok()?.response?.id
 }
 
-/// Read `usage` from a JSON body or an SSE event (OpenAI, Anthropic or Responses names).
-pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
+/// Read `usage` from a JSON body or an SSE event (OpenAI, Anthropic or Responses names), over
+/// what earlier events of the same answer said: a count the event leaves out keeps its value.
+/// The prompt is the whole prompt in every dialect (Anthropic's `input_tokens` leaves out the
+/// cache reads and writes, which are added back); the cached count is OpenAI's
+/// `prompt_tokens_details.cached_tokens`, Responses' `input_tokens_details.cached_tokens`,
+/// Anthropic's `cache_read_input_tokens`, or llama.cpp's `timings.cache_n`.
+pub fn record_usage(bytes: &[u8], usage: &mut Option<Tokens>) {
     /// Only the fields that may hold usage are read, into typed fields; the rest of the
     /// document (choices, content) is skipped without building a tree: this runs once per
     /// response, on the path every request takes.
@@ -489,6 +500,13 @@ pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
         message: Option<Holder>,
         #[serde(default)]
         response: Option<Holder>,
+        /// llama.cpp's, beside `usage`: `cache_n` is the cached part of the prompt.
+        #[serde(default)]
+        timings: Option<Timings>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Timings {
+        cache_n: Option<u64>,
     }
     /// Anthropic's `message_start.message` and Responses' `response.completed.response`.
     #[derive(serde::Deserialize)]
@@ -496,13 +514,21 @@ pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
         #[serde(default)]
         usage: Option<Counts>,
     }
-    /// OpenAI's names and Anthropic's (and Responses') for the same two counts.
+    /// OpenAI's names and Anthropic's (and Responses') for the same counts.
     #[derive(serde::Deserialize)]
     struct Counts {
         prompt_tokens: Option<u64>,
         input_tokens: Option<u64>,
         completion_tokens: Option<u64>,
         output_tokens: Option<u64>,
+        cache_read_input_tokens: Option<u64>,
+        cache_creation_input_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+        input_tokens_details: Option<Details>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
     }
     let Some(json) = json_of(bytes) else { return };
     let Ok(top) = serde_json::from_slice::<Top>(json) else { return };
@@ -510,10 +536,29 @@ pub fn record_usage(bytes: &[u8], usage: &mut Option<(u64, u64)>) {
     let Some(found) = top.usage.or_else(|| nested(top.message)).or_else(|| nested(top.response)) else {
         return;
     };
-    let prompt = found.prompt_tokens.or(found.input_tokens);
+    let anthropic = found.cache_read_input_tokens.is_some() || found.cache_creation_input_tokens.is_some();
+    let prompt = match found.prompt_tokens {
+        Some(prompt) => Some(prompt),
+        None if anthropic => Some(
+            [found.input_tokens, found.cache_read_input_tokens, found.cache_creation_input_tokens]
+                .into_iter()
+                .flatten()
+                .fold(0, u64::saturating_add),
+        ),
+        None => found.input_tokens,
+    };
+    let details = found.prompt_tokens_details.or(found.input_tokens_details);
+    let cached = details
+        .and_then(|details| details.cached_tokens)
+        .or(found.cache_read_input_tokens)
+        .or(top.timings.and_then(|timings| timings.cache_n));
     let completion = found.completion_tokens.or(found.output_tokens);
-    let (old_prompt, old_completion) = usage.unwrap_or((0, 0));
-    *usage = Some((prompt.unwrap_or(old_prompt), completion.unwrap_or(old_completion)));
+    let old = usage.unwrap_or_default();
+    *usage = Some(Tokens {
+        prompt: prompt.unwrap_or(old.prompt),
+        completion: completion.unwrap_or(old.completion),
+        cached: cached.unwrap_or(old.cached),
+    });
 }
 
 /// Whether `chunk` ends at an event boundary.
@@ -614,18 +659,46 @@ mod tests {
 
     #[test]
     fn usage_is_read_in_both_dialects() {
+        let tokens = |prompt, completion, cached| Some(Tokens { prompt, completion, cached });
         let mut usage = None;
         record_usage(br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#, &mut usage);
-        assert_eq!(usage, Some((3, 5)));
+        assert_eq!(usage, tokens(3, 5, 0));
         let mut usage = None;
         record_usage(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n", &mut usage);
-        assert_eq!(usage, Some((7, 1)));
+        assert_eq!(usage, tokens(7, 1, 0));
         record_usage(br#"data: {"type":"message_delta","usage":{"output_tokens":9}}"#, &mut usage);
-        assert_eq!(usage, Some((7, 9)));
+        assert_eq!(usage, tokens(7, 9, 0));
         let mut usage = None;
         record_usage(br#"{"message":"not an object","usage":null}"#, &mut usage);
         assert_eq!(usage, None);
         record_usage(br#"data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":4,"output_tokens":2,"output_tokens_details":{"reasoning_tokens":0}}}}"#, &mut usage);
-        assert_eq!(usage, Some((4, 2)), "Responses' usage, with the details it carries");
+        assert_eq!(usage, tokens(4, 2, 0), "Responses' usage, with the details it carries");
+    }
+
+    #[test]
+    fn the_cached_part_of_the_prompt_is_read_in_every_dialect() {
+        let tokens = |prompt, completion, cached| Some(Tokens { prompt, completion, cached });
+        let read = |bytes: &[u8]| {
+            let mut usage = None;
+            record_usage(bytes, &mut usage);
+            usage
+        };
+        // Chat Completions, as llama-server sends it (a chunk's usage, or a whole answer).
+        let chat = br#"data: {"choices":[],"usage":{"completion_tokens":4,"prompt_tokens":60,"total_tokens":64,"prompt_tokens_details":{"cached_tokens":48}},"timings":{"cache_n":48,"prompt_n":12}}"#;
+        assert_eq!(read(chat), tokens(60, 4, 48));
+        // A build without prompt details: the cached count from its timings.
+        let old = br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":4,"prompt_tokens":60},"timings":{"cache_n":40,"prompt_n":20}}"#;
+        assert_eq!(read(old), tokens(60, 4, 40));
+        // Responses.
+        let responses = br#"data: {"type":"response.completed","response":{"usage":{"input_tokens":60,"output_tokens":4,"input_tokens_details":{"cached_tokens":48}}}}"#;
+        assert_eq!(read(responses), tokens(60, 4, 48));
+        // Anthropic: `input_tokens` is the uncached part; the prompt counts the cache reads too.
+        let mut usage = None;
+        record_usage(br#"data: {"type":"message_start","message":{"usage":{"cache_read_input_tokens":48,"input_tokens":12,"output_tokens":0}}}"#, &mut usage);
+        assert_eq!(usage, tokens(60, 0, 48));
+        record_usage(br#"data: {"type":"message_delta","usage":{"output_tokens":4}}"#, &mut usage);
+        assert_eq!(usage, tokens(60, 4, 48), "the closing event keeps the counts it leaves out");
+        let message = br#"{"type":"message","usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":48,"output_tokens":4}}"#;
+        assert_eq!(read(message), tokens(60, 4, 48));
     }
 }

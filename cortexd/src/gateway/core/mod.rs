@@ -4,10 +4,12 @@
 //! at the HTTP edge, request metrics and the traffic window.
 //!
 //! Architecture invariant: nothing here knows a dialect's JSON beyond the envelope every
-//! dialect shares (`model`, `stream`, the output-limit fields) and the usage counts read from
-//! a finished answer; errors know the dialect only to render themselves in its shape.
+//! dialect shares (`model`, `stream`, the output-limit fields), the fields affinity routing keys
+//! on (session ids and the conversation's stable prefix, digested and never judged) and the
+//! usage counts read from a finished answer; errors know the dialect only to render themselves in its shape.
 
 pub(crate) mod admission;
+pub(crate) mod affinity;
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod forward;

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::control::poller::now_unix_ms;
 use crate::gateway::core::admission::Admitted;
+use crate::gateway::core::affinity;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::{self, Exchange, StreamEdit};
 use crate::gateway::core::keys::Grant;
@@ -35,7 +36,7 @@ use crate::gateway::core::target::Target;
 use crate::gateway::core::timeline::{CopySeen, LoadSeen, REQUEST_ID_HEADER, Recording};
 
 /// The part of a request body the gateway reads; the rest is forwarded untouched.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct Envelope {
     pub model: Option<String>,
     #[serde(default)]
@@ -57,21 +58,42 @@ pub struct Envelope {
     /// Responses' output limit.
     #[serde(default)]
     pub max_output_tokens: Option<Value>,
+    /// Affinity routing (`core/affinity`): the session ids a body names and the digests of
+    /// its stable prefix, computed as it is parsed; [`Envelope::session`] is their key.
+    #[serde(default)]
+    metadata: Option<affinity::Metadata>,
+    #[serde(default)]
+    prompt_cache_key: Option<affinity::SessionId>,
+    #[serde(default)]
+    system: Option<affinity::Digest>,
+    #[serde(default)]
+    instructions: Option<affinity::Digest>,
+    #[serde(default)]
+    tools: Option<affinity::Digest>,
+    #[serde(default)]
+    messages: Option<affinity::FirstTurn>,
+    #[serde(default)]
+    input: Option<affinity::FirstTurn>,
+    #[serde(skip)]
+    pub session: Option<affinity::Key>,
 }
 
 impl Envelope {
     /// An envelope with nothing in it (requests without a body).
     pub fn empty() -> Self {
-        Envelope {
-            model: None,
-            stream: false,
-            stream_options: None,
-            previous_response_id: None,
-            store: None,
-            max_tokens: None,
-            max_completion_tokens: None,
-            max_output_tokens: None,
-        }
+        Envelope::default()
+    }
+
+    /// The request's session key (its headers and what its body names).
+    fn session_key(&self, headers: &HeaderMap) -> Option<affinity::Key> {
+        let prefix = [
+            self.system.map(|d| d.0),
+            self.instructions.map(|d| d.0),
+            self.tools.map(|d| d.0),
+            self.messages.map(|t| t.0),
+            self.input.map(|t| t.0),
+        ];
+        affinity::key(headers, self.metadata.as_ref(), self.prompt_cache_key.as_ref(), &prefix)
     }
 
     /// The least output limit the request sets, in any of the fields the dialects use.
@@ -121,7 +143,8 @@ pub struct Checked {
 impl Checked {
     /// The request's place in its model's queue: its caller's priority and key, its cost.
     fn queue_tag(&self) -> Tag {
-        Tag { priority: self.grant.priority().0, key: Arc::from(self.grant.label()), cost: self.cost }
+        let (priority, key) = (self.grant.priority().0, Arc::from(self.grant.label()));
+        Tag { priority, key, cost: self.cost, session: self.envelope.session }
     }
 }
 
@@ -150,8 +173,9 @@ pub async fn check(
         return Err(ApiError::TooLarge { limit_bytes: limit });
     }
     let body = axum::body::to_bytes(body, limit).await.map_err(|error| unreadable(&error, limit))?;
-    let envelope: Envelope = serde_json::from_slice(&body)
+    let mut envelope: Envelope = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON for this route: {e}")))?;
+    envelope.session = envelope.session_key(headers);
     let model = envelope
         .model
         .clone()

@@ -28,6 +28,16 @@ impl Outcome {
     }
 }
 
+/// A request's token counts from the engine's usage, in one meaning whatever the dialect:
+/// `prompt` is the whole prompt (Anthropic's `input_tokens` plus its cache reads and writes),
+/// `cached` the part of it the engine took from its prompt cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+}
+
 /// The series one (model, neuron, route, key) records into.
 pub struct Handles {
     /// `cortex_requests_total` by [`Outcome`], in its order.
@@ -37,6 +47,8 @@ pub struct Handles {
     pub tokens_per_second: Histogram,
     pub prompt_tokens: Counter,
     pub completion_tokens: Counter,
+    /// `cortex_cached_prompt_tokens_total`: the part of `prompt_tokens` the engine had cached.
+    pub cached_prompt_tokens: Counter,
     /// `cortex_inflight_requests{model, neuron}` (the same series for every route).
     inflight: Gauge,
 }
@@ -56,6 +68,7 @@ impl Handles {
             tokens_per_second: metrics::histogram!("cortex_tokens_per_second", "model" => model.to_owned()),
             prompt_tokens: tokens("prompt"),
             completion_tokens: tokens("completion"),
+            cached_prompt_tokens: metrics::counter!("cortex_cached_prompt_tokens_total", "model" => model.to_owned(), "key" => key.to_owned()),
             inflight: metrics::gauge!("cortex_inflight_requests", "model" => model.to_owned(), "neuron" => neuron.to_owned()),
         }
     }
@@ -132,6 +145,7 @@ mod tests {
             let handles = handles("m-render", "n1", "chat_completions", "alice");
             handles.requests(Outcome::ClientClosed).increment(1);
             handles.completion_tokens.increment(7);
+            handles.cached_prompt_tokens.increment(5);
             handles.duration.record(0.5);
         });
         let rendered = text.render();
@@ -139,6 +153,7 @@ mod tests {
             r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="client_closed",key="alice"} 1"#,
             r#"cortex_requests_total{model="m-render",neuron="n1",route="chat_completions",status="ok",key="alice"} 0"#,
             r#"cortex_tokens_total{model="m-render",kind="completion",key="alice"} 7"#,
+            r#"cortex_cached_prompt_tokens_total{model="m-render",key="alice"} 5"#,
             r#"cortex_request_duration_seconds_count{model="m-render",route="chat_completions"} 1"#,
         ] {
             assert!(rendered.contains(series), "{series} missing from:\n{rendered}");

@@ -40,13 +40,8 @@ impl Queued {
     }
 }
 
-/// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet) for a
-/// caller without a key.
-pub fn resolve(state: &AppState, name: &str) -> Result<Resolution, ApiError> {
-    resolve_as(state, name, Tag::default())
-}
-
-/// Resolve `name` for the caller `tag` describes (its place in the model's queue).
+/// Resolve `name` (a fleet id or alias, or the id of a model loaded outside the fleet) for the
+/// caller `tag` describes (its place in the model's queue, its session).
 pub fn resolve_as(state: &AppState, name: &str, tag: Tag) -> Result<Resolution, ApiError> {
     let fleet = state.fleet();
     let id = fleet.model(name).map_or(name, |m| m.id.as_str()).to_owned();
@@ -136,6 +131,7 @@ pub async fn send(
             return Err(forward::upstream_error_from(status, &body, ctx_size));
         }
         let (model, neuron) = (target.model.clone(), target.neuron.name.clone());
+        let session = target.permit.as_ref().and_then(|p| p.session());
         state.scheduler.lost(&model, &neuron);
         state.poller.kick();
         if target.pinned {
@@ -145,7 +141,8 @@ pub async fn send(
         }
         tracing::info!(%model, %neuron, "the copy went away under a request; queueing it again");
         drop(target);
-        target = match resolve(state, &model)? {
+        // Its session (if any) re-homes to its next copy in hash order.
+        target = match resolve_as(state, &model, Tag { session, ..Tag::default() })? {
             Resolution::Ready(target) => target,
             Resolution::Waiting(ticket) => ticket.wait().await?,
         };

@@ -15,7 +15,8 @@ pub struct Target {
     /// The harness name it runs under on that neuron.
     pub harness: String,
     /// The scheduler's admission: the request counts against the copy's concurrency until the
-    /// last clone of the target (held by the response body) is dropped.
+    /// last clone of the target (held by the response body) is dropped. It carries the
+    /// request's session key, for a re-queue after the copy went away (`routing::send`).
     #[allow(dead_code, reason = "held, never read: dropping it ends the admission")]
     pub permit: Option<Arc<Permit>>,
     /// Only this copy can answer (the request continues a response stored there): when the copy

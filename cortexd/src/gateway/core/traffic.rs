@@ -13,6 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::control::poller::now_unix_ms;
+use crate::gateway::core::request_metrics::Tokens;
 
 /// Width of one bucket.
 const BUCKET_SECONDS: u64 = 10;
@@ -38,6 +39,9 @@ struct Bucket {
     requests: u32,
     errors: u32,
     completion_tokens: u64,
+    prompt_tokens: u64,
+    /// The part of `prompt_tokens` the engine took from its prompt cache.
+    cached_tokens: u64,
     ttft: [u32; TTFT_BOUNDS_MS.len()],
 }
 
@@ -71,28 +75,30 @@ pub struct Series {
     pub requests: Vec<u32>,
     pub errors: Vec<u32>,
     pub completion_tokens: Vec<u64>,
+    pub prompt_tokens: Vec<u64>,
+    /// The part of `prompt_tokens` the engine took from its prompt cache (the page's cache share).
+    pub cached_tokens: Vec<u64>,
     pub ttft_p50_ms: Vec<Option<u32>>,
     pub ttft_p95_ms: Vec<Option<u32>>,
 }
 
 impl Traffic {
     /// Add one request that ended now: the gateway's hook, called where forwarding records the
-    /// request's metrics. `usage` is `(prompt, completion)` tokens.
+    /// request's metrics, with the engine's usage.
     pub fn add(
         &self,
         model: &str,
         started: Instant,
         first_token_at: Option<Instant>,
-        usage: Option<(u64, u64)>,
+        usage: Option<Tokens>,
         failed: bool,
     ) {
         let ttft = first_token_at.map(|first| first.duration_since(started));
-        let completion = usage.map_or(0, |(_, completion)| completion);
-        self.record_at(now_unix_ms(), model, !failed, ttft, completion);
+        self.record_at(now_unix_ms(), model, !failed, ttft, usage.unwrap_or_default());
     }
 
     /// Record a request that ended at `now_unix_ms`.
-    pub fn record_at(&self, now_unix_ms: u64, model: &str, ok: bool, ttft: Option<Duration>, tokens: u64) {
+    pub fn record_at(&self, now_unix_ms: u64, model: &str, ok: bool, ttft: Option<Duration>, tokens: Tokens) {
         let epoch = now_unix_ms / 1000 / BUCKET_SECONDS;
         let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         if !models.contains_key(model) {
@@ -110,7 +116,9 @@ impl Traffic {
         if !ok {
             bucket.errors = bucket.errors.saturating_add(1);
         }
-        bucket.completion_tokens = bucket.completion_tokens.saturating_add(tokens);
+        bucket.completion_tokens = bucket.completion_tokens.saturating_add(tokens.completion);
+        bucket.prompt_tokens = bucket.prompt_tokens.saturating_add(tokens.prompt);
+        bucket.cached_tokens = bucket.cached_tokens.saturating_add(tokens.cached);
         if let Some(ttft) = ttft {
             let ms = u32::try_from(ttft.as_millis()).unwrap_or(u32::MAX);
             let index =
@@ -168,6 +176,8 @@ fn series(model: &str, window: &ModelWindow, oldest: u64, newest: u64) -> Series
         requests: Vec::with_capacity(BUCKETS),
         errors: Vec::with_capacity(BUCKETS),
         completion_tokens: Vec::with_capacity(BUCKETS),
+        prompt_tokens: Vec::with_capacity(BUCKETS),
+        cached_tokens: Vec::with_capacity(BUCKETS),
         ttft_p50_ms: Vec::with_capacity(BUCKETS),
         ttft_p95_ms: Vec::with_capacity(BUCKETS),
     };
@@ -177,6 +187,8 @@ fn series(model: &str, window: &ModelWindow, oldest: u64, newest: u64) -> Series
         out.requests.push(bucket.requests);
         out.errors.push(bucket.errors);
         out.completion_tokens.push(bucket.completion_tokens);
+        out.prompt_tokens.push(bucket.prompt_tokens);
+        out.cached_tokens.push(bucket.cached_tokens);
         out.ttft_p50_ms.push(percentile(&bucket.ttft, 0.50));
         out.ttft_p95_ms.push(percentile(&bucket.ttft, 0.95));
     }
@@ -210,12 +222,16 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000;
 
+    fn completion(tokens: u64) -> Tokens {
+        Tokens { completion: tokens, ..Tokens::default() }
+    }
+
     #[test]
     fn requests_land_in_their_ten_second_bucket() {
         let traffic = Traffic::default();
-        traffic.record_at(T0, "m", true, Some(Duration::from_millis(40)), 100);
-        traffic.record_at(T0 + 1_000, "m", false, None, 0);
-        traffic.record_at(T0 + 30_000, "m", true, Some(Duration::from_millis(400)), 50);
+        traffic.record_at(T0, "m", true, Some(Duration::from_millis(40)), completion(100));
+        traffic.record_at(T0 + 1_000, "m", false, None, completion(0));
+        traffic.record_at(T0 + 30_000, "m", true, Some(Duration::from_millis(400)), completion(50));
         let window = traffic.window(T0 + 30_000);
         assert_eq!(window.models.len(), 1);
         let series = &window.models[0];
@@ -235,7 +251,8 @@ mod tests {
         let traffic = Traffic::default();
         let started = Instant::now();
         let first = started + Duration::from_millis(120);
-        traffic.add("hook-test-model", started, Some(first), Some((10, 64)), false);
+        let usage = Tokens { prompt: 10, completion: 64, cached: 8 };
+        traffic.add("hook-test-model", started, Some(first), Some(usage), false);
         traffic.add("hook-test-model", started, None, None, true);
         let window = traffic.window(now_unix_ms());
         let series = window.models.iter().find(|s| s.model == "hook-test-model").expect("the hook's model");
@@ -245,6 +262,8 @@ mod tests {
             series.completion_tokens.iter().sum::<u64>(),
         );
         assert_eq!((requests, errors, tokens), (2, 1, 64));
+        let prompt: (u64, u64) = (series.prompt_tokens.iter().sum(), series.cached_tokens.iter().sum());
+        assert_eq!(prompt, (10, 8), "the prompt and its cached part, for the cache share");
         let p50 = series.ttft_p50_ms.iter().flatten().next().copied();
         assert!(
             p50.is_some_and(|ms| (100..=150).contains(&ms)),
@@ -258,7 +277,7 @@ mod tests {
         for i in 0..100u64 {
             // 90 fast (20 ms) and 10 slow (2 s) first tokens.
             let ms = if i < 90 { 20 } else { 2_000 };
-            traffic.record_at(T0, "m", true, Some(Duration::from_millis(ms)), 1);
+            traffic.record_at(T0, "m", true, Some(Duration::from_millis(ms)), completion(1));
         }
         let window = traffic.window(T0);
         let series = &window.models[0];
@@ -271,13 +290,19 @@ mod tests {
     #[test]
     fn old_traffic_leaves_the_window() {
         let traffic = Traffic::default();
-        traffic.record_at(T0, "old", true, None, 1);
-        traffic.record_at(T0 + 16 * 60_000, "new", true, None, 1);
+        traffic.record_at(T0, "old", true, None, completion(1));
+        traffic.record_at(T0 + 16 * 60_000, "new", true, None, completion(1));
         let window = traffic.window(T0 + 16 * 60_000);
         let names: Vec<&str> = window.models.iter().map(|s| s.model.as_str()).collect();
         assert_eq!(names, ["new"]);
         // A slot reused after a full turn of the ring starts from zero.
-        traffic.record_at(T0 + 16 * 60_000 + (BUCKETS as u64) * BUCKET_SECONDS * 1000, "new", true, None, 1);
+        traffic.record_at(
+            T0 + 16 * 60_000 + (BUCKETS as u64) * BUCKET_SECONDS * 1000,
+            "new",
+            true,
+            None,
+            completion(1),
+        );
         let window = traffic.window(T0 + 16 * 60_000 + (BUCKETS as u64) * BUCKET_SECONDS * 1000);
         assert_eq!(window.models[0].requests.iter().sum::<u32>(), 1);
     }
@@ -293,7 +318,7 @@ mod tests {
                 &format!("model-{}", i % MAX_MODELS as u64),
                 true,
                 Some(Duration::from_millis(i % 900)),
-                7,
+                completion(7),
             );
             now += 50;
         }
@@ -302,7 +327,13 @@ mod tests {
         // as are kept (each one new to the map: the worst case for its bound).
         for i in 0..100_000u64 {
             let model = format!("model-{}", i % (4 * MAX_MODELS as u64));
-            traffic.record_at(now, &model, i % 17 != 0, Some(Duration::from_millis(i % 3_000)), i % 300);
+            traffic.record_at(
+                now,
+                &model,
+                i % 17 != 0,
+                Some(Duration::from_millis(i % 3_000)),
+                completion(i % 300),
+            );
             now += 100;
         }
         let after = traffic.footprint_bytes();

@@ -134,7 +134,7 @@ async fn serve(admin_key: Option<&str>) -> Harness {
         "coder",
         true,
         Some(Duration::from_millis(80)),
-        42,
+        crate::gateway::core::request_metrics::Tokens { prompt: 100, completion: 42, cached: 75 },
     );
     let (queues_sender, queues) = watch::channel(Arc::new(Vec::new()));
     let sources = Sources {
@@ -208,6 +208,13 @@ async fn the_state_document_has_every_neuron_device_and_model() {
     assert_eq!(
         (traffic["model"].as_str(), traffic["completion_tokens"].as_array().map(Vec::len)),
         (Some("coder"), Some(90))
+    );
+    let sum =
+        |field: &str| traffic[field].as_array().map(|v| v.iter().filter_map(|n| n.as_u64()).sum::<u64>());
+    assert_eq!(
+        (sum("prompt_tokens"), sum("cached_tokens")),
+        (Some(100), Some(75)),
+        "the cache share's parts"
     );
     harness.shutdown.cancel();
 }

@@ -9,11 +9,11 @@ use crate::fleet::load::decode_key::{self, KeyDeclaration};
 use crate::fleet::load::decode_model::{self, ModelDeclaration};
 use crate::fleet::load::fields::{Fields, check_name};
 use crate::fleet::load::{Located, Sink, Site};
-use crate::fleet::{Eviction, NeuronSpec, NeuronState, Policy, ReconcileMode, SourceMode};
+use crate::fleet::{Eviction, LoadFactor, NeuronSpec, NeuronState, Policy, ReconcileMode, SourceMode};
 
 /// The tables a fleet file may contain, as written in messages.
 const TOP_LEVEL: &str = "[policy], [[neuron]], [[model]], [[key]]";
-const POLICY_KEYS: [&str; 10] = [
+const POLICY_KEYS: [&str; 12] = [
     "eviction",
     "reconcile",
     "prune",
@@ -25,6 +25,8 @@ const POLICY_KEYS: [&str; 10] = [
     "max_concurrency",
     "queue_length",
     "queue_timeout",
+    "routing",
+    "affinity_load_factor",
 ];
 const NEURON_KEYS: [&str; 4] = ["name", "endpoint", "labels", "state"];
 
@@ -166,6 +168,7 @@ fn policy(table: &dyn TableLike, at: Site<'_>, sink: &mut Sink) -> Policy {
         fields.choice("source", &[("worktree", SourceMode::Worktree), ("commit", SourceMode::Commit)]);
     let prune = fields.bool("prune");
     let contention = decode_contention::read(&mut fields);
+    let affinity_load_factor = load_factor(&mut fields);
     let idle_unload_after_ms =
         fields.string("idle_unload_after").and_then(|text| idle_unload_after(text, sink));
     Policy {
@@ -175,7 +178,24 @@ fn policy(table: &dyn TableLike, at: Site<'_>, sink: &mut Sink) -> Policy {
         prune: prune.unwrap_or(defaults.prune),
         idle_unload_after_ms,
         source: source.unwrap_or(defaults.source),
+        affinity_load_factor: affinity_load_factor.unwrap_or(defaults.affinity_load_factor),
     }
+}
+
+/// `affinity_load_factor`: a number from 1 to 100 (`1.25`; an integer is accepted too).
+fn load_factor(fields: &mut Fields<'_, '_, '_>) -> Option<LoadFactor> {
+    let (item, at) = fields.item("affinity_load_factor")?;
+    let number = item.as_float().or_else(|| item.as_integer().map(|n| n as f64));
+    let found = number.map_or_else(|| item.type_name().to_owned(), |n| n.to_string());
+    let factor = number.and_then(LoadFactor::from_f64);
+    if factor.is_none() {
+        let (min, max) = (LoadFactor::MIN, LoadFactor::MAX);
+        fields.sink().error(
+            at,
+            format!("affinity_load_factor must be a number from {min} to {max}, like 1.25, found {found}"),
+        );
+    }
+    factor
 }
 
 fn idle_unload_after(text: Located<'_, String>, sink: &mut Sink) -> Option<u64> {

@@ -1,10 +1,10 @@
 //! The contention keys (`min_residency`, `max_wait`, `max_concurrency`, `queue_length`,
-//! `queue_timeout`), read the same way in `[policy]` (fleet-wide defaults) and `[[model]]`.
+//! `queue_timeout`, `routing`), read the same way in `[policy]` (fleet-wide defaults) and `[[model]]`.
 
 use crate::duration;
-use crate::fleet::Contention;
 use crate::fleet::load::fields::Fields;
 use crate::fleet::load::{Located, Sink};
+use crate::fleet::{Contention, Routing};
 
 /// Reads the contention keys of one table; a bad value is reported and left unset.
 pub(super) fn read(fields: &mut Fields<'_, '_, '_>) -> Contention {
@@ -13,6 +13,8 @@ pub(super) fn read(fields: &mut Fields<'_, '_, '_>) -> Contention {
     let queue_timeout = fields.string("queue_timeout");
     let max_concurrency = fields.unsigned32("max_concurrency");
     let queue_length = fields.unsigned32("queue_length");
+    let routing =
+        fields.choice("routing", &[("affinity", Routing::Affinity), ("least_busy", Routing::LeastBusy)]);
     let sink = fields.sink();
     Contention {
         min_residency_ms: min_residency.and_then(|text| duration_ms("min_residency", text, true, sink)),
@@ -20,6 +22,7 @@ pub(super) fn read(fields: &mut Fields<'_, '_, '_>) -> Contention {
         queue_timeout_ms: queue_timeout.and_then(|text| duration_ms("queue_timeout", text, false, sink)),
         max_concurrency: max_concurrency.and_then(|n| at_least_one("max_concurrency", n, sink)),
         queue_length: queue_length.and_then(|n| at_least_one("queue_length", n, sink)),
+        routing,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::fleet::load::fields::{Fields, check_name};
 use crate::fleet::load::{Located, Sink, Site};
 use crate::fleet::{ModelSpec, Profile};
 
-const MODEL_KEYS: [&str; 21] = [
+const MODEL_KEYS: [&str; 22] = [
     "id",
     "aliases",
     "harness",
@@ -32,6 +32,7 @@ const MODEL_KEYS: [&str; 21] = [
     "max_concurrency",
     "queue_length",
     "queue_timeout",
+    "routing",
     "max_output_tokens",
 ];
 

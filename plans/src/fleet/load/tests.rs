@@ -5,7 +5,7 @@
 use expect_test::{Expect, expect};
 
 use crate::fleet::load::load;
-use crate::fleet::{Fleet, ModelSpec};
+use crate::fleet::{Fleet, LoadFactor, ModelSpec, Routing};
 
 /// Splits a fixture into files: a line `#- path` starts a file; text before any marker belongs
 /// to `fleet.toml`.
@@ -288,9 +288,9 @@ vram = 1000
         expect![[r#"
             fleet.toml:1:1: error: unknown top-level key "version"; expected one of: [policy], [[neuron]], [[model]], [[key]]
             fleet.toml:3:2: error: unknown top-level table "models"; expected one of: [policy], [[neuron]], [[model]], [[key]]
-            fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout
+            fleet.toml:7:1: error: unknown key "evict" in [policy]; expected one of: eviction, reconcile, prune, idle_unload_after, source, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, routing, affinity_load_factor
             fleet.toml:12:1: error: unknown key "tags" in [[neuron]]; expected one of: name, endpoint, labels, state
-            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, max_output_tokens
+            fleet.toml:18:1: error: unknown key "vram" in [[model]]; expected one of: id, aliases, harness, source, quant, vram_mb, min_devices, ram_mb, min_device_vram_mb, ctx_size, args, pinned_on, replicas, priority, require_labels, min_residency, max_wait, max_concurrency, queue_length, queue_timeout, routing, max_output_tokens
         "#]],
     );
 }
@@ -334,6 +334,71 @@ source = "head"
             fleet.toml:6:10: error: source must be "worktree" or "commit", found "head"
         "#]],
     );
+}
+
+#[test]
+fn routing_settings_are_read_and_resolved() {
+    let fixture = r#"
+[policy]
+routing = "least_busy"
+affinity_load_factor = 1.5
+
+[[model]]
+id = "a"
+harness = "sim"
+source = "a"
+routing = "affinity"
+
+[[model]]
+id = "b"
+harness = "sim"
+source = "b"
+"#;
+    let fleet = load(&files(fixture)).fleet.expect("valid");
+    assert_eq!(fleet.policy.affinity_load_factor, LoadFactor(1500));
+    let routing: Vec<Routing> = fleet.models.iter().map(|m| m.contention(&fleet.policy).routing()).collect();
+    assert_eq!(routing, [Routing::Affinity, Routing::LeastBusy]);
+    let defaults = load(&files("[policy]\nprune = true\n")).fleet.expect("valid");
+    assert_eq!(defaults.policy.affinity_load_factor, LoadFactor(1250));
+    assert_eq!(defaults.policy.contention.routing(), Routing::Affinity);
+    let integer = load(&files("[policy]\naffinity_load_factor = 2\n")).fleet.expect("valid");
+    assert_eq!(integer.policy.affinity_load_factor.as_f64(), 2.0);
+}
+
+#[test]
+fn routing_settings_must_be_valid() {
+    check(
+        r#"
+[policy]
+routing = "round_robin"
+affinity_load_factor = 0.5
+
+[[model]]
+id = "m"
+harness = "sim"
+source = "m"
+routing = 1
+"#,
+        expect![[r#"
+            fleet.toml:2:11: error: routing must be "affinity" or "least_busy", found "round_robin"
+            fleet.toml:3:24: error: affinity_load_factor must be a number from 1 to 100, like 1.25, found 0.5
+            fleet.toml:9:11: error: routing must be "affinity" or "least_busy", found integer
+        "#]],
+    );
+    for (value, found) in
+        [("\"1.25\"", "string"), ("nan", "NaN"), ("inf", "inf"), ("101", "101"), ("-2", "-2")]
+    {
+        let loaded = load(&files(&format!("[policy]\naffinity_load_factor = {value}\n")));
+        let message = loaded.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            message,
+            format!(
+                "fleet.toml:2:24: error: affinity_load_factor must be a number from 1 to 100, like 1.25, found {found}"
+            ),
+            "{value}"
+        );
+        assert!(loaded.fleet.is_none(), "{value}");
+    }
 }
 
 #[test]
@@ -837,8 +902,8 @@ source = "b"
     let resolved: Vec<String> =
         fleet.models.iter().map(|m| format!("{} {:?}", m.id, m.contention(&fleet.policy))).collect();
     expect![[r#"
-        a Contention { min_residency_ms: Some(30000), max_wait_ms: Some(0), max_concurrency: Some(4), queue_length: Some(64), queue_timeout_ms: Some(120000) }
-        b Contention { min_residency_ms: Some(30000), max_wait_ms: Some(20000), max_concurrency: None, queue_length: Some(64), queue_timeout_ms: Some(120000) }"#]].assert_eq(&resolved.join("\n"));
+        a Contention { min_residency_ms: Some(30000), max_wait_ms: Some(0), max_concurrency: Some(4), queue_length: Some(64), queue_timeout_ms: Some(120000), routing: None }
+        b Contention { min_residency_ms: Some(30000), max_wait_ms: Some(20000), max_concurrency: None, queue_length: Some(64), queue_timeout_ms: Some(120000), routing: None }"#]].assert_eq(&resolved.join("\n"));
     check(
         r#"
 [policy]

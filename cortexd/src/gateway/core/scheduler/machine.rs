@@ -21,6 +21,11 @@
 //! the same model is ready elsewhere; from then on no new request goes to it (they wait for the
 //! replacement's room), and the reconciler unloads it once the requests there have finished.
 //!
+//! Among a model's ready copies a request goes to the one its session is bound to (affinity
+//! routing, `crate::gateway::core::affinity`: rendezvous order of its key, past copies loaded
+//! above the load factor), or with `routing = "least_busy"` (or no key) to the one with the
+//! fewest requests in flight; the live sessions of each copy reach the planner.
+//!
 //! Within a model's queue, requests are served by their callers' priority (a fleet key's
 //! `priority`: interactive before batch) and, among callers of one priority, by deficit round
 //! robin over their keys (`fair.rs`, the one seam for queue order). Demand weighs by class: a
@@ -32,9 +37,11 @@ mod fair;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
+use plans::fleet::{LoadFactor, Routing};
 use plans::plan::Activity;
 
 use crate::control::status::QueueStatus;
+use crate::gateway::core::affinity::{self, Key, Outcome, Sessions};
 use crate::gateway::core::scheduler::machine::fair::{FairQueue, Waiter};
 
 pub use fair::Tag;
@@ -55,6 +62,9 @@ pub struct Settings {
     pub max_wait_ms: u64,
     pub min_residency_ms: u64,
     pub priority: i64,
+    /// How a request chooses among the model's ready copies.
+    pub routing: Routing,
+    pub load_factor: LoadFactor,
 }
 
 impl Settings {
@@ -220,6 +230,12 @@ pub struct Machine {
     /// Cluster mode, on the leader: what the other replicas' clients wait for, per model. It
     /// counts like this replica's own queues in every decision (loads, swaps, evictions).
     remote: BTreeMap<String, Remote>,
+    /// Residency clocks a previous leader left, for the copies the next observation reports.
+    inherited: BTreeMap<(String, String), u64>,
+    /// The sessions bound to each copy by affinity routing.
+    sessions: Sessions,
+    /// Affinity outcomes per model since the shell last took them (for the metrics).
+    outcomes: Vec<(String, Outcome)>,
 }
 
 /// One model's demand on the cluster's other replicas, as they published it.
@@ -276,7 +292,7 @@ impl Machine {
     ) -> (Arrival, Vec<Command<P>>) {
         let queue = self.queue(model, settings);
         if queue.waiting.is_empty()
-            && let Some(neuron) = self.free_copy(model)
+            && let Some(neuron) = self.pick(now, model, tag.session)
         {
             *self.in_flight.entry((model.to_owned(), neuron.clone())).or_default() += 1;
             self.last_active.insert((model.to_owned(), neuron.clone()), now);
@@ -371,7 +387,9 @@ impl Machine {
         for (model, neuron, observed) in copies {
             let key = (model.clone(), neuron.clone());
             let old = self.copies.get(&key);
+            let inherited = self.inherited.get(&key).copied().filter(|since| *since <= now);
             let state = match (observed, old.map(|c| c.state)) {
+                (Observed::Ready, _) if let Some(since) = inherited => CopyState::Ready { since },
                 (Observed::Ready, Some(CopyState::Ready { since })) => CopyState::Ready { since },
                 (Observed::Ready, _) => CopyState::Ready { since: now },
                 (Observed::Loading | Observed::Unloading, _) => CopyState::Moving,
@@ -380,7 +398,30 @@ impl Machine {
             next.insert(key, Copy { state, draining: old.is_some_and(|c| c.draining) });
         }
         self.copies = next;
+        self.inherited.clear();
         self.pump(now, placer)
+    }
+
+    /// A previous leader's residency clocks (cluster mode, on election): the ready copies count
+    /// their `min_residency` from when it saw them ready, and so do those the next observation
+    /// reports. A clock in the future is not taken.
+    pub fn inherit_residency(&mut self, now: u64, clocks: BTreeMap<(String, String), u64>) {
+        for (key, copy) in &mut self.copies {
+            if let (CopyState::Ready { .. }, Some(since)) = (copy.state, clocks.get(key))
+                && *since <= now
+            {
+                copy.state = CopyState::Ready { since: *since };
+            }
+        }
+        self.inherited = clocks;
+    }
+
+    /// Every ready copy and since when it is resident.
+    pub fn residency(&self) -> impl Iterator<Item = (&(String, String), u64)> {
+        self.copies.iter().filter_map(|(key, copy)| match copy.state {
+            CopyState::Ready { since } => Some((key, since)),
+            CopyState::Moving | CopyState::Failed => None,
+        })
     }
 
     /// The neuron refused a request for `model`: the copy is gone or going (someone else
@@ -480,25 +521,64 @@ impl Machine {
         self.queues.get(model).map(|q| q.settings)
     }
 
-    /// A ready, not draining copy of `model` with room under its concurrency limit: the one
-    /// with the fewest requests in flight, ties by neuron name. A copy on a neuron being drained
-    /// is left out once a copy elsewhere is ready (full or not: the request waits for it).
-    fn free_copy(&self, model: &str) -> Option<String> {
-        let limit = self.settings(model).and_then(|s| s.max_concurrency).map_or(u32::MAX, |n| n);
+    /// Affinity outcomes since the last call, per model.
+    pub fn take_outcomes(&mut self) -> Vec<(String, Outcome)> {
+        std::mem::take(&mut self.outcomes)
+    }
+
+    /// The copies of `model` a request may go to, with their requests in flight: ready and not
+    /// draining; a copy on a neuron being drained is left out once a copy elsewhere is ready
+    /// (full or not: the request waits for it).
+    fn serving(&self, model: &str) -> Vec<(&str, u32)> {
         let ready = || {
             self.copies
                 .range((model.to_owned(), String::new())..)
                 .take_while(|((m, _), _)| m == model)
                 .filter(|(_, copy)| matches!(copy.state, CopyState::Ready { .. }) && !copy.draining)
-                .map(|((_, neuron), _)| neuron)
+                .map(|((_, neuron), _)| neuron.as_str())
         };
         let replaced = ready().any(|neuron| !self.leaving.contains(neuron));
         ready()
             .filter(|neuron| !(replaced && self.leaving.contains(*neuron)))
-            .map(|neuron| (self.flying(model, neuron), neuron))
-            .filter(|(count, _)| *count < limit)
-            .min()
-            .map(|(_, neuron)| neuron.clone())
+            .map(|neuron| (neuron, self.flying(model, neuron)))
+            .collect()
+    }
+
+    fn limit(&self, model: &str) -> u32 {
+        self.settings(model).and_then(|s| s.max_concurrency).map_or(u32::MAX, |n| n)
+    }
+
+    /// A serving copy of `model` with room under its concurrency limit: the one with the fewest
+    /// requests in flight, ties by neuron name.
+    fn free_copy(&self, model: &str) -> Option<String> {
+        let limit = self.limit(model);
+        self.serving(model)
+            .into_iter()
+            .filter(|&(_, count)| count < limit)
+            .min_by_key(|&(neuron, count)| (count, neuron))
+            .map(|(neuron, _)| neuron.to_owned())
+    }
+
+    /// The copy a request with `session` goes to at `now`: under affinity routing the
+    /// session's copy (recorded, with its outcome), else [`Machine::free_copy`].
+    fn pick(&mut self, now: u64, model: &str, session: Option<Key>) -> Option<String> {
+        let affine = self.settings(model).filter(|s| s.routing == Routing::Affinity);
+        let (Some(key), Some(settings)) = (session, affine) else {
+            return self.free_copy(model);
+        };
+        let (neuron, first) = {
+            let serving = self.serving(model);
+            let (i, first) = affinity::choose(key, &serving, self.limit(model), settings.load_factor)?;
+            (serving[i].0.to_owned(), first)
+        };
+        let known = self.sessions.record(now, model, key, &neuron);
+        let outcome = match (known, first) {
+            (false, _) => Outcome::New,
+            (true, true) => Outcome::Hit,
+            (true, false) => Outcome::Spilled,
+        };
+        self.outcomes.push((model.to_owned(), outcome));
+        Some(neuron)
     }
 
     fn flying(&self, model: &str, neuron: &str) -> u32 {
@@ -533,6 +613,7 @@ impl Machine {
     fn pump<P>(&mut self, now: u64, placer: &mut dyn Placer<P>) -> Vec<Command<P>> {
         let mut commands = Vec::new();
         let mut wake = Wake::default();
+        self.sessions.expire(now);
         self.expire(now, &mut commands, &mut wake);
         self.admit(now, &mut commands);
         self.start_loads(now, placer, &mut commands, &mut wake);
@@ -569,10 +650,12 @@ impl Machine {
         let models: Vec<String> =
             self.queues.iter().filter(|(_, q)| !q.waiting.is_empty()).map(|(m, _)| m.clone()).collect();
         for model in models {
-            while let Some(neuron) = self.free_copy(&model) {
+            while let Some(free) = self.free_copy(&model) {
                 let Some(waiter) = self.queues.get_mut(&model).and_then(|q| q.waiting.next()) else {
                     break;
                 };
+                // A copy has room, so the waiter's own choice finds one.
+                let neuron = self.pick(now, &model, waiter.tag.session).unwrap_or(free);
                 *self.in_flight.entry((model.clone(), neuron.clone())).or_default() += 1;
                 self.last_active.insert((model.clone(), neuron.clone()), now);
                 let waited_ms = now.saturating_sub(waiter.arrived);
@@ -581,10 +664,11 @@ impl Machine {
         }
     }
 
-    /// What the planner should weigh: queued requests per model and each ready copy's start.
-    /// Nothing with the schedule off: arrival order evicts by the fleet's policy alone.
+    /// What the planner should weigh: the live sessions of each copy, queued requests per
+    /// model and each ready copy's start. Only the sessions with the schedule off: arrival
+    /// order evicts by the fleet's policy alone.
     pub fn activity(&self) -> Activity {
-        let mut activity = Activity::default();
+        let mut activity = Activity { sessions: self.sessions.counts(), ..Activity::default() };
         if self.mode == Mode::Arrival {
             return activity;
         }

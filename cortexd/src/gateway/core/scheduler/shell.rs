@@ -21,10 +21,12 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::config::GatewayConfig;
 use crate::control::authority::{Authority, Mandate};
 use crate::control::backoff::{Backoff, BackoffPolicy};
+use crate::control::decisions::{Decisions, Part, Record, Resident};
 use crate::control::execute::{self, ExecTimeouts};
 use crate::control::neuron_client::NeuronError;
 use crate::control::poller::{Observed, PollerHandle, now_unix_ms};
 use crate::control::status::{Contention, QueueStatus};
+use crate::gateway::core::affinity::Key;
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::scheduler::machine::{
     self, Arrival, Command, LoadResult, Machine, Placed, Placer, Rejection, Remote, RequestId, Settings, Tag,
@@ -42,6 +44,7 @@ pub struct LoadTicket {
     scheduler: Arc<Scheduler>,
     request: RequestId,
     model: String,
+    session: Option<Key>,
     receiver: Option<oneshot::Receiver<Result<Permit, ApiError>>>,
 }
 
@@ -51,9 +54,10 @@ impl LoadTicket {
         let Some(receiver) = self.receiver.take() else {
             return Err(ApiError::Internal("the ticket was already used".into()));
         };
-        receiver
+        let permit = receiver
             .await
-            .unwrap_or_else(|_| Err(ApiError::Internal("the scheduler dropped a waiting request".into())))
+            .unwrap_or_else(|_| Err(ApiError::Internal("the scheduler dropped a waiting request".into())))?;
+        Ok(permit.with_session(self.session))
     }
 }
 
@@ -76,6 +80,9 @@ pub struct Permit {
     scheduler: Arc<Scheduler>,
     model: String,
     neuron: String,
+    /// The request's session key (affinity routing), so that a request re-queued after its copy
+    /// went away goes to its session's next copy.
+    session: Option<Key>,
 }
 
 impl Permit {
@@ -87,6 +94,16 @@ impl Permit {
     /// The neuron whose copy serves the request.
     pub fn neuron(&self) -> &str {
         &self.neuron
+    }
+
+    /// The request's session key, if it has one.
+    pub fn session(&self) -> Option<Key> {
+        self.session
+    }
+
+    fn with_session(mut self, session: Option<Key>) -> Permit {
+        self.session = session;
+        self
     }
 }
 
@@ -117,6 +134,8 @@ pub struct Scheduler {
     wake: Notify,
     driver: OnceLock<()>,
     next_request: AtomicU64,
+    /// Cluster mode: the last term whose inherited decisions were looked for.
+    adopted_term: AtomicU64,
     /// The queues as of the driver's last gauge tick (about once a second), for the fleet page.
     queues: watch::Sender<Arc<Vec<QueueStatus>>>,
     /// The scheduler's queues and residency for the reconciler's eviction choice, published
@@ -144,6 +163,9 @@ pub struct ClusterInputs {
     pub authority: watch::Receiver<Authority>,
     /// The other replicas' demand per model, `oldest_wait_ms` as of when it was read.
     pub remote: watch::Receiver<Arc<BTreeMap<String, QueueStatus>>>,
+    /// Where the residency clocks and failed loads are published for the next leader, and
+    /// where a previous leader's are found on election.
+    pub decisions: Decisions,
 }
 
 struct Inner {
@@ -183,6 +205,7 @@ impl Scheduler {
             wake: Notify::new(),
             driver: OnceLock::new(),
             next_request: AtomicU64::new(1),
+            adopted_term: AtomicU64::new(0),
             queues: watch::channel(Arc::new(Vec::new())).0,
             activity: watch::channel(Activity::default()).0,
             fleet,
@@ -270,6 +293,7 @@ impl Scheduler {
         self.start();
         let settings = self.settings(fleet, &id);
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let session = tag.session;
         let (sender, receiver) = oneshot::channel();
         let arrival = self.apply(|inner, placer| {
             let (arrival, commands) =
@@ -280,11 +304,12 @@ impl Scheduler {
             (arrival, commands)
         });
         match arrival {
-            Arrival::Admitted { neuron } => Ok(Arrived::Now(self.permit(id, neuron))),
+            Arrival::Admitted { neuron } => Ok(Arrived::Now(self.permit(id, neuron).with_session(session))),
             Arrival::Queued => Ok(Arrived::Queued(LoadTicket {
                 scheduler: self.clone(),
                 request,
                 model: id,
+                session,
                 receiver: Some(receiver),
             })),
             Arrival::Rejected(rejection) => {
@@ -311,7 +336,7 @@ impl Scheduler {
     }
 
     fn permit(self: &Arc<Self>, model: String, neuron: String) -> Permit {
-        Permit { scheduler: self.clone(), model, neuron }
+        Permit { scheduler: self.clone(), model, neuron, session: None }
     }
 
     /// The contention settings of `model`: the fleet's (model, then `[policy]`), then the
@@ -329,6 +354,8 @@ impl Scheduler {
             max_wait_ms: contention.max_wait(),
             min_residency_ms: contention.min_residency(),
             priority: spec.map_or(0, |m| m.priority),
+            routing: contention.routing(),
+            load_factor: fleet.policy.affinity_load_factor,
         }
     }
 
@@ -379,6 +406,44 @@ impl Scheduler {
             }
             None => failures.succeeded(model, neuron),
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.decisions.set_loads(failures.export());
+        }
+    }
+
+    /// Cluster mode, at the first event of a new term: the record the previous leader left, its
+    /// failed loads adopted (the caller adopts the residency clocks under the machine's lock).
+    fn take_inherited(&self) -> Option<(u64, Arc<Record>)> {
+        let cluster = self.cluster.as_ref()?;
+        let term = cluster.authority.borrow().mandate()?.term;
+        if self.adopted_term.swap(term, Ordering::Relaxed) == term {
+            return None;
+        }
+        let record = cluster.decisions.to_adopt(Part::Scheduler, term)?;
+        let loads = {
+            let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            failures.inherit(&record.loads, tokio::time::Instant::now());
+            failures.export()
+        };
+        cluster.decisions.set_loads(loads);
+        tracing::info!(
+            term,
+            copies = record.resident.len(),
+            failed_loads = record.loads.len(),
+            "cluster: continuing the previous leader's residency clocks and backoff"
+        );
+        Some((term, record))
+    }
+
+    /// Cluster mode: the residency clocks, for the record the next leader inherits.
+    fn recorded_residency(&self, machine: &Machine) -> Option<Vec<Resident>> {
+        self.cluster.as_ref()?;
+        let resident = machine.residency().map(|((model, neuron), since)| Resident {
+            model: model.clone(),
+            neuron: neuron.clone(),
+            since_unix_ms: since,
+        });
+        Some(resident.collect())
     }
 
     /// Queues, swaps and rejections, for `cortex status`.
@@ -399,13 +464,26 @@ impl Scheduler {
     ) -> R {
         let (fleet, observed) = (self.fleet(), self.observed());
         let acting = self.acting();
+        let inherited = self.take_inherited();
         let mut placer = FleetPlacer { fleet: &fleet, observed: &observed, scheduler: self, acting };
-        let (result, outgoing, rearm) = {
+        let (result, outgoing, rearm, resident) = {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let resident = inherited.as_ref().and_then(|(_, record)| {
+                inner.machine.inherit_residency(now_unix_ms(), record.clocks());
+                self.recorded_residency(&inner.machine)
+            });
             let (result, commands) = event(&mut inner, &mut placer);
             let outgoing: Vec<Outgoing> = commands.into_iter().filter_map(|c| inner.take(c)).collect();
-            (result, outgoing, inner.rearm())
+            for (model, outcome) in inner.machine.take_outcomes() {
+                metrics::counter!("cortex_affinity_routing_total", "model" => model, "outcome" => outcome.label())
+                    .increment(1);
+            }
+            (result, outgoing, inner.rearm(), resident)
         };
+        if let (Some(cluster), Some((term, _))) = (&self.cluster, inherited) {
+            cluster.decisions.set_resident(resident.unwrap_or_default());
+            cluster.decisions.adopted(Part::Scheduler, term);
+        }
         // Most events (a request admitted at once, one finishing) leave the next deadline
         // where it was: the driver sleeps on, and no task is woken per request.
         if rearm {
@@ -686,12 +764,16 @@ struct Shown {
 /// series of every known model and neuron start at zero (so dashboards and alerts see them
 /// before the first swap or rejection).
 fn publish_gauges(scheduler: &Scheduler, shown: &mut Shown) {
-    let (queues, models, activity) = {
+    let (queues, models, activity, resident) = {
         let inner = scheduler.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let models = inner.machine.models().map(str::to_owned).collect::<Vec<_>>();
-        (inner.machine.status(now_unix_ms()), models, inner.machine.activity())
+        let resident = scheduler.recorded_residency(&inner.machine);
+        (inner.machine.status(now_unix_ms()), models, inner.machine.activity(), resident)
     };
     scheduler.publish_queues(&queues, activity);
+    if let (Some(cluster), Some(resident)) = (&scheduler.cluster, resident) {
+        cluster.decisions.set_resident(resident);
+    }
     for model in models {
         if shown.models.insert(model.clone()) {
             metrics::gauge!("cortex_queue_depth", "model" => model.clone()).set(0.0);

@@ -96,8 +96,7 @@ impl InputUsage {
     }
 
     pub fn from_usage(usage: &ChatUsage) -> Self {
-        let cached = usage.prompt_tokens_details.and_then(|details| details.cached_tokens).unwrap_or(0);
-        Self::from_prompt(usage.prompt_tokens, cached)
+        Self::from_prompt(usage.prompt_tokens, usage.cached_tokens())
     }
 }
 

@@ -208,7 +208,7 @@ impl<W: Writer> ChatStream<W> {
             return Err(upstream_error_message(error));
         }
         if let Some(usage) = chunk.usage {
-            self.seen.usage = Some(usage);
+            self.seen.usage = Some(usage.with_timings(chunk.timings));
         }
         if let Some(progress) = chunk.prompt_progress.filter(|progress| progress.total.is_some()) {
             self.seen.prompt_progress = Some(progress);

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use crate::gateway::core::error::ApiError;
 use crate::gateway::core::forward::EventTransform;
+use crate::gateway::core::request_metrics::Tokens;
 use crate::gateway::dialects::chat::stream::{ChatStream, Writer};
 use crate::gateway::transport::sse::SseParser;
 
@@ -39,7 +40,11 @@ impl<W: Writer + Send> EventTransform for Translate<W> {
         self.stream.fail(&error.to_string(), out);
     }
 
-    fn usage(&self) -> Option<(u64, u64)> {
-        self.stream.usage().map(|usage| (usage.prompt_tokens, usage.completion_tokens))
+    fn usage(&self) -> Option<Tokens> {
+        self.stream.usage().map(|usage| Tokens {
+            prompt: usage.prompt_tokens,
+            completion: usage.completion_tokens,
+            cached: usage.cached_tokens(),
+        })
     }
 }

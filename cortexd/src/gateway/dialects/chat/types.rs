@@ -1,8 +1,9 @@
 //! The OpenAI Chat Completions response shapes cortex reads back (responses and stream chunks),
 //! the common ground of every translating dialect.
 //!
-//! Only the fields the translation needs; everything else (llama.cpp `timings`,
-//! `system_fingerprint`, logprobs) is ignored. Every field is optional because engines differ
+//! Only the fields the translation needs; everything else (`system_fingerprint`, logprobs) is
+//! ignored, and of llama.cpp's `timings` only `cache_n` is read (the cached prompt tokens of a
+//! build whose usage has no `prompt_tokens_details`). Every field is optional because engines differ
 //! in what they omit or send as `null`. Strings borrow from the input where they can.
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ pub struct ChatCompletion<'a> {
     #[serde(borrow)]
     pub choices: Option<Vec<Choice<'a>>>,
     pub usage: Option<ChatUsage>,
+    pub timings: Option<Timings>,
     pub error: Option<Value>,
 }
 
@@ -36,6 +38,7 @@ impl<'a> ChatCompletion<'a> {
         let choice = completion.choices.take().and_then(|choices| choices.into_iter().next());
         let choice = choice
             .ok_or_else(|| ApiError::Upstream("chat completion from the engine has no choices".into()))?;
+        completion.usage = completion.usage.map(|usage| usage.with_timings(completion.timings));
         Ok((completion, choice))
     }
 }
@@ -88,6 +91,8 @@ pub struct ChatChunk<'a> {
     #[serde(borrow)]
     pub choices: Option<Vec<ChunkChoice<'a>>>,
     pub usage: Option<ChatUsage>,
+    /// llama.cpp: sent with the usage chunk (and the last chunk) of a stream.
+    pub timings: Option<Timings>,
     /// llama.cpp with `return_progress`: prompt size known before the first token.
     pub prompt_progress: Option<PromptProgress>,
     pub error: Option<Value>,
@@ -142,9 +147,34 @@ pub struct ChatUsage {
     pub prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
+impl ChatUsage {
+    /// The prompt tokens the engine took from its cache: `prompt_tokens_details.cached_tokens`
+    /// (OpenAI, vLLM with prompt details on, llama.cpp), else 0.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.and_then(|details| details.cached_tokens).unwrap_or(0)
+    }
+
+    /// The usage with llama.cpp's `timings.cache_n` as its cached tokens when it has none of its
+    /// own (llama.cpp builds before `prompt_tokens_details`).
+    pub fn with_timings(mut self, timings: Option<Timings>) -> Self {
+        let reported = self.prompt_tokens_details.and_then(|details| details.cached_tokens);
+        if let (None, Some(cached)) = (reported, timings.and_then(|timings| timings.cache_n)) {
+            self.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: Some(cached) });
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct PromptTokensDetails {
     pub cached_tokens: Option<u64>,
+}
+
+/// llama.cpp's `timings`: `cache_n` prompt tokens came from the slot's cache, `prompt_n` were
+/// computed.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct Timings {
+    pub cache_n: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

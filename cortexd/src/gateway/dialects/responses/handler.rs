@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::gateway::core::error::{ApiError, Dialect};
 use crate::gateway::core::forward::{self, EventTransform, IdSink, StreamEdit};
 use crate::gateway::core::pipeline::{self, Checked, Envelope, OutputCap, RouteInfo, Upstream};
+use crate::gateway::core::request_metrics::Tokens;
 use crate::gateway::core::response_index::{Replica, ResponseIndex};
 use crate::gateway::core::routing;
 use crate::gateway::core::state::AppState;
@@ -225,7 +226,7 @@ struct NativeStream {
     parser: SseParser,
     fix: NativeFix,
     remember: Option<IdSink>,
-    usage: Option<(u64, u64)>,
+    usage: Option<Tokens>,
 }
 
 impl NativeStream {
@@ -268,7 +269,7 @@ impl EventTransform for NativeStream {
         out.extend_from_slice(error.sse_event(Dialect::Responses).as_bytes());
     }
 
-    fn usage(&self) -> Option<(u64, u64)> {
+    fn usage(&self) -> Option<Tokens> {
         self.usage
     }
 }
@@ -316,7 +317,7 @@ mod tests {
         let names = request::ToolNames::default();
         let mut translate = Translate::new(StreamTranslator::new(skeleton, names, "x"));
         let mut out = BytesMut::new();
-        translate.chunk(b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n", &mut out);
-        assert_eq!(translate.usage(), Some((3, 4)));
+        translate.chunk(b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n", &mut out);
+        assert_eq!(translate.usage(), Some(Tokens { prompt: 3, completion: 4, cached: 2 }));
     }
 }

@@ -302,6 +302,26 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_cached_tokens_stay_in_usage_streamed_or_not() {
+        // llama-server's own /v1/responses: 48 of the 60 prompt tokens came from its cache.
+        let usage = r#"{"input_tokens":60,"output_tokens":4,"total_tokens":64,"input_tokens_details":{"cached_tokens":48}}"#;
+        let mut fix = NativeFix::new(ResponseFix::new(&json!({}), "gemma", 0, None));
+        let completed = format!(
+            r#"{{"type":"response.completed","response":{{"id":"resp_1","status":"completed","usage":{usage}}}}}"#
+        );
+        let streamed = fixed(&mut fix, &completed)["response"]["usage"].take();
+        let mut answer: Value =
+            serde_json::from_str(&format!(r#"{{"id":"resp_1","status":"completed","usage":{usage}}}"#))
+                .expect("JSON");
+        let answer_object = answer.as_object_mut().expect("an object");
+        ResponseFix::new(&json!({}), "gemma", 0, None).apply(answer_object);
+        for usage in [&streamed, &answer["usage"]] {
+            assert_eq!(usage["input_tokens_details"], json!({"cached_tokens": 48, "cache_write_tokens": 0}));
+            assert_eq!(usage["input_tokens"], 60, "Responses' input_tokens include the cached ones");
+        }
+    }
+
+    #[test]
     fn an_answer_cut_at_the_clients_own_limit_is_incomplete() {
         let completed = |limit: Option<u64>, output: u64| {
             let mut fix = NativeFix::new(ResponseFix::new(&json!({}), "m", 0, limit));

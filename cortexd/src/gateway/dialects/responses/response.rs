@@ -70,7 +70,7 @@ pub fn id_suffix(upstream_id: Option<&str>, fallback: &str) -> String {
 /// `usage` in the Responses shape.
 pub(crate) fn usage_json(usage: Option<&ChatUsage>, counted_output: u64) -> Value {
     let input = usage.map_or(0, |u| u.prompt_tokens);
-    let cached = usage.and_then(|u| u.prompt_tokens_details).and_then(|d| d.cached_tokens).unwrap_or(0);
+    let cached = usage.map_or(0, ChatUsage::cached_tokens);
     let output = usage.map_or(counted_output, |u| u.completion_tokens);
     json!({
         "input_tokens": input,

@@ -383,11 +383,19 @@ function renderTraffic() {
     const c = colour(m.model);
     const p50 = lastValue(full(m.ttft_p50_ms)), p95 = lastValue(full(m.ttft_p95_ms));
     const errors = m.errors.reduce((a, b) => a + b, 0);
+    // The cache share: the part of the prompt tokens the engines took from their prompt cache.
+    const sum = (values) => (values || []).reduce((a, b) => a + b, 0);
+    const prompt = sum(m.prompt_tokens), cached = sum(m.cached_tokens);
+    const share = (m.prompt_tokens || []).map((n, i) => (n ? (100 * m.cached_tokens[i]) / n : null));
+    const cacheChart = chart('prompt cached', prompt ? `${Math.round((100 * cached) / prompt)}% in 15 min` : '–',
+      spark([share], [c], { floor: 100 }));
+    cacheChart.dataset.cacheShare = m.model;
     return el('div', { class: 'row', dataset: { traffic: m.model } },
       el('div', { class: 'model' }, el('span', { class: 'swatch', style: { backgroundColor: c } }), m.model),
       chart('requests/s', (full(rps).at(-1) || 0).toFixed(2), spark([rps], [c], { area: true })),
       chart('TTFT p50 / p95', p50 === null ? '–' : `${p50} / ${p95} ms`, spark([m.ttft_p50_ms, m.ttft_p95_ms], [c, '#d29922'], {})),
       chart('tokens/s', (full(tps).at(-1) || 0).toFixed(1), spark([tps], [c], { area: true })),
+      cacheChart,
       chart('errors', `${errors} in 15 min`, spark([m.errors], ['#f85149'], { bars: true, floor: 1 })));
   }));
 }

@@ -22,11 +22,18 @@ pub struct Tag {
     pub key: Arc<str>,
     /// What the request reserved (tokens): its weight in the round robin.
     pub cost: u64,
+    /// Its session key, for affinity routing among the model's copies.
+    pub session: Option<crate::gateway::core::affinity::Key>,
 }
 
 impl Default for Tag {
     fn default() -> Self {
-        Tag { priority: plans::fleet::Priority::INTERACTIVE.0, key: Arc::from(""), cost: QUANTUM }
+        Tag {
+            priority: plans::fleet::Priority::INTERACTIVE.0,
+            key: Arc::from(""),
+            cost: QUANTUM,
+            session: None,
+        }
     }
 }
 
@@ -217,7 +224,7 @@ mod tests {
     use super::*;
 
     fn waiter(id: RequestId, key: &str, priority: i64, cost: u64) -> Waiter {
-        Waiter { id, arrived: id, tag: Tag { priority, key: Arc::from(key), cost } }
+        Waiter { id, arrived: id, tag: Tag { priority, key: Arc::from(key), cost, session: None } }
     }
 
     fn serve_all(queue: &mut FairQueue) -> Vec<RequestId> {

@@ -21,6 +21,8 @@ fn settings() -> Settings {
         max_wait_ms: 10_000,
         min_residency_ms: 5_000,
         priority: 50,
+        routing: plans::fleet::Routing::Affinity,
+        load_factor: plans::fleet::LoadFactor::default(),
     }
 }
 
@@ -167,6 +169,18 @@ impl World {
                 Vec::new()
             }
             ["finish", model] => self.machine.finish(self.now, model, "n1", &mut self.neuron),
+            // A previous leader's residency clocks (cluster mode): `inherit MODEL:SINCE ...`.
+            ["inherit", ref clocks @ ..] => {
+                let clocks = clocks
+                    .iter()
+                    .map(|clock| {
+                        let (model, since) = clock.split_once(':').expect("MODEL:SINCE");
+                        ((model.to_owned(), "n1".to_owned()), since.parse().expect("since"))
+                    })
+                    .collect();
+                self.machine.inherit_residency(self.now, clocks);
+                self.machine.tick(self.now, &mut self.neuron)
+            }
             // Other replicas' demand (cluster mode): `remote MODEL:WAITING:IN_FLIGHT ...`, their
             // oldest request arrived now; `remote -` clears it.
             ["remote", "-"] => self.machine.remote(self.now, BTreeMap::new(), &mut self.neuron),
@@ -293,6 +307,62 @@ fn an_idle_resident_is_swapped_out_but_never_before_min_residency() {
             t=  7000 ready od-b
             t=  7000 admit #1 od-b on n1 after 6000ms
             t= 21000 end
+        "#]],
+    );
+}
+
+#[test]
+fn an_inherited_residency_clock_counts_from_the_previous_leaders_start() {
+    // This replica saw od-a ready at 4000; the leader before it had loaded it at 0: the swap
+    // waits for min_residency from 0, not from 4000.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        4000 resident od-a
+        4000 inherit od-a:0
+        4500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  4500 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 2500ms
+            t= 24500 end
+        "#]],
+    );
+    // Handed over before the copy was first observed: the next observation takes the clock.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        0 inherit od-a:0
+        3000 resident od-a
+        3500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  3500 #1 od-b queued
+            t=  5000 load od-b on n1 evicting ["od-a"]
+            t=  7000 ready od-b
+            t=  7000 admit #1 od-b on n1 after 3500ms
+            t= 23500 end
+        "#]],
+    );
+    // A clock in the future (another host's wall clock ahead) is not taken.
+    check(
+        Mode::Elevator,
+        |_| {},
+        "
+        3000 resident od-a
+        3000 inherit od-a:9000
+        3500 arrive #1 od-b
+        ",
+        expect![[r#"
+            t=  3500 #1 od-b queued
+            t=  8000 load od-b on n1 evicting ["od-a"]
+            t= 10000 ready od-b
+            t= 10000 admit #1 od-b on n1 after 6500ms
+            t= 23500 end
         "#]],
     );
 }
@@ -713,7 +783,7 @@ fn saturated(
             arrived_at.insert(id, at);
             owner.insert(id, key.clone());
             let lane = if order == Order::Arrival { "" } else { key.as_str() };
-            let tag = Tag { priority, key: lane.into(), cost: 512 };
+            let tag = Tag { priority, key: lane.into(), cost: 512, session: None };
             let (arrival, more) = world.machine.arrive_as(now, id, "od-a", settings, tag, &mut world.neuron);
             commands.extend(more);
             if let Arrival::Admitted { .. } = arrival {
@@ -808,4 +878,122 @@ fn a_copy_on_a_draining_neuron_takes_no_new_request_once_a_copy_elsewhere_is_rea
     machine.set_leaving(BTreeSet::new());
     machine.observe(400, &[copy("n1", Observed::Ready), copy("n2", Observed::Ready)], &mut placer);
     assert_eq!(arrive(&mut machine, &mut placer, 400, 4), Arrival::Admitted { neuron: "n1".into() });
+}
+
+/// Affinity routing among three ready copies of `m` (on `a`, `b`, `c`).
+mod affinity {
+    use super::*;
+    use crate::gateway::core::affinity::{Key, Outcome};
+    use plans::fleet::Routing;
+
+    fn three_copies(routing: Routing, max_concurrency: Option<u32>) -> (Machine, Settings, Neuron) {
+        let mut machine = Machine::new(Mode::Elevator);
+        let mut placer = Neuron::default();
+        let settings = Settings { routing, max_concurrency, ..settings() };
+        machine.configure("m", settings);
+        let copies: Vec<(String, String, Observed)> =
+            ["a", "b", "c"].iter().map(|n| ("m".to_owned(), (*n).to_owned(), Observed::Ready)).collect();
+        machine.observe(0, &copies, &mut placer);
+        (machine, settings, placer)
+    }
+
+    fn tag(session: u64) -> Tag {
+        Tag { session: Some(Key(session)), ..Tag::default() }
+    }
+
+    fn arrive(
+        machine: &mut Machine,
+        now: u64,
+        id: u64,
+        settings: Settings,
+        tag: Tag,
+        placer: &mut Neuron,
+    ) -> Arrival {
+        machine.arrive_as(now, id, "m", settings, tag, placer).0
+    }
+
+    fn admitted(arrival: &Arrival) -> String {
+        match arrival {
+            Arrival::Admitted { neuron } => neuron.clone(),
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_session_stays_on_one_copy_and_its_returns_are_hits() {
+        let (mut machine, settings, mut placer) = three_copies(Routing::Affinity, None);
+        let mut homes: BTreeMap<u64, String> = BTreeMap::new();
+        for turn in 0..4u64 {
+            for session in 0..12u64 {
+                let now = turn * 1_000 + session;
+                let neuron = admitted(&arrive(&mut machine, now, now, settings, tag(session), &mut placer));
+                assert_eq!(
+                    homes.entry(session).or_insert_with(|| neuron.clone()),
+                    &neuron,
+                    "session {session}"
+                );
+                machine.finish(now, "m", &neuron, &mut placer);
+            }
+        }
+        let outcomes = machine.take_outcomes();
+        let count = |o: Outcome| outcomes.iter().filter(|(_, x)| *x == o).count();
+        assert_eq!((count(Outcome::New), count(Outcome::Hit), count(Outcome::Spilled)), (12, 36, 0));
+        let homes_used: BTreeSet<&String> = homes.values().collect();
+        assert!(homes_used.len() > 1, "twelve sessions over three copies use more than one: {homes:?}");
+        let sessions: usize = machine.activity().sessions.values().sum();
+        assert_eq!(sessions, 12);
+        for ((model, neuron), count) in machine.activity().sessions {
+            assert_eq!(model, "m");
+            assert_eq!(count, homes.values().filter(|n| **n == neuron).count());
+        }
+    }
+
+    #[test]
+    fn a_hot_session_spills_past_the_bound() {
+        let (mut machine, settings, mut placer) = three_copies(Routing::Affinity, None);
+        // One session sends six requests that all stay in flight.
+        let placed: Vec<String> =
+            (0..6).map(|id| admitted(&arrive(&mut machine, id, id, settings, tag(7), &mut placer))).collect();
+        let home = &placed[0];
+        // Bound: ceil(1.25 × (in flight + 1) / 3): 1, 1, 2, 2, 3, 3 — the home takes 1, then 2, then 3.
+        let at_home = placed.iter().filter(|n| *n == home).count();
+        assert_eq!(at_home, 3, "{placed:?}");
+        let outcomes: Vec<Outcome> = machine.take_outcomes().into_iter().map(|(_, o)| o).collect();
+        assert_eq!(outcomes[0], Outcome::New);
+        assert!(outcomes.contains(&Outcome::Spilled), "{outcomes:?}");
+    }
+
+    #[test]
+    fn least_busy_ignores_the_session() {
+        let (mut machine, settings, mut placer) = three_copies(Routing::LeastBusy, None);
+        let placed: Vec<String> =
+            (0..3).map(|id| admitted(&arrive(&mut machine, id, id, settings, tag(7), &mut placer))).collect();
+        assert_eq!(placed, ["a", "b", "c"]);
+        assert!(machine.take_outcomes().is_empty());
+        assert!(machine.activity().sessions.is_empty());
+    }
+
+    #[test]
+    fn a_queued_session_waits_for_room_and_takes_the_copy_that_has_it() {
+        let (mut machine, settings, mut placer) = three_copies(Routing::Affinity, Some(1));
+        let home = admitted(&arrive(&mut machine, 0, 0, settings, tag(7), &mut placer));
+        machine.finish(1, "m", &home, &mut placer);
+        // Every copy full: three other sessions' requests in flight.
+        let mut held = Vec::new();
+        for id in 1..=3u64 {
+            held.push(admitted(&arrive(&mut machine, 2, id, settings, Tag::default(), &mut placer)));
+        }
+        assert_eq!(arrive(&mut machine, 3, 9, settings, tag(7), &mut placer), Arrival::Queued);
+        // The session's copy frees up first: it goes home.
+        let commands = machine.finish(4, "m", &home, &mut placer);
+        let admitted: Vec<&str> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Admit { request: 9, neuron, .. } => Some(neuron.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(admitted, [home.as_str()]);
+        assert_eq!(held.len(), 3);
+    }
 }
