@@ -299,9 +299,10 @@ async fn slow_silent_and_idle_connections_are_closed_while_others_are_served() {
             (kind, closed - opened, answer)
         });
     }
-    // Meanwhile, other clients are served at once.
+    // Meanwhile, other clients are served at once: at least one while the last of those
+    // connections are still open, however long opening them took on a loaded machine.
     let mut served = 0;
-    while started.elapsed() < Duration::from_secs(3) {
+    while served == 0 || started.elapsed() < Duration::from_secs(3) {
         let asked = Instant::now();
         let answer = stack.exchange(&chat("connection: close\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
