@@ -402,7 +402,9 @@ function renderTraffic() {
 
 // ---- requests: the recent requests and one request's timeline -------------------------------
 
-const requests = { picked: null, detail: null, timer: null };
+// `asked` numbers the list's queries: an answer to an older one (the filter changed while it
+// was on its way) is dropped, so the list always shows the latest filter's answer.
+const requests = { picked: null, detail: null, timer: null, asked: 0 };
 
 function requestQuery() {
   const form = new FormData(document.getElementById('requests-filter'));
@@ -412,10 +414,11 @@ function requestQuery() {
 }
 
 async function loadRequests() {
+  const asked = ++requests.asked;
   const answer = await fetch('/ui/api/requests?' + requestQuery()).catch(() => null);
   if (!answer || !answer.ok) return;
   const doc = await answer.json();
-  renderRequests(doc);
+  if (asked === requests.asked) renderRequests(doc);
 }
 
 function outcomeBadge(r) {
@@ -448,9 +451,10 @@ async function pickRequest(id) {
   requests.picked = id;
   for (const row of document.querySelectorAll('#requests tr[data-request]')) row.classList.toggle('picked', row.dataset.request === id);
   const answer = await fetch('/ui/api/requests/' + encodeURIComponent(id)).catch(() => null);
-  if (!answer) return;
+  if (!answer || requests.picked !== id) return;
   if (!answer.ok) { fill('request-detail', el('div', { class: 'empty' }, 'This request is no longer kept.')); return; }
-  renderRequest(await answer.json());
+  const doc = await answer.json();
+  if (requests.picked === id) renderRequest(doc);
 }
 
 /** One bar on the time axis, from `from` to `to` (ms from the request's arrival). */
