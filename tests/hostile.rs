@@ -187,7 +187,9 @@ async fn requests_are_refused_from_their_head_with_their_bodies_unread() {
     held.write_all(chat("").as_bytes()).await.unwrap();
     let shed = declaring(30_000_000, &format!("authorization: Bearer {KEY}\r\nexpect: 100-continue\r\n"));
     let answer = eventually("the held request to take the place", DEADLINE, async || {
-        let answer = stack.exchange(&shed).await;
+        // Until the held request is counted (a loaded machine), this one is admitted and waits
+        // for its body: that try is given up and the next one sent.
+        let answer = tokio::time::timeout(Duration::from_secs(2), stack.exchange(&shed)).await.ok()?;
         (status(&answer) == "503").then_some(answer)
     })
     .await;
