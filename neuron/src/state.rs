@@ -25,6 +25,11 @@ use crate::harness::{self, Harness};
 use crate::metrics::NeuronMetrics;
 use crate::probe::{self, DriverInfo, GpuProbe};
 
+/// How long an idle connection to an engine is kept for reuse: well under the engines' own
+/// keep-alive (llama-server and uvicorn close an idle connection after 5 s), so a request is
+/// never sent on a connection the engine is closing at that moment ("error sending request").
+const ENGINE_IDLE_REUSE: Duration = Duration::from_secs(2);
+
 /// Why a neuron could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -199,6 +204,7 @@ impl Neuron {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(ENGINE_IDLE_REUSE)
             .build()
             .map_err(StartError::Http)?;
         let harnesses = harness::from_config(&config);
