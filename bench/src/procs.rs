@@ -240,20 +240,21 @@ pub fn start_sim_neuron(
     Proc::spawn("neuron-sim", Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
 }
 
-/// A neuron with the real llama.cpp harness.
+/// A neuron named `name` with the real llama.cpp harness (its files under `dir/name`).
 pub fn start_llama_neuron(
     bin: &Path,
     dir: &Path,
+    name: &str,
     port: u16,
     llama_server: &Path,
     models: &Path,
 ) -> anyhow::Result<Proc> {
-    let root = dir.join("neuron-llama");
+    let root = dir.join(name);
     std::fs::create_dir_all(&root)?;
     std::fs::write(root.join("token"), NEURON_TOKEN)?;
     let engines = free_port()?;
     let config = format!(
-        "name = \"llamanode\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
+        "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
          log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\n\n\
          [harness.llamacpp]\nkind = \"llamacpp\"\nbinary = \"{server}\"\n",
         models = models.display(),
@@ -263,7 +264,7 @@ pub fn start_llama_neuron(
         server = llama_server.display(),
     );
     std::fs::write(root.join("neuron.toml"), config)?;
-    Proc::spawn("neuron-llama", Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
+    Proc::spawn(name, Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
 }
 
 /// `cortex serve` on `fleet_toml`, listening on `port`.

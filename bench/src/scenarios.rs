@@ -695,7 +695,14 @@ async fn cold(args: &Args, dir: &Path, scale: &Scale) -> anyhow::Result<Value> {
     }
     let http = load::client(Duration::from_secs(300))?;
     let neuron_port = procs::free_port()?;
-    let neuron = procs::start_llama_neuron(&args.bin_dir.join("neuron"), dir, neuron_port, server, models)?;
+    let neuron = procs::start_llama_neuron(
+        &args.bin_dir.join("neuron"),
+        dir,
+        "llamanode",
+        neuron_port,
+        server,
+        models,
+    )?;
     let neuron_url = format!("http://127.0.0.1:{neuron_port}");
     procs::eventually("the llama neuron to listen", Duration::from_secs(20), Some(&neuron), || {
         procs::get_ok(&http, format!("{neuron_url}/livez"))

@@ -425,7 +425,8 @@ pub async fn llama(
         for index in 0..shape.copies {
             let name = format!("llama-{index}");
             let port = free_port()?;
-            let neuron = start_llama_neuron(&bin_dir.join("neuron"), &work, &name, port, server, models)?;
+            let neuron =
+                procs::start_llama_neuron(&bin_dir.join("neuron"), &work, &name, port, server, models)?;
             let url = format!("http://127.0.0.1:{port}");
             procs::eventually("a llama neuron to listen", Duration::from_secs(30), Some(&neuron), || {
                 procs::get_ok(&http, format!("{url}/livez"))
@@ -587,32 +588,6 @@ impl Swarm {
             .collect();
         Ok(Swarm { proc, tables, names })
     }
-}
-
-fn start_llama_neuron(
-    bin: &Path,
-    dir: &Path,
-    name: &str,
-    port: u16,
-    llama_server: &Path,
-    models: &Path,
-) -> anyhow::Result<Proc> {
-    let root = dir.join(name);
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(root.join("token"), NEURON_TOKEN)?;
-    let engines = free_port()?;
-    let config = format!(
-        "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodels_dir = \"{models}\"\ntoken_file = \"{token}\"\n\
-         log_dir = \"{logs}\"\nport_range = \"{engines}-{end}\"\n\n\
-         [harness.llamacpp]\nkind = \"llamacpp\"\nbinary = \"{server}\"\n",
-        models = models.display(),
-        token = root.join("token").display(),
-        logs = root.join("logs").display(),
-        end = engines.saturating_add(20),
-        server = llama_server.display(),
-    );
-    std::fs::write(root.join("neuron.toml"), config)?;
-    Proc::spawn(name, Command::new(bin).arg("--config").arg(root.join("neuron.toml")), dir)
 }
 
 fn start_cortex(bin: &Path, dir: &Path, port: u16, metrics_port: u16, fleet: &str) -> anyhow::Result<Proc> {

@@ -68,13 +68,6 @@ def fleet(tmp_path):
     fleet.stop()
 
 
-@pytest.fixture
-def browser():
-    browser = Browser()
-    yield browser
-    browser.close()
-
-
 def test_the_fleet_page_follows_the_fleet_live(fleet, browser):
     try:
         run(fleet, browser)

@@ -68,13 +68,6 @@ def fleet(tmp_path):
     fleet.stop()
 
 
-@pytest.fixture
-def browser():
-    browser = Browser()
-    yield browser
-    browser.close()
-
-
 def test_the_requests_view_draws_a_request_that_waited_behind_a_swap(fleet, browser):
     try:
         run(fleet, browser)

@@ -4,11 +4,10 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use crate::cli::status::admin_get;
+use crate::cli::status::{AdminArgs, admin_get};
 use crate::cli::{ConfigArgs, load_config};
 
 #[derive(Debug, Args)]
@@ -30,12 +29,8 @@ pub struct RequestsArgs {
     /// At most this many, newest first
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// The daemon's address [default: the config's listen address]
-    #[arg(long, env = "CORTEX_URL")]
-    pub url: Option<String>,
-    /// The admin key, or a fleet key with operator access [default: the config's admin_key]
-    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Print the daemon's JSON document
     #[arg(long)]
     pub json: bool,
@@ -43,10 +38,7 @@ pub struct RequestsArgs {
 
 pub async fn requests(args: &RequestsArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
-    let key = args.admin_key.clone().or(config.admin_key.clone()).context(
-        "no admin key: pass --admin-key (the admin key, or a fleet key with operator access), set CORTEX_ADMIN_KEY, or admin_key in cortex.toml",
-    )?;
+    let (url, key) = args.admin.resolve(&config)?;
     let document: Value = match &args.id {
         Some(id) => admin_get(&url, &key, &format!("/admin/requests/{id}"), &[], "request timeline").await?,
         None => {

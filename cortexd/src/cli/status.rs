@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cli::{ConfigArgs, load_config};
+use crate::config::Config;
 use crate::control::neuron_client::error_message;
 use crate::control::status::{DaemonStatus, Health, Sync, render};
 
@@ -27,6 +28,28 @@ pub struct StatusArgs {
     /// Progressing, Unknown), 1 on error
     #[arg(long)]
     pub detailed_exitcode: bool,
+}
+
+/// Which daemon an operator's command asks, and with which key (`cortex usage`, `cortex requests`).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The daemon's address [default: the config's listen address]
+    #[arg(long, env = "CORTEX_URL")]
+    pub url: Option<String>,
+    /// The admin key, or a fleet key with operator access [default: the config's admin_key]
+    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+}
+
+impl AdminArgs {
+    /// The daemon's URL and the key, each from the flag or else from `config`.
+    pub fn resolve(&self, config: &Config) -> anyhow::Result<(String, String)> {
+        let url = self.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+        let key = self.admin_key.clone().or(config.admin_key.clone()).context(
+            "no admin key: pass --admin-key (the admin key, or a fleet key with operator access), set CORTEX_ADMIN_KEY, or admin_key in cortex.toml",
+        )?;
+        Ok((url, key))
+    }
 }
 
 /// `GET` an admin route of the daemon at `url` with `key`, decoded as `T` (`what` names it in

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::status::admin_get;
+use crate::cli::status::{AdminArgs, admin_get};
 use crate::cli::{ConfigArgs, load_config};
 use crate::control::poller::now_unix_ms;
 use crate::gateway::core::keys::limits::day_index;
@@ -22,12 +22,8 @@ pub struct UsageArgs {
     /// From this UTC date (2026-12-01) or this long ago (7d, 36h) [default: the first of this month]
     #[arg(long)]
     pub since: Option<String>,
-    /// The daemon's address [default: the config's listen address]
-    #[arg(long, env = "CORTEX_URL")]
-    pub url: Option<String>,
-    /// The admin key, or a fleet key with operator access [default: the config's admin_key]
-    #[arg(long, env = "CORTEX_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Print the usage document as JSON (format_version 1)
     #[arg(long)]
     pub json: bool,
@@ -35,10 +31,7 @@ pub struct UsageArgs {
 
 pub async fn usage(args: &UsageArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let url = args.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
-    let key = args.admin_key.clone().or(config.admin_key.clone()).context(
-        "no admin key: pass --admin-key (the admin key, or a fleet key with operator access), set CORTEX_ADMIN_KEY, or admin_key in cortex.toml",
-    )?;
+    let (url, key) = args.admin.resolve(&config)?;
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(name) = &args.key {
         query.push(("key", name.clone()));
